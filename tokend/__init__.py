@@ -1,0 +1,49 @@
+"""tokend: a loopback credential daemon.
+
+Importing `tokend` is cheap on purpose: the client commands (`tokend get`) must start fast, so the
+public names below are loaded only when first used.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "Credential",
+    "Manager",
+    "Settings",
+    "State",
+    "TokendError",
+    "UpstreamError",
+    "__version__",
+    "create_app",
+]
+
+_LAZY = {
+    "ConfigError": "tokend.errors",
+    "Credential": "tokend.credential",
+    "Manager": "tokend.manager",
+    "Settings": "tokend.config",
+    "State": "tokend.credential",
+    "TokendError": "tokend.errors",
+    "UpstreamError": "tokend.errors",
+    "create_app": "tokend.api",
+}
+
+if TYPE_CHECKING:
+    from tokend.api import create_app
+    from tokend.config import Settings
+    from tokend.credential import Credential, State
+    from tokend.errors import ConfigError, TokendError, UpstreamError
+    from tokend.manager import Manager
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'tokend' has no attribute {name!r}")

@@ -1,0 +1,203 @@
+"""The local HTTP surface: create_app(manager) -> FastAPI.
+
+`GET /token/{name}` is the hot path: every app using tokend calls it, so a small ASGI middleware answers
+it directly from bytes rendered once per credential. Anything it cannot answer at once (a check that
+fails, a token not yet there, an unusual query) falls through to the FastAPI routes, which implement the
+whole behaviour; the fast path is only a cache in front of them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import weakref
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from tokend import __version__
+from tokend.credential import Credential
+from tokend.errors import TokenUnavailable, UnknownProvider, UpstreamError
+from tokend.guard import Denial, RequestGuard
+from tokend.manager import Manager
+
+__all__ = ["create_app"]
+
+# Tokens must never sit in a browser's or a proxy's cache.
+_NO_STORE = [(b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff")]
+_JSON = [(b"content-type", b"application/json"), *_NO_STORE]
+_TEXT = [(b"content-type", b"text/plain; charset=utf-8"), *_NO_STORE]
+
+
+@dataclass(frozen=True)
+class _Rendered:
+    """A credential's response bodies; only `expires_in` changes between requests."""
+
+    json_head: bytes
+    json_tail: bytes
+    raw: bytes
+    expires_at: float | None
+
+    def json(self, now: float) -> bytes:
+        if self.expires_at is None:
+            return self.json_head + b"null" + self.json_tail
+        return self.json_head + str(max(0, int(self.expires_at - now))).encode() + self.json_tail
+
+
+class _Renderer:
+    """Renders each credential once, and forgets it when the credential is replaced."""
+
+    def __init__(self) -> None:
+        self._cache: weakref.WeakKeyDictionary[Credential, _Rendered] = weakref.WeakKeyDictionary()
+
+    def __call__(self, name: str, credential: Credential) -> _Rendered:
+        rendered = self._cache.get(credential)
+        if rendered is None:
+            rendered = self._cache[credential] = _render(name, credential)
+        return rendered
+
+
+def _render(name: str, credential: Credential) -> _Rendered:
+    expires_at = None
+    if credential.expires_at is not None:
+        expires_at = datetime.fromtimestamp(credential.expires_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    head = {"provider": name, "token": credential.token, "token_type": credential.token_type,
+            "expires_at": expires_at}
+    tail = {"headers": dict(credential.headers), "query": dict(credential.query)}
+    head_json = json.dumps(head, separators=(", ", ": "))
+    tail_json = json.dumps(tail, separators=(", ", ": "))
+    return _Rendered(
+        json_head=(head_json[:-1] + ', "expires_in": ').encode(),
+        json_tail=(", " + tail_json[1:]).encode(),
+        raw=credential.token.encode(),
+        expires_at=credential.expires_at,
+    )
+
+
+class _TokenFastPath:
+    """Answers a plain, allowed `GET /token/{name}` whose credential is ready; passes on all else."""
+
+    def __init__(self, app: ASGIApp, manager: Manager, guard: RequestGuard, renderer: _Renderer) -> None:
+        self.app, self._manager, self._guard, self._renderer = app, manager, guard, renderer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "GET" or not scope["path"].startswith("/token/"):
+            return await self.app(scope, receive, send)
+        query = scope["query_string"]
+        raw = query == b"format=raw"
+        if (not raw and query not in (b"", b"format=json")) or self._guard.check(scope) is not None:
+            return await self.app(scope, receive, send)
+        name = scope["path"][7:]
+        credential = self._manager.current(name)
+        if credential is None:
+            return await self.app(scope, receive, send)
+        rendered = self._renderer(name, credential)
+        body = rendered.raw if raw else rendered.json(time.time())
+        headers = [*(_TEXT if raw else _JSON), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _Denied(Exception):
+    def __init__(self, denial: Denial) -> None:
+        self.denial = denial
+
+
+def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse(
+        {"error": code, "message": message, **extra}, status_code=status, headers={"cache-control": "no-store"}
+    )
+
+
+def create_app(manager: Manager) -> FastAPI:
+    """The local API for `manager`. The app's lifespan starts and stops the manager."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with manager:
+            yield
+
+    app = FastAPI(
+        title="tokend", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
+    guard = RequestGuard(manager.settings.server)
+    renderer = _Renderer()
+    app.add_middleware(_TokenFastPath, manager=manager, guard=guard, renderer=renderer)
+    _add_error_handlers(app)
+
+    def guarded(request: Request) -> None:
+        denial = guard.check(request.scope)
+        if denial is not None:
+            raise _Denied(denial)
+
+    def token_response(name: str, credential: Credential, format: str) -> Response:
+        rendered = renderer(name, credential)
+        if format == "raw":
+            return Response(rendered.raw, media_type="text/plain", headers={"cache-control": "no-store"})
+        return Response(rendered.json(time.time()), media_type="application/json",
+                        headers={"cache-control": "no-store"})
+
+    def checked_format(format: str) -> str:
+        if format not in ("json", "raw"):
+            raise StarletteHTTPException(400, 'format must be "json" or "raw"')
+        return format
+
+    @app.get("/token/{name}", dependencies=[Depends(guarded)])
+    async def get_token(name: str, format: str = "json") -> Response:
+        format = checked_format(format)
+        return token_response(name, await manager.get(name), format)
+
+    @app.post("/token/{name}/refresh", dependencies=[Depends(guarded)])
+    async def refresh_token(name: str, format: str = "json") -> Response:
+        format = checked_format(format)
+        try:
+            credential = await manager.refresh(name)
+        except UpstreamError as exc:
+            return _error(502, "refresh_failed", exc.message, provider=name,
+                          upstream_status=exc.status, request_id=exc.request_id)
+        return token_response(name, credential, format)
+
+    @app.get("/status", dependencies=[Depends(guarded)])
+    async def status() -> dict[str, Any]:
+        return {"version": __version__, "ready": manager.ready(), "providers": manager.status()}
+
+    @app.get("/livez")
+    async def livez() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        ready = manager.ready()
+        states = {name: manager.state(name).value for name in manager.names}
+        return JSONResponse({"ready": ready, "providers": states}, status_code=200 if ready else 503)
+
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(_Denied)
+    async def denied(request: Request, exc: _Denied) -> JSONResponse:
+        return _error(exc.denial.status, exc.denial.code, exc.denial.message)
+
+    @app.exception_handler(UnknownProvider)
+    async def unknown(request: Request, exc: UnknownProvider) -> JSONResponse:
+        return _error(404, "unknown_provider", exc.message, provider=exc.provider)
+
+    @app.exception_handler(TokenUnavailable)
+    async def unavailable(request: Request, exc: TokenUnavailable) -> JSONResponse:
+        next_attempt = None
+        if exc.next_attempt is not None:
+            next_attempt = datetime.fromtimestamp(exc.next_attempt, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return _error(503, "token_unavailable", exc.message, provider=exc.provider, next_attempt=next_attempt)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
+        return _error(exc.status_code, codes.get(exc.status_code, "error"), str(exc.detail))

@@ -1,0 +1,219 @@
+"""The command line: parse, call, print. The only module that prints or exits.
+
+The client commands (get, status, refresh) import nothing beyond the standard library, so that they
+start fast; the daemon's modules are imported only by the commands that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import json
+import sys
+from typing import TYPE_CHECKING, Any
+
+from tokend import __version__
+from tokend.errors import ConfigError, DaemonUnavailable, TokendError
+
+if TYPE_CHECKING:
+    from tokend.config import Settings
+
+
+class Exit(enum.IntEnum):
+    OK = 0
+    FAILURE = 1  # anything else: the daemon failed to start, answered something unexpected
+    USAGE = 2  # argparse's own code for a bad command line
+    CONFIG = 3  # the config file is unusable
+    UNREACHABLE = 4  # the daemon is not running, or not where the config says
+    UNAVAILABLE = 5  # the daemon runs but has no token to give, or a forced refresh failed
+    UNKNOWN_PROVIDER = 6
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except ConfigError as exc:
+        _err(f"tokend: {exc.message}")
+        for problem in exc.problems if exc.problems != [exc.message] else []:
+            _err(f"  - {problem}")
+        return Exit.CONFIG
+    except DaemonUnavailable as exc:
+        _err(f"tokend: {exc.message}")
+        return Exit.UNREACHABLE
+    except TokendError as exc:
+        _err(f"tokend: {exc.message}")
+        return Exit.FAILURE
+    except KeyboardInterrupt:
+        return Exit.OK
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tokend", description="A loopback credential daemon.")
+    parser.add_argument("--version", action="version", version=f"tokend {__version__}")
+    parser.add_argument("--config", metavar="PATH", help="config file (default: $TOKEND_CONFIG, "
+                        "./tokend.toml, /etc/tokend/config.toml)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the daemon")
+    run.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    run.set_defaults(handler=_run)
+
+    check = commands.add_parser("check", help="validate the config file and report findings")
+    check.set_defaults(handler=_check)
+
+    for name, help_text, handler in (
+        ("get", "print a provider's token (raw by default)", _get),
+        ("refresh", "force a new login now and print the token", _refresh),
+    ):
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument("name", help="the provider's name in the config")
+        command.add_argument("--format", choices=("raw", "json", "headers"), default="raw")
+        _client_options(command)
+        command.set_defaults(handler=handler)
+
+    status = commands.add_parser("status", help="show every provider's state")
+    status.add_argument("--json", action="store_true", help="print the daemon's JSON as it is")
+    _client_options(status)
+    status.set_defaults(handler=_status)
+
+    demo = commands.add_parser("demo", help="run tokend against built-in fake providers (no accounts needed)")
+    demo.add_argument("--port", type=int, default=8765, help="local port (0 picks a free one; default 8765)")
+    demo.add_argument("--lifetime", type=float, default=30.0, help="seconds each fake token lives (default 30)")
+    demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def _client_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--url", help="the daemon's URL, or unix:/path (default: $TOKEND_URL, else the "
+                         "config file's [server] table)")
+
+
+def _err(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+# --- daemon commands ------------------------------------------------------------------------------------
+
+
+def _load_settings(args: argparse.Namespace) -> Settings:
+    from tokend.config import Settings
+    from tokend.discovery import CONFIG_CANDIDATES, find_config
+
+    path = find_config(args.config)
+    if path is None:
+        looked = ", ".join(str(p) for p in CONFIG_CANDIDATES)
+        raise ConfigError(f"no config file: pass --config PATH or set $TOKEND_CONFIG (looked at {looked})")
+    return Settings.load(path)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from tokend.logs import configure_logging
+    from tokend.server import serve
+
+    settings = _load_settings(args)
+    configure_logging(args.log_level)
+    import logging
+
+    for warning in settings.warnings():
+        logging.getLogger("tokend").warning("config: %s", warning)
+    return Exit.OK if serve(settings) else Exit.FAILURE
+
+
+def _check(args: argparse.Namespace) -> int:
+    settings = _load_settings(args)
+    print(f"config OK: {len(settings.providers)} provider(s)")
+    for name, provider in settings.providers.items():
+        sources = ", ".join(f"{field} from {secret.source}" for field, secret in provider.secrets().items())
+        print(f"  {name}: {provider.kind} at {provider.url} ({sources})")
+    where = settings.server.socket or f"http://{settings.server.host}:{settings.server.port}"
+    print(f"  serving on {where}")
+    for warning in settings.warnings():
+        print(f"warning: {warning}")
+    return Exit.OK
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import os
+    import signal
+    import threading
+
+    from tokend.demo import demo_environment
+    from tokend.logs import configure_logging
+    from tokend.server import serve
+
+    configure_logging("info")
+    with demo_environment(port=args.port, lifetime=args.lifetime) as demo:
+        print("\n".join(demo.banner), file=sys.stderr, flush=True)
+        if args.duration is not None:  # stop as Ctrl-C would
+            timer = threading.Timer(args.duration, os.kill, args=(os.getpid(), signal.SIGINT))
+            timer.daemon = True
+            timer.start()
+        return Exit.OK if serve(demo.settings, demo.sock) else Exit.FAILURE
+
+
+# --- client commands ------------------------------------------------------------------------------------
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from tokend.client import Client
+    from tokend.discovery import daemon_address, find_config
+
+    return Client(daemon_address(args.url, find_config(args.config)))
+
+
+def _token_command(args: argparse.Namespace, method: str, path: str) -> int:
+    from urllib.parse import quote
+
+    reply = _client(args).request(method, path.format(name=quote(args.name, safe="")))
+    if reply.status != 200:
+        return _failed(reply)
+    data = reply.json()
+    if args.format == "raw":
+        print(data["token"])
+    elif args.format == "json":
+        print(json.dumps(data, indent=2))
+    else:
+        for header, value in data["headers"].items():
+            print(f"{header}: {value}")
+    return Exit.OK
+
+
+def _get(args: argparse.Namespace) -> int:
+    return _token_command(args, "GET", "/token/{name}")
+
+
+def _refresh(args: argparse.Namespace) -> int:
+    return _token_command(args, "POST", "/token/{name}/refresh")
+
+
+def _failed(reply: Any) -> int:
+    _err(f"tokend: {reply.error_message()}")
+    code = reply.error_code
+    if code == "unknown_provider":
+        return Exit.UNKNOWN_PROVIDER
+    if code in ("token_unavailable", "refresh_failed"):
+        return Exit.UNAVAILABLE
+    return Exit.FAILURE
+
+
+def _status(args: argparse.Namespace) -> int:
+    reply = _client(args).request("GET", "/status")
+    if reply.status != 200:
+        return _failed(reply)
+    data = reply.json()
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return Exit.OK
+    rows = [("PROVIDER", "KIND", "STATE", "EXPIRES IN", "NEXT REFRESH", "LAST ERROR")]
+    for name, provider in data["providers"].items():
+        error = provider["last_error"]["message"] if provider["last_error"] else ""
+        expires = "never" if provider["expires_at"] is None and provider["state"] == "ok" else (
+            f"{provider['expires_in']}s" if provider["expires_in"] is not None else "-"
+        )
+        rows.append((name, provider["kind"], provider["state"], expires, provider["next_refresh"] or "-", error))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row[:5], widths, strict=True)), row[5])
+    return Exit.OK if data["ready"] else Exit.UNAVAILABLE

@@ -1,0 +1,336 @@
+"""The configuration: the TOML file of SPEC.md, validated when loaded.
+
+Every secret in it is a reference (`{ env = "NAME" }`, `{ file = "/path" }`, `{ credential = "name" }`) or,
+with a warning, a plain string. References are resolved while the config is validated, so a missing
+variable or an unreadable file is refused at start, with the provider and the field named.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from tokend.errors import ConfigError
+
+__all__ = [
+    "FellohConfig",
+    "FintechStudiosConfig",
+    "FlotiqConfig",
+    "ProviderBase",
+    "ProviderConfig",
+    "SecretValue",
+    "ServerConfig",
+    "Settings",
+    "is_loopback_host",
+]
+
+FELLOH_URLS = {"production": "https://api.felloh.com", "sandbox": "https://sandbox.felloh.com"}
+FLOTIQ_URL = "https://api.flotiq.com"
+
+
+# --- secrets ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SecretValue:
+    """A resolved secret and where it came from (`source` is safe to show: it never holds the value)."""
+
+    value: SecretStr
+    source: str
+    path: Path | None = None
+
+    @property
+    def plain(self) -> bool:
+        return self.source == "plain string"
+
+    def get(self) -> str:
+        return self.value.get_secret_value()
+
+
+def _read_secret_file(path: Path, what: str) -> SecretValue:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"{what} {path} does not exist") from None
+    except OSError as exc:
+        raise ValueError(f"{what} {path} cannot be read ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{what} {path} is not UTF-8 text") from None
+    value = text.removesuffix("\n").removesuffix("\r")
+    if not value:
+        raise ValueError(f"{what} {path} is empty")
+    return SecretValue(SecretStr(value), f"file {path}", path)
+
+
+def _secret_from_env(name: str) -> SecretValue:
+    value = os.environ.get(name)
+    if value is None:
+        raise ValueError(f"environment variable {name} is not set")
+    if not value:
+        raise ValueError(f"environment variable {name} is empty")
+    return SecretValue(SecretStr(value), f"env {name}")
+
+
+def _secret_from_credential(name: str) -> SecretValue:
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        raise ValueError(
+            f"credential {name!r} needs $CREDENTIALS_DIRECTORY, which systemd sets for LoadCredential=; "
+            "it is not set"
+        )
+    if "/" in name or name in ("", ".", ".."):
+        raise ValueError(f"credential name {name!r} must be a plain file name")
+    return _read_secret_file(Path(directory) / name, "credential file")
+
+
+_SECRET_SOURCES = {"env": _secret_from_env, "credential": _secret_from_credential}
+
+
+def _resolve_secret(raw: Any) -> SecretValue:
+    if isinstance(raw, SecretValue):
+        return raw
+    if isinstance(raw, str):
+        if not raw:
+            raise ValueError("is empty")
+        return SecretValue(SecretStr(raw), "plain string")
+    if isinstance(raw, dict) and len(raw) == 1:
+        (how, where), = raw.items()
+        if how == "file" and isinstance(where, str) and where:
+            return _read_secret_file(Path(where), "secret file")
+        if how in _SECRET_SOURCES and isinstance(where, str) and where:
+            return _SECRET_SOURCES[how](where)
+    raise ValueError('must be { env = "NAME" }, { file = "/path" }, { credential = "name" } or a string')
+
+
+Secret = Annotated[SecretValue, PlainValidator(_resolve_secret)]
+
+
+# --- addresses ----------------------------------------------------------------------------------------
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and localhost: the only hosts allowed without TLS or allow_remote."""
+    host = host.strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _upstream_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{url!r} is not an http(s) URL")
+    if parts.username or parts.password:
+        raise ValueError("must not hold a user name or password; use the provider's secret fields")
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+        raise ValueError(f"{url!r} must use https:// (plain http:// is allowed only for loopback hosts)")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{url!r} must not have a query or fragment")
+    return url.rstrip("/")
+
+
+UpstreamURL = Annotated[str, PlainValidator(lambda v: _upstream_url(_expect_str(v)))]
+
+
+def _expect_str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    return value
+
+
+# --- models ---------------------------------------------------------------------------------------------
+
+Seconds = Annotated[float, Field(gt=0)]
+
+
+class ServerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8765, ge=1, le=65535)
+    socket: Path | None = None
+    allow_remote: bool = False
+    allowed_hosts: tuple[str, ...] = ()
+    # How long a GET waits for a login already in flight (the first one, or one for a stale token).
+    wait_timeout: Seconds = 5.0
+
+    @model_validator(mode="after")
+    def _loopback_unless_allowed(self) -> ServerConfig:
+        if not self.allow_remote and not is_loopback_host(self.host):
+            raise ValueError(
+                f"host {self.host!r} is not a loopback address; tokend serves tokens to local programs only. "
+                "Set allow_remote = true (with allowed_hosts) only for a pod or compose network namespace"
+            )
+        if self.allow_remote and not self.allowed_hosts:
+            raise ValueError("allow_remote = true needs allowed_hosts, the Host names clients may use")
+        return self
+
+
+class ProviderBase(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    timeout: Seconds = 10.0
+    min_refresh_interval: Seconds = 10.0
+    default_lifetime: Seconds = 3600.0
+    max_lifetime: Seconds = 86400.0
+
+    def secrets(self) -> dict[str, SecretValue]:
+        """Every secret field of this provider, by field name."""
+        return {name: value for name, value in self if isinstance(value, SecretValue)}
+
+
+class FellohConfig(ProviderBase):
+    kind: Literal["felloh"]
+    environment: Literal["production", "sandbox"] | None = None
+    base_url: UpstreamURL | None = None
+    public_key: Secret
+    private_key: Secret
+
+    @model_validator(mode="after")
+    def _environment_or_url(self) -> FellohConfig:
+        # No silent default: a sandbox key sent to production (or the reverse) fails in confusing ways.
+        if self.environment is None and self.base_url is None:
+            raise ValueError('set environment = "production" or "sandbox" (or base_url)')
+        return self
+
+    @property
+    def url(self) -> str:
+        return self.base_url or FELLOH_URLS[self.environment or "production"]
+
+
+class FintechStudiosConfig(ProviderBase):
+    kind: Literal["fintech_studios"]
+    base_url: UpstreamURL
+    api_key: Secret
+    email: str = Field(min_length=3)
+    password: Secret
+
+    @property
+    def url(self) -> str:
+        return self.base_url
+
+
+class FlotiqConfig(ProviderBase):
+    kind: Literal["flotiq"]
+    base_url: UpstreamURL = FLOTIQ_URL
+    api_key: Secret
+    token_type: Literal["api_key"] = "api_key"
+
+    @property
+    def url(self) -> str:
+        return self.base_url
+
+
+ProviderConfig = Annotated[
+    FellohConfig | FintechStudiosConfig | FlotiqConfig, Field(discriminator="kind")
+]
+PROVIDER_KINDS = ("felloh", "fintech_studios", "flotiq")
+ProviderName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+
+
+class Settings(BaseSettings):
+    """The whole configuration. Environment variables `TOKEND_SERVER__PORT=9000` override the file."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TOKEND_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    server: ServerConfig = ServerConfig()
+    providers: dict[ProviderName, ProviderConfig] = {}
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
+
+    @classmethod
+    def load(cls, path: Path) -> Settings:
+        """Read and validate the TOML file at `path`, or raise ConfigError saying what to fix."""
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found (or not a regular file)")
+
+        class _FromFile(cls):  # type: ignore[valid-type,misc]
+            model_config = SettingsConfigDict(toml_file=path)
+
+        try:
+            return _FromFile()
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"config file {path} cannot be read ({exc.strerror})") from None
+        except ValidationError as exc:
+            # `from None`: the ValidationError carries the input values, secrets included.
+            problems = [_describe(error) for error in exc.errors(include_input=False, include_url=False)]
+            raise ConfigError(f"{path} has {len(problems)} problem(s)", problems) from None
+
+    def warnings(self) -> list[str]:
+        """Findings that do not stop tokend but that a careful operator wants to hear about."""
+        found = []
+        for name, provider in self.providers.items():
+            for field, secret in provider.secrets().items():
+                if secret.plain:
+                    found.append(
+                        f'provider "{name}", field "{field}": a plain-string secret in the config file; '
+                        'prefer { env = "..." }, { file = "..." } or { credential = "..." }'
+                    )
+        if not self.providers:
+            found.append("no providers are configured: tokend will serve nothing")
+        return found
+
+
+def _describe(error: Any) -> str:
+    """One sentence for one validation error, naming the provider and the field. Never the value."""
+    loc = [str(part) for part in error["loc"]]
+    if len(loc) >= 2 and loc[0] == "providers":
+        rest = loc[2:]
+        if rest and rest[0] in PROVIDER_KINDS:
+            rest = rest[1:]
+        where = f'provider "{loc[1]}"' + (f', field "{".".join(rest)}"' if rest else "")
+    else:
+        where = f'field "{".".join(loc)}"' if loc else "config"
+    return f"{where}: {_message(error)}"
+
+
+def _message(error: Any) -> str:
+    kinds = ", ".join(f'"{k}"' for k in PROVIDER_KINDS)
+    match error["type"]:
+        case "union_tag_invalid":
+            return f'unknown kind "{error["ctx"]["tag"]}"; kind must be one of {kinds}'
+        case "union_tag_not_found":
+            return f"kind is missing; it must be one of {kinds}"
+        case "missing":
+            return "is required but missing"
+        case "extra_forbidden":
+            return "is not a known setting (a typo?)"
+    message = str(error["msg"])
+    return message.removeprefix("Value error, ")

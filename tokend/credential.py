@@ -1,0 +1,48 @@
+"""A credential as served, and the states a provider's credential can be in."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+# A token this close to its expiry would die on its way upstream: it is not served.
+SERVE_MARGIN = 1.0
+
+
+class State(enum.Enum):
+    """What /status shows for a provider. Derived from facts (see Manager), never stored."""
+
+    PENDING = "pending"  # the first login has not finished
+    OK = "ok"  # a valid token, and the last login succeeded
+    REFRESHING = "refreshing"  # a valid token, and a login is in flight
+    RETRYING = "retrying"  # a valid token, but the last login failed; another is scheduled
+    EXPIRED = "expired"  # the token has expired and no new one could be had yet
+    FAILED = "failed"  # no token was ever obtained: every login so far failed
+
+
+# eq=False: credentials are compared and hashed by identity, which lets the API cache the bytes it
+# renders for each one (weakly) for as long as it is the current credential.
+@dataclass(frozen=True, eq=False)
+class Credential:
+    """A token and what a client must add to its upstream request. Replaced whole on every refresh."""
+
+    token: str = field(repr=False)
+    token_type: str
+    expires_at: float | None  # Unix seconds; None for keys that never expire
+    headers: Mapping[str, str] = field(repr=False)
+    query: Mapping[str, str] = field(repr=False, default_factory=dict)
+    request_id: str | None = None  # the upstream's id for the login that issued it
+    obtained_at: float = 0.0
+    expiry_note: str | None = None  # set when the upstream's expiry made no sense and was corrected
+
+    def expires_in(self, now: float) -> float | None:
+        return None if self.expires_at is None else self.expires_at - now
+
+    def is_fresh(self, now: float) -> bool:
+        """True while the token may still be handed to a client."""
+        return self.expires_at is None or self.expires_at - now > SERVE_MARGIN
+
+    @property
+    def lifetime(self) -> float | None:
+        return None if self.expires_at is None else self.expires_at - self.obtained_at

@@ -1,0 +1,100 @@
+"""`tokend demo`: the real daemon against the built-in fake providers, so a newcomer sees it work.
+
+The fakes (tokend.testing) run in background threads; the daemon runs as `tokend run` would, from a
+config file written to a private temporary directory, with its secrets in 0600 files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from tokend.config import ServerConfig, Settings
+from tokend.server import listen
+from tokend.testing import FakeProviders, serve_fakes
+
+
+@dataclass
+class Demo:
+    settings: Settings
+    sock: socket.socket
+    config_path: Path
+    banner: list[str]
+
+
+@contextlib.contextmanager
+def demo_environment(*, port: int, lifetime: float) -> Iterator[Demo]:
+    """Fakes started, a config written for them, the daemon's socket bound: all it needs is to be served."""
+    with serve_fakes(lifetime=lifetime) as fakes, tempfile.TemporaryDirectory(prefix="tokend-demo-") as tmp:
+        # Bind first, so that `--port 0` yields a real port the config (and `tokend get`) can name.
+        sock = listen(ServerConfig(port=port)) if port else socket.create_server(("127.0.0.1", 0))
+        actual_port = sock.getsockname()[1]
+        config_path = write_config(Path(tmp), fakes, actual_port)
+        settings = Settings.load(config_path)
+        yield Demo(settings, sock, config_path, banner(config_path, actual_port, fakes, lifetime))
+
+
+def write_config(directory: Path, fakes: FakeProviders, port: int) -> Path:
+    """A config for the fakes, with the secrets in files as they would be in production."""
+    secrets = {
+        "felloh_public_key": fakes.felloh.public_key,
+        "felloh_private_key": fakes.felloh.private_key,
+        "fts_api_key": fakes.fintech_studios.api_key,
+        "fts_password": fakes.fintech_studios.password,
+        "flotiq_api_key": sorted(fakes.flotiq.api_keys)[0],
+    }
+    for name, value in secrets.items():
+        path = directory / name
+        path.touch(mode=0o600)
+        path.write_text(value + "\n")
+    config = directory / "tokend.toml"
+    config.write_text(f"""\
+[server]
+host = "127.0.0.1"
+port = {port}
+
+[providers.felloh]
+kind = "felloh"
+base_url = "{fakes.felloh_url}"
+public_key = {{ file = "{directory / 'felloh_public_key'}" }}
+private_key = {{ file = "{directory / 'felloh_private_key'}" }}
+
+[providers.fts]
+kind = "fintech_studios"
+base_url = "{fakes.fintech_studios_url}"
+api_key = {{ file = "{directory / 'fts_api_key'}" }}
+email = "{fakes.fintech_studios.email}"
+password = {{ file = "{directory / 'fts_password'}" }}
+
+[providers.flotiq]
+kind = "flotiq"
+base_url = "{fakes.flotiq_url}"
+api_key = {{ file = "{directory / 'flotiq_api_key'}" }}
+""")
+    return config
+
+
+def banner(config: Path, port: int, fakes: FakeProviders, lifetime: float) -> list[str]:
+    base = f"http://127.0.0.1:{port}"
+    header = "-H 'X-Tokend-Request: 1'"
+    felloh_token = f"$(curl -s {header} '{base}/token/felloh?format=raw')"
+    return [
+        f"tokend demo: three fake providers whose tokens live {lifetime:g}s, renewed at about "
+        f"{lifetime * 2 / 3:.0f}s. Config: {config}",
+        "",
+        "Try, in another terminal:",
+        f"  curl -s {header} {base}/token/felloh",
+        f"  curl -s {header} '{base}/token/fts?format=raw'",
+        f"  curl -s {header} {base}/token/flotiq",
+        f"  curl -s {header} {base}/status",
+        f"  tokend get felloh --url {base}",
+        "Use a token against the fake Felloh API:",
+        f'  curl -s -H "Authorization: Bearer {felloh_token}" {fakes.felloh_url}{fakes.felloh.protected_path}',
+        "",
+        "Each login and renewal shows below as a 'login provider=...' line. Press Ctrl-C to stop.",
+        "",
+    ]

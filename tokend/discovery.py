@@ -1,0 +1,67 @@
+"""Where the config file is, and where the daemon listens.
+
+Standard library only: the client commands use this, and must start fast (no pydantic, no web framework).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from tokend.errors import ConfigError
+
+CONFIG_CANDIDATES = (Path("tokend.toml"), Path("/etc/tokend/config.toml"))
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8765
+
+
+def find_config(explicit: str | None) -> Path | None:
+    """`--config`, else $TOKEND_CONFIG, else ./tokend.toml, else /etc/tokend/config.toml (if it exists)."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get("TOKEND_CONFIG"):
+        return Path(os.environ["TOKEND_CONFIG"])
+    return next((path for path in CONFIG_CANDIDATES if path.is_file()), None)
+
+
+@dataclass(frozen=True)
+class Address:
+    """How to reach the daemon: a base URL, or a unix socket path (then `url` is only for display)."""
+
+    url: str
+    socket: str | None = None
+
+
+def daemon_address(url: str | None, config: Path | None) -> Address:
+    """`--url`, else $TOKEND_URL, else the config file's [server] table, else 127.0.0.1:8765."""
+    url = url or os.environ.get("TOKEND_URL")
+    if url:
+        if url.startswith("unix:"):
+            path = url.removeprefix("unix:").removeprefix("//")
+            return Address(f"unix:{path}", path)
+        return Address(url.rstrip("/"))
+    server = _server_table(config)
+    socket = os.environ.get("TOKEND_SERVER__SOCKET") or server.get("socket")
+    if socket:
+        return Address(f"unix:{socket}", str(socket))
+    host = os.environ.get("TOKEND_SERVER__HOST") or server.get("host", DEFAULT_HOST)
+    port = os.environ.get("TOKEND_SERVER__PORT") or server.get("port", DEFAULT_PORT)
+    if host in ("0.0.0.0", "::", ""):
+        host = DEFAULT_HOST
+    host = f"[{host}]" if ":" in str(host) else host
+    return Address(f"http://{host}:{port}")
+
+
+def _server_table(config: Path | None) -> dict[str, object]:
+    if config is None or not config.is_file():
+        return {}
+    try:
+        with config.open("rb") as file:
+            server = tomllib.load(file).get("server", {})
+    except OSError as exc:
+        raise ConfigError(f"config file {config} cannot be read ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{config} is not valid TOML: {exc}") from None
+    return server if isinstance(server, dict) else {}

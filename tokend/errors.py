@@ -1,0 +1,82 @@
+"""The one exception tree of tokend.
+
+    TokendError
+    ├── ConfigError             the config file (or a secret it names) is unusable: provider, field
+    ├── UpstreamError           a login to a provider failed: provider, status, request_id, retryable
+    │   └── CredentialsRejected   the provider refused the credentials (401/403): retried slowly
+    ├── UnknownProvider         a client asked for a provider that is not configured
+    ├── TokenUnavailable        no valid token can be served now: last error, next attempt
+    └── DaemonUnavailable       (client side) the daemon could not be reached or answered an error
+
+Messages are sentences for a person and never hold a secret: whoever raises one of these has already
+scrubbed what came from upstream (see tokend.redact).
+"""
+
+from __future__ import annotations
+
+
+class TokendError(Exception):
+    """Base of every error tokend raises on purpose."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigError(TokendError):
+    """The configuration cannot be used. `problems` holds one sentence per finding."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or [message]
+
+
+class UpstreamError(TokendError):
+    """A login to the provider failed.
+
+    `retryable` is True for what may pass by itself (timeouts, refused connections, 429, 5xx, a garbled
+    answer) and False for what needs a person (bad credentials, a request the provider calls invalid).
+    """
+
+    def __init__(
+        self,
+        provider: str,
+        message: str,
+        *,
+        status: int | None = None,
+        request_id: str | None = None,
+        retryable: bool = True,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.status = status
+        self.request_id = request_id
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class CredentialsRejected(UpstreamError):
+    """The provider answered 401 or 403 to the login: the configured credentials are wrong or revoked."""
+
+    def __init__(self, provider: str, message: str, *, status: int, request_id: str | None = None) -> None:
+        super().__init__(provider, message, status=status, request_id=request_id, retryable=False)
+
+
+class UnknownProvider(TokendError):
+    def __init__(self, provider: str) -> None:
+        super().__init__(f"No provider named {provider!r} is configured.")
+        self.provider = provider
+
+
+class TokenUnavailable(TokendError):
+    """No valid token to hand out: the first login has not succeeded yet, or the last token expired."""
+
+    def __init__(self, provider: str, message: str, *, next_attempt: float | None = None) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.next_attempt = next_attempt
+
+
+class DaemonUnavailable(TokendError):
+    """The client commands could not get an answer from the daemon."""

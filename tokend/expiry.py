@@ -1,0 +1,63 @@
+"""Making sense of the expiry an upstream reports.
+
+Providers report expiry as absolute Unix seconds, but real APIs get it wrong in the ways handled here.
+Each correction comes back with a note, which the manager logs once per provider.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+
+# Below this an "absolute" expiry is before 2001: it must be a lifetime in seconds, not a timestamp.
+_RELATIVE_BELOW = 1e9
+# Above this (year 5138 in seconds) it can only be milliseconds.
+_MILLISECONDS_ABOVE = 1e11
+# An expiry already past is clock skew between us and the provider; the token is given this long, which
+# keeps it served briefly and renews it soon, without ever turning into a login loop.
+SKEWED_LIFETIME = 60.0
+
+
+def resolve_expiry(
+    reported: float | None,
+    token: str,
+    *,
+    now: float,
+    default_lifetime: float,
+    max_lifetime: float,
+) -> tuple[float, str | None]:
+    """Return (expires_at, note): a usable absolute expiry, and what was corrected to get it, if anything."""
+    note = None
+    if reported is None:
+        claimed = jwt_expiry(token)
+        if claimed is None:
+            return _capped(now + default_lifetime, now, max_lifetime, "no expiry given; default_lifetime used")
+        reported, note = claimed, "no expiry given; the token's JWT exp claim used"
+    if reported > _MILLISECONDS_ABOVE:
+        reported, note = reported / 1000, "expiry given in milliseconds; divided by 1000"
+    elif reported < _RELATIVE_BELOW:
+        reported, note = now + reported, "expiry given as a lifetime in seconds, not a timestamp"
+    if reported <= now:
+        return now + min(SKEWED_LIFETIME, max_lifetime), "expiry already past (clock skew?); short lifetime used"
+    return _capped(reported, now, max_lifetime, note)
+
+
+def _capped(expires_at: float, now: float, max_lifetime: float, note: str | None) -> tuple[float, str | None]:
+    if expires_at - now > max_lifetime:
+        return now + max_lifetime, "expiry too far away; capped at max_lifetime"
+    return expires_at, note
+
+
+def jwt_expiry(token: str) -> float | None:
+    """The `exp` claim of a JWT, unverified (we only want to know when to renew it), or None."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    payload = parts[1] + "=" * (-len(parts[1]) % 4)
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(payload))
+    except (binascii.Error, ValueError):
+        return None
+    exp = claims.get("exp") if isinstance(claims, dict) else None
+    return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None

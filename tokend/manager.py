@@ -1,0 +1,327 @@
+"""The manager: owns every provider's credential, the renewal schedule and the upstream HTTP client.
+
+Each provider has a slot. A login runs as one task per slot at a time: the scheduled renewal, a forced
+refresh and any number of waiting GETs all share it, so a storm of callers costs the upstream one login.
+A successful login swaps in a new immutable Credential and schedules the next renewal with APScheduler;
+a failed one keeps the old credential (served while it is valid) and schedules a retry with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import Any
+
+import httpx
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from tokend import __version__
+from tokend.config import ProviderConfig, Settings
+from tokend.credential import Credential, State
+from tokend.errors import CredentialsRejected, TokenUnavailable, UnknownProvider, UpstreamError
+from tokend.policy import renewal_delay, retry_delay
+from tokend.providers import Provider, build_provider
+from tokend.redact import Redactor
+
+log = logging.getLogger("tokend")
+
+
+@dataclass
+class _Slot:
+    """One provider's bookkeeping. The credential in it is only ever replaced whole."""
+
+    name: str
+    config: ProviderConfig
+    provider: Provider
+    credential: Credential | None = None
+    inflight: asyncio.Task[Credential] | None = None
+    last_attempt: float = -math.inf  # monotonic start of the last login attempt
+    last_success_at: float | None = None  # wall clock, for /status
+    next_refresh_at: float | None = None
+    last_error: UpstreamError | None = None
+    last_error_at: float | None = None
+    last_request_id: str | None = None
+    last_expiry_note: str | None = None
+    consecutive_failures: int = 0
+    logins_ok: int = 0
+    logins_failed: int = 0
+
+
+class Manager:
+    """Use as `async with Manager(settings) as manager:`; every first login starts on entry."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.redactor = Redactor(
+            secret.get() for config in settings.providers.values() for secret in config.secrets().values()
+        )
+        self._transport = transport
+        self._rng = rng or random.Random()  # noqa: S311 (jitter, not cryptography)
+        self._slots = {
+            name: _Slot(name, config, build_provider(name, config, self.redactor))
+            for name, config in settings.providers.items()
+        }
+        self._client: httpx.AsyncClient | None = None
+        self._scheduler: AsyncIOScheduler | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Manager:
+        self._client = httpx.AsyncClient(
+            transport=self._transport,
+            follow_redirects=False,  # a redirected login would carry the credentials to another place
+            headers={"User-Agent": f"tokend/{__version__}"},
+        )
+        # misfire_grace_time=None: a renewal due while the loop was busy or the machine slept still runs.
+        self._scheduler = AsyncIOScheduler(
+            timezone=UTC, job_defaults={"misfire_grace_time": None, "coalesce": True, "max_instances": 1}
+        )
+        self._scheduler.start()
+        for slot in self._slots.values():
+            self._start_login(slot)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+        tasks = [slot.inflight for slot in self._slots.values() if slot.inflight is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._client is not None:
+            await self._client.aclose()
+
+    # --- what the API asks -------------------------------------------------------------------------------
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._slots)
+
+    def current(self, name: str) -> Credential | None:
+        """The hot path: the provider's credential if it may be served right now, else None."""
+        slot = self._slots.get(name)
+        if slot is None or slot.credential is None or not slot.credential.is_fresh(time.time()):
+            return None
+        return slot.credential
+
+    async def get(self, name: str) -> Credential:
+        """A servable credential, waiting (bounded) for a login in flight; else TokenUnavailable."""
+        slot = self._slot(name)
+        credential = slot.credential
+        if credential is not None and credential.is_fresh(time.time()):
+            return credential
+        if slot.inflight is None and slot.consecutive_failures == 0 and self._may_log_in(slot):
+            # Stale with no failure behind it: the clock jumped or the machine slept through the renewal.
+            self._start_login(slot)
+        if slot.inflight is None:
+            raise self._unavailable(slot)
+        try:
+            async with asyncio.timeout(self.settings.server.wait_timeout):
+                credential = await asyncio.shield(slot.inflight)
+        except TimeoutError:
+            raise TokenUnavailable(
+                name, f"the login to {name} is still under way after {self.settings.server.wait_timeout:g}s"
+            ) from None
+        except UpstreamError:
+            raise self._unavailable(slot) from None
+        return credential
+
+    async def refresh(self, name: str) -> Credential:
+        """A forced login, shared with any in flight, and at most one per min_refresh_interval."""
+        slot = self._slot(name)
+        if slot.inflight is None and not self._may_log_in(slot):
+            if slot.credential is not None and slot.consecutive_failures == 0:
+                return slot.credential
+            if slot.last_error is not None:
+                raise _again(slot.last_error)
+        return await asyncio.shield(self._start_login(slot))
+
+    def ready(self) -> bool:
+        now = time.time()
+        return all(slot.credential is not None and slot.credential.is_fresh(now) for slot in self._slots.values())
+
+    def state(self, name: str) -> State:
+        return _state(self._slot(name), time.time())
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """What /status shows. Never a secret or a token: errors were scrubbed when they were recorded."""
+        now = time.time()
+        return {name: _status(slot, now) for name, slot in self._slots.items()}
+
+    # --- logins ------------------------------------------------------------------------------------------
+
+    def _slot(self, name: str) -> _Slot:
+        slot = self._slots.get(name)
+        if slot is None:
+            raise UnknownProvider(name)
+        return slot
+
+    def _may_log_in(self, slot: _Slot) -> bool:
+        return time.monotonic() - slot.last_attempt >= slot.config.min_refresh_interval
+
+    def _start_login(self, slot: _Slot) -> asyncio.Task[Credential]:
+        if slot.inflight is None:
+            slot.inflight = asyncio.create_task(self._login(slot), name=f"tokend-login-{slot.name}")
+            slot.inflight.add_done_callback(_retrieve)
+        return slot.inflight
+
+    async def _scheduled_login(self, name: str) -> None:
+        slot = self._slots.get(name)
+        if slot is not None:
+            with contextlib.suppress(UpstreamError):  # logged and rescheduled by _login
+                await self._start_login(slot)
+
+    async def _login(self, slot: _Slot) -> Credential:
+        assert self._client is not None, "the manager is not started"
+        started = slot.last_attempt = time.monotonic()
+        try:
+            async with asyncio.timeout(slot.config.timeout):
+                credential = await slot.provider.fetch(self._client)
+        except TimeoutError:
+            error = UpstreamError(slot.name, f"login timed out after {slot.config.timeout:g}s")
+        except UpstreamError as exc:
+            error = exc
+        except Exception as exc:  # a provider bug must never stop the renewals of this or other providers
+            log.exception("login provider=%s outcome=bug", slot.name)
+            error = UpstreamError(slot.name, f"unexpected {type(exc).__name__} during login")
+        else:
+            self._succeeded(slot, credential, time.monotonic() - started)
+            return credential
+        finally:
+            slot.inflight = None
+        self._failed(slot, error, time.monotonic() - started)
+        raise error
+
+    def _succeeded(self, slot: _Slot, credential: Credential, duration: float) -> None:
+        previous = slot.credential
+        slot.credential = credential
+        self.redactor.set_tokens(slot.name, [credential.token, previous.token if previous else ""])
+        slot.consecutive_failures = 0
+        slot.logins_ok += 1
+        slot.last_success_at = credential.obtained_at
+        slot.last_request_id = credential.request_id or slot.last_request_id
+        if credential.expires_at is None:
+            self._unschedule(slot)
+        else:
+            self._schedule(slot, renewal_delay(credential.expires_at - time.time(), self._rng))
+        log.info(
+            "login provider=%s outcome=ok expires_at=%s request_id=%s duration_ms=%d next_refresh_in=%s",
+            slot.name, _iso(credential.expires_at) or "never", credential.request_id or "-",
+            duration * 1000, _seconds(slot.next_refresh_at),
+        )
+        if credential.expiry_note and credential.expiry_note != slot.last_expiry_note:
+            log.warning("provider=%s expiry corrected: %s", slot.name, credential.expiry_note)
+        slot.last_expiry_note = credential.expiry_note
+
+    def _failed(self, slot: _Slot, error: UpstreamError, duration: float) -> None:
+        error.message = self.redactor.scrub(error.message)
+        error.args = (error.message,)
+        slot.consecutive_failures += 1
+        slot.logins_failed += 1
+        slot.last_error, slot.last_error_at = error, time.time()
+        slot.last_request_id = error.request_id or slot.last_request_id
+        expires_at = slot.credential.expires_at if slot.credential else None
+        delay = retry_delay(
+            slot.consecutive_failures, self._rng, retryable=error.retryable, retry_after=error.retry_after,
+            time_left=None if expires_at is None else expires_at - time.time(),
+        )
+        self._schedule(slot, delay)
+        log.warning(
+            "login provider=%s outcome=%s status=%s request_id=%s duration_ms=%d next_attempt_in=%.1fs error=%s",
+            slot.name, "rejected" if isinstance(error, CredentialsRejected) else "error",
+            error.status or "-", error.request_id or "-", duration * 1000, delay, error.message,
+        )
+
+    def _schedule(self, slot: _Slot, delay: float) -> None:
+        if self._scheduler is None or not self._scheduler.running:
+            return
+        self._scheduler.add_job(
+            self._scheduled_login, "date", run_date=datetime.now(UTC) + timedelta(seconds=delay),
+            args=[slot.name], id=slot.name, replace_existing=True,
+        )
+        slot.next_refresh_at = time.time() + delay
+
+    def _unschedule(self, slot: _Slot) -> None:
+        if self._scheduler is not None and self._scheduler.get_job(slot.name) is not None:
+            self._scheduler.remove_job(slot.name)
+        slot.next_refresh_at = None
+
+    def _unavailable(self, slot: _Slot) -> TokenUnavailable:
+        if slot.last_error is None:
+            return TokenUnavailable(slot.name, f"no valid token for {slot.name} yet")
+        when = _iso(slot.next_refresh_at)
+        return TokenUnavailable(
+            slot.name,
+            f"no valid token for {slot.name}: {slot.last_error.message}" + (f"; next try at {when}" if when else ""),
+            next_attempt=slot.next_refresh_at,
+        )
+
+
+def _retrieve(task: asyncio.Task[Credential]) -> None:
+    # A login nobody awaits (the first one, a scheduled one) has already logged its failure.
+    if not task.cancelled():
+        task.exception()
+
+
+def _again(error: UpstreamError) -> UpstreamError:
+    """A fresh copy of a recorded error, so re-raising it does not grow its traceback."""
+    return UpstreamError(
+        error.provider, error.message, status=error.status, request_id=error.request_id,
+        retryable=error.retryable, retry_after=error.retry_after,
+    )
+
+
+def _state(slot: _Slot, now: float) -> State:
+    if slot.credential is None:
+        return State.PENDING if slot.consecutive_failures == 0 else State.FAILED
+    if not slot.credential.is_fresh(now):
+        return State.EXPIRED
+    if slot.inflight is not None:
+        return State.REFRESHING
+    return State.RETRYING if slot.consecutive_failures else State.OK
+
+
+def _status(slot: _Slot, now: float) -> dict[str, Any]:
+    credential = slot.credential
+    expires_in = credential.expires_in(now) if credential else None
+    error = slot.last_error
+    return {
+        "kind": slot.config.kind,
+        "state": _state(slot, now).value,
+        "expires_at": _iso(credential.expires_at) if credential else None,
+        "expires_in": None if expires_in is None else max(0, int(expires_in)),
+        "last_refresh": _iso(slot.last_success_at),
+        "next_refresh": _iso(slot.next_refresh_at),
+        "last_error": None if error is None else {
+            "message": error.message, "status": error.status, "request_id": error.request_id,
+            "credentials_rejected": isinstance(error, CredentialsRejected), "at": _iso(slot.last_error_at),
+        },
+        "last_request_id": slot.last_request_id,
+        "logins": {"ok": slot.logins_ok, "failed": slot.logins_failed},
+        "consecutive_failures": slot.consecutive_failures,
+    }
+
+
+def _iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _seconds(timestamp: float | None) -> str:
+    return "-" if timestamp is None else f"{max(0.0, timestamp - time.time()):.1f}s"

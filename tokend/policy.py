@@ -1,0 +1,49 @@
+"""When to log in: renewal before expiry, and retries after a failure. Pure functions of time."""
+
+from __future__ import annotations
+
+import random
+
+# Renew at two thirds of the lifetime: a third is left to ride out a provider outage on the old token.
+RENEW_AT = 2 / 3
+# ± this share of the lifetime, so that a fleet of daemons started together does not log in together.
+RENEW_JITTER = 0.1
+# The latest a renewal may start, as a share of the lifetime, leaving time for retries.
+RENEW_LATEST = 0.85
+
+RETRY_FLOOR = 0.5  # never retry sooner: a login loop is what providers disable accounts for
+RETRY_BASE = 1.0
+RETRY_CAP = 300.0
+# Rejected credentials need a person; retrying them fast only looks like an attack to the provider.
+REJECTED_RETRY = 60.0
+
+
+def renewal_delay(lifetime: float, rng: random.Random) -> float:
+    """Seconds from now until a token that lives `lifetime` seconds from now should be renewed."""
+    share = RENEW_AT + rng.uniform(-RENEW_JITTER, RENEW_JITTER)
+    return max(0.0, min(share, RENEW_LATEST) * lifetime)
+
+
+def retry_delay(
+    failures: int,
+    rng: random.Random,
+    *,
+    retryable: bool,
+    retry_after: float | None = None,
+    time_left: float | None = None,
+    cap: float = RETRY_CAP,
+) -> float:
+    """Seconds until the next try after `failures` consecutive failures (1 for the first).
+
+    Exponential backoff with full jitter, at least what the provider asked for with Retry-After, and
+    bounded so that, while a valid token remains, a retry still comes before it expires.
+    """
+    if retryable:
+        delay = rng.uniform(0, min(cap, RETRY_BASE * 2 ** min(failures, 32)))
+    else:
+        delay = min(cap, REJECTED_RETRY * 2 ** min(failures - 1, 16))
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, cap))
+    if time_left is not None and time_left > 0:
+        delay = min(delay, time_left / 2)
+    return max(RETRY_FLOOR, delay)

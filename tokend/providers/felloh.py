@@ -1,0 +1,61 @@
+"""Felloh: a public and private key pair exchanged for a bearer token with an absolute expiry.
+
+`POST {base}/token` with JSON `{"public_key", "private_key"}` answers
+`{"data": {"token", "expiry_time", "type": "BEARER"}, "errors": [...], "meta": {"request_id", ...}}`.
+JSON only, with `Content-Type` and `Accept: application/json` on every request.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from tokend.config import FellohConfig
+from tokend.credential import Credential
+from tokend.providers.base import LoginRequest, bearer_credential, exchange, malformed, number_or_none
+from tokend.redact import Redactor
+
+JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
+
+
+def describe(body: Any) -> tuple[str | None, str | None]:
+    """Felloh's `meta.request_id`, and the best sentence it gives about an error."""
+    if not isinstance(body, dict):
+        return None, None
+    meta = body["meta"] if isinstance(body.get("meta"), dict) else {}
+    request_id = meta.get("request_id") if isinstance(meta.get("request_id"), str) else None
+    message = meta.get("message") if isinstance(meta.get("message"), str) else None
+    errors = body.get("errors")
+    if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+        first = errors[0].get("message") or errors[0].get("title")
+        message = first if isinstance(first, str) else message
+    return request_id, message
+
+
+class Felloh:
+    def __init__(self, name: str, config: FellohConfig, redactor: Redactor) -> None:
+        self.name = name
+        self.config = config
+        self._redactor = redactor
+
+    async def fetch(self, client: httpx.AsyncClient) -> Credential:
+        login = LoginRequest(
+            provider=self.name,
+            method="POST",
+            url=f"{self.config.url}/token",
+            json={"public_key": self.config.public_key.get(), "private_key": self.config.private_key.get()},
+            headers=JSON_HEADERS,
+            timeout=self.config.timeout,
+            redactor=self._redactor,
+            describe=describe,
+        )
+        body, request_id = await exchange(client, login)
+        data = body.get("data") if isinstance(body, dict) else None
+        token = data.get("token") if isinstance(data, dict) else None
+        if not isinstance(token, str) or not token:
+            raise malformed(self.name, "no data.token", request_id)
+        assert isinstance(data, dict)
+        return bearer_credential(
+            self.config, token, number_or_none(data.get("expiry_time")), request_id=request_id
+        )

@@ -1,0 +1,53 @@
+"""FinTech Studios: a static `x-api-key` plus an email and password exchanged for a JWT.
+
+`POST {base}/auth/token` with JSON `{"email", "password"}` and the `x-api-key` header answers
+`{"token": "<JWT>", "expires": <Unix seconds>, "userId": "..."}`. Every API call then needs both headers,
+and the provider asks for a backend refresher instead of a login per request: tokend is that refresher.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from tokend.config import FintechStudiosConfig
+from tokend.credential import Credential
+from tokend.providers.base import LoginRequest, bearer_credential, exchange, malformed, number_or_none
+from tokend.redact import Redactor
+
+
+def describe(body: Any) -> tuple[str | None, str | None]:
+    if not isinstance(body, dict):
+        return None, None
+    for key in ("message", "error", "detail"):
+        if isinstance(body.get(key), str):
+            return None, body[key]
+    return None, None
+
+
+class FintechStudios:
+    def __init__(self, name: str, config: FintechStudiosConfig, redactor: Redactor) -> None:
+        self.name = name
+        self.config = config
+        self._redactor = redactor
+
+    async def fetch(self, client: httpx.AsyncClient) -> Credential:
+        api_key = self.config.api_key.get()
+        login = LoginRequest(
+            provider=self.name,
+            method="POST",
+            url=f"{self.config.url}/auth/token",
+            json={"email": self.config.email, "password": self.config.password.get()},
+            headers={"x-api-key": api_key, "Accept": "application/json"},
+            timeout=self.config.timeout,
+            redactor=self._redactor,
+            describe=describe,
+        )
+        body, _ = await exchange(client, login)
+        token = body.get("token") if isinstance(body, dict) else None
+        if not isinstance(token, str) or not token:
+            raise malformed(self.name, "no token")
+        return bearer_credential(
+            self.config, token, number_or_none(body.get("expires")), extra_headers={"x-api-key": api_key}
+        )

@@ -1,0 +1,102 @@
+"""Running the daemon: the manager and its API under uvicorn, on a loopback TCP port or a unix socket.
+
+The listening socket is made here, not by uvicorn, so that a busy port is a clear error before anything
+starts, a unix socket gets its file mode before it accepts anyone, and `port = 0` can be used by tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import socket
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import uvicorn
+
+from tokend.api import create_app
+from tokend.config import ServerConfig, Settings
+from tokend.errors import TokendError
+from tokend.logs import install_redaction
+from tokend.manager import Manager
+
+log = logging.getLogger("tokend")
+
+SOCKET_MODE = 0o600
+GRACEFUL_SHUTDOWN = 3  # seconds for in-flight local requests after SIGTERM
+
+
+def listen(server: ServerConfig) -> socket.socket:
+    """The listening socket the config asks for, or TokendError saying why it cannot be had."""
+    if server.socket is not None:
+        return _listen_unix(server.socket)
+    family = socket.AF_INET6 if ":" in server.host else socket.AF_INET
+    try:
+        return socket.create_server((server.host.strip("[]"), server.port), family=family, reuse_port=False)
+    except OSError as exc:
+        reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+        raise TokendError(f"cannot listen on {server.host}:{server.port}: {reason}") from None
+
+
+def _listen_unix(path: Path) -> socket.socket:
+    _remove_stale_socket(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)  # the file is born 0600: no window in which others may connect
+    try:
+        sock.bind(str(path))
+    except OSError as exc:
+        sock.close()
+        raise TokendError(f"cannot listen on {path}: {exc.strerror}") from None
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, SOCKET_MODE)
+    sock.listen(128)
+    return sock
+
+
+def _remove_stale_socket(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            raise TokendError(f"{path} exists and is not a socket; refusing to replace it")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except ConnectionRefusedError:
+            path.unlink()  # left behind by a daemon that did not exit cleanly
+            log.info("removed stale socket %s", path)
+        else:
+            raise TokendError(f"another process is already serving on {path}")
+        finally:
+            probe.close()
+
+
+@contextlib.contextmanager
+def _unlink_at_exit(server: ServerConfig) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        if server.socket is not None:
+            with contextlib.suppress(FileNotFoundError):
+                server.socket.unlink()
+
+
+def serve(settings: Settings, sock: socket.socket | None = None) -> bool:
+    """Run until SIGTERM or SIGINT. False when the daemon could not start."""
+    sock = sock or listen(settings.server)
+    manager = Manager(settings)
+    install_redaction(manager.redactor)
+    config = uvicorn.Config(
+        create_app(manager),
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        server_header=False,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
+    )
+    server = uvicorn.Server(config)
+    with _unlink_at_exit(settings.server), sock:
+        server.run(sockets=[sock])
+    return server.started
