@@ -1,0 +1,581 @@
+"""Fake upstream providers: real HTTP servers on 127.0.0.1 that answer like the providers' documentation.
+
+They serve the test-suite and `tokend demo`, so that tokend can be run end to end with no account anywhere.
+
+    with serve_fakes() as fakes:
+        fakes.felloh.fail(503, times=1, retry_after=2)   # the next login answers 503 with Retry-After
+        ...  # point tokend at fakes.felloh_url, fakes.fintech_studios_url and fakes.flotiq_url
+
+Each fake is a Starlette app (`fake.app`); `FakeServer` runs one with uvicorn in a daemon thread. Tests flip
+a fake's switches (`fail`, `hang`, `recover`, credentials, `lifetime`) from their own thread while the server
+answers from its thread, so everything the two share is read or written under a lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import json
+import math
+import secrets
+import socket
+import string
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from http import HTTPStatus
+from types import TracebackType
+from typing import Any, ClassVar
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp
+
+__all__ = [
+    "FakeFelloh",
+    "FakeFintechStudios",
+    "FakeFlotiq",
+    "FakeProviders",
+    "FakeServer",
+    "FakeUpstream",
+    "serve_fakes",
+]
+
+_ALPHANUMERIC = string.ascii_letters + string.digits
+# Status of an answer that nobody reads: the client gave up while a hang() held its request (nginx's 499).
+_CLIENT_GONE = 499
+
+
+@dataclass
+class _Failure:
+    status: int
+    times: int | None  # None: every request until recover()
+    retry_after: float | None
+    body: str | None
+
+
+class FakeUpstream:
+    """What the three fakes share: outage switches, login counters and the record of issued tokens."""
+
+    protected_path: ClassVar[str] = "/"
+
+    def __init__(self, *, lifetime: float) -> None:
+        self.lifetime = lifetime
+        self.logins = 0
+        self.login_attempts = 0
+        self._lock = threading.Lock()
+        self._failure: _Failure | None = None
+        self._hang = 0.0
+        self._tokens: dict[str, int] = {}  # token -> expiry, Unix seconds
+        self.app = Starlette(
+            routes=self._routes(), exception_handlers={HTTPException: self._on_http_exception}
+        )
+
+    # -- switches, called from the test's thread ---------------------------------------------------------
+
+    def fail(
+        self,
+        status: int,
+        *,
+        times: int | None = None,
+        retry_after: float | None = None,
+        body: str | None = None,
+    ) -> None:
+        """Answer the next `times` login requests (all when None) with `status` instead of logging in.
+
+        `body` replaces the provider's error envelope with raw text, e.g. a proxy's HTML page served with
+        status 200; it is served as application/json when it parses as JSON, else as text/html.
+        """
+        if not 200 <= status <= 599:
+            raise ValueError(f"status must be between 200 and 599, not {status}")
+        if times is not None and times < 1:
+            raise ValueError(f"times must be at least 1, not {times}")
+        with self._lock:
+            self._failure = _Failure(status, times, retry_after, body)
+
+    def hang(self, seconds: float) -> None:
+        """Hold every login request this long before answering (a slow or stuck upstream).
+
+        A request whose client gives up meanwhile ends there: it issues no token and counts no login.
+        """
+        with self._lock:
+            self._hang = seconds
+
+    def recover(self) -> None:
+        """Undo fail() and hang(): the upstream works again."""
+        with self._lock:
+            self._failure = None
+            self._hang = 0.0
+
+    # -- assertions ----------------------------------------------------------------------------------------
+
+    def valid_tokens(self) -> set[str]:
+        """The tokens this fake issued that have not expired yet."""
+        now = time.time()
+        with self._lock:
+            return {token for token, expires in self._tokens.items() if now < expires}
+
+    def is_valid(self, token: str) -> bool:
+        """Whether this fake issued `token` and it has not expired yet."""
+        with self._lock:
+            expires = self._tokens.get(token)
+        return expires is not None and time.time() < expires
+
+    # -- for the subclasses ----------------------------------------------------------------------------------
+
+    def _routes(self) -> list[Route]:
+        raise NotImplementedError
+
+    def _error(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
+        """The provider's own error answer."""
+        return JSONResponse({"message": message}, status_code=status, headers=headers)
+
+    def _expiry(self) -> int:
+        # Whole seconds, as the providers send it; the fake checks validity against this same integer so
+        # that the fake and the daemon agree to the second on when a token dies.
+        return int(time.time() + self.lifetime)
+
+    def _issue(self, token: str, expires: int) -> None:
+        """Record a new token and count the successful login."""
+        now = time.time()
+        with self._lock:
+            # Dropping the dead ones keeps a long `tokend demo` from growing without bound.
+            self._tokens = {t: e for t, e in self._tokens.items() if now < e}
+            self._tokens[token] = expires
+            self.logins += 1
+
+    def _count_attempt(self) -> None:
+        with self._lock:
+            self.login_attempts += 1
+
+    async def _interfere(self, request: Request) -> Response | None:
+        """Apply hang() then fail(): an outage comes before anything the provider itself would check.
+
+        Returns the answer that replaces the real one, or None to carry on.
+        """
+        # Read the body now: is_disconnected() below consumes a pending body message.
+        await request.body()
+        with self._lock:
+            delay = self._hang
+        if delay > 0 and not await _hold(request, delay):
+            # The client timed out: it must not count as a login nor receive a token it never saw.
+            return Response(status_code=_CLIENT_GONE)
+        failure = self._take_failure()
+        return None if failure is None else self._failure_response(failure)
+
+    def _take_failure(self) -> _Failure | None:
+        with self._lock:
+            failure = self._failure
+            if failure is not None and failure.times is not None:
+                failure.times -= 1
+                if failure.times == 0:
+                    self._failure = None
+            return failure
+
+    def _failure_response(self, failure: _Failure) -> Response:
+        headers = {} if failure.retry_after is None else {"Retry-After": _seconds(failure.retry_after)}
+        if failure.body is None:
+            return self._error(failure.status, _phrase(failure.status), headers)
+        media_type = "application/json" if _parses_as_json(failure.body) else "text/html"
+        return Response(failure.body, status_code=failure.status, headers=headers, media_type=media_type)
+
+    async def _on_http_exception(self, request: Request, exc: Exception) -> Response:
+        # 404 and 405 in the provider's own error shape, as a real API gateway answers them.
+        if not isinstance(exc, HTTPException):
+            return self._error(500, _phrase(500))
+        return self._error(exc.status_code, _phrase(exc.status_code), exc.headers)
+
+
+class FakeFelloh(FakeUpstream):
+    """Felloh: POST /token with {"public_key","private_key"} -> bearer token with absolute expiry."""
+
+    protected_path: ClassVar[str] = "/agent/organisations"
+
+    def __init__(
+        self,
+        *,
+        public_key: str = "demo-felloh-public",
+        private_key: str = "demo-felloh-private",
+        lifetime: float = 3600.0,
+    ) -> None:
+        self.public_key = public_key
+        self.private_key = private_key
+        super().__init__(lifetime=lifetime)
+
+    def _routes(self) -> list[Route]:
+        return [
+            Route("/token", self._token, methods=["POST"]),
+            Route(self.protected_path, self._organisations, methods=["GET"]),
+        ]
+
+    async def _token(self, request: Request) -> Response:
+        self._count_attempt()
+        interfered = await self._interfere(request)
+        if interfered is not None:
+            return interfered
+        refused = self._check_mime_types(request)
+        if refused is not None:
+            return refused
+        body = _json_object(await request.body())
+        if body is None:
+            return self._error(400, "The request body must be a JSON object")
+        public_key, private_key = body.get("public_key"), body.get("private_key")
+        if not isinstance(public_key, str) or not isinstance(private_key, str):
+            return self._error(400, "public_key and private_key are required")
+        if not (_same(public_key, self.public_key) and _same(private_key, self.private_key)):
+            return self._error(401, "The public or private key is not valid", title="Unauthorised")
+        return self._new_token()
+
+    def _check_mime_types(self, request: Request) -> Response | None:
+        """Felloh speaks JSON only and says so: both headers are required."""
+        if _media_type(request.headers.get("content-type", "")) != "application/json":
+            return self._error(415, "The Content-Type header must be application/json")
+        if not _accepts_json(request.headers.get("accept", "")):
+            return self._error(406, "The Accept header must be application/json")
+        return None
+
+    def _new_token(self) -> Response:
+        token = "".join(secrets.choice(_ALPHANUMERIC) for _ in range(128))
+        expires = self._expiry()
+        self._issue(token, expires)
+        return _felloh_envelope(200, {"token": token, "expiry_time": expires, "type": "BEARER"})
+
+    async def _organisations(self, request: Request) -> Response:
+        token = _bearer_token(request)
+        if token is None or not self.is_valid(token):
+            return self._error(401, "A valid bearer token is required", title="Unauthorised")
+        organisations = [{"id": "f3b2c1d0-5e6f-4a7b-8c9d-0e1f2a3b4c5d", "name": "Demo Travel Ltd"}]
+        return _felloh_envelope(200, organisations)
+
+    def _error(
+        self,
+        status: int,
+        message: str,
+        headers: Mapping[str, str] | None = None,
+        *,
+        title: str | None = None,
+    ) -> Response:
+        errors = [{"title": title or _phrase(status), "message": message}]
+        return _felloh_envelope(status, {}, errors=errors, message=message, headers=headers)
+
+
+class FakeFintechStudios(FakeUpstream):
+    """FinTech Studios: x-api-key header + POST /auth/token {"email","password"} -> JWT with expiry.
+
+    The answer is {"token": JWT, "expires": Unix seconds, "userId"}; the JWT is a real HS256 one.
+    """
+
+    protected_path: ClassVar[str] = "/v1/news"
+
+    def __init__(
+        self,
+        *,
+        api_key: str = "5f0c7e9a-0b1c-4d2e-8f3a-6b7c8d9e0f1a",
+        email: str = "demo@example.com",
+        password: str = "demo-password",  # noqa: S107 (the fake's demo account, public on purpose)
+        lifetime: float = 3600.0,
+    ) -> None:
+        self.api_key = api_key
+        self.email = email
+        self.password = password
+        # The account's id stays the same when a test rotates the email or the password.
+        self.user_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"fintech-studios:{email}"))
+        self._secret = secrets.token_bytes(32)
+        super().__init__(lifetime=lifetime)
+
+    def _routes(self) -> list[Route]:
+        return [
+            Route("/auth/token", self._token, methods=["POST"]),
+            Route(self.protected_path, self._news, methods=["GET"]),
+        ]
+
+    async def _token(self, request: Request) -> Response:
+        self._count_attempt()
+        interfered = await self._interfere(request)
+        if interfered is not None:
+            return interfered
+        if not self._api_key_ok(request):
+            return self._error(403, "Forbidden")
+        body = _json_object(await request.body())
+        if body is None:
+            return self._error(400, "The request body must be a JSON object")
+        email, password = body.get("email"), body.get("password")
+        if not isinstance(email, str) or not isinstance(password, str):
+            return self._error(400, "email and password are required")
+        if not (_same(email, self.email) and _same(password, self.password)):
+            return self._error(401, "Invalid email or password")
+        return self._new_token()
+
+    def _new_token(self) -> Response:
+        expires = self._expiry()
+        claims = {"sub": self.user_id, "iat": int(time.time()), "exp": expires, "jti": secrets.token_hex(16)}
+        token = self._sign(claims)
+        self._issue(token, expires)
+        return JSONResponse({"token": token, "expires": expires, "userId": self.user_id})
+
+    async def _news(self, request: Request) -> Response:
+        # Both are required: the static key names the organisation, the JWT the user.
+        if not self._api_key_ok(request):
+            return self._error(403, "Forbidden")
+        token = _bearer_token(request)
+        if token is None or not self._jwt_valid(token):
+            return self._error(401, "Unauthorized")
+        return JSONResponse({"data": [{"id": "n-1", "title": "Markets open higher"}], "total": 1})
+
+    def _api_key_ok(self, request: Request) -> bool:
+        return _same(request.headers.get("x-api-key", ""), self.api_key)
+
+    def _sign(self, claims: dict[str, Any]) -> str:
+        """An HS256 JWT, made by hand so that the fake needs no JWT library."""
+        header = _b64url(_compact_json({"alg": "HS256", "typ": "JWT"}))
+        payload = _b64url(_compact_json(claims))
+        signature = hmac.new(self._secret, f"{header}.{payload}".encode(), hashlib.sha256).digest()
+        return f"{header}.{payload}.{_b64url(signature)}"
+
+    def _jwt_valid(self, token: str) -> bool:
+        """Checked as the real API would: our signature, and `exp` not reached."""
+        header, _, rest = token.partition(".")
+        payload, _, signature = rest.partition(".")
+        expected = hmac.new(self._secret, f"{header}.{payload}".encode(), hashlib.sha256).digest()
+        if not hmac.compare_digest(_b64url(expected).encode(), signature.encode()):
+            return False
+        claims = _json_object(_b64url_decode(payload))
+        expires = None if claims is None else claims.get("exp")
+        return isinstance(expires, int) and time.time() < expires
+
+
+class FakeFlotiq(FakeUpstream):
+    """Flotiq: static keys only, no login endpoint.
+
+    The protected GET /api/v1/content/{type} takes a key as the X-AUTH-TOKEN header or ?auth_token=.
+    With no login endpoint, `logins` and `login_attempts` stay 0, and fail() and hang() act on the
+    protected endpoint instead. Keys never expire: valid_tokens() is the set of keys.
+    """
+
+    protected_path: ClassVar[str] = "/api/v1/content/blogposts"
+
+    def __init__(self, *, api_keys: Iterable[str] = ("demo-flotiq-read-only-key",)) -> None:
+        self.api_keys = set(api_keys)
+        super().__init__(lifetime=math.inf)
+
+    def valid_tokens(self) -> set[str]:
+        return set(self.api_keys)
+
+    def is_valid(self, token: str) -> bool:
+        return token in self.api_keys
+
+    def _routes(self) -> list[Route]:
+        return [Route("/api/v1/content/{content_type}", self._content, methods=["GET"])]
+
+    async def _content(self, request: Request) -> Response:
+        interfered = await self._interfere(request)
+        if interfered is not None:
+            return interfered
+        key = request.headers.get("x-auth-token") or request.query_params.get("auth_token")
+        if key is None or not self.is_valid(key):
+            return self._error(401, "Unauthorized")
+        return JSONResponse({"total_count": 0, "total_pages": 0, "current_page": 1, "count": 0, "data": []})
+
+
+class FakeServer:
+    """Serve an ASGI app with uvicorn in a daemon thread on 127.0.0.1 and a free port."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.url = ""
+        self._app = app
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._socket: socket.socket | None = None
+
+    def start(self) -> FakeServer:
+        """Start serving; return once the server accepts connections."""
+        if self._thread is not None:
+            raise RuntimeError("this FakeServer was already started")
+        # Binding the socket ourselves to port 0 gives a free port with no race against other processes.
+        # IPPROTO_TCP by name: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and without
+        # it every keep-alive request waits ~40 ms on Nagle's algorithm and delayed ACKs.
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        self._socket.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._socket.getsockname()[1]}"
+        self._server = uvicorn.Server(self._config())
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._socket]}, name=f"fake {self.url}", daemon=True
+        )
+        self._thread.start()
+        self._wait_started(timeout=10.0)
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and wait (bounded) for the thread to end. Safe to call twice."""
+        if self._server is None or self._thread is None:
+            return
+        self._request_exit()
+        self._thread.join(timeout=5.0)
+        if self._thread.is_alive():
+            # A request held by hang() keeps a graceful shutdown waiting: stop waiting for it.
+            self._server.force_exit = True
+            self._thread.join(timeout=5.0)
+        if self._socket is not None:
+            self._socket.close()
+        self._server = None
+
+    def __enter__(self) -> FakeServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _request_exit(self) -> None:
+        # uvicorn notices within its 0.1 s tick; several servers told at once stop in parallel.
+        if self._server is not None:
+            self._server.should_exit = True
+
+    def _config(self) -> uvicorn.Config:
+        # The plain asyncio loop and no websockets: a fake needs no speed, and importing the websockets
+        # implementation can emit deprecation warnings, which the test-suite turns into errors.
+        return uvicorn.Config(
+            self._app, log_level="warning", lifespan="off", loop="asyncio", ws="none", access_log=False
+        )
+
+    def _wait_started(self, *, timeout: float) -> None:
+        assert self._server is not None and self._thread is not None
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the fake server at {self.url} did not start")
+            time.sleep(0.01)
+
+
+@dataclass
+class FakeProviders:
+    """The three fakes started by serve_fakes(), with the base URL each one answers on."""
+
+    felloh: FakeFelloh
+    fintech_studios: FakeFintechStudios
+    flotiq: FakeFlotiq
+    felloh_url: str
+    fintech_studios_url: str
+    flotiq_url: str
+
+
+@contextlib.contextmanager
+def serve_fakes(*, lifetime: float = 3600.0) -> Iterator[FakeProviders]:
+    """Start all three fakes, each on its own FakeServer, and stop them on exit."""
+    felloh, fintech_studios, flotiq = (
+        FakeFelloh(lifetime=lifetime),
+        FakeFintechStudios(lifetime=lifetime),
+        FakeFlotiq(),
+    )
+    servers = [FakeServer(fake.app) for fake in (felloh, fintech_studios, flotiq)]
+    with contextlib.ExitStack() as stack:
+        for server in servers:
+            stack.enter_context(server)
+        # Registered last, so it runs first: all three wind down together before each stop() waits.
+        for server in servers:
+            stack.callback(server._request_exit)
+        yield FakeProviders(felloh, fintech_studios, flotiq, *(server.url for server in servers))
+
+
+# -- helpers -------------------------------------------------------------------------------------------------
+
+
+def _felloh_envelope(
+    status: int,
+    data: Any,
+    *,
+    errors: list[dict[str, str]] | None = None,
+    message: str = "The request was successful",
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    """Felloh wraps every answer alike, and every one carries a fresh meta.request_id."""
+    meta = {"code": status, "reason": _phrase(status), "message": message, "request_id": str(uuid.uuid4())}
+    body = {"data": data, "errors": errors or [], "meta": meta}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def _hold(request: Request, seconds: float) -> bool:
+    """Sleep up to `seconds`; False as soon as the client hangs up, so no abandoned request lingers."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        await asyncio.sleep(min(left, 0.05))
+        if await request.is_disconnected():
+            return False
+    return True
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def _seconds(value: float) -> str:
+    # Retry-After is whole seconds by RFC 9110; a fraction is kept only because tests use sub-second waits.
+    return str(int(value)) if value == int(value) else str(value)
+
+
+def _same(given: str, expected: str) -> bool:
+    # Constant time, as a real server compares secrets; bytes because compare_digest refuses non-ASCII str.
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
+def _media_type(value: str) -> str:
+    return value.split(";", 1)[0].strip().lower()
+
+
+def _accepts_json(accept: str) -> bool:
+    return any(_media_type(part) == "application/json" for part in accept.split(","))
+
+
+def _bearer_token(request: Request) -> str | None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+def _json_object(raw: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(raw)
+    except ValueError:  # also UnicodeDecodeError
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _parses_as_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _compact_json(value: dict[str, Any]) -> bytes:
+    # No spaces, as JWT libraries write it: the header then encodes to the familiar "eyJhbGciOiJIUzI1NiIs...".
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _b64url_decode(text: str) -> bytes:
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except ValueError:  # binascii.Error
+        return b""
