@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tokend.config import ServerConfig, Settings
-from tokend.server import listen
+from tokend.config import Settings
+from tokend.server import listen_tcp
 from tokend.testing import FakeProviders, serve_fakes
 
 
@@ -31,7 +31,7 @@ def demo_environment(*, port: int, lifetime: float) -> Iterator[Demo]:
     """Fakes started, a config written for them, the daemon's socket bound: all it needs is to be served."""
     with serve_fakes(lifetime=lifetime) as fakes, tempfile.TemporaryDirectory(prefix="tokend-demo-") as tmp:
         # Bind first, so that `--port 0` yields a real port the config (and `tokend get`) can name.
-        sock = listen(ServerConfig(port=port)) if port else socket.create_server(("127.0.0.1", 0))
+        sock = listen_tcp("127.0.0.1", port)
         actual_port = sock.getsockname()[1]
         config_path = write_config(Path(tmp), fakes, actual_port)
         settings = Settings.load(config_path)

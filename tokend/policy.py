@@ -8,8 +8,12 @@ import random
 RENEW_AT = 2 / 3
 # ± this share of the lifetime, so that a fleet of daemons started together does not log in together.
 RENEW_JITTER = 0.1
-# The latest a renewal may start, as a share of the lifetime, leaving time for retries.
+# The latest a renewal may start, as a share of the lifetime, leaving time for retries...
 RENEW_LATEST = 0.85
+# ...and at least this many seconds before expiry, so that a short-lived token is replaced before it
+# comes within credential.SERVE_MARGIN of expiry and stops being served.
+RENEW_BEFORE_EXPIRY = 2.0
+RENEW_FLOOR = 0.5  # a provider handing out one-second tokens still gets no more than two logins a second
 
 RETRY_FLOOR = 0.5  # never retry sooner: a login loop is what providers disable accounts for
 RETRY_BASE = 1.0
@@ -21,7 +25,8 @@ REJECTED_RETRY = 60.0
 def renewal_delay(lifetime: float, rng: random.Random) -> float:
     """Seconds from now until a token that lives `lifetime` seconds from now should be renewed."""
     share = RENEW_AT + rng.uniform(-RENEW_JITTER, RENEW_JITTER)
-    return max(0.0, min(share, RENEW_LATEST) * lifetime)
+    latest = min(RENEW_LATEST * lifetime, lifetime - RENEW_BEFORE_EXPIRY)
+    return max(RENEW_FLOOR, min(share * lifetime, latest))
 
 
 def retry_delay(

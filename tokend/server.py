@@ -10,8 +10,10 @@ import contextlib
 import errno
 import logging
 import os
+import signal
 import socket
 import stat
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,12 +35,23 @@ def listen(server: ServerConfig) -> socket.socket:
     """The listening socket the config asks for, or TokendError saying why it cannot be had."""
     if server.socket is not None:
         return _listen_unix(server.socket)
-    family = socket.AF_INET6 if ":" in server.host else socket.AF_INET
+    return listen_tcp(server.host, server.port)
+
+
+def listen_tcp(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP, and without
+    # it every keep-alive answer waits ~40 ms for Nagle's algorithm.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
-        return socket.create_server((server.host.strip("[]"), server.port), family=family, reuse_port=False)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host.strip("[]"), port))
+        sock.listen(1024)
     except OSError as exc:
+        sock.close()
         reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
-        raise TokendError(f"cannot listen on {server.host}:{server.port}: {reason}") from None
+        raise TokendError(f"cannot listen on {host}:{port}: {reason}") from None
+    return sock
 
 
 def _listen_unix(path: Path) -> socket.socket:
@@ -93,10 +106,33 @@ def serve(settings: Settings, sock: socket.socket | None = None) -> bool:
         log_config=None,
         access_log=False,
         lifespan="on",
+        ws="none",
         server_header=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
     )
     server = uvicorn.Server(config)
-    with _unlink_at_exit(settings.server), sock:
+    where = settings.server.socket or "http://{}:{}".format(*sock.getsockname()[:2])
+    log.info("tokend serving %d provider(s) on %s", len(settings.providers), where)
+    with _unlink_at_exit(settings.server), sock, _stop_signals_end_cleanly():
         server.run(sockets=[sock])
     return server.started
+
+
+@contextlib.contextmanager
+def _stop_signals_end_cleanly() -> Iterator[None]:
+    """uvicorn handles SIGTERM and SIGINT, then raises the signal again once it has shut down, to the
+    handler that was there before it. Make that handler a no-op, so that a clean stop exits 0 instead of
+    dying of the re-raised signal (status -15) or a KeyboardInterrupt."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _ignore) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _ignore(signum: int, frame: object) -> None:
+    pass

@@ -1,0 +1,133 @@
+"""Running the real daemon as a subprocess, the way users do, for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tokend.testing import FakeProviders
+
+HEADERS = {"X-Tokend-Request": "test"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def write_config(directory: Path, fakes: FakeProviders, *, extra: str = "", **options: object) -> Path:
+    """A config for all three fakes, secrets in 0600 files; `options` are added to every provider table."""
+    secrets = {
+        "felloh_public": fakes.felloh.public_key,
+        "felloh_private": fakes.felloh.private_key,
+        "fts_key": fakes.fintech_studios.api_key,
+        "fts_password": fakes.fintech_studios.password,
+        "flotiq_key": sorted(fakes.flotiq.api_keys)[0],
+    }
+    for name, value in secrets.items():
+        (directory / name).write_text(value + "\n")
+        (directory / name).chmod(0o600)
+    common = "".join(f"{key} = {value!r}\n" for key, value in options.items())
+    config = directory / "tokend.toml"
+    config.write_text(f"""
+[server]
+port = {free_port()}
+
+[providers.felloh]
+kind = "felloh"
+base_url = "{fakes.felloh_url}"
+public_key = {{ file = "{directory / 'felloh_public'}" }}
+private_key = {{ file = "{directory / 'felloh_private'}" }}
+{common}
+[providers.fts]
+kind = "fintech_studios"
+base_url = "{fakes.fintech_studios_url}"
+api_key = {{ file = "{directory / 'fts_key'}" }}
+email = "{fakes.fintech_studios.email}"
+password = {{ file = "{directory / 'fts_password'}" }}
+{common}
+[providers.flotiq]
+kind = "flotiq"
+base_url = "{fakes.flotiq_url}"
+api_key = {{ file = "{directory / 'flotiq_key'}" }}
+{common}
+{extra}
+""")
+    return config
+
+
+def tokend_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "tokend", *args]
+
+
+class Daemon:
+    def __init__(self, config: Path, *, log_path: Path) -> None:
+        self.config = config
+        self.log_path = log_path
+        port = next(line for line in config.read_text().splitlines() if line.startswith("port"))
+        self.url = f"http://127.0.0.1:{port.split('=')[1].strip()}"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.client = httpx.Client(base_url=self.url, headers=HEADERS, timeout=30)
+
+    def start(self, *, ready: bool = True) -> None:
+        with self.log_path.open("wb") as log:  # the child keeps its own copy of the descriptor
+            self.process = subprocess.Popen(
+                tokend_command("--config", str(self.config), "run"), stdout=log, stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        self.wait_listening()
+        if ready:
+            self.wait_until(lambda: self.client.get("/readyz").status_code == 200, what="all providers ready")
+
+    def wait_listening(self, timeout: float = 30.0) -> None:
+        def listening() -> bool:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"tokend exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                return self.client.get("/livez").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        self.wait_until(listening, timeout=timeout, what="tokend to listen")
+
+    def wait_until(self, condition: Any, *, timeout: float = 30.0, what: str = "condition") -> None:
+        """Poll `condition` every 50 ms; generous bounds, because CI machines are busy."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if condition():
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{self.log()}")
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.client.get(path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.client.post(path, **kwargs)
+
+    def terminate(self, timeout: float = 15.0) -> tuple[int, float]:
+        """SIGTERM; returns (exit code, seconds it took to exit)."""
+        assert self.process is not None
+        started = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=timeout)
+        return code, time.monotonic() - started
+
+    def kill(self) -> None:
+        self.client.close()
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
