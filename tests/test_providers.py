@@ -1,0 +1,158 @@
+"""Each provider against an injected transport: what it sends, what it reads, how it fails."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from tokend.config import FellohConfig, FintechStudiosConfig, FlotiqConfig, ProviderBase
+from tokend.credential import Credential
+from tokend.errors import CredentialsRejected, UpstreamError
+from tokend.providers import build_provider
+from tokend.providers.base import parse_retry_after
+from tokend.redact import Redactor
+
+FELLOH = FellohConfig(kind="felloh", base_url="https://felloh.test", public_key="pk-1", private_key="sk-secret-1")
+FTS = FintechStudiosConfig(kind="fintech_studios", base_url="https://fts.test", api_key="ak-1234",
+                           email="ops@example.com", password="pw-secret-1")
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+def fetch(config: ProviderBase, handler: Handler) -> Credential:
+    redactor = Redactor(secret.get() for secret in config.secrets().values())
+    provider = build_provider("p", config, redactor)  # type: ignore[arg-type]
+
+    async def go() -> Credential:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+            return await provider.fetch(client)
+
+    return asyncio.run(go())
+
+
+def felloh_ok(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(200, json={
+        "data": {"token": "tok-abc", "expiry_time": 4_000_000_000, "type": "BEARER"}, "errors": [],
+        "meta": {"code": 200, "reason": "OK", "request_id": "req-42"},
+    })
+
+
+def test_felloh_sends_the_key_pair_as_json_and_reads_the_envelope() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return felloh_ok(request)
+
+    credential = fetch(FELLOH.model_copy(update={"max_lifetime": 1e10}), handler)
+    request = seen[0]
+    assert (request.method, str(request.url)) == ("POST", "https://felloh.test/token")
+    assert request.headers["content-type"] == "application/json" and request.headers["accept"] == "application/json"
+    assert json.loads(request.content) == {"public_key": "pk-1", "private_key": "sk-secret-1"}
+    assert credential.token == "tok-abc" and credential.expires_at == 4_000_000_000
+    assert credential.headers == {"Authorization": "Bearer tok-abc"} and credential.request_id == "req-42"
+    assert "tok-abc" not in repr(credential)
+
+
+def test_fintech_studios_sends_the_api_key_and_serves_both_headers() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"token": "jwt-xyz", "expires": 4_000_000_000, "userId": "u1"})
+
+    credential = fetch(FTS, handler)
+    assert str(seen[0].url) == "https://fts.test/auth/token" and seen[0].headers["x-api-key"] == "ak-1234"
+    assert json.loads(seen[0].content) == {"email": "ops@example.com", "password": "pw-secret-1"}
+    assert credential.headers == {"x-api-key": "ak-1234", "Authorization": "Bearer jwt-xyz"}
+    assert credential.expiry_note == "expiry too far away; capped at max_lifetime"
+
+
+def test_flotiq_serves_its_static_key_as_header_and_query_without_any_request() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise AssertionError("Flotiq keys cannot be obtained by API; no request may be made")
+
+    credential = fetch(FlotiqConfig(kind="flotiq", api_key="fk-1"), handler)
+    assert (credential.token, credential.token_type, credential.expires_at) == ("fk-1", "api_key", None)
+    assert credential.headers == {"X-AUTH-TOKEN": "fk-1"} and credential.query == {"auth_token": "fk-1"}
+
+
+def failing(status: int, body: Any = None, headers: dict[str, str] | None = None) -> Handler:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if isinstance(body, str):
+            return httpx.Response(status, text=body, headers=headers)
+        return httpx.Response(status, json=body, headers=headers)
+
+    return handler
+
+
+def test_rejected_credentials_carry_felloh_s_request_id() -> None:
+    body = {"data": {}, "errors": [{"title": "Unauthorised", "message": "Invalid key pair"}],
+            "meta": {"code": 401, "request_id": "req-401"}}
+    with pytest.raises(CredentialsRejected) as caught:
+        fetch(FELLOH, failing(401, body))
+    error = caught.value
+    assert (error.status, error.request_id, error.retryable) == (401, "req-401", False)
+    assert error.message == "login answered 401: Invalid key pair (request id req-401)"
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "retryable", "retry_after"),
+    [(429, {"Retry-After": "30"}, True, 30.0), (503, None, True, None), (400, None, False, None)],
+)
+def test_http_failures_are_classified(status, headers, retryable, retry_after) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(UpstreamError) as caught:
+        fetch(FTS, failing(status, {"message": "nope"}, headers))
+    assert not isinstance(caught.value, CredentialsRejected)
+    assert (caught.value.status, caught.value.retryable, caught.value.retry_after) == (status, retryable, retry_after)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        (200, "<html>502 Bad Gateway</html>", "not with JSON"),
+        (200, {"data": {"type": "BEARER"}, "meta": {"request_id": "r9"}}, "no data.token (request id r9)"),
+        (200, ["unexpected"], "no data.token"),
+    ],
+)
+def test_garbled_answers_are_transient_errors(status, body, expected) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(UpstreamError) as caught:
+        fetch(FELLOH, failing(status, body))
+    assert expected in caught.value.message and caught.value.retryable
+
+
+def test_transport_failures_are_wrapped_and_retryable() -> None:
+    def refused(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    def slow(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("timed out", request=request)
+
+    with pytest.raises(UpstreamError, match="could not reach https://felloh.test/token"):
+        fetch(FELLOH, refused)
+    with pytest.raises(UpstreamError, match="timed out after 10s"):
+        fetch(FELLOH, slow)
+
+
+def test_an_upstream_echoing_secrets_gets_them_scrubbed() -> None:
+    echo = {"message": "user ops@example.com with password pw-secret-1 and key ak-1234 is locked"}
+    with pytest.raises(UpstreamError) as caught:
+        fetch(FTS, failing(500, echo))
+    assert "pw-secret-1" not in caught.value.message and "ak-1234" not in caught.value.message
+    assert "password *** and key ***" in caught.value.message
+
+
+def test_long_error_bodies_are_cut() -> None:
+    with pytest.raises(UpstreamError) as caught:
+        fetch(FTS, failing(502, "x" * 10_000))
+    assert len(caught.value.message) < 300
+
+
+def test_retry_after_accepts_seconds_and_http_dates() -> None:
+    assert parse_retry_after("120") == 120.0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
+    assert parse_retry_after("soon") is None and parse_retry_after(None) is None
