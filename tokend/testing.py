@@ -281,7 +281,7 @@ class FakeFintechStudios(FakeUpstream):
         *,
         api_key: str = "5f0c7e9a-0b1c-4d2e-8f3a-6b7c8d9e0f1a",
         email: str = "demo@example.com",
-        password: str = "demo-password",  # noqa: S107 (the fake's demo account, public on purpose)
+        password: str = "demo-password",
         lifetime: float = 3600.0,
     ) -> None:
         self.api_key = api_key
