@@ -150,3 +150,13 @@ def test_an_empty_secret_file_is_refused(tmp_path) -> None:  # type: ignore[no-u
     (tmp_path / "key").write_text("\n")
     found = problems(tmp_path, f'[providers.f]\nkind = "flotiq"\napi_key = {{ file = "{tmp_path / "key"}" }}\n')
     assert found == [f'provider "f", field "api_key": secret file {tmp_path / "key"} is empty']
+
+
+def test_the_example_config_is_valid(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    example = (Path(__file__).parent.parent / "config.example.toml").read_text()
+    (tmp_path / "felloh_private_key").write_text("sk\n")
+    for name in ("FELLOH_PUBLIC_KEY", "FTS_API_KEY", "FTS_PASSWORD", "FLOTIQ_API_KEY"):
+        monkeypatch.setenv(name, f"value-of-{name}")
+    settings = load(tmp_path, example.replace("/run/secrets/felloh_private_key", str(tmp_path / "felloh_private_key")))
+    assert sorted(settings.providers) == ["felloh", "flotiq", "fts"]
+    assert settings.warnings() == []
