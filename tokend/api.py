@@ -14,7 +14,6 @@ import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -23,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tokend import __version__
-from tokend.credential import Credential
+from tokend.credential import Credential, iso_utc
 from tokend.errors import TokenUnavailable, UnknownProvider, UpstreamError
 from tokend.guard import Denial, RequestGuard
 from tokend.manager import Manager
@@ -65,11 +64,8 @@ class _Renderer:
 
 
 def _render(name: str, credential: Credential) -> _Rendered:
-    expires_at = None
-    if credential.expires_at is not None:
-        expires_at = datetime.fromtimestamp(credential.expires_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     head = {"provider": name, "token": credential.token, "token_type": credential.token_type,
-            "expires_at": expires_at}
+            "expires_at": iso_utc(credential.expires_at)}
     tail = {"headers": dict(credential.headers), "query": dict(credential.query)}
     head_json = json.dumps(head, separators=(", ", ": "))
     tail_json = json.dumps(tail, separators=(", ", ": "))
@@ -192,10 +188,8 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(TokenUnavailable)
     async def unavailable(request: Request, exc: TokenUnavailable) -> JSONResponse:
-        next_attempt = None
-        if exc.next_attempt is not None:
-            next_attempt = datetime.fromtimestamp(exc.next_attempt, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        return _error(503, "token_unavailable", exc.message, provider=exc.provider, next_attempt=next_attempt)
+        return _error(503, "token_unavailable", exc.message, provider=exc.provider,
+                      next_attempt=iso_utc(exc.next_attempt))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 # A token this close to its expiry would die on its way upstream: it is not served.
 SERVE_MARGIN = 1.0
@@ -46,3 +47,10 @@ class Credential:
     @property
     def lifetime(self) -> float | None:
         return None if self.expires_at is None else self.expires_at - self.obtained_at
+
+
+def iso_utc(timestamp: float | None) -> str | None:
+    """A Unix time as the API shows it: `2026-11-22T10:00:00Z` (whole seconds, UTC)."""
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -24,7 +24,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from tokend import __version__
 from tokend.config import ProviderConfig, Settings
-from tokend.credential import Credential, State
+from tokend.credential import Credential, State, iso_utc
 from tokend.errors import CredentialsRejected, TokenUnavailable, UnknownProvider, UpstreamError
 from tokend.policy import renewal_delay, retry_delay
 from tokend.providers import Provider, build_provider
@@ -221,7 +221,7 @@ class Manager:
             self._schedule(slot, renewal_delay(credential.expires_at - time.time(), self._rng))
         log.info(
             "login provider=%s outcome=ok expires_at=%s request_id=%s duration_ms=%d next_refresh_in=%s",
-            slot.name, _iso(credential.expires_at) or "never", credential.request_id or "-",
+            slot.name, iso_utc(credential.expires_at) or "never", credential.request_id or "-",
             duration * 1000, _seconds(slot.next_refresh_at),
         )
         if credential.expiry_note and credential.expiry_note != slot.last_expiry_note:
@@ -264,7 +264,7 @@ class Manager:
     def _unavailable(self, slot: _Slot) -> TokenUnavailable:
         if slot.last_error is None:
             return TokenUnavailable(slot.name, f"no valid token for {slot.name} yet")
-        when = _iso(slot.next_refresh_at)
+        when = iso_utc(slot.next_refresh_at)
         return TokenUnavailable(
             slot.name,
             f"no valid token for {slot.name}: {slot.last_error.message}" + (f"; next try at {when}" if when else ""),
@@ -303,24 +303,18 @@ def _status(slot: _Slot, now: float) -> dict[str, Any]:
     return {
         "kind": slot.config.kind,
         "state": _state(slot, now).value,
-        "expires_at": _iso(credential.expires_at) if credential else None,
+        "expires_at": iso_utc(credential.expires_at) if credential else None,
         "expires_in": None if expires_in is None else max(0, int(expires_in)),
-        "last_refresh": _iso(slot.last_success_at),
-        "next_refresh": _iso(slot.next_refresh_at),
+        "last_refresh": iso_utc(slot.last_success_at),
+        "next_refresh": iso_utc(slot.next_refresh_at),
         "last_error": None if error is None else {
             "message": error.message, "status": error.status, "request_id": error.request_id,
-            "credentials_rejected": isinstance(error, CredentialsRejected), "at": _iso(slot.last_error_at),
+            "credentials_rejected": isinstance(error, CredentialsRejected), "at": iso_utc(slot.last_error_at),
         },
         "last_request_id": slot.last_request_id,
         "logins": {"ok": slot.logins_ok, "failed": slot.logins_failed},
         "consecutive_failures": slot.consecutive_failures,
     }
-
-
-def _iso(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _seconds(timestamp: float | None) -> str:
