@@ -60,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_run)
 
     check = commands.add_parser("check", help="validate the config file and report findings")
+    check.add_argument("--login", metavar="NAME", help="also log in once as provider NAME and show what "
+                       "would be served (tokens cut to their first and last four characters)")
     check.set_defaults(handler=_check)
 
     for name, help_text, handler in (
@@ -126,12 +128,55 @@ def _check(args: argparse.Namespace) -> int:
     print(f"config OK: {len(settings.providers)} provider(s)")
     for name, provider in settings.providers.items():
         sources = ", ".join(f"{field} from {secret.source}" for field, secret in provider.secrets().items())
-        print(f"  {name}: {provider.kind} at {provider.url} ({sources})")
-    where = settings.server.socket or f"http://{settings.server.host}:{settings.server.port}"
-    print(f"  serving on {where}")
+        login_url = f" at {provider.url}" if provider.url else ""
+        print(f"  {name}: {provider.kind}{login_url} ({sources})")
+    listening = settings.server.socket or f"http://{settings.server.host}:{settings.server.port}"
+    print(f"  serving on {listening}")
     for warning in settings.warnings():
         print(f"warning: {warning}")
+    return _check_login(settings, args.login) if args.login else Exit.OK
+
+
+def _check_login(settings: Settings, name: str) -> int:
+    import asyncio
+
+    from tokend.credential import iso_utc
+    from tokend.errors import UpstreamError
+    from tokend.providers import login_once
+
+    config = settings.providers.get(name)
+    if config is None:
+        _err(f"tokend: no provider named {name!r} in the config")
+        return Exit.UNKNOWN_PROVIDER
+    try:
+        credential = asyncio.run(login_once(name, config))
+    except UpstreamError as exc:
+        _err(f"tokend: login to {name} failed: {exc.message}")
+        return Exit.UNAVAILABLE
+    secrets = [secret.get() for secret in config.secrets().values()]
+
+    def shown(value: str) -> str:
+        value = value.replace(credential.token, _cut(credential.token))
+        for secret in sorted(secrets, key=len, reverse=True):
+            value = value.replace(secret, "***")
+        return value
+
+    print(f"login OK: {name} would serve")
+    print(f"  token: {_cut(credential.token)} ({credential.token_type})")
+    print(f"  expires_at: {iso_utc(credential.expires_at) or 'never'}" +
+          (f" (corrected: {credential.expiry_note})" if credential.expiry_note else ""))
+    for header, value in credential.headers.items():
+        print(f"  header {header}: {shown(value)}")
+    for param, value in credential.query.items():
+        print(f"  query {param}={shown(value)}")
+    if credential.request_id:
+        print(f"  upstream request id: {credential.request_id}")
     return Exit.OK
+
+
+def _cut(token: str) -> str:
+    """A token cut to its first and last four characters: enough to recognise, too little to use."""
+    return f"{token[:4]}…{token[-4:]}" if len(token) >= 16 else "…"
 
 
 def _demo(args: argparse.Namespace) -> int:

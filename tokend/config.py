@@ -10,12 +10,14 @@ from __future__ import annotations
 import ipaddress
 import os
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -31,17 +33,22 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from tokend import template
 from tokend.errors import ConfigError
+from tokend.pointer import check_pointer
 
 __all__ = [
     "FellohConfig",
     "FintechStudiosConfig",
     "FlotiqConfig",
+    "HttpConfig",
+    "OAuth2ClientCredentialsConfig",
     "ProviderBase",
     "ProviderConfig",
     "SecretValue",
     "ServerConfig",
     "Settings",
+    "StaticConfig",
     "is_loopback_host",
 ]
 
@@ -199,8 +206,22 @@ class ProviderBase(BaseModel):
     max_lifetime: Seconds = 86400.0
 
     def secrets(self) -> dict[str, SecretValue]:
-        """Every secret field of this provider, by field name."""
-        return {name: value for name, value in self if isinstance(value, SecretValue)}
+        """Every secret in this provider's settings, by where it sits (`password`, `secrets.api_key`)."""
+        found: dict[str, SecretValue] = {}
+        for name, field in type(self).model_fields.items():
+            _collect_secrets(field.alias or name, getattr(self, name), found)
+        return found
+
+
+def _collect_secrets(where: str, value: Any, found: dict[str, SecretValue]) -> None:
+    if isinstance(value, SecretValue):
+        found[where] = value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _collect_secrets(f"{where}.{key}", item, found)
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _collect_secrets(f"{where}[{index}]", item, found)
 
 
 class FellohConfig(ProviderBase):
@@ -245,10 +266,127 @@ class FlotiqConfig(ProviderBase):
         return self.base_url
 
 
+class OAuth2ClientCredentialsConfig(ProviderBase):
+    """RFC 6749 section 4.4: a client id and secret exchanged for an access token."""
+
+    kind: Literal["oauth2_client_credentials"]
+    token_url: UpstreamURL
+    client_id: str = Field(min_length=1)
+    client_secret: Secret
+    scope: str | list[str] | None = None
+    audience: str | None = None
+    # client_secret_basic is the RFC's default (section 2.3.1); some servers only take the form fields.
+    auth_method: Literal["client_secret_basic", "client_secret_post"] = "client_secret_basic"
+    extra: dict[str, str] = {}  # further form fields some servers want (resource, ...)
+
+    @property
+    def url(self) -> str:
+        return self.token_url
+
+
+JsonPointer = Annotated[str, AfterValidator(check_pointer)]
+TemplateName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+
+def _resolve_body(value: Any) -> Any:
+    """A request body or header value: secret references become SecretValue, the rest stays as written."""
+    if isinstance(value, dict):
+        if len(value) == 1 and next(iter(value)) in ("env", "file", "credential"):
+            return _resolve_secret(value)
+        return {key: _resolve_body(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_resolve_body(item) for item in value]
+    return value
+
+
+Body = Annotated[Any, PlainValidator(_resolve_body)]
+
+
+class HttpConfig(ProviderBase):
+    """A declarative login: any token API described by its request and where its answer holds the token."""
+
+    kind: Literal["http"]
+    url: UpstreamURL  # a field here, a property on the other kinds
+    method: Literal["GET", "POST", "PUT"] = "POST"
+    secrets_: dict[TemplateName, Secret] = Field(default={}, alias="secrets")
+    headers: dict[str, Body] = {}
+    json_body: Body = Field(default=None, alias="json")
+    form: dict[str, Body] | None = None
+    token_pointer: JsonPointer
+    expiry_pointer: JsonPointer | None = None
+    expiry_format: Literal["unix", "unix_ms", "iso8601", "seconds", "jwt"] = "unix"
+    token_type: str = "Bearer"
+    token_type_pointer: JsonPointer | None = None
+    request_id_pointer: JsonPointer | None = None
+    serve_headers: dict[str, str] = {"Authorization": "Bearer {token}"}
+    serve_query: dict[str, str] = {}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> HttpConfig:
+        if self.json_body is not None and self.form is not None:
+            raise ValueError("set json or form as the login body, not both")
+        if self.expiry_format == "jwt" and self.expiry_pointer is not None:
+            raise ValueError('expiry_format = "jwt" reads the token\'s exp claim; remove expiry_pointer')
+        known = set(self.secrets_)
+        for where, text in _strings({"headers": self.headers, "json": self.json_body, "form": self.form}):
+            _check_template(where, text, known)
+        for where, text in _strings({"serve_headers": self.serve_headers, "serve_query": self.serve_query}):
+            _check_template(where, text, known | {"token"})
+        if not self.serve_headers and not self.serve_query:
+            raise ValueError("serve_headers and serve_query are both empty: clients would get nothing to send")
+        return self
+
+
+def _strings(value: Any, where: str = "") -> Iterator[tuple[str, str]]:
+    if isinstance(value, str):
+        yield where, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _strings(item, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _strings(item, f"{where}[{index}]")
+
+
+def _check_template(where: str, text: str, known: set[str]) -> None:
+    try:
+        template.check(text, known)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+
+
+class StaticConfig(ProviderBase):
+    """Any static API key, served as a header (with an optional scheme) and/or a query parameter."""
+
+    kind: Literal["static"]
+    key: Secret
+    header: str | None = "Authorization"
+    scheme: str = "Bearer"  # "" sends the key bare, as Flotiq's X-AUTH-TOKEN wants
+    query_param: str | None = None
+    token_type: str = "api_key"
+
+    @model_validator(mode="after")
+    def _served_somehow(self) -> StaticConfig:
+        if not self.header and not self.query_param:
+            raise ValueError("set header or query_param (or both): how clients send the key")
+        return self
+
+    @property
+    def url(self) -> None:
+        """A static key has no login URL (the other kinds name theirs here, for `tokend check`)."""
+        return None
+
+
 ProviderConfig = Annotated[
-    FellohConfig | FintechStudiosConfig | FlotiqConfig, Field(discriminator="kind")
+    FellohConfig
+    | FintechStudiosConfig
+    | FlotiqConfig
+    | OAuth2ClientCredentialsConfig
+    | HttpConfig
+    | StaticConfig,
+    Field(discriminator="kind"),
 ]
-PROVIDER_KINDS = ("felloh", "fintech_studios", "flotiq")
+PROVIDER_KINDS = ("felloh", "fintech_studios", "flotiq", "oauth2_client_credentials", "http", "static")
 ProviderName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 
 

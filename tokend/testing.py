@@ -25,9 +25,11 @@ import socket
 import string
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from http import HTTPStatus
 from types import TracebackType
 from typing import Any, ClassVar
@@ -44,8 +46,10 @@ __all__ = [
     "FakeFelloh",
     "FakeFintechStudios",
     "FakeFlotiq",
+    "FakeOAuth2",
     "FakeProviders",
     "FakeServer",
+    "FakeTokenAPI",
     "FakeUpstream",
     "serve_fakes",
 ]
@@ -384,6 +388,144 @@ class FakeFlotiq(FakeUpstream):
         if key is None or not self.is_valid(key):
             return self._error(401, "Unauthorized")
         return JSONResponse({"total_count": 0, "total_pages": 0, "current_page": 1, "count": 0, "data": []})
+
+
+class FakeOAuth2(FakeUpstream):
+    """An OAuth 2.0 authorization server: the client credentials grant of RFC 6749 section 4.4.
+
+    POST /oauth/token, form-encoded, the client authenticated by HTTP Basic or by form fields; answers
+    {"access_token", "token_type": "bearer", "expires_in", "scope"} or a section 5.2 error. The last
+    request's form and auth method are kept (`last_form`, `last_auth_method`) for assertions.
+    """
+
+    protected_path: ClassVar[str] = "/api/resource"
+
+    def __init__(
+        self, *, client_id: str = "demo-client", client_secret: str = "demo-client-secret", lifetime: float = 3600.0
+    ) -> None:
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.last_form: dict[str, str] = {}
+        self.last_auth_method = ""
+        super().__init__(lifetime=lifetime)
+
+    def _routes(self) -> list[Route]:
+        return [
+            Route("/oauth/token", self._token, methods=["POST"]),
+            Route(self.protected_path, self._resource, methods=["GET"]),
+        ]
+
+    async def _token(self, request: Request) -> Response:
+        self._count_attempt()
+        interfered = await self._interfere(request)
+        if interfered is not None:
+            return interfered
+        # Parsed by hand: Starlette's form parser needs python-multipart, which tokend does not depend on.
+        form = dict(urllib.parse.parse_qsl((await request.body()).decode("utf-8", "replace")))
+        client = self._client(request, form)
+        with self._lock:
+            self.last_form = form
+        if client is None or not (_same(client[0], self.client_id) and _same(client[1], self.client_secret)):
+            return self._oauth_error(401, "invalid_client", "Client authentication failed")
+        if form.get("grant_type") != "client_credentials":
+            return self._oauth_error(400, "unsupported_grant_type", "Only client_credentials is supported")
+        token = secrets.token_urlsafe(32)
+        expires = self._expiry()
+        self._issue(token, expires)
+        answer = {"access_token": token, "token_type": "bearer", "expires_in": expires - int(time.time())}
+        return JSONResponse({**answer, **({"scope": form["scope"]} if "scope" in form else {})},
+                            headers={"Cache-Control": "no-store"})
+
+    def _client(self, request: Request, form: dict[str, str]) -> tuple[str, str] | None:
+        authorization = request.headers.get("authorization", "")
+        if authorization.lower().startswith("basic "):
+            self.last_auth_method = "client_secret_basic"
+            try:
+                pair = base64.b64decode(authorization[6:]).decode()
+            except (ValueError, UnicodeDecodeError):
+                return None
+            client_id, _, client_secret = pair.partition(":")
+            return urllib.parse.unquote_plus(client_id), urllib.parse.unquote_plus(client_secret)
+        self.last_auth_method = "client_secret_post"
+        if "client_id" in form and "client_secret" in form:
+            return form["client_id"], form["client_secret"]
+        return None
+
+    def _oauth_error(self, status: int, error: str, description: str) -> Response:
+        headers = {"WWW-Authenticate": 'Basic realm="fake"'} if status == 401 else None
+        return JSONResponse({"error": error, "error_description": description}, status_code=status, headers=headers)
+
+    async def _resource(self, request: Request) -> Response:
+        token = _bearer_token(request)
+        if token is None or not self.is_valid(token):
+            return JSONResponse({"error": "invalid_token"}, status_code=401)
+        return JSONResponse({"ok": True})
+
+
+class FakeTokenAPI(FakeUpstream):
+    """A made-up token API whose expiry format is a switch, for the declarative `http` provider.
+
+    POST /session with JSON {"user", "password"} and the header X-Client: demo answers
+    {"result": {"session": {"key": TOKEN, "expiry": EXPIRY}}, "trace": ID}, with EXPIRY written as
+    `expiry_format` says: "unix", "unix_ms", "iso8601", "seconds" (from now) or "jwt" (none given; the
+    token is a JWT whose exp claim holds it). The protected GET /data wants `Authorization: Session TOKEN`.
+    """
+
+    protected_path: ClassVar[str] = "/data"
+
+    def __init__(
+        self, *, user: str = "demo", password: str = "demo-api-password", expiry_format: str = "unix",
+        lifetime: float = 3600.0,
+    ) -> None:
+        self.user = user
+        self.password = password
+        self.expiry_format = expiry_format
+        super().__init__(lifetime=lifetime)
+
+    def _routes(self) -> list[Route]:
+        return [
+            Route("/session", self._token, methods=["POST"]),
+            Route(self.protected_path, self._data, methods=["GET"]),
+        ]
+
+    async def _token(self, request: Request) -> Response:
+        self._count_attempt()
+        interfered = await self._interfere(request)
+        if interfered is not None:
+            return interfered
+        body = _json_object(await request.body())
+        if request.headers.get("x-client") != "demo" or body is None:
+            return self._error(400, "X-Client header and a JSON body are required")
+        if not (_same(str(body.get("user")), self.user) and _same(str(body.get("password")), self.password)):
+            return self._error(401, "bad user or password")
+        expires = self._expiry()
+        if self.expiry_format == "jwt":
+            claims = {"exp": expires, "jti": secrets.token_hex(8)}
+            token = f"{_b64url(_compact_json({'alg': 'none'}))}.{_b64url(_compact_json(claims))}.x"
+        else:
+            token = secrets.token_hex(24)
+        self._issue(token, expires)
+        session: dict[str, Any] = {"key": token}
+        if self.expiry_format != "jwt":
+            session["expiry"] = self._formatted(expires)
+        return JSONResponse({"result": {"session": session}, "trace": str(uuid.uuid4())})
+
+    def _formatted(self, expires: int) -> Any:
+        match self.expiry_format:
+            case "unix_ms":
+                return expires * 1000
+            case "iso8601":
+                return datetime.fromtimestamp(expires, UTC).isoformat().replace("+00:00", "Z")
+            case "seconds":
+                return expires - int(time.time())
+        return expires
+
+    async def _data(self, request: Request) -> Response:
+        authorization = request.headers.get("authorization", "")
+        scheme, _, token = authorization.partition(" ")
+        if scheme != "Session" or not self.is_valid(token):
+            return self._error(401, "a valid session is required")
+        return JSONResponse({"data": [1, 2, 3]})
 
 
 class FakeServer:

@@ -2,18 +2,55 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import httpx
+
 from tokend.config import ProviderConfig
+from tokend.credential import Credential
+from tokend.errors import UpstreamError
 from tokend.providers.base import Provider
 from tokend.providers.felloh import Felloh
 from tokend.providers.fintech_studios import FintechStudios
 from tokend.providers.flotiq import Flotiq
+from tokend.providers.http import HttpLogin
+from tokend.providers.oauth2 import OAuth2ClientCredentials
+from tokend.providers.static import StaticKey
 from tokend.redact import Redactor
 
-__all__ = ["PROVIDER_CLASSES", "Felloh", "FintechStudios", "Flotiq", "Provider", "build_provider"]
+__all__ = [
+    "PROVIDER_CLASSES",
+    "Felloh",
+    "FintechStudios",
+    "Flotiq",
+    "HttpLogin",
+    "OAuth2ClientCredentials",
+    "Provider",
+    "StaticKey",
+    "build_provider",
+    "login_once",
+]
 
-PROVIDER_CLASSES = {"felloh": Felloh, "fintech_studios": FintechStudios, "flotiq": Flotiq}
+PROVIDER_CLASSES = {
+    "felloh": Felloh,
+    "fintech_studios": FintechStudios,
+    "flotiq": Flotiq,
+    "oauth2_client_credentials": OAuth2ClientCredentials,
+    "http": HttpLogin,
+    "static": StaticKey,
+}
+
+
+async def login_once(name: str, config: ProviderConfig) -> Credential:
+    """One real login with `config`, outside any daemon: for `tokend check --login`."""
+    redactor = Redactor(secret.get() for secret in config.secrets().values())
+    async with httpx.AsyncClient(follow_redirects=False) as client:
+        try:
+            async with asyncio.timeout(config.timeout):
+                return await build_provider(name, config, redactor).fetch(client)
+        except TimeoutError:
+            raise UpstreamError(name, f"login timed out after {config.timeout:g}s") from None
 
 
 def build_provider(name: str, config: ProviderConfig, redactor: Redactor) -> Provider:

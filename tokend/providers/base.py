@@ -42,18 +42,20 @@ class LoginRequest:
     provider: str
     method: str
     url: str
-    json: Mapping[str, Any]
     headers: Mapping[str, str]
     timeout: float
     redactor: Redactor
     describe: Describe
+    json: Any = None  # a JSON body...
+    form: Mapping[str, str] | None = None  # ...or a form-encoded one
 
 
 async def exchange(client: httpx.AsyncClient, login: LoginRequest) -> tuple[Any, str | None]:
     """Make the login call; return (the decoded JSON body, the request id) of a 2xx answer."""
     try:
         response = await client.request(
-            login.method, login.url, json=dict(login.json), headers=dict(login.headers), timeout=login.timeout
+            login.method, login.url, json=login.json, data=login.form, headers=dict(login.headers),
+            timeout=login.timeout,
         )
     except httpx.TimeoutException:
         raise UpstreamError(login.provider, f"login timed out after {login.timeout:g}s") from None
@@ -126,15 +128,43 @@ def bearer_credential(
     request_id: str | None = None,
 ) -> Credential:
     """A bearer token credential, with its expiry made sensible (tokend.expiry)."""
+    headers = {**(extra_headers or {}), "Authorization": f"Bearer {token}"}
+    return login_credential(config, token, reported_expiry, headers=headers, request_id=request_id)
+
+
+def login_credential(
+    config: ProviderBase,
+    token: str,
+    reported_expiry: float | None,
+    *,
+    headers: Mapping[str, str],
+    query: Mapping[str, str] | None = None,
+    token_type: str = "Bearer",
+    request_id: str | None = None,
+) -> Credential:
+    """The credential a login produced, with its expiry made sensible (tokend.expiry)."""
     now = time.time()
     expires_at, note = resolve_expiry(
         reported_expiry, token, now=now,
         default_lifetime=config.default_lifetime, max_lifetime=config.max_lifetime,
     )
-    headers = {**(extra_headers or {}), "Authorization": f"Bearer {token}"}
     return Credential(
-        token=token, token_type="Bearer", expires_at=expires_at, headers=headers,
+        token=token, token_type=token_type, expires_at=expires_at, headers=headers, query=query or {},
         request_id=request_id, obtained_at=now, expiry_note=note,
+    )
+
+
+def static_credential(
+    key: str, *, token_type: str, header: str | None, scheme: str, query_param: str | None
+) -> Credential:
+    """A key that needs no login and never expires, served as a header and/or a query parameter."""
+    return Credential(
+        token=key,
+        token_type=token_type,
+        expires_at=None,
+        headers={header: f"{scheme} {key}" if scheme else key} if header else {},
+        query={query_param: key} if query_param else {},
+        obtained_at=time.time(),
     )
 
 

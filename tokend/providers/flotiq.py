@@ -5,12 +5,11 @@ A key is sent as the `X-AUTH-TOKEN` header or the `?auth_token=` query parameter
 
 from __future__ import annotations
 
-import time
-
 import httpx
 
 from tokend.config import FlotiqConfig
 from tokend.credential import Credential
+from tokend.providers.base import static_credential
 from tokend.redact import Redactor
 
 
@@ -20,12 +19,7 @@ class Flotiq:
         self.config = config
 
     async def fetch(self, client: httpx.AsyncClient) -> Credential:
-        key = self.config.api_key.get()
-        return Credential(
-            token=key,
-            token_type=self.config.token_type,
-            expires_at=None,
-            headers={"X-AUTH-TOKEN": key},
-            query={"auth_token": key},
-            obtained_at=time.time(),
+        return static_credential(
+            self.config.api_key.get(), token_type=self.config.token_type,
+            header="X-AUTH-TOKEN", scheme="", query_param="auth_token",
         )
