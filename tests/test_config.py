@@ -93,8 +93,10 @@ api_key = "k"
         "(plain http:// is allowed only for loopback hosts)",
         'provider "fts", field "password": is required but missing',
         'provider "fts", field "pasword": is not a known setting (a typo?)',
-        'provider "odd": unknown kind "vault"; kind must be one of "felloh", "fintech_studios", "flotiq"',
-        'provider "nokind": kind is missing; it must be one of "felloh", "fintech_studios", "flotiq"',
+        'provider "odd": unknown kind "vault"; kind must be one of "felloh", "fintech_studios", "flotiq", '
+        '"oauth2_client_credentials", "http", "static"',
+        'provider "nokind": kind is missing; it must be one of "felloh", "fintech_studios", "flotiq", '
+        '"oauth2_client_credentials", "http", "static"',
     ]
     for problem in expected:
         assert problem in found, (problem, found)
