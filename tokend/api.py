@@ -22,8 +22,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tokend import __version__
+from tokend.admin_api import add_felloh_admin
 from tokend.credential import Credential, iso_utc
 from tokend.errors import TokenUnavailable, UnknownProvider, UpstreamError
+from tokend.felloh_keys import schedule_rotations
 from tokend.guard import Denial, RequestGuard
 from tokend.manager import Manager
 
@@ -118,6 +120,7 @@ def create_app(manager: Manager) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with manager:
+            schedule_rotations(manager)
             yield
 
     app = FastAPI(
@@ -163,6 +166,8 @@ def create_app(manager: Manager) -> FastAPI:
     @app.get("/status", dependencies=[Depends(guarded)])
     async def status() -> dict[str, Any]:
         return {"version": __version__, "ready": manager.ready(), "providers": manager.status()}
+
+    add_felloh_admin(app, manager, guarded)
 
     @app.get("/livez")
     async def livez() -> dict[str, str]:

@@ -10,6 +10,7 @@ import argparse
 import enum
 import json
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tokend import __version__
@@ -79,12 +80,38 @@ def _parser() -> argparse.ArgumentParser:
     _client_options(status)
     status.set_defaults(handler=_status)
 
+    _felloh_commands(commands)
+
     demo = commands.add_parser("demo", help="run tokend against built-in fake providers (no accounts needed)")
     demo.add_argument("--port", type=int, default=8765, help="local port (0 picks a free one; default 8765)")
     demo.add_argument("--lifetime", type=float, default=30.0, help="seconds each fake token lives (default 30)")
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     demo.set_defaults(handler=_demo)
     return parser
+
+
+def _felloh_commands(commands: Any) -> None:
+    felloh = commands.add_parser("felloh", help="manage a Felloh provider's API keys through the daemon")
+    felloh_commands = felloh.add_subparsers(dest="felloh_command", required=True, metavar="COMMAND")
+    keys = felloh_commands.add_parser("keys", help="list, create or delete API keys")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
+
+    listing = key_commands.add_parser("list", help="the organisation's API keys")
+    create = key_commands.add_parser("create", help="create an API key and print its public key")
+    create.add_argument("--name", required=True, help="a human-friendly name for the key")
+    create.add_argument("--show-secret", action="store_true", help="also print the new secret key")
+    create.add_argument("--secret-file", metavar="PATH", help="write the new secret key to PATH (mode 0600)")
+    delete = key_commands.add_parser("delete", help="delete an API key (never the one in use)")
+    delete.add_argument("key_id", metavar="KEY_ID")
+    delete.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    rotate = felloh_commands.add_parser("rotate", help="replace the provider's key pair with a new one")
+    for command, handler in ((listing, _keys_list), (create, _keys_create), (delete, _keys_delete),
+                             (rotate, _rotate)):
+        command.add_argument("--provider", required=True, metavar="NAME", help="the Felloh provider's name")
+        command.add_argument("--organisation", metavar="ID", help="the organisation ID (default: the "
+                             "provider's organisation setting)")
+        _client_options(command)
+        command.set_defaults(handler=handler)
 
 
 def _client_options(command: argparse.ArgumentParser) -> None:
@@ -262,3 +289,85 @@ def _status(args: argparse.Namespace) -> int:
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row[:5], widths, strict=True)), row[5])
     return Exit.OK if data["ready"] else Exit.UNAVAILABLE
+
+
+# --- Felloh key commands --------------------------------------------------------------------------------
+
+
+def _admin(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
+    """A call to the daemon's Felloh admin endpoints; None (after saying why) when it was refused."""
+    from urllib.parse import quote, urlencode
+
+    query = f"?{urlencode({'organisation': args.organisation})}" if args.organisation and body is None else ""
+    reply = _client(args).request(method, f"/felloh/{quote(args.provider, safe='')}{path}{query}", body)
+    if reply.status not in (200, 201):
+        _err(f"tokend: {reply.error_message()}")
+        return None
+    return reply.json()
+
+
+def _keys_list(args: argparse.Namespace) -> int:
+    data = _admin(args, "GET", "/keys")
+    if data is None:
+        return Exit.FAILURE
+    rows = [("ID", "NAME", "PUBLIC KEY", "SECRET", "CREATED", "USER", "")]
+    for key in data["keys"]:
+        rows.append((key["id"], key["name"], key["public_key"], f"…{key['secret_key_last_four']}",
+                     key["created_at"], key["user_id"], "in use" if key["in_use"] else ""))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return Exit.OK
+
+
+def _keys_create(args: argparse.Namespace) -> int:
+    from tokend.secretfile import write_new_secret_file
+
+    body = {"name": args.name, "organisation": args.organisation}
+    data = _admin(args, "POST", "/keys", {k: v for k, v in body.items() if v is not None})
+    if data is None:
+        return Exit.FAILURE
+    print(f"public key: {data['public_key']}")
+    if args.secret_file:
+        try:
+            write_new_secret_file(Path(args.secret_file), data["secret_key"])
+        except OSError as exc:
+            # The key exists now: the secret must not be lost with the error.
+            _err(f"tokend: cannot write {args.secret_file} ({exc.strerror}); the secret key follows, once:")
+            print(f"secret key: {data['secret_key']}")
+            return Exit.FAILURE
+        print(f"secret key written to {args.secret_file} (mode 0600)")
+    if args.show_secret:
+        print(f"secret key: {data['secret_key']}")
+    elif not args.secret_file:
+        print("the secret key is not shown: pass --show-secret or --secret-file PATH to keep it "
+              "(Felloh will not show it again); delete this key if you do not need it")
+    return Exit.OK
+
+
+def _keys_delete(args: argparse.Namespace) -> int:
+    if not args.yes:
+        if not sys.stdin.isatty():
+            _err("tokend: not deleting without confirmation; pass --yes")
+            return Exit.FAILURE
+        if input(f"Delete Felloh API key {args.key_id}? This cannot be undone. [y/N] ").strip().lower() != "y":
+            _err("tokend: not deleted")
+            return Exit.FAILURE
+    data = _admin(args, "DELETE", f"/keys/{args.key_id}")
+    if data is None:
+        return Exit.FAILURE
+    print(f"deleted {data['deleted']} (request id {data['request_id']})")
+    return Exit.OK
+
+
+def _rotate(args: argparse.Namespace) -> int:
+    body = {"organisation": args.organisation} if args.organisation else {}
+    data = _admin(args, "POST", "/rotate", body)
+    if data is None:
+        return Exit.FAILURE
+    print(f"{data['provider']} now logs in with key {data['new_key_id']} ({data['new_public_key']})")
+    if data["old_key_deleted"]:
+        print(f"old key {data['old_key_id']} deleted")
+        return Exit.OK
+    _err(f"tokend: warning: {data['warning']}")
+    return Exit.UNAVAILABLE

@@ -59,10 +59,14 @@ class Client:
         self.address = address
         self._timeout = timeout
 
-    def request(self, method: str, path: str) -> Reply:
+    def request(self, method: str, path: str, body: Any = None) -> Reply:
         connection = self._connect()
+        headers = {"X-Tokend-Request": "cli", "Accept": "application/json"}
+        payload = None
+        if body is not None:
+            payload, headers["Content-Type"] = json.dumps(body).encode(), "application/json"
         try:
-            connection.request(method, path, headers={"X-Tokend-Request": "cli", "Accept": "application/json"})
+            connection.request(method, path, body=payload, headers=headers)
             response = connection.getresponse()
             return Reply(response.status, response.read())
         except (ConnectionRefusedError, FileNotFoundError):

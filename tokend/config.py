@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -173,6 +174,22 @@ def _expect_str(value: Any) -> str:
 
 Seconds = Annotated[float, Field(gt=0)]
 
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(value: Any) -> float:
+    """Seconds, given as a number or as "45s", "15m", "12h", "30d"."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    match = _DURATION.match(value) if isinstance(value, str) else None
+    if match is None or float(match.group(1)) <= 0:
+        raise ValueError('must be a positive duration: seconds, or a string such as "12h" or "30d"')
+    return float(match.group(1)) * _UNIT[match.group(2)]
+
+
+Duration = Annotated[float, PlainValidator(_duration)]
+
 
 class ServerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -230,12 +247,20 @@ class FellohConfig(ProviderBase):
     base_url: UpstreamURL | None = None
     public_key: Secret
     private_key: Secret
+    organisation: str | None = None  # the organisation ID whose keys `tokend felloh` manages by default
+    rotate_every: Duration | None = None  # rotate the key pair when the key files are this old
 
     @model_validator(mode="after")
     def _environment_or_url(self) -> FellohConfig:
         # No silent default: a sandbox key sent to production (or the reverse) fails in confusing ways.
         if self.environment is None and self.base_url is None:
             raise ValueError('set environment = "production" or "sandbox" (or base_url)')
+        if self.rotate_every is not None:
+            if self.organisation is None:
+                raise ValueError("rotate_every needs organisation, the organisation ID the keys belong to")
+            if self.public_key.path is None or self.private_key.path is None:
+                raise ValueError("rotate_every needs public_key and private_key as { file = ... } references, "
+                                 "so that tokend can write the new pair")
         return self
 
     @property

@@ -14,6 +14,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -150,6 +151,36 @@ class Manager:
             if slot.last_error is not None:
                 raise _again(slot.last_error)
         return await asyncio.shield(self._start_login(slot))
+
+    def provider_config(self, name: str) -> ProviderConfig:
+        return self._slot(name).config
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """The upstream HTTP client, for calls made with a provider's token (Felloh key management)."""
+        assert self._client is not None, "the manager is not started"
+        return self._client
+
+    async def switch_provider(self, name: str, config: ProviderConfig, credential: Credential) -> None:
+        """Make `config` the provider's settings, with a credential already obtained with them (key rotation).
+
+        A login in flight under the old settings is waited for first, so that it cannot land afterwards.
+        """
+        slot = self._slot(name)
+        if slot.inflight is not None:
+            with contextlib.suppress(UpstreamError):
+                await asyncio.shield(slot.inflight)
+        slot.config = config
+        slot.provider = build_provider(name, config, self.redactor)
+        self.redactor.set_secrets(
+            secret.get() for other in self._slots.values() for secret in other.config.secrets().values()
+        )
+        self._succeeded(slot, credential, 0.0)
+
+    def every(self, seconds: float, job: Callable[[], Awaitable[None]], job_id: str) -> None:
+        """Run `job` every `seconds` on the manager's scheduler, from now until the manager stops."""
+        assert self._scheduler is not None, "the manager is not started"
+        self._scheduler.add_job(job, "interval", seconds=seconds, id=job_id, replace_existing=True)
 
     def ready(self) -> bool:
         now = time.time()

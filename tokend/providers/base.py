@@ -48,6 +48,7 @@ class LoginRequest:
     describe: Describe
     json: Any = None  # a JSON body...
     form: Mapping[str, str] | None = None  # ...or a form-encoded one
+    action: str = "login"  # what the call is, for its error messages ("list keys", ...)
 
 
 async def exchange(client: httpx.AsyncClient, login: LoginRequest) -> tuple[Any, str | None]:
@@ -58,7 +59,7 @@ async def exchange(client: httpx.AsyncClient, login: LoginRequest) -> tuple[Any,
             timeout=login.timeout,
         )
     except httpx.TimeoutException:
-        raise UpstreamError(login.provider, f"login timed out after {login.timeout:g}s") from None
+        raise UpstreamError(login.provider, f"{login.action} timed out after {login.timeout:g}s") from None
     except httpx.HTTPError as exc:
         reason = login.redactor.scrub(str(exc)) or type(exc).__name__
         raise UpstreamError(login.provider, f"could not reach {login.url}: {reason}") from None
@@ -69,7 +70,7 @@ async def exchange(client: httpx.AsyncClient, login: LoginRequest) -> tuple[Any,
     if body is None:
         text = excerpt(response.text, login.redactor)
         raise UpstreamError(
-            login.provider, f"login answered {response.status_code} but not with JSON: {text!r}",
+            login.provider, f"{login.action} answered {response.status_code} but not with JSON: {text!r}",
             status=response.status_code,
         )
     return body, request_id
@@ -87,7 +88,7 @@ def _http_error(
 ) -> UpstreamError:
     status = response.status_code
     detail = excerpt(message or response.text, login.redactor) or response.reason_phrase
-    text = f"login answered {status}: {detail}"
+    text = f"{login.action} answered {status}: {detail}"
     if request_id:
         text += f" (request id {request_id})"
     if status in (401, 403):
