@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from tokend.testing import FakeProviders
+from tokend.testing import FakeProviders, write_fake_config
 
 HEADERS = {"X-Tokend-Request": "test"}
 
@@ -25,44 +25,8 @@ def free_port() -> int:
 
 
 def write_config(directory: Path, fakes: FakeProviders, *, extra: str = "", **options: object) -> Path:
-    """A config for all three fakes, secrets in 0600 files; `options` are added to every provider table."""
-    secrets = {
-        "felloh_public": fakes.felloh.public_key,
-        "felloh_private": fakes.felloh.private_key,
-        "fts_key": fakes.fintech_studios.api_key,
-        "fts_password": fakes.fintech_studios.password,
-        "flotiq_key": sorted(fakes.flotiq.api_keys)[0],
-    }
-    for name, value in secrets.items():
-        (directory / name).write_text(value + "\n")
-        (directory / name).chmod(0o600)
-    common = "".join(f"{key} = {value!r}\n" for key, value in options.items())
-    config = directory / "tokend.toml"
-    config.write_text(f"""
-[server]
-port = {free_port()}
-
-[providers.felloh]
-kind = "felloh"
-base_url = "{fakes.felloh_url}"
-public_key = {{ file = "{directory / 'felloh_public'}" }}
-private_key = {{ file = "{directory / 'felloh_private'}" }}
-{common}
-[providers.fts]
-kind = "fintech_studios"
-base_url = "{fakes.fintech_studios_url}"
-api_key = {{ file = "{directory / 'fts_key'}" }}
-email = "{fakes.fintech_studios.email}"
-password = {{ file = "{directory / 'fts_password'}" }}
-{common}
-[providers.flotiq]
-kind = "flotiq"
-base_url = "{fakes.flotiq_url}"
-api_key = {{ file = "{directory / 'flotiq_key'}" }}
-{common}
-{extra}
-""")
-    return config
+    """The demo's config for the fakes, on a free port."""
+    return write_fake_config(directory, fakes, free_port(), extra=extra, **options)
 
 
 def tokend_command(*args: str) -> list[str]:

@@ -91,7 +91,7 @@ def test_rotation_end_to_end_serves_tokens_without_a_gap(daemon_factory, fakes, 
     assert old.id not in felloh.keys and len(felloh.keys) == 1
     new = next(iter(felloh.keys.values()))
     assert f"felloh now logs in with key {new.id}" in rotated.stdout and f"old key {old.id} deleted" in rotated.stdout
-    for name, value in (("felloh_public", new.public_key), ("felloh_private", new.secret_key)):
+    for name, value in (("felloh_public_key", new.public_key), ("felloh_private_key", new.secret_key)):
         path = tmp_path / name
         assert path.read_text() == value + "\n" and stat.S_IMODE(path.stat().st_mode) == 0o600
     # The old pair no longer logs in; the provider does, with the new one, on a forced refresh.
@@ -113,7 +113,7 @@ def rotate(settings: Settings, organisation: str = ORG) -> tuple[int, dict[str, 
 
 
 def files(tmp_path: Path) -> tuple[str, str]:
-    return (tmp_path / "felloh_public").read_text(), (tmp_path / "felloh_private").read_text()
+    return (tmp_path / "felloh_public_key").read_text(), (tmp_path / "felloh_private_key").read_text()
 
 
 def test_a_failed_create_changes_nothing(tmp_path, fakes) -> None:  # type: ignore[no-untyped-def]
@@ -155,8 +155,8 @@ def test_a_failed_delete_leaves_the_new_key_in_use_and_says_so(tmp_path, fakes) 
 
 def test_rotation_needs_file_references(tmp_path, fakes) -> None:  # type: ignore[no-untyped-def]
     config = write_config(tmp_path, fakes)
-    text = config.read_text().replace(f'{{ file = "{tmp_path / "felloh_public"}" }}', f'"{fakes.felloh.public_key}"')
-    config.write_text(text)
+    reference = f'{{ file = "{tmp_path / "felloh_public_key"}" }}'
+    config.write_text(config.read_text().replace(reference, f'"{fakes.felloh.public_key}"'))
     status, answer, _ = rotate(Settings.load(config))
     assert status == 400 and "must both be { file = ... } references" in answer["message"]
     assert "plain string" in answer["message"] and fakes.felloh.public_key not in answer["message"]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tokend.config import Settings
 from tokend.server import listen_tcp
-from tokend.testing import FakeProviders, serve_fakes
+from tokend.testing import FakeProviders, serve_fakes, write_fake_config
 
 
 @dataclass
@@ -33,49 +33,9 @@ def demo_environment(*, port: int, lifetime: float) -> Iterator[Demo]:
         # Bind first, so that `--port 0` yields a real port the config (and `tokend get`) can name.
         sock = listen_tcp("127.0.0.1", port)
         actual_port = sock.getsockname()[1]
-        config_path = write_config(Path(tmp), fakes, actual_port)
+        config_path = write_fake_config(Path(tmp), fakes, actual_port)
         settings = Settings.load(config_path)
         yield Demo(settings, sock, config_path, banner(config_path, actual_port, fakes, lifetime))
-
-
-def write_config(directory: Path, fakes: FakeProviders, port: int) -> Path:
-    """A config for the fakes, with the secrets in files as they would be in production."""
-    secrets = {
-        "felloh_public_key": fakes.felloh.public_key,
-        "felloh_private_key": fakes.felloh.private_key,
-        "fts_api_key": fakes.fintech_studios.api_key,
-        "fts_password": fakes.fintech_studios.password,
-        "flotiq_api_key": sorted(fakes.flotiq.api_keys)[0],
-    }
-    for name, value in secrets.items():
-        path = directory / name
-        path.touch(mode=0o600)
-        path.write_text(value + "\n")
-    config = directory / "tokend.toml"
-    config.write_text(f"""\
-[server]
-host = "127.0.0.1"
-port = {port}
-
-[providers.felloh]
-kind = "felloh"
-base_url = "{fakes.felloh_url}"
-public_key = {{ file = "{directory / 'felloh_public_key'}" }}
-private_key = {{ file = "{directory / 'felloh_private_key'}" }}
-
-[providers.fts]
-kind = "fintech_studios"
-base_url = "{fakes.fintech_studios_url}"
-api_key = {{ file = "{directory / 'fts_api_key'}" }}
-email = "{fakes.fintech_studios.email}"
-password = {{ file = "{directory / 'fts_password'}" }}
-
-[providers.flotiq]
-kind = "flotiq"
-base_url = "{fakes.flotiq_url}"
-api_key = {{ file = "{directory / 'flotiq_api_key'}" }}
-""")
-    return config
 
 
 def banner(config: Path, port: int, fakes: FakeProviders, lifetime: float) -> list[str]:

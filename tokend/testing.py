@@ -31,6 +31,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
+from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar
 
@@ -53,6 +54,7 @@ __all__ = [
     "FakeUpstream",
     "FellohKey",
     "serve_fakes",
+    "write_fake_config",
 ]
 
 _ALPHANUMERIC = string.ascii_letters + string.digits
@@ -738,6 +740,51 @@ def serve_fakes(*, lifetime: float = 3600.0) -> Iterator[FakeProviders]:
         for server in servers:
             stack.callback(server._request_exit)
         yield FakeProviders(felloh, fintech_studios, flotiq, *(server.url for server in servers))
+
+
+def write_fake_config(directory: Path, fakes: FakeProviders, port: int, *, extra: str = "", **options: object) -> Path:
+    """A tokend config for the three fakes, its secrets in 0600 files as they would be in production.
+
+    `options` are added to every provider table (`min_refresh_interval=0.5`); `extra` is appended as is.
+    """
+    secrets = {
+        "felloh_public_key": fakes.felloh.public_key,
+        "felloh_private_key": fakes.felloh.private_key,
+        "fts_api_key": fakes.fintech_studios.api_key,
+        "fts_password": fakes.fintech_studios.password,
+        "flotiq_api_key": sorted(fakes.flotiq.api_keys)[0],
+    }
+    for name, value in secrets.items():
+        path = directory / name
+        path.touch(mode=0o600)
+        path.write_text(value + "\n")
+    common = "".join(f"{key} = {json.dumps(value)}\n" for key, value in options.items())
+    config = directory / "tokend.toml"
+    config.write_text(f"""\
+[server]
+host = "127.0.0.1"
+port = {port}
+
+[providers.felloh]
+kind = "felloh"
+base_url = "{fakes.felloh_url}"
+public_key = {{ file = "{directory / 'felloh_public_key'}" }}
+private_key = {{ file = "{directory / 'felloh_private_key'}" }}
+{common}
+[providers.fts]
+kind = "fintech_studios"
+base_url = "{fakes.fintech_studios_url}"
+api_key = {{ file = "{directory / 'fts_api_key'}" }}
+email = "{fakes.fintech_studios.email}"
+password = {{ file = "{directory / 'fts_password'}" }}
+{common}
+[providers.flotiq]
+kind = "flotiq"
+base_url = "{fakes.flotiq_url}"
+api_key = {{ file = "{directory / 'flotiq_api_key'}" }}
+{common}
+{extra}""")
+    return config
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
