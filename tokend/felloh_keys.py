@@ -144,6 +144,11 @@ def other_users(manager: Manager, provider: str, key: ApiKey) -> list[str]:
 
 async def rotate(manager: Manager, provider: str, organisation: str, client: httpx.AsyncClient) -> RotationResult:
     """Replace the provider's key pair with a new one. See the module docstring for the guarantees."""
+    async with manager.changing(provider):  # a scheduled and a manual rotation must not interleave
+        return await _rotate(manager, provider, organisation, client)
+
+
+async def _rotate(manager: Manager, provider: str, organisation: str, client: httpx.AsyncClient) -> RotationResult:
     config = felloh_config(manager, provider)
     public_path, private_path = _rotatable_files(provider, config)
     keys = FellohKeys(manager, provider, client)

@@ -77,6 +77,7 @@ class Manager:
         }
         self._client: httpx.AsyncClient | None = None
         self._scheduler: AsyncIOScheduler | None = None
+        self._changes: dict[str, asyncio.Lock] = {}
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
@@ -160,6 +161,10 @@ class Manager:
         """The upstream HTTP client, for calls made with a provider's token (Felloh key management)."""
         assert self._client is not None, "the manager is not started"
         return self._client
+
+    def changing(self, name: str) -> asyncio.Lock:
+        """Held while a provider's settings are being changed (a key rotation): one change at a time."""
+        return self._changes.setdefault(self._slot(name).name, asyncio.Lock())
 
     async def switch_provider(self, name: str, config: ProviderConfig, credential: Credential) -> None:
         """Make `config` the provider's settings, with a credential already obtained with them (key rotation).
