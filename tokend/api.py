@@ -1,7 +1,7 @@
 """The local HTTP surface: create_app(manager) -> FastAPI.
 
-`GET /token/{name}` is the hot path: every app using tokend calls it, so a small ASGI middleware answers
-it directly from bytes rendered once per credential. Anything it cannot answer at once (a check that
+`GET /token/{name}` is the hot path: every app using tokend calls it, so a small fast path in front of
+FastAPI answers it directly from bytes rendered once per credential. Anything it cannot answer at once (a check that
 fails, a token not yet there, an unusual query) falls through to the FastAPI routes, which implement the
 whole behaviour; the fast path is only a cache in front of them.
 """
@@ -19,7 +19,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from tokend import __version__
 from tokend.admin_api import add_felloh_admin
@@ -80,27 +80,39 @@ def _render(name: str, credential: Credential) -> _Rendered:
 
 
 class _TokenFastPath:
-    """Answers a plain, allowed `GET /token/{name}` whose credential is ready; passes on all else."""
+    """Answers a plain, allowed `GET /token/{name}` whose credential is ready; declines all else."""
 
-    def __init__(self, app: ASGIApp, manager: Manager, guard: RequestGuard, renderer: _Renderer) -> None:
-        self.app, self._manager, self._guard, self._renderer = app, manager, guard, renderer
+    def __init__(self, manager: Manager, guard: RequestGuard, renderer: _Renderer) -> None:
+        self._manager, self._guard, self._renderer = manager, guard, renderer
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def answer(self, scope: Scope, send: Send) -> bool:
+        """Send the answer and return True, or return False for the FastAPI routes to deal with."""
         if scope["type"] != "http" or scope["method"] != "GET" or not scope["path"].startswith("/token/"):
-            return await self.app(scope, receive, send)
+            return False
         query = scope["query_string"]
         raw = query == b"format=raw"
         if (not raw and query not in (b"", b"format=json")) or self._guard.check(scope) is not None:
-            return await self.app(scope, receive, send)
+            return False
         name = scope["path"][7:]
         credential = self._manager.current(name)
         if credential is None:
-            return await self.app(scope, receive, send)
+            return False
         rendered = self._renderer(name, credential)
         body = rendered.raw if raw else rendered.json(time.time())
         headers = [*(_TEXT if raw else _JSON), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+        return True
+
+
+class _TokendApp(FastAPI):
+    """FastAPI with the token fast path in front of all of it, FastAPI's own per-request work included."""
+
+    fast_path: _TokenFastPath | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.fast_path is None or not await self.fast_path.answer(scope, send):
+            await super().__call__(scope, receive, send)
 
 
 class _Denied(Exception):
@@ -123,12 +135,12 @@ def create_app(manager: Manager) -> FastAPI:
             schedule_rotations(manager)
             yield
 
-    app = FastAPI(
+    app = _TokendApp(
         title="tokend", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
     )
     guard = RequestGuard(manager.settings.server)
     renderer = _Renderer()
-    app.add_middleware(_TokenFastPath, manager=manager, guard=guard, renderer=renderer)
+    app.fast_path = _TokenFastPath(manager, guard, renderer)
     _add_error_handlers(app)
 
     def guarded(request: Request) -> None:

@@ -61,6 +61,7 @@ class RequestGuard:
         return None
 
 
+@lru_cache(maxsize=64)  # the hot path sees the same few Host values over and over
 def _hostname(value: bytes) -> str:
     """The host part of a Host header: `127.0.0.1:8765` -> `127.0.0.1`, `[::1]:8765` -> `[::1]`."""
     host = value.decode("latin-1").strip().lower()

@@ -111,7 +111,8 @@ def serve(settings: Settings, sock: socket.socket | None = None) -> bool:
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
     )
     server = uvicorn.Server(config)
-    where = settings.server.socket or "http://{}:{}".format(*sock.getsockname()[:2])
+    host, port = sock.getsockname()[:2]
+    where = settings.server.socket or (f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}")
     log.info("tokend serving %d provider(s) on %s", len(settings.providers), where)
     with _unlink_at_exit(settings.server), sock, _stop_signals_end_cleanly():
         server.run(sockets=[sock])

@@ -1,0 +1,132 @@
+"""The processes bench/run.py starts: the fake upstreams, the tokend daemon, and a bare ASGI app.
+
+    python bench/_servers.py fakes --dir DIR --port PORT   # prints the config path, serves until stdin closes
+    python bench/_servers.py daemon --fd FD --config PATH  # the real daemon, on the inherited socket FD
+    python bench/_servers.py bare --fd FD --body-size N --graceful S  # the baseline: uvicorn alone
+
+Each runs in its own process, so that the daemon's RSS counts the daemon alone and a server's CPU is its own.
+run.py binds the listening sockets and passes them down, so it knows every port before anything starts.
+Every role ends when its stdin closes, so a runner killed with SIGKILL leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+
+def main() -> None:
+    args = _parser().parse_args()
+    if args.cpu is not None:
+        os.sched_setaffinity(0, {args.cpu})
+    args.role(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    roles = parser.add_subparsers(required=True)
+    fakes = roles.add_parser("fakes")
+    fakes.add_argument("--dir", type=Path, required=True)
+    fakes.add_argument("--port", type=int, required=True, help="the daemon's port, for the config file")
+    fakes.set_defaults(role=_fakes, cpu=None)
+    daemon = _server_parser(roles, "daemon", _daemon)
+    daemon.add_argument("--config", type=Path, required=True)
+    bare = _server_parser(roles, "bare", _bare)
+    bare.add_argument("--body-size", type=int, required=True)
+    bare.add_argument("--graceful", type=float, required=True, help="tokend.server.GRACEFUL_SHUTDOWN")
+    return parser
+
+
+def _server_parser(roles: Any, name: str, role: Any) -> argparse.ArgumentParser:
+    server: argparse.ArgumentParser = roles.add_parser(name)
+    server.add_argument("--fd", type=int, required=True, help="an inherited, listening TCP socket")
+    server.add_argument("--cpu", type=int, help="pin to this CPU")
+    server.set_defaults(role=role)
+    return server
+
+
+def _fakes(args: argparse.Namespace) -> None:
+    from tokend.testing import serve_fakes, write_fake_config
+
+    # A lifetime of an hour: no renewal falls inside a run, so every request takes the same path.
+    with serve_fakes(lifetime=3600) as fakes:
+        print(write_fake_config(args.dir, fakes, args.port), flush=True)
+        sys.stdin.read()  # until run.py closes the pipe or dies
+
+
+def _daemon(args: argparse.Namespace) -> None:
+    from tokend.config import Settings
+    from tokend.logs import configure_logging
+    from tokend.server import serve
+
+    configure_logging("info")  # as `tokend run` does by default: the same handler and redaction filter
+    _exit_with_stdin()
+    serve(Settings.load(args.config), socket.socket(fileno=args.fd))
+
+
+def _bare(args: argparse.Namespace) -> None:
+    # The keyword arguments of tokend.server.serve(), so that only the app differs between the two servers.
+    # Nothing of tokend is imported here: this process's RSS is the floor that uvicorn alone sets.
+    config = uvicorn.Config(
+        _bare_app(_body(args.body_size)),
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        ws="none",
+        server_header=False,
+        timeout_graceful_shutdown=args.graceful,
+    )
+    _exit_with_stdin()
+    uvicorn.Server(config).run(sockets=[socket.socket(fileno=args.fd)])
+
+
+def _body(size: int) -> bytes:
+    """A JSON object of exactly `size` bytes, shaped like a token answer."""
+    frame = json.dumps({"provider": "bare", "token": ""}).encode()
+    return frame[:-2] + b"x" * (size - len(frame)) + frame[-2:]
+
+
+def _bare_app(body: bytes) -> Any:
+    # The same headers as tokend's fast path sends, so that both servers write the same bytes per answer.
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"cache-control", b"no-store"),
+        (b"x-content-type-options", b"nosniff"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    start = {"type": "http.response.start", "status": 200, "headers": headers}
+    answer = {"type": "http.response.body", "body": body}
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":  # lifespan="on", as tokend has it, wants both answers
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        await send(start)
+        await send(answer)
+
+    return app
+
+
+def _exit_with_stdin() -> None:
+    """Shut uvicorn down gracefully (as Ctrl-C does) once stdin closes: the runner is gone or done."""
+
+    def watch() -> None:
+        sys.stdin.read()
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+if __name__ == "__main__":
+    main()
