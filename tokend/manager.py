@@ -177,9 +177,8 @@ class Manager:
                 await asyncio.shield(slot.inflight)
         slot.config = config
         slot.provider = build_provider(name, config, self.redactor)
-        self.redactor.set_secrets(
-            secret.get() for other in self._slots.values() for secret in other.config.secrets().values()
-        )
+        # The old secrets stay known too: a rotated-out key is still a key, wherever it might surface.
+        self.redactor.add_secrets(secret.get() for secret in config.secrets().values())
         self._succeeded(slot, credential, 0.0)
 
     def every(self, seconds: float, job: Callable[[], Awaitable[None]], job_id: str) -> None:

@@ -19,8 +19,8 @@ class Redactor:
         self._ordered: list[str] = []
         self._rebuild()
 
-    def set_secrets(self, secrets: Iterable[str]) -> None:
-        self._secrets = {s for s in secrets if s}
+    def add_secrets(self, secrets: Iterable[str]) -> None:
+        self._secrets |= {s for s in secrets if s}
         self._rebuild()
 
     def set_tokens(self, owner: str, tokens: Iterable[str]) -> None:
