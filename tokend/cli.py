@@ -83,7 +83,8 @@ def _parser() -> argparse.ArgumentParser:
     _felloh_commands(commands)
 
     demo = commands.add_parser("demo", help="run tokend against built-in fake providers (no accounts needed)")
-    demo.add_argument("--port", type=int, default=8765, help="local port (0 picks a free one; default 8765)")
+    demo.add_argument("--port", type=int, default=None, help="local port (default 8765, or a free one if 8765 "
+                      "is taken; 0 always picks a free one)")
     demo.add_argument("--lifetime", type=float, default=30.0, help="seconds each fake token lives (default 30)")
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     demo.set_defaults(handler=_demo)

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tokend.config import Settings
+from tokend.discovery import DEFAULT_PORT
+from tokend.errors import TokendError
 from tokend.server import listen_tcp
 from tokend.testing import FakeProviders, serve_fakes, write_fake_config
 
@@ -27,15 +29,27 @@ class Demo:
 
 
 @contextlib.contextmanager
-def demo_environment(*, port: int, lifetime: float) -> Iterator[Demo]:
-    """Fakes started, a config written for them, the daemon's socket bound: all it needs is to be served."""
+def demo_environment(*, port: int | None, lifetime: float) -> Iterator[Demo]:
+    """Fakes started, a config written for them, the daemon's socket bound: all it needs is to be served.
+
+    With no port given, 8765 if it is free, else any free port (a real tokend may already hold 8765).
+    """
     with serve_fakes(lifetime=lifetime) as fakes, tempfile.TemporaryDirectory(prefix="tokend-demo-") as tmp:
-        # Bind first, so that `--port 0` yields a real port the config (and `tokend get`) can name.
-        sock = listen_tcp("127.0.0.1", port)
+        # Bind first, so that a free port is known before the config (and `tokend get`) names it.
+        sock = _listen(port)
         actual_port = sock.getsockname()[1]
         config_path = write_fake_config(Path(tmp), fakes, actual_port)
         settings = Settings.load(config_path)
         yield Demo(settings, sock, config_path, banner(config_path, actual_port, fakes, lifetime))
+
+
+def _listen(port: int | None) -> socket.socket:
+    if port is not None:
+        return listen_tcp("127.0.0.1", port)
+    try:
+        return listen_tcp("127.0.0.1", DEFAULT_PORT)
+    except TokendError:
+        return listen_tcp("127.0.0.1", 0)
 
 
 def banner(config: Path, port: int, fakes: FakeProviders, lifetime: float) -> list[str]:
