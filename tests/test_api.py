@@ -167,6 +167,7 @@ def test_errors_are_json_with_a_code(tmp_path, fakes) -> None:  # type: ignore[n
                 (await client.get("/nothing-here"), 404, "not_found"),
                 (await client.get("/status", headers={"Forwarded": "for=203.0.113.9"}), 403, "forbidden"),
                 (await client.get("/token/felloh", headers={"X-Tokend-Request": ""}), 403, "forbidden"),
+                (await client.post("/felloh/felloh/keys", json={"organisation": "X"}), 400, "bad_request"),
             ]
             for answer, status, code in cases:
                 assert (answer.status_code, answer.json()["error"]) == (status, code), answer.text

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
@@ -31,8 +32,9 @@ from tokend.manager import Manager
 
 __all__ = ["create_app"]
 
-# Tokens must never sit in a browser's or a proxy's cache.
-_NO_STORE = [(b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff")]
+# Tokens must never sit in a browser's or a proxy's cache, nor be sniffed into something executable.
+_NO_STORE_HEADERS = {"cache-control": "no-store", "x-content-type-options": "nosniff"}
+_NO_STORE = [(name.encode(), value.encode()) for name, value in _NO_STORE_HEADERS.items()]
 _JSON = [(b"content-type", b"application/json"), *_NO_STORE]
 _TEXT = [(b"content-type", b"text/plain; charset=utf-8"), *_NO_STORE]
 
@@ -121,9 +123,7 @@ class _Denied(Exception):
 
 
 def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse(
-        {"error": code, "message": message, **extra}, status_code=status, headers={"cache-control": "no-store"}
-    )
+    return JSONResponse({"error": code, "message": message, **extra}, status_code=status, headers=_NO_STORE_HEADERS)
 
 
 def create_app(manager: Manager) -> FastAPI:
@@ -151,9 +151,8 @@ def create_app(manager: Manager) -> FastAPI:
     def token_response(name: str, credential: Credential, format: str) -> Response:
         rendered = renderer(name, credential)
         if format == "raw":
-            return Response(rendered.raw, media_type="text/plain", headers={"cache-control": "no-store"})
-        return Response(rendered.json(time.time()), media_type="application/json",
-                        headers={"cache-control": "no-store"})
+            return Response(rendered.raw, media_type="text/plain", headers=_NO_STORE_HEADERS)
+        return Response(rendered.json(time.time()), media_type="application/json", headers=_NO_STORE_HEADERS)
 
     def checked_format(format: str) -> str:
         if format not in ("json", "raw"):
@@ -207,6 +206,12 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def unavailable(request: Request, exc: TokenUnavailable) -> JSONResponse:
         return _error(503, "token_unavailable", exc.message, provider=exc.provider,
                       next_attempt=iso_utc(exc.next_attempt))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own answer echoes the input back; say what is wrong without it.
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        return _error(400, "bad_request", problems)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -144,10 +144,6 @@ def _run(args: argparse.Namespace) -> int:
 
     settings = _load_settings(args)
     configure_logging(args.log_level)
-    import logging
-
-    for warning in settings.warnings():
-        logging.getLogger("tokend").warning("config: %s", warning)
     return Exit.OK if serve(settings) else Exit.FAILURE
 
 

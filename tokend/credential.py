@@ -44,10 +44,6 @@ class Credential:
         """True while the token may still be handed to a client."""
         return self.expires_at is None or self.expires_at - now > SERVE_MARGIN
 
-    @property
-    def lifetime(self) -> float | None:
-        return None if self.expires_at is None else self.expires_at - self.obtained_at
-
 
 def iso_utc(timestamp: float | None) -> str | None:
     """A Unix time as the API shows it: `2026-11-22T10:00:00Z` (whole seconds, UTC)."""

@@ -7,7 +7,6 @@ import sys
 
 from tokend.redact import RedactingFilter, Redactor
 
-LEVELS = ("debug", "info", "warning", "error")
 _FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 

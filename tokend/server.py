@@ -114,6 +114,8 @@ def serve(settings: Settings, sock: socket.socket | None = None) -> bool:
     host, port = sock.getsockname()[:2]
     where = settings.server.socket or (f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}")
     log.info("tokend serving %d provider(s) on %s", len(settings.providers), where)
+    for warning in settings.warnings():
+        log.warning("config: %s", warning)
     with _unlink_at_exit(settings.server), sock, _stop_signals_end_cleanly():
         server.run(sockets=[sock])
     return server.started
