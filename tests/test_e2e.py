@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import socket
 import subprocess
 import time
+from pathlib import Path
 
 import httpx
 
@@ -190,3 +193,50 @@ def test_no_secret_or_token_reaches_a_log_line_an_error_or_status(daemon_factory
     assert "login provider=felloh outcome=rejected status=401" in written
     for value in [*secrets, *tokens]:
         assert value not in written
+
+
+def test_a_unix_socket_listener_is_private_and_used_by_the_client_commands(tmp_path, fakes) -> None:  # type: ignore[no-untyped-def]
+    from tests.daemon import write_config
+
+    socket_path = tmp_path / "tokend.sock"
+    socket_path.touch()  # a stale file left behind is not a socket: refused, never replaced
+    config = write_config(tmp_path, fakes)
+    config.write_text(config.read_text().replace("[server]\n", f'[server]\nsocket = "{socket_path}"\n', 1))
+    refused = subprocess.run(tokend_command("--config", str(config), "run"), capture_output=True, text=True,
+                             timeout=60)
+    assert refused.returncode == 1 and "exists and is not a socket" in refused.stderr
+    socket_path.unlink()
+
+    log = tmp_path / "socket-daemon.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(tokend_command("--config", str(config), "run"), stdout=out, stderr=out)
+    try:
+        transport = httpx.HTTPTransport(uds=str(socket_path))
+        with httpx.Client(transport=transport, base_url="http://tokend", headers=HEADERS) as client:
+            deadline = time.monotonic() + 30
+            # Probe with a socket of our own first: httpcore leaks its socket on a failed unix connect.
+            while not _accepting(socket_path) or client.get("/readyz").status_code != 200:
+                assert time.monotonic() < deadline and process.poll() is None, log.read_text()
+                time.sleep(0.05)
+            assert oct(socket_path.stat().st_mode & 0o777) == "0o600"
+            assert client.get("/token/felloh").status_code == 200
+            assert client.get("/token/felloh", headers={"X-Tokend-Request": ""}).status_code == 403
+        got = subprocess.run(tokend_command("--config", str(config), "get", "fts"), capture_output=True, text=True,
+                             timeout=60)
+        assert got.returncode == 0 and fakes.fintech_studios.is_valid(got.stdout.strip())
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+    finally:
+        process.kill()
+    assert not socket_path.exists()
+
+
+def _accepting(path: Path) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
