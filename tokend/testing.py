@@ -160,9 +160,11 @@ class FakeUpstream:
             self._tokens[token] = expires
             self.logins += 1
 
-    def _count_attempt(self) -> None:
+    async def _login_attempt(self, request: Request) -> Response | None:
+        """Count a request to the login endpoint, then apply hang() and fail(): see _interfere."""
         with self._lock:
             self.login_attempts += 1
+        return await self._interfere(request)
 
     async def _interfere(self, request: Request) -> Response | None:
         """Apply hang() then fail(): an outage comes before anything the provider itself would check.
@@ -329,8 +331,7 @@ class FakeFelloh(FakeUpstream):
         return _felloh_envelope(200, {})
 
     async def _token(self, request: Request) -> Response:
-        self._count_attempt()
-        interfered = await self._interfere(request)
+        interfered = await self._login_attempt(request)
         if interfered is not None:
             return interfered
         refused = self._check_mime_types(request)
@@ -412,8 +413,7 @@ class FakeFintechStudios(FakeUpstream):
         ]
 
     async def _token(self, request: Request) -> Response:
-        self._count_attempt()
-        interfered = await self._interfere(request)
+        interfered = await self._login_attempt(request)
         if interfered is not None:
             return interfered
         if not self._api_key_ok(request):
@@ -525,8 +525,7 @@ class FakeOAuth2(FakeUpstream):
         ]
 
     async def _token(self, request: Request) -> Response:
-        self._count_attempt()
-        interfered = await self._interfere(request)
+        interfered = await self._login_attempt(request)
         if interfered is not None:
             return interfered
         # Parsed by hand: Starlette's form parser needs python-multipart, which tokend does not depend on.
@@ -598,8 +597,7 @@ class FakeTokenAPI(FakeUpstream):
         ]
 
     async def _token(self, request: Request) -> Response:
-        self._count_attempt()
-        interfered = await self._interfere(request)
+        interfered = await self._login_attempt(request)
         if interfered is not None:
             return interfered
         body = _json_object(await request.body())
