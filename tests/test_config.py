@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -159,6 +160,13 @@ def test_the_example_config_is_valid(tmp_path, monkeypatch) -> None:  # type: ig
     (tmp_path / "felloh_private_key").write_text("sk\n")
     for name in ("FELLOH_PUBLIC_KEY", "FTS_API_KEY", "FTS_PASSWORD", "FLOTIQ_API_KEY"):
         monkeypatch.setenv(name, f"value-of-{name}")
-    settings = load(tmp_path, example.replace("/run/secrets/felloh_private_key", str(tmp_path / "felloh_private_key")))
+    example = example.replace("/run/secrets/felloh_private_key", str(tmp_path / "felloh_private_key"))
+    settings = load(tmp_path, example)
     assert sorted(settings.providers) == ["felloh", "flotiq", "fts"]
     assert settings.warnings() == []
+    # The commented-out examples of the generic kinds are valid too, once uncommented.
+    head, _, generic = example.partition("# --- any other token API")
+    for name in ("BILLING_CLIENT_SECRET", "LEGACY_PASSWORD", "MAPS_API_KEY"):
+        monkeypatch.setenv(name, "x")
+    uncommented = load(tmp_path, head + "#" + re.sub(r"(?m)^# (?=[\w\[])", "", generic))
+    assert sorted(uncommented.providers) == ["billing", "felloh", "flotiq", "fts", "legacy", "maps"]
