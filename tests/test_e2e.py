@@ -240,3 +240,22 @@ def _accepting(path: Path) -> bool:
         return False
     finally:
         probe.close()
+
+
+def test_after_a_suspend_a_stale_token_is_never_served_and_the_caller_gets_a_fresh_one(daemon_factory, fakes) -> None:  # type: ignore[no-untyped-def]
+    fakes.felloh.lifetime = 4
+    daemon = daemon_factory()
+    before = daemon.get("/token/felloh").json()["token"]
+    assert daemon.process is not None
+    daemon.process.send_signal(signal.SIGSTOP)  # a laptop lid closed through the whole token lifetime
+    try:
+        deadline = time.monotonic() + 30
+        while fakes.felloh.is_valid(before):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        daemon.process.send_signal(signal.SIGCONT)
+    answer = daemon.get("/token/felloh")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["token"] != before and fakes.felloh.is_valid(answer.json()["token"])
+    assert fakes.felloh.logins <= 3  # the first login, and one (maybe two, racing the late renewal) after waking

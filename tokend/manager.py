@@ -33,6 +33,10 @@ from tokend.redact import Redactor
 
 log = logging.getLogger("tokend")
 
+# A stale token makes a GET start a login at most this often: enough to bridge a late renewal, too
+# little to hammer a provider whose tokens are born nearly expired.
+STALE_LOGIN_GAP = 1.0
+
 
 @dataclass
 class _Slot:
@@ -127,8 +131,10 @@ class Manager:
         credential = slot.credential
         if credential is not None and credential.is_fresh(time.time()):
             return credential
-        if slot.inflight is None and slot.consecutive_failures == 0 and self._may_log_in(slot):
-            # Stale with no failure behind it: the clock jumped or the machine slept through the renewal.
+        if (slot.inflight is None and slot.consecutive_failures == 0
+                and time.monotonic() - slot.last_attempt >= STALE_LOGIN_GAP):
+            # Stale with no failure behind it: the renewal is late (a busy loop), or the clock jumped, or the
+            # machine slept through it. Log in now rather than answer 503; failures are left to the backoff.
             self._start_login(slot)
         if slot.inflight is None:
             raise self._unavailable(slot)
