@@ -362,7 +362,8 @@ def _rotate(args: argparse.Namespace) -> int:
     data = _admin(args, "POST", "/rotate", body)
     if data is None:
         return Exit.FAILURE
-    print(f"{data['provider']} now logs in with key {data['new_key_id']} ({data['new_public_key']})")
+    print(f"{data['provider']} now logs in with key {data['new_key_id'] or '(id not yet listed)'} "
+          f"({data['new_public_key']})")
     if data["old_key_deleted"]:
         print(f"old key {data['old_key_id']} deleted")
         return Exit.OK

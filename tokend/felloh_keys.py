@@ -171,20 +171,30 @@ async def _rotate(manager: Manager, provider: str, organisation: str, client: ht
         raise KeyAdminError(f"rotation of {provider} stopped, the old key is still in use: {reason}",
                             status=502) from None
     await manager.switch_provider(provider, new_config, credential)
-    new_id = next((key.id for key in (await keys.list(organisation))[0] if key.public_key == new.public_key), "")
-    result = RotationResult(provider, new_id, new.public_key, old.id, old_key_deleted=False, request_ids=request_ids)
-    sharing = other_users(manager, provider, old)
-    if sharing:
-        result.warning = f"the new key is in use; the old key {old.id} is kept, since {', '.join(sharing)} use it"
-        return result
+    result = RotationResult(provider, "", new.public_key, old.id, old_key_deleted=False, request_ids=request_ids)
+    await _retire_old_key(manager, keys, organisation, old, new, result)
+    log.info("rotation provider=%s new_key=%s old_key=%s old_key_deleted=%s", provider, result.new_key_id or "-",
+             old.id, result.old_key_deleted)
+    return result
+
+
+async def _retire_old_key(
+    manager: Manager, keys: FellohKeys, organisation: str, old: ApiKey, new: NewKey, result: RotationResult
+) -> None:
+    """After the switch: learn the new key's id, then delete the old key unless another provider uses it.
+
+    The rotation has succeeded by now, so a failure here is a warning in the result, never an error.
+    """
     try:
+        listed, _ = await keys.list(organisation)
+        result.new_key_id = next((key.id for key in listed if key.public_key == new.public_key), "")
+        if sharing := other_users(manager, result.provider, old):
+            result.warning = f"the new key is in use; the old key {old.id} is kept, since {', '.join(sharing)} use it"
+            return
         result.request_ids += [i for i in [await keys.delete(old.id)] if i]
         result.old_key_deleted = True
     except UpstreamError as exc:
         result.warning = f"the new key is in use, but the old key {old.id} could not be deleted: {exc.message}"
-    log.info("rotation provider=%s new_key=%s old_key=%s old_key_deleted=%s", provider, new_id, old.id,
-             result.old_key_deleted)
-    return result
 
 
 def _rotatable_files(provider: str, config: FellohConfig) -> tuple[Path, Path]:
@@ -222,7 +232,7 @@ async def _discard(keys: FellohKeys, organisation: str, new: NewKey) -> None:
             if key.public_key == new.public_key:
                 await keys.delete(key.id)
     except UpstreamError as exc:
-        log.warning("rotation could not delete the unused new key %s: %s", new.public_key, exc.message)
+        log.warning("rotation could not delete its unused new key %r: %s", new.name, exc.message)
 
 
 def schedule_rotations(manager: Manager) -> None:
