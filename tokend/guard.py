@@ -41,18 +41,19 @@ class RequestGuard:
 
     def check(self, scope: Any) -> Denial | None:
         """The reason to refuse this ASGI request, or None to let it through."""
-        marked = False
+        marked = hosted = False
         for name, value in scope["headers"]:
             if name == b"x-tokend-request":
                 marked = bool(value.strip())
             elif name == b"host":
                 if self._hosts is not None and _hostname(value) not in self._hosts:
                     return FOREIGN_HOST
+                hosted = True
             elif name in (b"x-forwarded-for", b"forwarded"):
                 return FORWARDED
         if not marked:
             return MISSING_HEADER
-        if self._hosts is not None and not any(name == b"host" for name, _ in scope["headers"]):
+        if self._hosts is not None and not hosted:
             return FOREIGN_HOST
         if self._check_peer:
             client = scope.get("client")
