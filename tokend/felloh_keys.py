@@ -10,7 +10,6 @@ working; a failure at any step before it leaves the provider exactly as it was.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import time
@@ -25,7 +24,7 @@ from tokend.config import FellohConfig, SecretValue
 from tokend.credential import iso_utc
 from tokend.errors import TokendError, UpstreamError
 from tokend.manager import Manager
-from tokend.providers import build_provider
+from tokend.providers import build_provider, fetch_within_timeout
 from tokend.providers.base import LoginRequest, exchange
 from tokend.providers.felloh import JSON_HEADERS, describe
 from tokend.secretfile import write_secret_file
@@ -163,7 +162,8 @@ async def _rotate(manager: Manager, provider: str, organisation: str, client: ht
         "private_key": SecretValue(SecretStr(new.secret_key), f"file {private_path}", private_path),
     })
     try:
-        credential = await _verify(manager, provider, new_config, client)
+        new_provider = build_provider(provider, new_config, manager.redactor)
+        credential = await fetch_within_timeout(new_provider, new_config.timeout, client)
         _write_pair(config, new)
     except (UpstreamError, OSError) as exc:
         await _discard(keys, organisation, new)
@@ -204,14 +204,6 @@ def _rotatable_files(provider: str, config: FellohConfig) -> tuple[Path, Path]:
             f"{provider}'s public_key and private_key must both be {{ file = ... }} references for tokend to "
             f"write a new pair (they are {config.public_key.source} and {config.private_key.source})", status=400)
     return public, private
-
-
-async def _verify(manager: Manager, provider: str, config: FellohConfig, client: httpx.AsyncClient) -> Any:
-    try:
-        async with asyncio.timeout(config.timeout):
-            return await build_provider(provider, config, manager.redactor).fetch(client)
-    except TimeoutError:
-        raise UpstreamError(provider, f"the new key's login timed out after {config.timeout:g}s") from None
 
 
 def _write_pair(old: FellohConfig, new: NewKey) -> None:

@@ -28,7 +28,7 @@ from tokend.config import ProviderConfig, Settings
 from tokend.credential import Credential, State, iso_utc
 from tokend.errors import CredentialsRejected, TokenUnavailable, UnknownProvider, UpstreamError
 from tokend.policy import renewal_delay, retry_delay
-from tokend.providers import Provider, build_provider
+from tokend.providers import Provider, build_provider, fetch_within_timeout
 from tokend.redact import Redactor
 
 log = logging.getLogger("tokend")
@@ -231,10 +231,7 @@ class Manager:
         assert self._client is not None, "the manager is not started"
         started = slot.last_attempt = time.monotonic()
         try:
-            async with asyncio.timeout(slot.config.timeout):
-                credential = await slot.provider.fetch(self._client)
-        except TimeoutError:
-            error = UpstreamError(slot.name, f"login timed out after {slot.config.timeout:g}s")
+            credential = await fetch_within_timeout(slot.provider, slot.config.timeout, self._client)
         except UpstreamError as exc:
             error = exc
         except Exception as exc:  # a provider bug must never stop the renewals of this or other providers

@@ -29,6 +29,7 @@ __all__ = [
     "Provider",
     "StaticKey",
     "build_provider",
+    "fetch_within_timeout",
     "login_once",
 ]
 
@@ -42,15 +43,20 @@ PROVIDER_CLASSES = {
 }
 
 
+async def fetch_within_timeout(provider: Provider, timeout: float, client: httpx.AsyncClient) -> Credential:
+    """One login, bounded as a whole by the provider's `timeout` (httpx's own bound each step only)."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await provider.fetch(client)
+    except TimeoutError:
+        raise UpstreamError(provider.name, f"login timed out after {timeout:g}s") from None
+
+
 async def login_once(name: str, config: ProviderConfig) -> Credential:
     """One real login with `config`, outside any daemon: for `tokend check --login`."""
     redactor = Redactor(secret.get() for secret in config.secrets().values())
     async with httpx.AsyncClient(follow_redirects=False) as client:
-        try:
-            async with asyncio.timeout(config.timeout):
-                return await build_provider(name, config, redactor).fetch(client)
-        except TimeoutError:
-            raise UpstreamError(name, f"login timed out after {config.timeout:g}s") from None
+        return await fetch_within_timeout(build_provider(name, config, redactor), config.timeout, client)
 
 
 def build_provider(name: str, config: ProviderConfig, redactor: Redactor) -> Provider:
