@@ -189,3 +189,19 @@ rotate_every = "1s"
     assert any(key.public_key == (tmp_path / "rot_public").read_text().strip() for key in fakes.felloh.keys.values())
     # The first rotation started from the key the "felloh" provider shares: that key must survive it.
     assert fakes.felloh.public_key in {key.public_key for key in fakes.felloh.keys.values()}
+
+
+def test_a_created_key_s_secret_is_never_cacheable_and_needs_the_request_checks(tmp_path, fakes) -> None:  # type: ignore[no-untyped-def]
+    async def go() -> None:
+        async with serving(settings_for(tmp_path, fakes)) as client:
+            created = await client.post("/felloh/felloh/keys", json={"organisation": ORG, "name": "x"})
+            assert created.status_code == 201 and created.json()["secret_key"]
+            assert created.headers["cache-control"] == "no-store"
+            refused = await client.post("/felloh/felloh/keys", json={"organisation": ORG, "name": "y"},
+                                        headers={"X-Tokend-Request": ""})
+            assert refused.status_code == 403 and refused.json()["error"] == "forbidden"
+            failed = await client.get("/felloh/felloh/keys", params={"organisation": "OTHER"})
+            assert failed.status_code == 502 and failed.headers["cache-control"] == "no-store"
+
+    asyncio.run(go())
+    assert [key.name for key in fakes.felloh.keys.values()].count("y") == 0

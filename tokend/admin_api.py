@@ -12,15 +12,12 @@ The daemon makes these calls with the token it holds, so the CLI needs no secret
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from tokend.errors import UpstreamError
 from tokend.felloh_keys import (
     ApiKey,
     FellohKeys,
@@ -41,8 +38,9 @@ class _NewKey(_Organisation):
     name: str = Field(min_length=1)
 
 
-def felloh_router(manager: Manager, guarded: Callable[..., None]) -> APIRouter:
-    router = APIRouter(prefix="/felloh/{name}", dependencies=[Depends(guarded)])
+def felloh_router(manager: Manager) -> APIRouter:
+    """The routes; the app adds its request checks and error answers when it includes them."""
+    router = APIRouter(prefix="/felloh/{name}")
     # The ids of keys seen in list answers, by provider: how a delete knows which id is the key in use.
     seen: dict[str, dict[str, ApiKey]] = {}
 
@@ -92,15 +90,3 @@ def felloh_router(manager: Manager, guarded: Callable[..., None]) -> APIRouter:
 
     return router
 
-
-def add_felloh_admin(app: FastAPI, manager: Manager, guarded: Callable[..., None]) -> None:
-    app.include_router(felloh_router(manager, guarded))
-
-    @app.exception_handler(KeyAdminError)
-    async def refused(request: Request, exc: KeyAdminError) -> JSONResponse:
-        return JSONResponse({"error": "refused", "message": exc.message}, status_code=exc.status)
-
-    @app.exception_handler(UpstreamError)
-    async def upstream(request: Request, exc: UpstreamError) -> JSONResponse:
-        return JSONResponse({"error": "upstream_error", "message": exc.message, "provider": exc.provider,
-                             "upstream_status": exc.status, "request_id": exc.request_id}, status_code=502)

@@ -23,10 +23,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
 from tokend import __version__
-from tokend.admin_api import add_felloh_admin
+from tokend.admin_api import felloh_router
 from tokend.credential import Credential, iso_utc
 from tokend.errors import TokenUnavailable, UnknownProvider, UpstreamError
-from tokend.felloh_keys import schedule_rotations
+from tokend.felloh_keys import KeyAdminError, schedule_rotations
 from tokend.guard import Denial, RequestGuard
 from tokend.manager import Manager
 
@@ -117,6 +117,10 @@ class _TokendApp(FastAPI):
             await super().__call__(scope, receive, send)
 
 
+def _no_store(response: Response) -> None:
+    response.headers.update(_NO_STORE_HEADERS)
+
+
 class _Denied(Exception):
     def __init__(self, denial: Denial) -> None:
         self.denial = denial
@@ -178,7 +182,8 @@ def create_app(manager: Manager) -> FastAPI:
     async def status() -> dict[str, Any]:
         return {"version": __version__, "ready": manager.ready(), "providers": manager.status()}
 
-    add_felloh_admin(app, manager, guarded)
+    # A created key's secret travels in an answer here: the same checks and no-store as a token.
+    app.include_router(felloh_router(manager), dependencies=[Depends(guarded), Depends(_no_store)])
 
     @app.get("/livez")
     async def livez() -> dict[str, str]:
@@ -206,6 +211,15 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def unavailable(request: Request, exc: TokenUnavailable) -> JSONResponse:
         return _error(503, "token_unavailable", exc.message, provider=exc.provider,
                       next_attempt=iso_utc(exc.next_attempt))
+
+    @app.exception_handler(KeyAdminError)
+    async def refused(request: Request, exc: KeyAdminError) -> JSONResponse:
+        return _error(exc.status, "refused", exc.message)
+
+    @app.exception_handler(UpstreamError)
+    async def upstream(request: Request, exc: UpstreamError) -> JSONResponse:
+        return _error(502, "upstream_error", exc.message, provider=exc.provider, upstream_status=exc.status,
+                      request_id=exc.request_id)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
