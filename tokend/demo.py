@@ -24,7 +24,6 @@ from tokend.testing import FakeProviders, serve_fakes, write_fake_config
 class Demo:
     settings: Settings
     sock: socket.socket
-    config_path: Path
     banner: list[str]
 
 
@@ -40,7 +39,7 @@ def demo_environment(*, port: int | None, lifetime: float) -> Iterator[Demo]:
         actual_port = sock.getsockname()[1]
         config_path = write_fake_config(Path(tmp), fakes, actual_port)
         settings = Settings.load(config_path)
-        yield Demo(settings, sock, config_path, banner(config_path, actual_port, fakes, lifetime))
+        yield Demo(settings, sock, banner(config_path, actual_port, fakes, lifetime))
 
 
 def _listen(port: int | None) -> socket.socket:
