@@ -133,10 +133,25 @@ def test_transport_failures_are_wrapped_and_retryable() -> None:
     def slow(request: httpx.Request) -> httpx.Response:
         raise httpx.ReadTimeout("timed out", request=request)
 
+    def black_hole(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectTimeout("timed out", request=request)
+
     with pytest.raises(UpstreamError, match=re.escape("could not reach https://felloh.test/token")):
         fetch(FELLOH, refused)
-    with pytest.raises(UpstreamError, match="timed out after 10s"):
+    with pytest.raises(UpstreamError, match="login got no answer within 10s") as caught:
         fetch(FELLOH, slow)
+    assert caught.value.retryable
+    with pytest.raises(UpstreamError, match=re.escape("could not connect to https://felloh.test/token within 5s")):
+        fetch(FELLOH, black_hole)
+
+
+def test_connect_and_read_timeouts_are_per_provider_and_never_beyond_the_whole() -> None:
+    from tokend.providers.base import http_timeout
+
+    config = FELLOH.model_copy(update={"timeout": 4.0, "connect_timeout": 1.5, "read_timeout": 30.0})
+    bounds = http_timeout(config)
+    assert (bounds.connect, bounds.read, bounds.write, bounds.pool) == (1.5, 4.0, 4.0, 4.0)
+    assert http_timeout(FELLOH).connect == 5.0 and http_timeout(FELLOH).read == 10.0
 
 
 def test_an_upstream_echoing_secrets_gets_them_scrubbed() -> None:

@@ -8,11 +8,12 @@ whole behaviour; the fast path is only a cache in front of them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import weakref
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,10 +26,12 @@ from starlette.types import Receive, Scope, Send
 from tokend import __version__
 from tokend.admin_api import felloh_router
 from tokend.credential import Credential, iso_utc
-from tokend.errors import TokenUnavailable, UnknownProvider, UpstreamError
+from tokend.errors import ConfigError, TokenUnavailable, UnknownProvider, UpstreamError
 from tokend.felloh_keys import KeyAdminError, schedule_rotations
 from tokend.guard import Denial, RequestGuard
 from tokend.manager import Manager
+from tokend.reloading import Reloader
+from tokend.watch import SecretFileWatcher
 
 __all__ = ["create_app"]
 
@@ -130,13 +133,24 @@ def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": code, "message": message, **extra}, status_code=status, headers=_NO_STORE_HEADERS)
 
 
-def create_app(manager: Manager) -> FastAPI:
-    """The local API for `manager`. The app's lifespan starts and stops the manager."""
+def create_app(
+    manager: Manager,
+    *,
+    reloader: Reloader | None = None,
+    extras: Sequence[AbstractAsyncContextManager[Any]] = (),
+) -> FastAPI:
+    """The local API for `manager`. The app's lifespan starts and stops the manager, then the reloader
+    (SIGHUP and POST /reload; none when the settings did not come from a file), then each of `extras`."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with manager:
+        async with manager, AsyncExitStack() as stack:
             schedule_rotations(manager)
+            SecretFileWatcher(manager).start()
+            if reloader is not None:
+                await stack.enter_async_context(reloader)
+            for extra in extras:
+                await stack.enter_async_context(extra)
             yield
 
     app = _TokendApp(
@@ -177,6 +191,16 @@ def create_app(manager: Manager) -> FastAPI:
             return _error(502, "refresh_failed", exc.message, provider=name,
                           upstream_status=exc.status, request_id=exc.request_id)
         return token_response(name, credential, format)
+
+    @app.post("/reload", dependencies=[Depends(guarded)])
+    async def reload() -> JSONResponse:
+        if reloader is None:
+            return _error(409, "not_reloadable", "This tokend was not started from a config file.")
+        try:
+            changes = await reloader.reload("POST /reload")
+        except ConfigError as exc:
+            return _error(400, "bad_config", f"{exc.message}; the running config stays", problems=exc.problems)
+        return JSONResponse(dataclasses.asdict(changes), headers=_NO_STORE_HEADERS)
 
     @app.get("/status", dependencies=[Depends(guarded)])
     async def status() -> dict[str, Any]:

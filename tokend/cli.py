@@ -75,6 +75,10 @@ def _parser() -> argparse.ArgumentParser:
         _client_options(command)
         command.set_defaults(handler=handler)
 
+    reload = commands.add_parser("reload", help="make the daemon read its config file again (as SIGHUP does)")
+    _client_options(reload)
+    reload.set_defaults(handler=_reload)
+
     status = commands.add_parser("status", help="show every provider's state")
     status.add_argument("--json", action="store_true", help="print the daemon's JSON as it is")
     _client_options(status)
@@ -127,24 +131,31 @@ def _err(line: str) -> None:
 # --- daemon commands ------------------------------------------------------------------------------------
 
 
-def _load_settings(args: argparse.Namespace) -> Settings:
-    from tokend.config import Settings
+def _config_path(args: argparse.Namespace) -> Path:
     from tokend.discovery import CONFIG_CANDIDATES, find_config
 
     path = find_config(args.config)
     if path is None:
         looked = ", ".join(str(p) for p in CONFIG_CANDIDATES)
         raise ConfigError(f"no config file: pass --config PATH or set $TOKEND_CONFIG (looked at {looked})")
-    return Settings.load(path)
+    return path
+
+
+def _load_settings(args: argparse.Namespace) -> Settings:
+    from tokend.config import Settings
+
+    return Settings.load(_config_path(args))
 
 
 def _run(args: argparse.Namespace) -> int:
+    from tokend.config import Settings
     from tokend.logs import configure_logging
     from tokend.server import serve
 
-    settings = _load_settings(args)
+    path = _config_path(args)
+    settings = Settings.load(path)
     configure_logging(args.log_level)
-    return Exit.OK if serve(settings) else Exit.FAILURE
+    return Exit.OK if serve(settings, config_path=path) else Exit.FAILURE
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -286,6 +297,24 @@ def _status(args: argparse.Namespace) -> int:
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row[:5], widths, strict=True)), row[5])
     return Exit.OK if data["ready"] else Exit.UNAVAILABLE
+
+
+def _reload(args: argparse.Namespace) -> int:
+    reply = _client(args).request("POST", "/reload")
+    if reply.status == 400 and reply.error_code == "bad_config":
+        _err(f"tokend: {reply.error_message()}")
+        for problem in reply.json().get("problems", []):
+            _err(f"  - {problem}")
+        return Exit.CONFIG
+    if reply.status != 200:
+        return _failed(reply)
+    changes = reply.json()
+    print("reloaded: " + "; ".join(
+        f"{what} {', '.join(changes[what]) or '-'}" for what in ("added", "changed", "removed")
+    ) + f"; {len(changes['unchanged'])} unchanged")
+    if changes["restart_needed"]:
+        _err(f"tokend: warning: [{'], ['.join(changes['restart_needed'])}] changed; restart tokend to apply it")
+    return Exit.OK
 
 
 # --- Felloh key commands --------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -51,7 +51,10 @@ __all__ = [
     "Settings",
     "StaticConfig",
     "is_loopback_host",
+    "reread_secret_files",
 ]
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 FELLOH_URLS = {"production": "https://api.felloh.com", "sandbox": "https://sandbox.felloh.com"}
 FLOTIQ_URL = "https://api.flotiq.com"
@@ -132,6 +135,27 @@ def _resolve_secret(raw: Any) -> SecretValue:
 
 
 Secret = Annotated[SecretValue, PlainValidator(_resolve_secret)]
+
+
+def reread_secret_files(config: ModelT) -> ModelT:
+    """`config` with every `{ file }` and `{ credential }` secret read again from disk.
+
+    For a key changed on disk while tokend runs. Raises ValueError (naming the file, never its content)
+    when a file can no longer be used, for example while it is being rewritten.
+    """
+    return _reread(config)  # type: ignore[no-any-return]
+
+
+def _reread(value: Any) -> Any:
+    if isinstance(value, SecretValue):
+        return value if value.path is None else _read_secret_file(value.path, "secret file")
+    if isinstance(value, BaseModel):
+        return value.model_copy(update={name: _reread(getattr(value, name)) for name in type(value).model_fields})
+    if isinstance(value, dict):
+        return {key: _reread(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_reread(item) for item in value)
+    return value
 
 
 # --- addresses ----------------------------------------------------------------------------------------
@@ -217,7 +241,9 @@ class ServerConfig(BaseModel):
 class ProviderBase(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    timeout: Seconds = 10.0
+    timeout: Seconds = 10.0  # a whole login, every step included
+    connect_timeout: Seconds = 5.0  # to open the connection (a black-holed address fails this fast)
+    read_timeout: Seconds | None = None  # between two reads of the answer; default: timeout
     min_refresh_interval: Seconds = 10.0
     default_lifetime: Seconds = 3600.0
     max_lifetime: Seconds = 86400.0

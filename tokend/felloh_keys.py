@@ -25,7 +25,7 @@ from tokend.credential import iso_utc
 from tokend.errors import TokendError, UpstreamError
 from tokend.manager import Manager
 from tokend.providers import build_provider, fetch_within_timeout
-from tokend.providers.base import LoginRequest, exchange
+from tokend.providers.base import LoginRequest, exchange, http_timeout
 from tokend.providers.felloh import JSON_HEADERS, describe
 from tokend.secretfile import write_secret_file
 
@@ -117,7 +117,7 @@ class FellohKeys:
         return await exchange(self._client, LoginRequest(
             provider=self._provider, method=method, url=self._config.url + path,
             headers={**JSON_HEADERS, "Authorization": f"Bearer {credential.token}"}, json=body,
-            timeout=self._config.timeout, redactor=self._manager.redactor, describe=describe, action=action,
+            timeout=http_timeout(self._config), redactor=self._manager.redactor, describe=describe, action=action,
         ))
 
 
@@ -237,8 +237,12 @@ def schedule_rotations(manager: Manager) -> None:
 
 
 async def _rotate_if_due(manager: Manager, name: str) -> None:
+    if name not in manager.names:
+        return  # removed by a reload since this job was scheduled
     config = felloh_config(manager, name)
-    assert config.public_key.path is not None and config.rotate_every is not None and config.organisation
+    if config.rotate_every is None:
+        return  # rotate_every taken out by a reload
+    assert config.public_key.path is not None and config.organisation
     # The key file's age is the key's age: it survives restarts, and a rotation by hand resets it.
     try:
         age = time.time() - config.public_key.path.stat().st_mtime

@@ -15,7 +15,7 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any
@@ -37,6 +37,10 @@ log = logging.getLogger("tokend")
 # little to hammer a provider whose tokens are born nearly expired.
 STALE_LOGIN_GAP = 1.0
 
+# What a reload applies; the other settings ([server], [upstream]) shape the listener and the HTTP
+# client, which are made once at start.
+_APPLIED_LIVE = frozenset({"providers", "clients"})
+
 
 @dataclass
 class _Slot:
@@ -57,6 +61,7 @@ class _Slot:
     consecutive_failures: int = 0
     logins_ok: int = 0
     logins_failed: int = 0
+    retired: bool = False  # replaced or removed by a reload: its login in flight lands nowhere
 
 
 class Manager:
@@ -79,6 +84,7 @@ class Manager:
             name: _Slot(name, config, build_provider(name, config, self.redactor))
             for name, config in settings.providers.items()
         }
+        self._started = False
         self._client: httpx.AsyncClient | None = None
         self._scheduler: AsyncIOScheduler | None = None
         self._changes: dict[str, asyncio.Lock] = {}
@@ -96,6 +102,7 @@ class Manager:
             timezone=UTC, job_defaults={"misfire_grace_time": None, "coalesce": True, "max_instances": 1}
         )
         self._scheduler.start()
+        self._started = True
         for slot in self._slots.values():
             self._start_login(slot)
         return self
@@ -141,6 +148,10 @@ class Manager:
         try:
             async with asyncio.timeout(self.settings.server.wait_timeout):
                 credential = await asyncio.shield(slot.inflight)
+        except asyncio.CancelledError:
+            if _cancelled_by_us() or not slot.retired:
+                raise
+            return await self.get(name)  # the provider was replaced (or removed: 404) while we waited
         except TimeoutError:
             raise TokenUnavailable(
                 name, f"the login to {name} is still under way after {self.settings.server.wait_timeout:g}s"
@@ -157,7 +168,12 @@ class Manager:
                 return slot.credential
             if slot.last_error is not None:
                 raise _again(slot.last_error)
-        return await asyncio.shield(self._start_login(slot))
+        try:
+            return await asyncio.shield(self._start_login(slot))
+        except asyncio.CancelledError:
+            if _cancelled_by_us() or not slot.retired:
+                raise
+            return await self.refresh(name)
 
     def provider_config(self, name: str) -> ProviderConfig:
         return self._slot(name).config
@@ -187,6 +203,38 @@ class Manager:
         self.redactor.add_secrets(secret.get() for secret in config.secrets().values())
         self._succeeded(slot, credential, 0.0)
 
+    def apply(self, settings: Settings) -> Changes:
+        """Make `settings` the running configuration (a reload): see Changes for what happens to whom.
+
+        Providers are compared with what each slot runs now, not with the settings last loaded, so that a
+        key rotation already applied does not count as a change when the rewritten files are read back.
+        Server and upstream settings belong to the listener and the HTTP client, made once at start: a
+        change there is reported, not applied.
+        """
+        running = {name: slot.config for name, slot in self._slots.items()}
+        changes = Changes.between(running, settings.providers)
+        changes.restart_needed = [
+            part for part in Settings.model_fields
+            if part not in _APPLIED_LIVE and getattr(settings, part) != getattr(self.settings, part)
+        ]
+        for name in (*changes.removed, *changes.changed):
+            self._retire(self._slots.pop(name))
+        for name in (*changes.added, *changes.changed):
+            self._add_slot(name, settings.providers[name])
+        kept = {part: getattr(self.settings, part) for part in changes.restart_needed}
+        self.settings = settings.model_copy(update=kept)
+        return changes
+
+    def replace_provider(self, name: str, config: ProviderConfig) -> None:
+        """Run provider `name` with `config` from now on: its old credential is dropped, a login starts."""
+        self._retire(self._slot(name))
+        self._add_slot(name, config)
+
+    async def settled(self) -> None:
+        """Return once no login is in flight (after start: once every first login has succeeded or failed)."""
+        while tasks := [slot.inflight for slot in self._slots.values() if slot.inflight is not None]:
+            await asyncio.wait(tasks)
+
     def every(self, seconds: float, job: Callable[[], Awaitable[None]], job_id: str) -> None:
         """Run `job` every `seconds` on the manager's scheduler, from now until the manager stops."""
         assert self._scheduler is not None, "the manager is not started"
@@ -212,6 +260,19 @@ class Manager:
             raise UnknownProvider(name)
         return slot
 
+    def _add_slot(self, name: str, config: ProviderConfig) -> None:
+        self.redactor.add_secrets(secret.get() for secret in config.secrets().values())
+        slot = self._slots[name] = _Slot(name, config, build_provider(name, config, self.redactor))
+        if self._started:
+            self._start_login(slot)
+
+    def _retire(self, slot: _Slot) -> None:
+        """Take a slot out of service: no more renewals, and its login in flight is cancelled."""
+        slot.retired = True
+        self._unschedule(slot)
+        if slot.inflight is not None:
+            slot.inflight.cancel()
+
     def _may_log_in(self, slot: _Slot) -> bool:
         return time.monotonic() - slot.last_attempt >= slot.config.min_refresh_interval
 
@@ -223,9 +284,15 @@ class Manager:
 
     async def _scheduled_login(self, name: str) -> None:
         slot = self._slots.get(name)
-        if slot is not None:
-            with contextlib.suppress(UpstreamError):  # logged and rescheduled by _login
-                await self._start_login(slot)
+        if slot is None:
+            return
+        try:
+            await asyncio.shield(self._start_login(slot))
+        except UpstreamError:
+            pass  # logged and rescheduled by _login
+        except asyncio.CancelledError:
+            if _cancelled_by_us() or not slot.retired:
+                raise
 
     async def _login(self, slot: _Slot) -> Credential:
         assert self._client is not None, "the manager is not started"
@@ -286,7 +353,7 @@ class Manager:
         )
 
     def _schedule(self, slot: _Slot, delay: float) -> None:
-        if self._scheduler is None or not self._scheduler.running:
+        if self._scheduler is None or not self._scheduler.running or slot.retired:
             return
         self._scheduler.add_job(
             self._scheduled_login, "date", run_date=datetime.now(UTC) + timedelta(seconds=delay),
@@ -295,7 +362,7 @@ class Manager:
         slot.next_refresh_at = time.time() + delay
 
     def _unschedule(self, slot: _Slot) -> None:
-        if self._scheduler is not None and self._scheduler.get_job(slot.name) is not None:
+        if self._scheduler is not None and self._scheduler.running and self._scheduler.get_job(slot.name) is not None:
             self._scheduler.remove_job(slot.name)
         slot.next_refresh_at = None
 
@@ -308,6 +375,37 @@ class Manager:
             f"no valid token for {slot.name}: {slot.last_error.message}" + (f"; next try at {when}" if when else ""),
             next_attempt=slot.next_refresh_at,
         )
+
+
+@dataclass
+class Changes:
+    """What a reload did, by provider name.
+
+    Added and changed providers log in at once; a changed one is replaced whole, its old token dropped,
+    so that nothing is served from settings that no longer hold. Unchanged ones keep their tokens and
+    make no login. Removed ones answer 404 from now on.
+    """
+
+    added: list[str]
+    removed: list[str]
+    changed: list[str]
+    unchanged: list[str]
+    restart_needed: list[str] = field(default_factory=list)  # "server", "upstream": read only at start
+
+    @classmethod
+    def between(cls, old: dict[str, ProviderConfig], new: dict[str, ProviderConfig]) -> Changes:
+        return cls(
+            added=[name for name in new if name not in old],
+            removed=[name for name in old if name not in new],
+            changed=[name for name in new if name in old and new[name] != old[name]],
+            unchanged=[name for name in new if name in old and new[name] == old[name]],
+        )
+
+
+def _cancelled_by_us() -> bool:
+    """True when the running task itself is being cancelled (shutdown, a client gone), not what it awaits."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _retrieve(task: asyncio.Task[Credential]) -> None:

@@ -24,6 +24,7 @@ from tokend.config import ServerConfig, Settings
 from tokend.errors import TokendError
 from tokend.logs import install_redaction
 from tokend.manager import Manager
+from tokend.reloading import Reloader
 
 log = logging.getLogger("tokend")
 
@@ -96,13 +97,17 @@ def _unlink_at_exit(server: ServerConfig) -> Iterator[None]:
                 server.socket.unlink()
 
 
-def serve(settings: Settings, sock: socket.socket | None = None) -> bool:
-    """Run until SIGTERM or SIGINT. False when the daemon could not start."""
+def serve(settings: Settings, sock: socket.socket | None = None, *, config_path: Path | None = None) -> bool:
+    """Run until SIGTERM or SIGINT. False when the daemon could not start.
+
+    With `config_path` (the file `settings` came from), SIGHUP and POST /reload read it again.
+    """
     sock = sock or listen(settings.server)
     manager = Manager(settings)
     install_redaction(manager.redactor)
+    reloader = Reloader(manager, config_path) if config_path is not None else None
     config = uvicorn.Config(
-        create_app(manager),
+        create_app(manager, reloader=reloader),
         log_config=None,
         access_log=False,
         lifespan="on",

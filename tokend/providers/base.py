@@ -43,12 +43,20 @@ class LoginRequest:
     method: str
     url: str
     headers: Mapping[str, str]
-    timeout: float
+    timeout: httpx.Timeout  # see http_timeout()
     redactor: Redactor
     describe: Describe
     json: Any = None  # a JSON body...
     form: Mapping[str, str] | None = None  # ...or a form-encoded one
     action: str = "login"  # what the call is, for its error messages ("list keys", ...)
+
+
+def http_timeout(config: ProviderBase) -> httpx.Timeout:
+    """A provider's per-step bounds for one call; the manager bounds the whole login by `timeout`."""
+    return httpx.Timeout(
+        config.timeout, connect=min(config.connect_timeout, config.timeout),
+        read=min(config.read_timeout or config.timeout, config.timeout),
+    )
 
 
 async def exchange(client: httpx.AsyncClient, login: LoginRequest) -> tuple[Any, str | None]:
@@ -58,8 +66,14 @@ async def exchange(client: httpx.AsyncClient, login: LoginRequest) -> tuple[Any,
             login.method, login.url, json=login.json, data=login.form, headers=dict(login.headers),
             timeout=login.timeout,
         )
+    except httpx.ConnectTimeout:
+        raise UpstreamError(
+            login.provider, f"could not connect to {login.url} within {login.timeout.connect:g}s"
+        ) from None
     except httpx.TimeoutException:
-        raise UpstreamError(login.provider, f"{login.action} timed out after {login.timeout:g}s") from None
+        raise UpstreamError(
+            login.provider, f"{login.action} got no answer within {login.timeout.read:g}s"
+        ) from None
     except httpx.HTTPError as exc:
         reason = login.redactor.scrub(str(exc)) or type(exc).__name__
         raise UpstreamError(login.provider, f"could not reach {login.url}: {reason}") from None

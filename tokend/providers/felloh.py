@@ -13,7 +13,7 @@ import httpx
 
 from tokend.config import FellohConfig
 from tokend.credential import Credential
-from tokend.providers.base import LoginRequest, bearer_credential, exchange, malformed, number_or_none
+from tokend.providers.base import LoginRequest, bearer_credential, exchange, http_timeout, malformed, number_or_none
 from tokend.redact import Redactor
 
 JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -46,7 +46,7 @@ class Felloh:
             url=f"{self.config.url}/token",
             json={"public_key": self.config.public_key.get(), "private_key": self.config.private_key.get()},
             headers=JSON_HEADERS,
-            timeout=self.config.timeout,
+            timeout=http_timeout(self.config),
             redactor=self._redactor,
             describe=describe,
         )

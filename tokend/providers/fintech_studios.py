@@ -13,7 +13,7 @@ import httpx
 
 from tokend.config import FintechStudiosConfig
 from tokend.credential import Credential
-from tokend.providers.base import LoginRequest, bearer_credential, exchange, malformed, number_or_none
+from tokend.providers.base import LoginRequest, bearer_credential, exchange, http_timeout, malformed, number_or_none
 from tokend.redact import Redactor
 
 
@@ -40,7 +40,7 @@ class FintechStudios:
             url=f"{self.config.url}/auth/token",
             json={"email": self.config.email, "password": self.config.password.get()},
             headers={"x-api-key": api_key, "Accept": "application/json"},
-            timeout=self.config.timeout,
+            timeout=http_timeout(self.config),
             redactor=self._redactor,
             describe=describe,
         )

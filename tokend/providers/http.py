@@ -18,7 +18,7 @@ from tokend.config import HttpConfig, SecretValue
 from tokend.credential import Credential
 from tokend.errors import UpstreamError
 from tokend.expiry import jwt_expiry
-from tokend.providers.base import LoginRequest, exchange, login_credential, number_or_none
+from tokend.providers.base import LoginRequest, exchange, http_timeout, login_credential, number_or_none
 from tokend.redact import Redactor
 
 _MESSAGE_KEYS = ("message", "error_description", "error", "detail", "title")
@@ -40,7 +40,7 @@ class HttpLogin:
             headers={"Accept": "application/json", **{k: str(_fill(v, values)) for k, v in config.headers.items()}},
             json=None if config.json_body is None else _fill(config.json_body, values),
             form=None if config.form is None else {k: str(_fill(v, values)) for k, v in config.form.items()},
-            timeout=config.timeout,
+            timeout=http_timeout(config),
             redactor=self._redactor,
             describe=self._describe,
         )

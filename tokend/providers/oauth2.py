@@ -17,7 +17,7 @@ import httpx
 from tokend.config import OAuth2ClientCredentialsConfig
 from tokend.credential import Credential
 from tokend.errors import CredentialsRejected, UpstreamError
-from tokend.providers.base import LoginRequest, exchange, login_credential, malformed, number_or_none
+from tokend.providers.base import LoginRequest, exchange, http_timeout, login_credential, malformed, number_or_none
 from tokend.redact import Redactor
 
 # Section 5.2 codes that mean the client's credentials (not the request) are wrong; sent with 400 or 401.
@@ -57,7 +57,7 @@ class OAuth2ClientCredentials:
             form |= {"client_id": config.client_id, "client_secret": config.client_secret.get()}
         return LoginRequest(
             provider=self.name, method="POST", url=config.token_url, headers=headers, form=form,
-            timeout=config.timeout, redactor=self._redactor, describe=describe,
+            timeout=http_timeout(config), redactor=self._redactor, describe=describe,
         )
 
     async def fetch(self, client: httpx.AsyncClient) -> Credential:

@@ -1,0 +1,78 @@
+"""Secret files watched for changes, so that a key replaced on disk is used without a restart.
+
+A Flotiq key regenerated after a leak, a Felloh key pair rotated by another tool, a Kubernetes Secret
+updated in place: each shows up as a changed `{ file }` or `{ credential }` file. The files are polled
+(a stat each, every few seconds) rather than watched with inotify: polling works the same on every
+filesystem, bind mounts and Kubernetes' symlink swaps included, and costs next to nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from tokend.config import reread_secret_files
+from tokend.manager import Manager
+
+log = logging.getLogger("tokend")
+
+WATCH_INTERVAL = 2.0  # seconds between two looks at the files: "within a few seconds" of a change
+
+# What tells a changed file: a rename over it (inode), a rewrite in place (mtime, size), or a missing file.
+_Fingerprint = tuple[int, int, int, int] | None
+
+
+class SecretFileWatcher:
+    def __init__(self, manager: Manager) -> None:
+        self._manager = manager
+        self._seen: dict[Path, _Fingerprint] = {}
+
+    def start(self) -> None:
+        """Note every secret file as it is now, then look again every WATCH_INTERVAL seconds."""
+        for name in self._manager.names:
+            self._changed_files(name)
+        self._manager.every(WATCH_INTERVAL, self.check, "tokend-watch-secret-files")
+
+    async def check(self) -> None:
+        for name in self._manager.names:
+            if changed := self._changed_files(name):
+                await self._use_new_secrets(name, changed)
+
+    def _changed_files(self, name: str) -> list[Path]:
+        changed = []
+        for secret in self._manager.provider_config(name).secrets().values():
+            if secret.path is None:
+                continue
+            fingerprint = _fingerprint(secret.path)
+            if secret.path in self._seen and self._seen[secret.path] != fingerprint:
+                changed.append(secret.path)
+            self._seen[secret.path] = fingerprint
+        return changed
+
+    async def _use_new_secrets(self, name: str, changed: list[Path]) -> None:
+        # Under the provider's change lock: a key rotation writes the files before it switches the
+        # provider, and must not be overtaken here between the two.
+        async with self._manager.changing(name):
+            if name not in self._manager.names:
+                return
+            config = self._manager.provider_config(name)
+            try:
+                new = reread_secret_files(config)
+            except ValueError as exc:
+                log.error("provider=%s a secret file changed but cannot be used (%s); keeping the running key",
+                          name, exc)
+                return
+            if new == config:
+                return  # rewritten with the same content, or already in use (a rotation by tokend itself)
+            log.info("provider=%s secret file changed (%s); logging in again with it",
+                     name, ", ".join(str(path) for path in changed))
+            self._manager.replace_provider(name, new)
+
+
+def _fingerprint(path: Path) -> _Fingerprint:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino, info.st_mtime_ns, info.st_size
