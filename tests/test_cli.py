@@ -27,13 +27,21 @@ def test_version() -> None:
 
 def test_check_reports_the_config_without_secrets(tmp_path, fakes) -> None:  # type: ignore[no-untyped-def]
     config = write_config(tmp_path, fakes, extra='[providers.plain]\nkind = "flotiq"\napi_key = "plain-key-123"\n')
+    config.chmod(0o600)
     result = tokend("--config", str(config), "check")
     assert result.returncode == 0, result.stderr
-    assert "config OK: 4 provider(s)" in result.stdout
+    assert "config OK: 4 provider(s), 0 client(s)" in result.stdout
     assert f"felloh: felloh at {fakes.felloh_url} (public_key from file" in result.stdout
     assert 'warning: provider "plain", field "api_key": a plain-string secret' in result.stdout
+    assert 'warning: provider "felloh": logs in over plain http' in result.stdout
     for secret in (fakes.felloh.private_key, fakes.fintech_studios.password, "plain-key-123"):
         assert secret not in result.stdout + result.stderr
+
+    config.chmod(0o644)  # now every user of the machine can read the plain-string secret
+    result = tokend("--config", str(config), "check")
+    assert result.returncode == 3
+    assert "config has 1 error(s)" in result.stdout
+    assert f"error: config file {config} holds plain-string secrets and is readable by every user" in result.stdout
 
 
 def test_check_refuses_a_bad_config_and_finds_it_through_the_environment(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tokend.audit import audit
 from tokend.config import Settings
 from tokend.errors import ConfigError
 
@@ -29,6 +30,8 @@ def test_secret_references_resolve_from_env_file_credential_and_plain(tmp_path, 
     (tmp_path / "fts_password").write_text("from-a-file\n")
     (tmp_path / "creds").mkdir()
     (tmp_path / "creds" / "fts_key").write_text("from-systemd")
+    for secret_file in (tmp_path / "fts_password", tmp_path / "creds" / "fts_key"):
+        secret_file.chmod(0o600)  # else tokend's audit reports them as readable by every user
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path / "creds"))
     monkeypatch.setenv("FELLOH_PRIVATE", "from-env")
     settings = load(tmp_path, FELLOH + f"""private_key = {{ env = "FELLOH_PRIVATE" }}
@@ -44,8 +47,8 @@ password = {{ file = "{tmp_path / 'fts_password'}" }}
     assert felloh.private_key.get() == "from-env" and felloh.public_key.get() == "pub-1234"
     assert fts.api_key.get() == "from-systemd" and fts.password.get() == "from-a-file"
     assert fts.url == "https://fts.example.com"
-    assert settings.warnings() == [
-        'provider "felloh", field "public_key": a plain-string secret in the config file; '
+    assert [str(finding) for finding in audit(settings)] == [
+        'warning: provider "felloh", field "public_key": a plain-string secret in the config file; '
         'prefer { env = "..." }, { file = "..." } or { credential = "..." }'
     ]
     assert "pub-1234" not in repr(settings) and "from-env" not in repr(settings)
@@ -158,12 +161,13 @@ def test_an_empty_secret_file_is_refused(tmp_path) -> None:  # type: ignore[no-u
 def test_the_example_config_is_valid(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     example = (Path(__file__).parent.parent / "config.example.toml").read_text()
     (tmp_path / "felloh_private_key").write_text("sk\n")
+    (tmp_path / "felloh_private_key").chmod(0o600)
     for name in ("FELLOH_PUBLIC_KEY", "FTS_API_KEY", "FTS_PASSWORD", "FLOTIQ_API_KEY"):
         monkeypatch.setenv(name, f"value-of-{name}")
     example = example.replace("/run/secrets/felloh_private_key", str(tmp_path / "felloh_private_key"))
     settings = load(tmp_path, example)
     assert sorted(settings.providers) == ["felloh", "flotiq", "fts"]
-    assert settings.warnings() == []
+    assert audit(settings) == []
     # The commented-out examples of the generic kinds are valid too, once uncommented.
     head, _, generic = example.partition("# --- any other token API")
     for name in ("BILLING_CLIENT_SECRET", "LEGACY_PASSWORD", "MAPS_API_KEY"):

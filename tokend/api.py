@@ -15,7 +15,7 @@ import weakref
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -28,7 +28,7 @@ from tokend.admin_api import felloh_router
 from tokend.credential import Credential, iso_utc
 from tokend.errors import ConfigError, TokenUnavailable, UnknownProvider, UpstreamError
 from tokend.felloh_keys import KeyAdminError, schedule_rotations
-from tokend.guard import Denial, RequestGuard
+from tokend.guard import NOT_ADMIN, NOT_YOURS, Caller, Denial, RequestGuard
 from tokend.manager import Manager
 from tokend.reloading import Reloader
 from tokend.watch import SecretFileWatcher
@@ -99,6 +99,9 @@ class _TokenFastPath:
         if (not raw and query not in (b"", b"format=json")) or self._guard.check(scope) is not None:
             return False
         name = scope["path"][7:]
+        caller = self._guard.identify(scope, self._manager.settings.clients)
+        if isinstance(caller, Denial) or not caller.may_read(name):
+            return False
         credential = self._manager.current(name)
         if credential is None:
             return False
@@ -116,8 +119,15 @@ class _TokendApp(FastAPI):
     fast_path: _TokenFastPath | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.fast_path is None or not await self.fast_path.answer(scope, send):
-            await super().__call__(scope, receive, send)
+        if self.fast_path is not None and await self.fast_path.answer(scope, send):
+            return
+        if scope["type"] == "http" and scope["method"] == "OPTIONS":
+            # A CORS preflight, on any path. No CORS header is ever sent, so a browser would stop there
+            # anyway; the refusal says so plainly.
+            await _error(403, "forbidden", "Cross-origin requests are refused: tokend serves local programs, "
+                         "never web pages.")(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 def _no_store(response: Response) -> None:
@@ -129,8 +139,34 @@ class _Denied(Exception):
         self.denial = denial
 
 
+def _caller(request: Request) -> Caller:
+    """The request checks, then who the caller is (FastAPI computes it once per request)."""
+    guard: RequestGuard = request.app.state.guard
+    denial = guard.check(request.scope)
+    if denial is not None:
+        raise _Denied(denial)
+    caller = guard.identify(request.scope, request.app.state.manager.settings.clients)
+    if isinstance(caller, Denial):
+        raise _Denied(caller)
+    return caller
+
+
+Asking = Annotated[Caller, Depends(_caller)]
+
+
+def _reader(name: str, caller: Asking) -> None:
+    if not caller.may_read(name):
+        raise _Denied(NOT_YOURS)  # also for a name that does not exist: a key learns nothing outside its list
+
+
+def _administrator(request: Request, caller: Asking) -> None:
+    if not caller.may_administer(request.path_params.get("name")):
+        raise _Denied(NOT_ADMIN)
+
+
 def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": code, "message": message, **extra}, status_code=status, headers=_NO_STORE_HEADERS)
+    headers = {**_NO_STORE_HEADERS, "www-authenticate": 'Bearer realm="tokend"'} if status == 401 else _NO_STORE_HEADERS
+    return JSONResponse({"error": code, "message": message, **extra}, status_code=status, headers=headers)
 
 
 def create_app(
@@ -156,15 +192,12 @@ def create_app(
     app = _TokendApp(
         title="tokend", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
     )
-    guard = RequestGuard(manager.settings.server)
+    guard = app.state.guard = RequestGuard(manager.settings.server)
+    app.state.manager = manager
     renderer = _Renderer()
     app.fast_path = _TokenFastPath(manager, guard, renderer)
     _add_error_handlers(app)
 
-    def guarded(request: Request) -> None:
-        denial = guard.check(request.scope)
-        if denial is not None:
-            raise _Denied(denial)
 
     def token_response(name: str, credential: Credential, format: str) -> Response:
         rendered = renderer(name, credential)
@@ -177,12 +210,12 @@ def create_app(
             raise StarletteHTTPException(400, 'format must be "json" or "raw"')
         return format
 
-    @app.get("/token/{name}", dependencies=[Depends(guarded)])
+    @app.get("/token/{name}", dependencies=[Depends(_reader)])
     async def get_token(name: str, format: str = "json") -> Response:
         format = checked_format(format)
         return token_response(name, await manager.get(name), format)
 
-    @app.post("/token/{name}/refresh", dependencies=[Depends(guarded)])
+    @app.post("/token/{name}/refresh", dependencies=[Depends(_reader)])
     async def refresh_token(name: str, format: str = "json") -> Response:
         format = checked_format(format)
         try:
@@ -192,7 +225,7 @@ def create_app(
                           upstream_status=exc.status, request_id=exc.request_id)
         return token_response(name, credential, format)
 
-    @app.post("/reload", dependencies=[Depends(guarded)])
+    @app.post("/reload", dependencies=[Depends(_administrator)])
     async def reload() -> JSONResponse:
         if reloader is None:
             return _error(409, "not_reloadable", "This tokend was not started from a config file.")
@@ -202,12 +235,13 @@ def create_app(
             return _error(400, "bad_config", f"{exc.message}; the running config stays", problems=exc.problems)
         return JSONResponse(dataclasses.asdict(changes), headers=_NO_STORE_HEADERS)
 
-    @app.get("/status", dependencies=[Depends(guarded)])
-    async def status() -> dict[str, Any]:
-        return {"version": __version__, "ready": manager.ready(), "providers": manager.status()}
+    @app.get("/status")
+    async def status(caller: Asking) -> dict[str, Any]:
+        providers = {name: state for name, state in manager.status().items() if caller.may_read(name)}
+        return {"version": __version__, "ready": manager.ready(providers), "providers": providers}
 
     # A created key's secret travels in an answer here: the same checks and no-store as a token.
-    app.include_router(felloh_router(manager), dependencies=[Depends(guarded), Depends(_no_store)])
+    app.include_router(felloh_router(manager), dependencies=[Depends(_administrator), Depends(_no_store)])
 
     @app.get("/livez")
     async def livez() -> dict[str, str]:

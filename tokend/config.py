@@ -39,6 +39,7 @@ from tokend.errors import ConfigError
 from tokend.pointer import check_pointer
 
 __all__ = [
+    "ClientConfig",
     "FellohConfig",
     "FintechStudiosConfig",
     "FlotiqConfig",
@@ -215,12 +216,29 @@ def _duration(value: Any) -> float:
 Duration = Annotated[float, PlainValidator(_duration)]
 
 
+def _socket_mode(value: Any) -> int:
+    """A unix socket's file mode: 0o660 in TOML, or "0660" / "660" as a string of octal digits."""
+    if isinstance(value, str) and re.fullmatch(r"0?o?[0-7]{3}", value):
+        value = int(value.removeprefix("0").removeprefix("o"), 8)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 0o777:
+        raise ValueError('must be a file mode such as 0o600 (or "0600")')
+    if value & 0o600 != 0o600:
+        raise ValueError(f"{value:#o} must let tokend's own user read and write the socket (0o600 at least)")
+    return value
+
+
+SocketMode = Annotated[int, PlainValidator(_socket_mode)]
+
+
 class ServerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     host: str = "127.0.0.1"
     port: int = Field(default=8765, ge=1, le=65535)
     socket: Path | None = None
+    # Who may connect to the unix socket: its owner only by default; 0o660 with socket_group for a group.
+    socket_mode: SocketMode = 0o600
+    socket_group: str | None = None
     allow_remote: bool = False
     allowed_hosts: tuple[str, ...] = ()
     # How long a GET waits for a login already in flight (the first one, or one for a stale token).
@@ -441,6 +459,58 @@ PROVIDER_KINDS = ("felloh", "fintech_studios", "flotiq", "oauth2_client_credenti
 ProviderName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 
 
+class UpstreamConfig(BaseModel):
+    """How tokend reaches the providers. TLS certificates are always verified: no setting turns that off.
+
+    `ca_bundle` (PEM) adds CAs to the trust store and never replaces it: a corporate CA that re-signs
+    intercepted TLS is trusted, and the public CAs stay trusted for the providers it leaves alone.
+    Proxies come from the environment (HTTPS_PROXY, NO_PROXY, ...); see tokend.upstream.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @staticmethod
+    def _loadable(path: Path) -> Path:
+        import ssl  # here rather than at the top: only a config with a ca_bundle needs it
+
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=path)
+        except FileNotFoundError:
+            raise ValueError(f"CA bundle {path} does not exist") from None
+        except ssl.SSLError:
+            raise ValueError(
+                f"CA bundle {path} holds no certificate that loads; it must be PEM: "
+                "one or more -----BEGIN CERTIFICATE----- blocks"
+            ) from None
+        except OSError as exc:
+            raise ValueError(f"CA bundle {path} cannot be read ({exc.strerror})") from None
+        return path
+
+    ca_bundle: Annotated[Path, AfterValidator(_loadable)] | None = None
+
+
+MIN_CLIENT_KEY_LENGTH = 16  # ~96 bits as url-safe base64: not guessable over a local socket
+
+
+class ClientConfig(BaseModel):
+    """A local program allowed to read some providers' tokens, known by its key (scoped like Flotiq's
+    user-defined keys). Once any client is defined, every token and status request needs a key."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: Secret
+    providers: tuple[ProviderName, ...] = Field(min_length=1)
+    # May also use its providers' admin endpoints (Felloh key management) and POST /reload.
+    admin: bool = False
+
+    @model_validator(mode="after")
+    def _long_enough(self) -> ClientConfig:
+        if len(self.key.get()) < MIN_CLIENT_KEY_LENGTH:
+            raise ValueError(f"key must be at least {MIN_CLIENT_KEY_LENGTH} characters: make one with "
+                             "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
+        return self
+
+
 class Settings(BaseSettings):
     """The whole configuration. Environment variables `TOKEND_SERVER__PORT=9000` override the file."""
 
@@ -449,7 +519,21 @@ class Settings(BaseSettings):
     )
 
     server: ServerConfig = ServerConfig()
+    upstream: UpstreamConfig = UpstreamConfig()
     providers: dict[ProviderName, ProviderConfig] = {}
+    clients: dict[ProviderName, ClientConfig] = {}
+
+    @model_validator(mode="after")
+    def _clients_name_providers(self) -> Settings:
+        seen: dict[str, str] = {}
+        for name, client in self.clients.items():
+            for provider in client.providers:
+                if provider not in self.providers:
+                    raise ValueError(f'client "{name}", field "providers": no provider is named "{provider}"')
+            if (other := seen.setdefault(client.key.get(), name)) != name:
+                raise ValueError(f'client "{name}", field "key": the same key as client "{other}"; '
+                                 "each client needs its own")
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -482,31 +566,19 @@ class Settings(BaseSettings):
             problems = [_describe(error) for error in exc.errors(include_input=False, include_url=False)]
             raise ConfigError(f"{path} has {len(problems)} problem(s)", problems) from None
 
-    def warnings(self) -> list[str]:
-        """Findings that do not stop tokend but that a careful operator wants to hear about."""
-        found = []
-        for name, provider in self.providers.items():
-            for field, secret in provider.secrets().items():
-                if secret.plain:
-                    found.append(
-                        f'provider "{name}", field "{field}": a plain-string secret in the config file; '
-                        'prefer { env = "..." }, { file = "..." } or { credential = "..." }'
-                    )
-        if not self.providers:
-            found.append("no providers are configured: tokend will serve nothing")
-        return found
-
 
 def _describe(error: Any) -> str:
     """One sentence for one validation error, naming the provider and the field. Never the value."""
     loc = [str(part) for part in error["loc"]]
-    if len(loc) >= 2 and loc[0] == "providers":
+    if len(loc) >= 2 and loc[0] in ("providers", "clients"):
         rest = loc[2:]
         if rest and rest[0] in PROVIDER_KINDS:
             rest = rest[1:]
-        where = f'provider "{loc[1]}"' + (f', field "{".".join(rest)}"' if rest else "")
+        where = f'{loc[0][:-1]} "{loc[1]}"' + (f', field "{".".join(rest)}"' if rest else "")
+    elif not loc:
+        return _message(error)  # a check across the whole file: its message names what it is about
     else:
-        where = f'field "{".".join(loc)}"' if loc else "config"
+        where = f'field "{".".join(loc)}"'
     return f"{where}: {_message(error)}"
 
 

@@ -14,7 +14,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -23,13 +23,13 @@ from typing import Any
 import httpx
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from tokend import __version__
 from tokend.config import ProviderConfig, Settings
 from tokend.credential import Credential, State, iso_utc
 from tokend.errors import CredentialsRejected, TokenUnavailable, UnknownProvider, UpstreamError
 from tokend.policy import renewal_delay, retry_delay
 from tokend.providers import Provider, build_provider, fetch_within_timeout
 from tokend.redact import Redactor
+from tokend.upstream import build_client
 
 log = logging.getLogger("tokend")
 
@@ -92,11 +92,7 @@ class Manager:
     # --- lifecycle ---------------------------------------------------------------------------------------
 
     async def __aenter__(self) -> Manager:
-        self._client = httpx.AsyncClient(
-            transport=self._transport,
-            follow_redirects=False,  # a redirected login would carry the credentials to another place
-            headers={"User-Agent": f"tokend/{__version__}"},
-        )
+        self._client = build_client(self.settings, self._transport)
         # misfire_grace_time=None: a renewal due while the loop was busy or the machine slept still runs.
         self._scheduler = AsyncIOScheduler(
             timezone=UTC, job_defaults={"misfire_grace_time": None, "coalesce": True, "max_instances": 1}
@@ -240,9 +236,11 @@ class Manager:
         assert self._scheduler is not None, "the manager is not started"
         self._scheduler.add_job(job, "interval", seconds=seconds, id=job_id, replace_existing=True)
 
-    def ready(self) -> bool:
+    def ready(self, names: Iterable[str] | None = None) -> bool:
+        """Whether every provider (or each of `names`) holds a token that may be served now."""
         now = time.time()
-        return all(slot.credential is not None and slot.credential.is_fresh(now) for slot in self._slots.values())
+        slots = self._slots.values() if names is None else [self._slots[name] for name in names]
+        return all(slot.credential is not None and slot.credential.is_fresh(now) for slot in slots)
 
     def state(self, name: str) -> State:
         return _state(self._slot(name), time.time())

@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 from types import TracebackType
 
+from tokend.audit import audit, log_findings
 from tokend.config import Settings
 from tokend.errors import ConfigError
 from tokend.felloh_keys import schedule_rotations
@@ -48,8 +49,7 @@ class Reloader:
         if changes.restart_needed:
             log.warning("reload: the [%s] settings changed; they apply only at start: restart tokend to use them",
                         "], [".join(changes.restart_needed))
-        for warning in settings.warnings():
-            log.warning("config: %s", warning)
+        log_findings(audit(settings, self.path))
         return changes
 
     async def __aenter__(self) -> Reloader:

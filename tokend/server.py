@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import grp
 import logging
 import os
 import signal
@@ -20,6 +21,7 @@ from pathlib import Path
 import uvicorn
 
 from tokend.api import create_app
+from tokend.audit import audit, log_findings
 from tokend.config import ServerConfig, Settings
 from tokend.errors import TokendError
 from tokend.logs import install_redaction
@@ -35,7 +37,7 @@ GRACEFUL_SHUTDOWN = 3  # seconds for in-flight local requests after SIGTERM
 def listen(server: ServerConfig) -> socket.socket:
     """The listening socket the config asks for, or TokendError saying why it cannot be had."""
     if server.socket is not None:
-        return _listen_unix(server.socket)
+        return _listen_unix(server.socket, server.socket_mode, server.socket_group)
     return listen_tcp(server.host, server.port)
 
 
@@ -55,7 +57,7 @@ def listen_tcp(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _listen_unix(path: Path) -> socket.socket:
+def _listen_unix(path: Path, mode: int = SOCKET_MODE, group: str | None = None) -> socket.socket:
     _remove_stale_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o177)  # the file is born 0600: no window in which others may connect
@@ -66,9 +68,26 @@ def _listen_unix(path: Path) -> socket.socket:
         raise TokendError(f"cannot listen on {path}: {exc.strerror}") from None
     finally:
         os.umask(old_umask)
-    os.chmod(path, SOCKET_MODE)
+    try:
+        if group is not None:
+            os.chown(path, -1, _group_id(group))  # before the mode opens it to the group: the right group
+        os.chmod(path, mode)
+    except (OSError, TokendError) as exc:
+        sock.close()
+        path.unlink()
+        reason = exc.message if isinstance(exc, TokendError) else exc.strerror
+        raise TokendError(f"cannot give {path} group {group} and mode {mode:#o}: {reason}") from None
     sock.listen(128)
     return sock
+
+
+def _group_id(group: str) -> int:
+    if group.isdigit():
+        return int(group)
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise TokendError(f"no group is named {group!r}") from None
 
 
 def _remove_stale_socket(path: Path) -> None:
@@ -119,8 +138,7 @@ def serve(settings: Settings, sock: socket.socket | None = None, *, config_path:
     host, port = sock.getsockname()[:2]
     where = settings.server.socket or (f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}")
     log.info("tokend serving %d provider(s) on %s", len(settings.providers), where)
-    for warning in settings.warnings():
-        log.warning("config: %s", warning)
+    log_findings(audit(settings, config_path))
     with _unlink_at_exit(settings.server), sock, _stop_signals_end_cleanly():
         server.run(sockets=[sock])
     return server.started

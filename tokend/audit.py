@@ -1,0 +1,130 @@
+"""Findings about a configuration that loads but may be unsafe: what `tokend check` reports and the
+daemon logs at start and on reload.
+
+An error is something that exposes a secret or a token to other users of the machine (a world-readable
+file of secrets, a socket anyone may connect to, a config file anyone may rewrite). A warning is a
+choice worth hearing about (a plain-string secret, plain http to a loopback upstream, a remote bind).
+The daemon still starts with errors, since SPEC.md allows plain-string secrets; `tokend check` fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from tokend.config import SecretValue, Settings
+
+__all__ = ["Finding", "audit", "log_findings"]
+
+log = logging.getLogger("tokend")
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: Literal["warning", "error"]
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.level}: {self.message}"
+
+
+def audit(settings: Settings, config_path: Path | None = None) -> list[Finding]:
+    """Every finding about `settings` (and the file it came from, when given), errors first."""
+    found = [
+        *_plain_secrets(settings),
+        *_secret_files(settings),
+        *_config_file(settings, config_path),
+        *_listener(settings),
+        *_plain_http(settings),
+    ]
+    if not settings.providers:
+        found.append(Finding("warning", "no providers are configured: tokend will serve nothing"))
+    return sorted(found, key=lambda finding: finding.level != "error")
+
+
+def log_findings(findings: list[Finding]) -> None:
+    for finding in findings:
+        log.log(logging.ERROR if finding.level == "error" else logging.WARNING, "config: %s", finding)
+
+
+def _secrets(settings: Settings) -> Iterator[tuple[str, SecretValue]]:
+    for name, provider in settings.providers.items():
+        for field, secret in provider.secrets().items():
+            yield f'provider "{name}", field "{field}"', secret
+    for name, client in settings.clients.items():
+        yield f'client "{name}", field "key"', client.key
+
+
+def _plain_secrets(settings: Settings) -> Iterator[Finding]:
+    for where, secret in _secrets(settings):
+        if secret.plain:
+            yield Finding("warning", f'{where}: a plain-string secret in the config file; '
+                                     'prefer { env = "..." }, { file = "..." } or { credential = "..." }')
+
+
+def _secret_files(settings: Settings) -> Iterator[Finding]:
+    seen: set[Path] = set()
+    for where, secret in _secrets(settings):
+        if secret.path is None or secret.path in seen:
+            continue
+        seen.add(secret.path)
+        if (finding := _readable_by_others(secret.path, f"{where}: secret file {secret.path}")) is not None:
+            yield finding
+
+
+def _config_file(settings: Settings, path: Path | None) -> Iterator[Finding]:
+    if path is None:
+        return
+    mode = _mode(path)
+    if mode is None:
+        return
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        # Whoever may rewrite it may point a provider's URL at their own server and collect the
+        # credentials at the next reload, or add a client key of their own.
+        yield Finding("error", f"config file {path} can be changed by other users (mode {mode:04o}): chmod go-w it")
+    plain = any(secret.plain for _, secret in _secrets(settings))
+    if plain and (finding := _readable_by_others(path, f"config file {path} holds plain-string secrets and")):
+        yield finding
+
+
+def _readable_by_others(path: Path, what: str) -> Finding | None:
+    mode = _mode(path)
+    if mode is None:
+        return None
+    if mode & stat.S_IROTH:
+        return Finding("error", f"{what} is readable by every user (mode {mode:04o}): chmod 600 it")
+    if mode & stat.S_IRGRP:
+        return Finding("warning", f"{what} is readable by its group (mode {mode:04o}): chmod 600 it "
+                                  "unless the whole group may hold this secret")
+    return None
+
+
+def _listener(settings: Settings) -> Iterator[Finding]:
+    server = settings.server
+    if server.socket is not None:
+        if server.socket_mode & 0o006:
+            level: Literal["warning", "error"] = "warning" if settings.clients else "error"
+            yield Finding(level, f"socket_mode {server.socket_mode:#o} lets every user of this machine connect "
+                                 f"to {server.socket}" + ("" if settings.clients else " and read every token"))
+    elif server.allow_remote:
+        yield Finding("warning", f"tokend listens on {server.host}, beyond loopback (allow_remote = true): only "
+                                 "right for a pod or compose network namespace shared with the app")
+
+
+def _plain_http(settings: Settings) -> Iterator[Finding]:
+    for name, provider in settings.providers.items():
+        if provider.url is not None and urlsplit(provider.url).scheme == "http":
+            yield Finding("warning", f'provider "{name}": logs in over plain http ({provider.url}); allowed '
+                                     "for loopback upstreams, for local testing only")
+
+
+def _mode(path: Path) -> int | None:
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return None
