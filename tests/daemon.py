@@ -29,6 +29,19 @@ def write_config(directory: Path, fakes: FakeProviders, *, extra: str = "", **op
     return write_fake_config(directory, fakes, free_port(), extra=extra, **options)
 
 
+def accepting(path: Path) -> bool:
+    """Whether a unix socket accepts connections; probed with a socket of our own, because httpcore
+    leaks its socket when a unix connect fails."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
 def tokend_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "tokend", *args]
 

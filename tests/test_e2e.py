@@ -5,14 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import socket
 import subprocess
 import time
-from pathlib import Path
 
 import httpx
 
-from tests.daemon import HEADERS, tokend_command
+from tests.daemon import HEADERS, accepting, tokend_command
 from tokend.testing import FakeProviders
 
 
@@ -215,7 +213,7 @@ def test_a_unix_socket_listener_is_private_and_used_by_the_client_commands(tmp_p
         with httpx.Client(transport=transport, base_url="http://tokend", headers=HEADERS) as client:
             deadline = time.monotonic() + 30
             # Probe with a socket of our own first: httpcore leaks its socket on a failed unix connect.
-            while not _accepting(socket_path) or client.get("/readyz").status_code != 200:
+            while not accepting(socket_path) or client.get("/readyz").status_code != 200:
                 assert time.monotonic() < deadline and process.poll() is None, log.read_text()
                 time.sleep(0.05)
             assert oct(socket_path.stat().st_mode & 0o777) == "0o600"
@@ -229,17 +227,6 @@ def test_a_unix_socket_listener_is_private_and_used_by_the_client_commands(tmp_p
     finally:
         process.kill()
     assert not socket_path.exists()
-
-
-def _accepting(path: Path) -> bool:
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(str(path))
-        return True
-    except OSError:
-        return False
-    finally:
-        probe.close()
 
 
 def test_after_a_suspend_a_stale_token_is_never_served_and_the_caller_gets_a_fresh_one(daemon_factory, fakes) -> None:  # type: ignore[no-untyped-def]

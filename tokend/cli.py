@@ -29,6 +29,7 @@ class Exit(enum.IntEnum):
     UNREACHABLE = 4  # the daemon is not running, or not where the config says
     UNAVAILABLE = 5  # the daemon runs but has no token to give, or a forced refresh failed
     UNKNOWN_PROVIDER = 6
+    DENIED = 7  # the daemon refused the request: a missing, unknown or out-of-scope client key
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,6 +124,8 @@ def _felloh_commands(commands: Any) -> None:
 def _client_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--url", help="the daemon's URL, or unix:/path (default: $TOKEND_URL, else the "
                          "config file's [server] table)")
+    command.add_argument("--client-key-file", metavar="PATH", help="a file holding this program's client key, "
+                         "when the daemon has [clients] (default: $TOKEND_CLIENT_KEY)")
 
 
 def _err(line: str) -> None:
@@ -244,7 +247,24 @@ def _client(args: argparse.Namespace) -> Any:
     from tokend.client import Client
     from tokend.discovery import daemon_address, find_config
 
-    return Client(daemon_address(args.url, find_config(args.config)))
+    return Client(daemon_address(args.url, find_config(args.config)), client_key=_client_key(args))
+
+
+def _client_key(args: argparse.Namespace) -> str | None:
+    """The client key from --client-key-file or $TOKEND_CLIENT_KEY (never a command-line value: others
+    on the machine can read a process's arguments)."""
+    import os
+
+    if args.client_key_file is None:
+        return os.environ.get("TOKEND_CLIENT_KEY") or None
+    try:
+        with open(args.client_key_file, encoding="utf-8") as file:
+            key = file.read().strip()
+    except OSError as exc:
+        raise TokendError(f"cannot read the client key file {args.client_key_file} ({exc.strerror})") from None
+    if not key:
+        raise TokendError(f"the client key file {args.client_key_file} is empty")
+    return key
 
 
 def _token_command(args: argparse.Namespace, method: str, path: str) -> int:
@@ -284,6 +304,8 @@ def _failed(reply: Any) -> int:
         return Exit.UNKNOWN_PROVIDER
     if code in ("token_unavailable", "refresh_failed"):
         return Exit.UNAVAILABLE
+    if code in ("unauthorized", "forbidden"):
+        return Exit.DENIED
     return Exit.FAILURE
 
 

@@ -7,14 +7,16 @@ They serve the test-suite and `tokend demo`, so that tokend can be run end to en
         ...  # point tokend at fakes.felloh_url, fakes.fintech_studios_url and fakes.flotiq_url
 
 Each fake is a Starlette app (`fake.app`); `FakeServer` runs one with uvicorn in a daemon thread. Tests flip
-a fake's switches (`fail`, `hang`, `recover`, credentials, `lifetime`) from their own thread while the server
-answers from its thread, so everything the two share is read or written under a lock.
+a fake's switches (`fail`, `hang`, `recover`, `revoke`, `report_expiry`, credentials, `lifetime`) from their own
+thread while the server answers from its thread, so everything the two share is read or written under a lock.
+An upstream that is down altogether is a stopped `FakeServer`; `restart()` brings it back on the same port.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 import hashlib
 import hmac
@@ -33,7 +35,7 @@ from datetime import UTC, datetime
 from http import HTTPStatus
 from pathlib import Path
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import uvicorn
 from starlette.applications import Starlette
@@ -44,6 +46,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 __all__ = [
+    "ExpiryStyle",
     "FakeFelloh",
     "FakeFintechStudios",
     "FakeFlotiq",
@@ -60,6 +63,9 @@ __all__ = [
 _ALPHANUMERIC = string.ascii_letters + string.digits
 # Status of an answer that nobody reads: the client gave up while a hang() held its request (nginx's 499).
 _CLIENT_GONE = 499
+# How report_expiry() can get a token's expiry wrong, the ways real APIs do (see FakeUpstream.report_expiry).
+ExpiryStyle = Literal["milliseconds", "past", "decades", "missing", "lifetime"]
+_DECADES = 30 * 365 * 86400
 
 
 @dataclass
@@ -68,21 +74,28 @@ class _Failure:
     times: int | None  # None: every request until recover()
     retry_after: float | None
     body: str | None
+    content_type: str | None = None
 
 
 class FakeUpstream:
     """What the three fakes share: outage switches, login counters and the record of issued tokens."""
 
     protected_path: ClassVar[str] = "/"
+    # Whether the login answer carries an expiry that report_expiry() can garble.
+    _reports_expiry: ClassVar[bool] = False
 
     def __init__(self, *, lifetime: float) -> None:
         self.lifetime = lifetime
         self.logins = 0
         self.login_attempts = 0
+        self.login_attempt_times: list[float] = []  # Unix time of each login request, on arrival
         self._lock = threading.Lock()
         self._failure: _Failure | None = None
         self._hang = 0.0
+        self._expiry_style: ExpiryStyle | None = None
         self._tokens: dict[str, int] = {}  # token -> expiry, Unix seconds
+        # Every token issued, expired ones too, for tests that sweep outputs for tokens (bounded for the demo).
+        self.issued: collections.deque[str] = collections.deque(maxlen=10_000)
         self.app = Starlette(
             routes=self._routes(), exception_handlers={HTTPException: self._on_http_exception}
         )
@@ -96,18 +109,22 @@ class FakeUpstream:
         times: int | None = None,
         retry_after: float | None = None,
         body: str | None = None,
+        content_type: str | None = None,
     ) -> None:
         """Answer the next `times` login requests (all when None) with `status` instead of logging in.
 
         `body` replaces the provider's error envelope with raw text, e.g. a proxy's HTML page served with
-        status 200; it is served as application/json when it parses as JSON, else as text/html.
+        status 200; it is served as application/json when it parses as JSON, else as text/html, unless
+        `content_type` says otherwise (a truncated JSON body still labelled application/json).
         """
         if not 200 <= status <= 599:
             raise ValueError(f"status must be between 200 and 599, not {status}")
         if times is not None and times < 1:
             raise ValueError(f"times must be at least 1, not {times}")
+        if content_type is not None and body is None:
+            raise ValueError("content_type needs a body")
         with self._lock:
-            self._failure = _Failure(status, times, retry_after, body)
+            self._failure = _Failure(status, times, retry_after, body, content_type)
 
     def hang(self, seconds: float) -> None:
         """Hold every login request this long before answering (a slow or stuck upstream).
@@ -122,6 +139,28 @@ class FakeUpstream:
         with self._lock:
             self._failure = None
             self._hang = 0.0
+
+    def revoke(self) -> None:
+        """Invalidate every token issued so far, before its expiry (a provider revoking sessions early).
+
+        The protected endpoint refuses them from now on; new logins issue tokens that work.
+        """
+        with self._lock:
+            self._tokens.clear()
+
+    def report_expiry(self, style: ExpiryStyle | None) -> None:
+        """Report the expiry of the tokens issued from now on wrongly, as real APIs do; None: correctly.
+
+        The token still lives `lifetime` seconds (the fake accepts it that long, a JWT's exp says so); only
+        the expiry in the login answer is garbled: "milliseconds" (Unix milliseconds), "past" (an hour
+        ago, as a skewed clock says), "decades" (thirty years away), "missing" (no expiry at all) or
+        "lifetime" (seconds from now instead of a timestamp). Felloh and FinTech Studios only: the other
+        fakes' answers hold no timestamp to garble.
+        """
+        if not self._reports_expiry:
+            raise TypeError(f"{type(self).__name__} has no expiry timestamp to garble")
+        with self._lock:
+            self._expiry_style = style
 
     # -- assertions ----------------------------------------------------------------------------------------
 
@@ -151,6 +190,24 @@ class FakeUpstream:
         # that the fake and the daemon agree to the second on when a token dies.
         return int(time.time() + self.lifetime)
 
+    def _reported_expiry(self, expires: int) -> int | None:
+        """The expiry the login answer shows for a token that dies at `expires`; None: leave it out."""
+        with self._lock:
+            style = self._expiry_style
+        now = int(time.time())
+        match style:
+            case "milliseconds":
+                return expires * 1000
+            case "past":
+                return now - 3600
+            case "decades":
+                return expires + _DECADES
+            case "missing":
+                return None
+            case "lifetime":
+                return expires - now
+        return expires
+
     def _issue(self, token: str, expires: int) -> None:
         """Record a new token and count the successful login."""
         now = time.time()
@@ -158,12 +215,14 @@ class FakeUpstream:
             # Dropping the dead ones keeps a long `tokend demo` from growing without bound.
             self._tokens = {t: e for t, e in self._tokens.items() if now < e}
             self._tokens[token] = expires
+            self.issued.append(token)
             self.logins += 1
 
     async def _login_attempt(self, request: Request) -> Response | None:
         """Count a request to the login endpoint, then apply hang() and fail(): see _interfere."""
         with self._lock:
             self.login_attempts += 1
+            self.login_attempt_times.append(time.time())
         return await self._interfere(request)
 
     async def _interfere(self, request: Request) -> Response | None:
@@ -194,7 +253,7 @@ class FakeUpstream:
         headers = {} if failure.retry_after is None else {"Retry-After": _seconds(failure.retry_after)}
         if failure.body is None:
             return self._error(failure.status, _phrase(failure.status), headers)
-        media_type = "application/json" if _parses_as_json(failure.body) else "text/html"
+        media_type = failure.content_type or ("application/json" if _parses_as_json(failure.body) else "text/html")
         return Response(failure.body, status_code=failure.status, headers=headers, media_type=media_type)
 
     async def _on_http_exception(self, request: Request, exc: Exception) -> Response:
@@ -225,6 +284,7 @@ class FakeFelloh(FakeUpstream):
     """Felloh: POST /token with {"public_key","private_key"} -> bearer token with absolute expiry."""
 
     protected_path: ClassVar[str] = "/agent/organisations"
+    _reports_expiry: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -361,7 +421,10 @@ class FakeFelloh(FakeUpstream):
         token = "".join(secrets.choice(_ALPHANUMERIC) for _ in range(128))
         expires = self._expiry()
         self._issue(token, expires)
-        return _felloh_envelope(200, {"token": token, "expiry_time": expires, "type": "BEARER"})
+        data: dict[str, Any] = {"token": token, "expiry_time": self._reported_expiry(expires), "type": "BEARER"}
+        if data["expiry_time"] is None:
+            del data["expiry_time"]
+        return _felloh_envelope(200, data)
 
     async def _organisations(self, request: Request) -> Response:
         token = _bearer_token(request)
@@ -389,6 +452,7 @@ class FakeFintechStudios(FakeUpstream):
     """
 
     protected_path: ClassVar[str] = "/v1/news"
+    _reports_expiry: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -433,14 +497,17 @@ class FakeFintechStudios(FakeUpstream):
         claims = {"sub": self.user_id, "iat": int(time.time()), "exp": expires, "jti": secrets.token_hex(16)}
         token = self._sign(claims)
         self._issue(token, expires)
-        return JSONResponse({"token": token, "expires": expires, "userId": self.user_id})
+        reported = self._reported_expiry(expires)
+        expiry = {} if reported is None else {"expires": reported}
+        return JSONResponse({"token": token, **expiry, "userId": self.user_id})
 
     async def _news(self, request: Request) -> Response:
         # Both are required: the static key names the organisation, the JWT the user.
         if not self._api_key_ok(request):
             return self._error(403, "Forbidden")
         token = _bearer_token(request)
-        if token is None or not self._jwt_valid(token):
+        # is_valid() too: a revoked token still carries a good signature and exp.
+        if token is None or not self._jwt_valid(token) or not self.is_valid(token):
             return self._error(401, "Unauthorized")
         return JSONResponse({"data": [{"id": "n-1", "title": "Markets open higher"}], "total": 1})
 
@@ -649,11 +716,28 @@ class FakeServer:
         """Start serving; return once the server accepts connections."""
         if self._thread is not None:
             raise RuntimeError("this FakeServer was already started")
+        return self._serve(port=0)
+
+    def restart(self) -> FakeServer:
+        """Serve again on the same port, stopping first if need be: an upstream that was down comes back.
+
+        While stopped, connections to the port are refused, as they are to a crashed or redeployed service.
+        """
+        if not self.url:
+            raise RuntimeError("this FakeServer was never started")
+        self.stop()
+        self._thread = None
+        return self._serve(port=int(self.url.rsplit(":", 1)[1]))
+
+    def _serve(self, *, port: int) -> FakeServer:
         # Binding the socket ourselves to port 0 gives a free port with no race against other processes.
         # IPPROTO_TCP by name: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and without
         # it every keep-alive request waits ~40 ms on Nagle's algorithm and delayed ACKs.
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        self._socket.bind(("127.0.0.1", 0))
+        if port:
+            # The connections of the previous run linger in TIME_WAIT on this port; they must not block it.
+            self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind(("127.0.0.1", port))
         self.url = f"http://127.0.0.1:{self._socket.getsockname()[1]}"
         self._server = uvicorn.Server(self._config())
         self._thread = threading.Thread(
