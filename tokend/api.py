@@ -12,6 +12,7 @@ import dataclasses
 import json
 import time
 import weakref
+from collections import Counter as Tally
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from tokend import __version__
 from tokend.admin_api import felloh_router
@@ -30,6 +31,7 @@ from tokend.errors import ConfigError, TokenUnavailable, UnknownProvider, Upstre
 from tokend.felloh_keys import KeyAdminError, schedule_rotations
 from tokend.guard import NOT_ADMIN, NOT_YOURS, Caller, Denial, RequestGuard
 from tokend.manager import Manager
+from tokend.metrics import CONTENT_TYPE, Metrics
 from tokend.reloading import Reloader
 from tokend.watch import SecretFileWatcher
 
@@ -40,6 +42,7 @@ _NO_STORE_HEADERS = {"cache-control": "no-store", "x-content-type-options": "nos
 _NO_STORE = [(name.encode(), value.encode()) for name, value in _NO_STORE_HEADERS.items()]
 _JSON = [(b"content-type", b"application/json"), *_NO_STORE]
 _TEXT = [(b"content-type", b"text/plain; charset=utf-8"), *_NO_STORE]
+_TOKEN_OK = ("/token/{name}", 200)
 
 
 @dataclass(frozen=True)
@@ -87,8 +90,10 @@ def _render(name: str, credential: Credential) -> _Rendered:
 class _TokenFastPath:
     """Answers a plain, allowed `GET /token/{name}` whose credential is ready; declines all else."""
 
-    def __init__(self, manager: Manager, guard: RequestGuard, renderer: _Renderer) -> None:
-        self._manager, self._guard, self._renderer = manager, guard, renderer
+    def __init__(
+        self, manager: Manager, guard: RequestGuard, renderer: _Renderer, requests: Tally[tuple[str, int]]
+    ) -> None:
+        self._manager, self._guard, self._renderer, self._requests = manager, guard, renderer, requests
 
     async def answer(self, scope: Scope, send: Send) -> bool:
         """Send the answer and return True, or return False for the FastAPI routes to deal with."""
@@ -110,6 +115,7 @@ class _TokenFastPath:
         headers = [*(_TEXT if raw else _JSON), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+        self._requests[_TOKEN_OK] += 1
         return True
 
 
@@ -117,17 +123,33 @@ class _TokendApp(FastAPI):
     """FastAPI with the token fast path in front of all of it, FastAPI's own per-request work included."""
 
     fast_path: _TokenFastPath | None = None
+    requests: Tally[tuple[str, int]] | None = None  # (route, status) -> count, for /metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.fast_path is not None and await self.fast_path.answer(scope, send):
             return
-        if scope["type"] == "http" and scope["method"] == "OPTIONS":
-            # A CORS preflight, on any path. No CORS header is ever sent, so a browser would stop there
-            # anyway; the refusal says so plainly.
-            await _error(403, "forbidden", "Cross-origin requests are refused: tokend serves local programs, "
-                         "never web pages.")(scope, receive, send)
+        if scope["type"] != "http" or self.requests is None:
+            await super().__call__(scope, receive, send)
             return
-        await super().__call__(scope, receive, send)
+        status = 500  # what the client sees if nothing is sent at all
+
+        async def counted(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            if scope["method"] == "OPTIONS":
+                # A CORS preflight, on any path. No CORS header is ever sent, so a browser would stop
+                # there anyway; the refusal says so plainly.
+                await _error(403, "forbidden", "Cross-origin requests are refused: tokend serves local "
+                             "programs, never web pages.")(scope, receive, counted)
+            else:
+                await super().__call__(scope, receive, counted)
+        finally:
+            # Routes by their template, so that a scan of random paths cannot grow the label set.
+            self.requests[(getattr(scope.get("route"), "path", "other"), status)] += 1
 
 
 def _no_store(response: Response) -> None:
@@ -195,7 +217,9 @@ def create_app(
     guard = app.state.guard = RequestGuard(manager.settings.server)
     app.state.manager = manager
     renderer = _Renderer()
-    app.fast_path = _TokenFastPath(manager, guard, renderer)
+    metrics = Metrics(manager)
+    app.requests = metrics.requests
+    app.fast_path = _TokenFastPath(manager, guard, renderer, metrics.requests)
     _add_error_handlers(app)
 
 
@@ -246,6 +270,11 @@ def create_app(
     @app.get("/livez")
     async def livez() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get("/metrics")
+    async def metrics_text() -> Response:
+        # No key needed, like /livez and /readyz: provider names, counts and times, never a secret.
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:

@@ -60,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run the daemon")
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    run.add_argument("--log-format", choices=("text", "json"), default="text",
+                     help="text for people (the default), json (one object per line) for log collectors")
     run.set_defaults(handler=_run)
 
     check = commands.add_parser("check", help="validate the config file and report findings")
@@ -152,7 +154,7 @@ def _run(args: argparse.Namespace) -> int:
 
     path = _config_path(args)
     settings = Settings.load(path)
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, args.log_format)
     return Exit.OK if serve(settings, config_path=path) else Exit.FAILURE
 
 

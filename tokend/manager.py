@@ -85,6 +85,8 @@ class Manager:
             for name, config in settings.providers.items()
         }
         self._started = False
+        # Called after every login attempt with (provider, outcome: ok | error | rejected, seconds).
+        self.login_observers: list[Callable[[str, str, float], None]] = []
         self._client: httpx.AsyncClient | None = None
         self._scheduler: AsyncIOScheduler | None = None
         self._changes: dict[str, asyncio.Lock] = {}
@@ -242,6 +244,11 @@ class Manager:
         slots = self._slots.values() if names is None else [self._slots[name] for name in names]
         return all(slot.credential is not None and slot.credential.is_fresh(now) for slot in slots)
 
+    def expires_at(self, name: str) -> float | None:
+        """When the provider's current token expires (None: no token, or one that never expires)."""
+        credential = self._slot(name).credential
+        return None if credential is None else credential.expires_at
+
     def state(self, name: str) -> State:
         return _state(self._slot(name), time.time())
 
@@ -316,6 +323,7 @@ class Manager:
         self.redactor.set_tokens(slot.name, [credential.token, previous.token if previous else ""])
         slot.consecutive_failures = 0
         slot.logins_ok += 1
+        self._tell_observers(slot.name, "ok", duration)
         slot.last_success_at = credential.obtained_at
         slot.last_request_id = credential.request_id or slot.last_request_id
         if credential.expires_at is None:
@@ -336,6 +344,7 @@ class Manager:
         error.args = (error.message,)
         slot.consecutive_failures += 1
         slot.logins_failed += 1
+        self._tell_observers(slot.name, "rejected" if isinstance(error, CredentialsRejected) else "error", duration)
         slot.last_error, slot.last_error_at = error, time.time()
         slot.last_request_id = error.request_id or slot.last_request_id
         expires_at = slot.credential.expires_at if slot.credential else None
@@ -349,6 +358,10 @@ class Manager:
             slot.name, "rejected" if isinstance(error, CredentialsRejected) else "error",
             error.status or "-", error.request_id or "-", duration * 1000, delay, error.message,
         )
+
+    def _tell_observers(self, name: str, outcome: str, duration: float) -> None:
+        for observe in self.login_observers:
+            observe(name, outcome, duration)
 
     def _schedule(self, slot: _Slot, delay: float) -> None:
         if self._scheduler is None or not self._scheduler.running or slot.retired:

@@ -1,0 +1,82 @@
+"""What operators read: /metrics after successful and failed logins, and the JSON log format."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+
+import httpx
+
+from tests.daemon import Daemon, tokend_command, write_config
+from tokend.testing import FakeProviders
+
+
+def _samples(text: str) -> dict[str, float]:
+    """`name{labels} value` lines of the Prometheus text format, by `name{labels}`."""
+    found = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            found[key] = float(value)
+    return found
+
+
+def test_metrics_after_a_successful_and_a_failed_login(daemon_factory, fakes: FakeProviders) -> None:
+    daemon = daemon_factory(min_refresh_interval=0.5)
+    assert daemon.get("/token/fts").status_code == 200
+    assert daemon.get("/token/nope").status_code == 404
+    fakes.fintech_studios.fail(503)
+
+    def failed() -> bool:
+        return daemon.post("/token/fts/refresh").status_code == 502
+
+    daemon.wait_until(failed, what="a failed forced refresh")
+
+    scrape = httpx.get(daemon.url + "/metrics", timeout=30)  # no header, no key: it holds no secret
+    assert scrape.status_code == 200 and scrape.headers["content-type"].startswith("text/plain; version=0.0.4")
+    samples = _samples(scrape.text)
+    assert samples['tokend_logins_total{outcome="ok",provider="fts"}'] == fakes.fintech_studios.logins == 1
+    assert samples['tokend_logins_total{outcome="error",provider="fts"}'] >= 1
+    assert samples['tokend_logins_total{outcome="ok",provider="felloh"}'] == fakes.felloh.logins
+    assert samples['tokend_login_duration_seconds_count{provider="fts"}'] >= 2
+    assert samples['tokend_refresh_consecutive_failures{provider="fts"}'] >= 1
+    assert samples['tokend_refresh_consecutive_failures{provider="felloh"}'] == 0
+    assert 3000 < samples['tokend_token_expires_in_seconds{provider="felloh"}'] <= 3600
+    assert 'tokend_token_expires_in_seconds{provider="flotiq"}' not in samples  # a static key never expires
+    assert samples['tokend_token_valid{provider="fts"}'] == 1  # the old token is still served
+    assert samples['tokend_requests_total{route="/token/{name}",status="200"}'] >= 1
+    assert samples['tokend_requests_total{route="/token/{name}",status="404"}'] == 1
+    assert samples['tokend_requests_total{route="/token/{name}/refresh",status="502"}'] >= 1
+    # No secret and no token in it.
+    for value in (fakes.fintech_studios.password, fakes.fintech_studios.api_key, *fakes.fintech_studios.issued):
+        assert value not in scrape.text
+
+
+def test_a_random_path_scan_does_not_grow_the_route_labels(daemon_factory) -> None:
+    daemon = daemon_factory()
+    for n in range(20):
+        daemon.get(f"/scan/{n}")
+    routes = set(re.findall(r'tokend_requests_total\{route="([^"]*)"', daemon.get("/metrics").text))
+    assert "other" in routes and not [route for route in routes if route.startswith("/scan")]
+
+
+def test_json_logs_are_one_object_per_line(tmp_path, fakes: FakeProviders) -> None:
+    config = write_config(tmp_path, fakes)
+    daemon = Daemon(config, log_path=tmp_path / "daemon.log")
+    with daemon.log_path.open("wb") as log:
+        daemon.process = subprocess.Popen(
+            tokend_command("--config", str(config), "run", "--log-format", "json"),
+            stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        daemon.wait_listening()
+        daemon.wait_until(lambda: daemon.get("/readyz").status_code == 200, what="ready")
+        assert daemon.terminate()[0] == 0
+    finally:
+        daemon.kill()
+    entries = [json.loads(line) for line in daemon.log().splitlines()]
+    assert {"time", "level", "logger", "message"} <= set(entries[0])
+    logins = [e for e in entries if e["message"].startswith("login provider=")]
+    assert len(logins) == 3 and all(e["level"] == "info" and e["logger"] == "tokend" for e in logins)
+    assert {e["level"] for e in entries} <= {"debug", "info", "warning", "error"}
+    assert fakes.felloh.private_key not in daemon.log()
