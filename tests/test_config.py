@@ -168,9 +168,16 @@ def test_the_example_config_is_valid(tmp_path, monkeypatch) -> None:  # type: ig
     settings = load(tmp_path, example)
     assert sorted(settings.providers) == ["felloh", "flotiq", "fts"]
     assert audit(settings) == []
-    # The commented-out examples of the generic kinds are valid too, once uncommented.
+    # The commented-out examples of the generic kinds and of client keys are valid too, once uncommented
+    # (lines that read as TOML: a [table] or a key = value).
     head, _, generic = example.partition("# --- any other token API")
     for name in ("BILLING_CLIENT_SECRET", "LEGACY_PASSWORD", "MAPS_API_KEY"):
         monkeypatch.setenv(name, "x")
-    uncommented = load(tmp_path, head + "#" + re.sub(r"(?m)^# (?=[\w\[])", "", generic))
+    monkeypatch.setenv("TOKEND_OPS_KEY", "an-ops-key-of-32-characters-long")
+    client_key = tmp_path / "billing-app"
+    client_key.write_text("a-billing-key-of-32-characters-x\n")
+    client_key.chmod(0o600)
+    generic = generic.replace("/etc/tokend/clients/billing-app", str(client_key))
+    uncommented = load(tmp_path, head + "#" + re.sub(r"(?m)^# (?=\[|[\w-]+ = )", "", generic))
     assert sorted(uncommented.providers) == ["billing", "felloh", "flotiq", "fts", "legacy", "maps"]
+    assert sorted(uncommented.clients) == ["billing-app", "ops"] and uncommented.clients["ops"].admin
