@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
 import subprocess
 
 import httpx
@@ -80,3 +82,35 @@ def test_json_logs_are_one_object_per_line(tmp_path, fakes: FakeProviders) -> No
     assert len(logins) == 3 and all(e["level"] == "info" and e["logger"] == "tokend" for e in logins)
     assert {e["level"] for e in entries} <= {"debug", "info", "warning", "error"}
     assert fakes.felloh.private_key not in daemon.log()
+
+
+def test_the_daemon_speaks_sd_notify_ready_watchdog_and_stopping(tmp_path, fakes: FakeProviders) -> None:
+    """systemd's side of Type=notify, played by a datagram socket of our own."""
+    notify_path = tmp_path / "notify.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(notify_path))
+    listener.settimeout(30)
+    fakes.felloh.hang(1.0)  # READY=1 waits for the first logins, slow ones included
+    config = write_config(tmp_path, fakes)
+    daemon = Daemon(config, log_path=tmp_path / "daemon.log")
+    env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "1000000"}
+    try:
+        with daemon.log_path.open("wb") as log:
+            daemon.process = subprocess.Popen(tokend_command("--config", str(config), "run"),
+                                              stdout=log, stderr=log, env=env)
+        messages: list[str] = []
+        while not any("READY=1" in message for message in messages):
+            messages.append(listener.recv(4096).decode())
+        ready = next(message for message in messages if "READY=1" in message)
+        assert "felloh ok, fts ok, flotiq ok" in ready  # sent once every first login was done
+        assert fakes.felloh.logins == 1
+        pings = 0
+        while pings < 3:  # every half WatchdogSec: three within a few seconds
+            pings += listener.recv(4096) == b"WATCHDOG=1"
+        assert daemon.terminate()[0] == 0
+        while (message := listener.recv(4096).decode()) == "WATCHDOG=1":
+            pass
+        assert message == "STOPPING=1"
+    finally:
+        daemon.kill()
+        listener.close()

@@ -6,6 +6,7 @@ starts, a unix socket gets its file mode before it accepts anyone, and `port = 0
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import grp
@@ -15,7 +16,7 @@ import signal
 import socket
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import uvicorn
@@ -27,6 +28,7 @@ from tokend.errors import TokendError
 from tokend.logs import install_redaction
 from tokend.manager import Manager
 from tokend.reloading import Reloader
+from tokend.sdnotify import Notifier
 
 log = logging.getLogger("tokend")
 
@@ -125,8 +127,11 @@ def serve(settings: Settings, sock: socket.socket | None = None, *, config_path:
     manager = Manager(settings)
     install_redaction(manager.redactor)
     reloader = Reloader(manager, config_path) if config_path is not None else None
+    host, port = sock.getsockname()[:2]
+    where = settings.server.socket or (f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}")
+    systemd = _systemd(manager, Notifier.from_environment(), str(where))
     config = uvicorn.Config(
-        create_app(manager, reloader=reloader),
+        create_app(manager, reloader=reloader, extras=[systemd]),
         log_config=None,
         access_log=False,
         lifespan="on",
@@ -135,13 +140,39 @@ def serve(settings: Settings, sock: socket.socket | None = None, *, config_path:
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
     )
     server = uvicorn.Server(config)
-    host, port = sock.getsockname()[:2]
-    where = settings.server.socket or (f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}")
     log.info("tokend serving %d provider(s) on %s", len(settings.providers), where)
     log_findings(audit(settings, config_path))
     with _unlink_at_exit(settings.server), sock, _stop_signals_end_cleanly():
         server.run(sockets=[sock])
     return server.started
+
+
+@contextlib.asynccontextmanager
+async def _systemd(manager: Manager, notifier: Notifier, where: str) -> AsyncIterator[None]:
+    """sd_notify: READY=1 once every first login has succeeded or failed (one provider down must not hold
+    the start until systemd gives up), WATCHDOG=1 at half WatchdogSec from the event loop itself (so a
+    hung loop stops the pings), STOPPING=1 at shutdown. Nothing at all outside systemd."""
+    if not notifier.enabled:
+        yield
+        return
+
+    async def ready_when_settled() -> None:
+        await manager.settled()
+        states = ", ".join(f"{name} {manager.state(name).value}" for name in manager.names)
+        notifier.ready(f"serving {len(manager.names)} provider(s) on {where}: {states}")
+
+    async def ping() -> None:
+        notifier.watchdog()
+
+    ready = asyncio.create_task(ready_when_settled())
+    if (interval := notifier.watchdog_interval()) is not None:
+        notifier.watchdog()
+        manager.every(interval / 2, ping, "tokend-sd-watchdog")
+    try:
+        yield
+    finally:
+        notifier.stopping()
+        ready.cancel()
 
 
 @contextlib.contextmanager
