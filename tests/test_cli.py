@@ -127,3 +127,12 @@ def test_demo_serves_tokens_from_the_fake_providers_and_stops_cleanly(tmp_path) 
         process.kill()
     text = log.read_text()
     assert "Press Ctrl-C to stop" in text and text.count("login provider=felloh outcome=ok") >= 3
+
+
+def test_config_may_come_before_or_after_the_command(tmp_path, fakes) -> None:  # type: ignore[no-untyped-def]
+    config = write_config(tmp_path, fakes)
+    before = tokend("--config", str(config), "check")
+    after = tokend("check", "--config", str(config))
+    assert before.returncode == after.returncode == 0 and before.stdout == after.stdout
+    elsewhere = tmp_path / "missing.toml"
+    assert tokend("--config", str(config), "check", "--config", str(elsewhere)).returncode == 3

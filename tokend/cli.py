@@ -96,7 +96,18 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--lifetime", type=float, default=30.0, help="seconds each fake token lives (default 30)")
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     demo.set_defaults(handler=_demo)
+    _config_after_command(commands)
     return parser
+
+
+def _config_after_command(commands: Any) -> None:
+    """Accept `tokend run --config PATH` as well as `tokend --config PATH run`. SUPPRESS keeps a value
+    given before the command when none is given after it."""
+    for command in commands.choices.values():
+        command.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        for action in command._actions:  # nested commands: tokend felloh keys list --config PATH
+            if isinstance(action, argparse._SubParsersAction):
+                _config_after_command(action)
 
 
 def _felloh_commands(commands: Any) -> None:
