@@ -11,11 +11,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-import weakref
 from collections import Counter as Tally
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
@@ -45,46 +43,50 @@ _TEXT = [(b"content-type", b"text/plain; charset=utf-8"), *_NO_STORE]
 _TOKEN_OK = ("/token/{name}", 200)
 
 
-@dataclass(frozen=True)
 class _Rendered:
-    """A credential's response bodies; only `expires_in` changes between requests."""
+    """One credential's answers, built once. Only `expires_in` changes, once a second, so the JSON body and
+    its headers are rebuilt at most once a second too."""
 
-    json_head: bytes
-    json_tail: bytes
-    raw: bytes
-    expires_at: float | None
+    __slots__ = ("_json", "_json_head", "_json_tail", "_second", "credential", "expires_at", "raw")
 
-    def json(self, now: float) -> bytes:
-        if self.expires_at is None:
-            return self.json_head + b"null" + self.json_tail
-        return self.json_head + str(max(0, int(self.expires_at - now))).encode() + self.json_tail
+    def __init__(self, name: str, credential: Credential) -> None:
+        head = {"provider": name, "token": credential.token, "token_type": credential.token_type,
+                "expires_at": iso_utc(credential.expires_at)}
+        tail = {"headers": dict(credential.headers), "query": dict(credential.query)}
+        head_json = json.dumps(head, separators=(", ", ": "))
+        tail_json = json.dumps(tail, separators=(", ", ": "))
+        self._json_head = (head_json[:-1] + ', "expires_in": ').encode()
+        self._json_tail = (", " + tail_json[1:]).encode()
+        self.credential = credential
+        self.expires_at = credential.expires_at
+        self.raw = _answer(_TEXT, credential.token.encode())
+        self._second: int | None = None  # the expires_in of the JSON answer built last (-1: never expires)
+        self._json = _answer(_JSON, b"")
+
+    def json(self, now: float) -> tuple[list[tuple[bytes, bytes]], bytes]:
+        """(headers, body) of the JSON answer at time `now`."""
+        second = -1 if self.expires_at is None else max(0, int(self.expires_at - now))
+        if second != self._second:
+            expires_in = b"null" if second == -1 else str(second).encode()
+            self._second, self._json = second, _answer(_JSON, self._json_head + expires_in + self._json_tail)
+        return self._json
+
+
+def _answer(headers: list[tuple[bytes, bytes]], body: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    return [*headers, (b"content-length", str(len(body)).encode())], body
 
 
 class _Renderer:
-    """Renders each credential once, and forgets it when the credential is replaced."""
+    """Renders each provider's current credential once; a new credential is rendered anew."""
 
     def __init__(self) -> None:
-        self._cache: weakref.WeakKeyDictionary[Credential, _Rendered] = weakref.WeakKeyDictionary()
+        self._cache: dict[str, _Rendered] = {}  # one entry per provider name: nothing to forget
 
     def __call__(self, name: str, credential: Credential) -> _Rendered:
-        rendered = self._cache.get(credential)
-        if rendered is None:
-            rendered = self._cache[credential] = _render(name, credential)
+        rendered = self._cache.get(name)
+        if rendered is None or rendered.credential is not credential:
+            rendered = self._cache[name] = _Rendered(name, credential)
         return rendered
-
-
-def _render(name: str, credential: Credential) -> _Rendered:
-    head = {"provider": name, "token": credential.token, "token_type": credential.token_type,
-            "expires_at": iso_utc(credential.expires_at)}
-    tail = {"headers": dict(credential.headers), "query": dict(credential.query)}
-    head_json = json.dumps(head, separators=(", ", ": "))
-    tail_json = json.dumps(tail, separators=(", ", ": "))
-    return _Rendered(
-        json_head=(head_json[:-1] + ', "expires_in": ').encode(),
-        json_tail=(", " + tail_json[1:]).encode(),
-        raw=credential.token.encode(),
-        expires_at=credential.expires_at,
-    )
 
 
 class _TokenFastPath:
@@ -107,12 +109,12 @@ class _TokenFastPath:
         caller = self._guard.identify(scope, self._manager.settings.clients)
         if isinstance(caller, Denial) or not caller.may_read(name):
             return False
-        credential = self._manager.current(name)
+        now = time.time()
+        credential = self._manager.current(name, now)
         if credential is None:
             return False
         rendered = self._renderer(name, credential)
-        body = rendered.raw if raw else rendered.json(time.time())
-        headers = [*(_TEXT if raw else _JSON), (b"content-length", str(len(body)).encode())]
+        headers, body = rendered.raw if raw else rendered.json(now)
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         self._requests[_TOKEN_OK] += 1
@@ -226,8 +228,8 @@ def create_app(
     def token_response(name: str, credential: Credential, format: str) -> Response:
         rendered = renderer(name, credential)
         if format == "raw":
-            return Response(rendered.raw, media_type="text/plain", headers=_NO_STORE_HEADERS)
-        return Response(rendered.json(time.time()), media_type="application/json", headers=_NO_STORE_HEADERS)
+            return Response(rendered.raw[1], media_type="text/plain", headers=_NO_STORE_HEADERS)
+        return Response(rendered.json(time.time())[1], media_type="application/json", headers=_NO_STORE_HEADERS)
 
     def checked_format(format: str) -> str:
         if format not in ("json", "raw"):

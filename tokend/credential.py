@@ -22,8 +22,8 @@ class State(enum.Enum):
     FAILED = "failed"  # no token was ever obtained: every login so far failed
 
 
-# eq=False: credentials are compared and hashed by identity, which lets the API cache the bytes it
-# renders for each one (weakly) for as long as it is the current credential.
+# eq=False: credentials are compared by identity, which is how the API knows that the bytes it rendered
+# are still those of the provider's current credential.
 @dataclass(frozen=True, eq=False)
 class Credential:
     """A token and what a client must add to its upstream request. Replaced whole on every refresh."""

@@ -123,10 +123,10 @@ class Manager:
     def names(self) -> list[str]:
         return list(self._slots)
 
-    def current(self, name: str) -> Credential | None:
-        """The hot path: the provider's credential if it may be served right now, else None."""
+    def current(self, name: str, now: float) -> Credential | None:
+        """The hot path: the provider's credential if it may be served at `now`, else None."""
         slot = self._slots.get(name)
-        if slot is None or slot.credential is None or not slot.credential.is_fresh(time.time()):
+        if slot is None or slot.credential is None or not slot.credential.is_fresh(now):
             return None
         return slot.credential
 
