@@ -12,7 +12,7 @@ import logging
 import os
 from pathlib import Path
 
-from tokend.config import reread_secret_files
+from tokend.config import ProviderConfig, reread_secret_files
 from tokend.manager import Manager
 
 log = logging.getLogger("tokend")
@@ -27,6 +27,9 @@ class SecretFileWatcher:
     def __init__(self, manager: Manager) -> None:
         self._manager = manager
         self._seen: dict[Path, _Fingerprint] = {}
+        # Each provider's secret files, worked out once per config object: with a thousand providers,
+        # walking every config every few seconds would cost more than the stat calls themselves.
+        self._paths: dict[str, tuple[ProviderConfig, list[Path]]] = {}
 
     def start(self) -> None:
         """Note every secret file as it is now, then look again every WATCH_INTERVAL seconds."""
@@ -35,20 +38,29 @@ class SecretFileWatcher:
         self._manager.every(WATCH_INTERVAL, self.check, "tokend-watch-secret-files")
 
     async def check(self) -> None:
-        for name in self._manager.names:
+        names = self._manager.names
+        for gone in self._paths.keys() - set(names):  # removed by a reload
+            del self._paths[gone]
+        for name in names:
             if changed := self._changed_files(name):
                 await self._use_new_secrets(name, changed)
 
     def _changed_files(self, name: str) -> list[Path]:
         changed = []
-        for secret in self._manager.provider_config(name).secrets().values():
-            if secret.path is None:
-                continue
-            fingerprint = _fingerprint(secret.path)
-            if secret.path in self._seen and self._seen[secret.path] != fingerprint:
-                changed.append(secret.path)
-            self._seen[secret.path] = fingerprint
+        for path in self._secret_files(name):
+            fingerprint = _fingerprint(path)
+            if path in self._seen and self._seen[path] != fingerprint:
+                changed.append(path)
+            self._seen[path] = fingerprint
         return changed
+
+    def _secret_files(self, name: str) -> list[Path]:
+        config = self._manager.provider_config(name)
+        known = self._paths.get(name)
+        if known is None or known[0] is not config:
+            paths = [secret.path for secret in config.secrets().values() if secret.path is not None]
+            known = self._paths[name] = (config, paths)
+        return known[1]
 
     async def _use_new_secrets(self, name: str, changed: list[Path]) -> None:
         # Under the provider's change lock: a key rotation writes the files before it switches the
