@@ -84,3 +84,6 @@ def test_rejected_credentials_are_retried_slowly() -> None:
     assert retry_delay(1, rng, retryable=False) == 60
     assert retry_delay(2, rng, retryable=False) == 120
     assert retry_delay(9, rng, retryable=False) == 300
+    # Near expiry a refused login is still not retried sooner than a minute: no burst of refusals.
+    assert retry_delay(3, rng, retryable=False, time_left=4) == 60
+    assert retry_delay(3, rng, retryable=False, time_left=200) == 100  # half the time left, at least 60 s

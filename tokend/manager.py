@@ -52,6 +52,7 @@ class _Slot:
     credential: Credential | None = None
     inflight: asyncio.Task[Credential] | None = None
     last_attempt: float = -math.inf  # monotonic start of the last login attempt
+    quiet_until: float = -math.inf  # monotonic: no login before this, as the provider's Retry-After asked
     last_success_at: float | None = None  # wall clock, for /status
     next_refresh_at: float | None = None
     last_error: UpstreamError | None = None
@@ -279,7 +280,9 @@ class Manager:
             slot.inflight.cancel()
 
     def _may_log_in(self, slot: _Slot) -> bool:
-        return time.monotonic() - slot.last_attempt >= slot.config.min_refresh_interval
+        """Whether a forced refresh may log in now: min_refresh_interval, and any Retry-After, allow it."""
+        now = time.monotonic()
+        return now - slot.last_attempt >= slot.config.min_refresh_interval and now >= slot.quiet_until
 
     def _start_login(self, slot: _Slot) -> asyncio.Task[Credential]:
         if slot.inflight is None:
@@ -322,6 +325,7 @@ class Manager:
         slot.credential = credential
         self.redactor.set_tokens(slot.name, [credential.token, previous.token if previous else ""])
         slot.consecutive_failures = 0
+        slot.quiet_until = -math.inf
         slot.logins_ok += 1
         self._tell_observers(slot.name, "ok", duration)
         slot.last_success_at = credential.obtained_at
@@ -353,6 +357,8 @@ class Manager:
             time_left=None if expires_at is None else expires_at - time.time(),
         )
         self._schedule(slot, delay)
+        if error.retry_after is not None:
+            slot.quiet_until = time.monotonic() + error.retry_after
         log.warning(
             "login provider=%s outcome=%s status=%s request_id=%s duration_ms=%d next_attempt_in=%.1fs error=%s",
             slot.name, "rejected" if isinstance(error, CredentialsRejected) else "error",

@@ -50,5 +50,7 @@ def retry_delay(
     if retry_after is not None:
         delay = max(delay, min(retry_after, cap))
     if time_left is not None and time_left > 0:
-        delay = min(delay, time_left / 2)
+        # Refused credentials are still never retried sooner than REJECTED_RETRY: squeezing retries
+        # in before expiry would turn into a burst of refused logins, which is what locks accounts.
+        delay = min(delay, time_left / 2 if retryable else max(time_left / 2, REJECTED_RETRY))
     return max(RETRY_FLOOR, delay)

@@ -66,6 +66,7 @@ _CLIENT_GONE = 499
 # How report_expiry() can get a token's expiry wrong, the ways real APIs do (see FakeUpstream.report_expiry).
 ExpiryStyle = Literal["milliseconds", "past", "decades", "missing", "lifetime"]
 _DECADES = 30 * 365 * 86400
+_KEPT = 10_000  # login attempt times a fake remembers
 
 
 @dataclass
@@ -88,7 +89,8 @@ class FakeUpstream:
         self.lifetime = lifetime
         self.logins = 0
         self.login_attempts = 0
-        self.login_attempt_times: list[float] = []  # Unix time of each login request, on arrival
+        # Unix time of each login request, on arrival: the last _KEPT ones, so that a long demo stays small.
+        self.login_attempt_times: list[float] = []
         self._lock = threading.Lock()
         self._failure: _Failure | None = None
         self._hang = 0.0
@@ -223,6 +225,7 @@ class FakeUpstream:
         with self._lock:
             self.login_attempts += 1
             self.login_attempt_times.append(time.time())
+            del self.login_attempt_times[:-_KEPT]
         return await self._interfere(request)
 
     async def _interfere(self, request: Request) -> Response | None:
@@ -734,9 +737,9 @@ class FakeServer:
         # IPPROTO_TCP by name: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and without
         # it every keep-alive request waits ~40 ms on Nagle's algorithm and delayed ACKs.
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        if port:
-            # The connections of the previous run linger in TIME_WAIT on this port; they must not block it.
-            self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # So that restart() can bind the port again while the closed connections of this run linger in
+        # TIME_WAIT: Linux allows it only when both the old socket and the new one asked for it.
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind(("127.0.0.1", port))
         self.url = f"http://127.0.0.1:{self._socket.getsockname()[1]}"
         self._server = uvicorn.Server(self._config())
