@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import grp
 import logging
 import os
@@ -131,7 +132,10 @@ def serve(settings: Settings, sock: socket.socket | None = None, *, config_path:
     where = settings.server.socket or (f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}")
     systemd = _systemd(manager, Notifier.from_environment(), str(where))
     config = uvicorn.Config(
-        create_app(manager, reloader=reloader, extras=[systemd]),
+        create_app(manager, reloader=reloader, extras=[systemd, _frozen_heap(manager)]),
+        # Nothing in front of tokend is trusted to say who the client is: X-Forwarded-For is refused,
+        # never believed (uvicorn would otherwise rewrite the peer address from it for 127.0.0.1).
+        proxy_headers=False,
         log_config=None,
         access_log=False,
         lifespan="on",
@@ -173,6 +177,24 @@ async def _systemd(manager: Manager, notifier: Notifier, where: str) -> AsyncIte
     finally:
         notifier.stopping()
         ready.cancel()
+
+
+@contextlib.asynccontextmanager
+async def _frozen_heap(manager: Manager) -> AsyncIterator[None]:
+    """Once the first logins are done, move everything allocated so far (FastAPI, pydantic, the config)
+    out of the garbage collector's sight: its full collections then walk only what requests create,
+    which keeps them short on the hot path and with a thousand providers."""
+
+    async def freeze() -> None:
+        await manager.settled()
+        gc.collect()
+        gc.freeze()
+
+    task = asyncio.create_task(freeze())
+    try:
+        yield
+    finally:
+        task.cancel()
 
 
 @contextlib.contextmanager
