@@ -1,6 +1,7 @@
 """The processes bench/run.py starts: the fake upstreams, the tokend daemon, and a bare ASGI app.
 
     python bench/_servers.py fakes --dir DIR --port PORT   # prints the config path, serves until stdin closes
+    python bench/_servers.py fleet-fakes --lifetime S --record PATH  # prints URLs and credentials as JSON
     python bench/_servers.py daemon --fd FD --config PATH  # the real daemon, on the inherited socket FD
     python bench/_servers.py bare --fd FD --body-size N --graceful S  # the baseline: uvicorn alone
 
@@ -26,30 +27,36 @@ import uvicorn
 
 def main() -> None:
     args = _parser().parse_args()
-    if args.cpu is not None:
-        os.sched_setaffinity(0, {args.cpu})
+    if args.cpus:
+        os.sched_setaffinity(0, {int(cpu) for cpu in args.cpus.split(",")})
     args.role(args)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # Every role takes --cpus: the runner pins itself to one CPU, and a child inherits that unless told.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--cpus", help="run on these CPUs, e.g. 0 or 0,1 (default: where run.py runs)")
     roles = parser.add_subparsers(required=True)
-    fakes = roles.add_parser("fakes")
+    fakes = roles.add_parser("fakes", parents=[common])
     fakes.add_argument("--dir", type=Path, required=True)
     fakes.add_argument("--port", type=int, required=True, help="the daemon's port, for the config file")
-    fakes.set_defaults(role=_fakes, cpu=None)
-    daemon = _server_parser(roles, "daemon", _daemon)
+    fakes.set_defaults(role=_fakes)
+    fleet = roles.add_parser("fleet-fakes", parents=[common])
+    fleet.add_argument("--lifetime", type=float, required=True, help="seconds each token lives")
+    fleet.add_argument("--record", type=Path, required=True, help="append one line per login here")
+    fleet.set_defaults(role=_fleet_fakes)
+    daemon = _server_parser(roles, "daemon", _daemon, common)
     daemon.add_argument("--config", type=Path, required=True)
-    bare = _server_parser(roles, "bare", _bare)
+    bare = _server_parser(roles, "bare", _bare, common)
     bare.add_argument("--body-size", type=int, required=True)
     bare.add_argument("--graceful", type=float, required=True, help="tokend.server.GRACEFUL_SHUTDOWN")
     return parser
 
 
-def _server_parser(roles: Any, name: str, role: Any) -> argparse.ArgumentParser:
-    server: argparse.ArgumentParser = roles.add_parser(name)
+def _server_parser(roles: Any, name: str, role: Any, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    server: argparse.ArgumentParser = roles.add_parser(name, parents=[common])
     server.add_argument("--fd", type=int, required=True, help="an inherited, listening TCP socket")
-    server.add_argument("--cpu", type=int, help="pin to this CPU")
     server.set_defaults(role=role)
     return server
 
@@ -63,6 +70,14 @@ def _fakes(args: argparse.Namespace) -> None:
         sys.stdin.read()  # until run.py closes the pipe or dies
 
 
+def _fleet_fakes(args: argparse.Namespace) -> None:
+    from _fleet import serve_fleet_fakes
+
+    with serve_fleet_fakes(args.lifetime, args.record) as fakes:
+        print(json.dumps(fakes), flush=True)
+        sys.stdin.read()
+
+
 def _daemon(args: argparse.Namespace) -> None:
     from tokend.config import Settings
     from tokend.logs import configure_logging
@@ -70,7 +85,8 @@ def _daemon(args: argparse.Namespace) -> None:
 
     configure_logging("info")  # as `tokend run` does by default: the same handler and redaction filter
     _exit_with_stdin()
-    serve(Settings.load(args.config), socket.socket(fileno=args.fd))
+    # config_path, as `tokend run` passes it: SIGHUP and POST /reload work, as they do in production.
+    serve(Settings.load(args.config), socket.socket(fileno=args.fd), config_path=args.config)
 
 
 def _bare(args: argparse.Namespace) -> None:
@@ -78,6 +94,7 @@ def _bare(args: argparse.Namespace) -> None:
     # Nothing of tokend is imported here: this process's RSS is the floor that uvicorn alone sets.
     config = uvicorn.Config(
         _bare_app(_body(args.body_size)),
+        proxy_headers=False,
         log_config=None,
         access_log=False,
         lifespan="on",
