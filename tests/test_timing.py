@@ -87,3 +87,12 @@ def test_rejected_credentials_are_retried_slowly() -> None:
     # Near expiry a refused login is still not retried sooner than a minute: no burst of refusals.
     assert retry_delay(3, rng, retryable=False, time_left=4) == 60
     assert retry_delay(3, rng, retryable=False, time_left=200) == 100  # half the time left, at least 60 s
+
+
+def test_the_first_renewal_after_a_start_is_spread_wider() -> None:
+    rng = random.Random(5)
+    first = [renewal_delay(3600, rng, first=True) for _ in range(2000)]
+    later = [renewal_delay(3600, rng) for _ in range(2000)]
+    assert min(first) >= 0.35 * 3600 and max(first) <= 0.77 * 3600
+    assert max(first) - min(first) > 1.8 * (max(later) - min(later))  # a fleet started together spreads out
+    assert all(renewal_delay(4, rng, first=True) <= 2 for _ in range(100))  # the same latest bound

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -36,6 +37,8 @@ log = logging.getLogger("tokend")
 # A stale token makes a GET start a login at most this often: enough to bridge a late renewal, too
 # little to hammer a provider whose tokens are born nearly expired.
 STALE_LOGIN_GAP = 1.0
+
+LOGINS_PER_HOST = 32  # logins in flight to one upstream host at once; see Manager._gate
 
 # What a reload applies; the other settings ([server], [upstream]) shape the listener and the HTTP
 # client, which are made once at start.
@@ -91,6 +94,7 @@ class Manager:
         self._client: httpx.AsyncClient | None = None
         self._scheduler: AsyncIOScheduler | None = None
         self._changes: dict[str, asyncio.Lock] = {}
+        self._gates: dict[str, asyncio.Semaphore] = {}
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
@@ -304,21 +308,38 @@ class Manager:
 
     async def _login(self, slot: _Slot) -> Credential:
         assert self._client is not None, "the manager is not started"
-        started = slot.last_attempt = time.monotonic()
         try:
-            credential = await fetch_within_timeout(slot.provider, slot.config.timeout, self._client)
-        except UpstreamError as exc:
-            error = exc
-        except Exception as exc:  # a provider bug must never stop the renewals of this or other providers
-            log.exception("login provider=%s outcome=bug", slot.name)
-            error = UpstreamError(slot.name, f"unexpected {type(exc).__name__} during login")
-        else:
-            self._succeeded(slot, credential, time.monotonic() - started)
-            return credential
+            async with self._gate(slot.config):  # queued here, before the login's own clock starts
+                started = slot.last_attempt = time.monotonic()
+                outcome = await self._attempt(slot, self._client)
         finally:
             slot.inflight = None
-        self._failed(slot, error, time.monotonic() - started)
-        raise error
+        if isinstance(outcome, Credential):
+            self._succeeded(slot, outcome, time.monotonic() - started)
+            return outcome
+        self._failed(slot, outcome, time.monotonic() - started)
+        raise outcome
+
+    async def _attempt(self, slot: _Slot, client: httpx.AsyncClient) -> Credential | UpstreamError:
+        try:
+            return await fetch_within_timeout(slot.provider, slot.config.timeout, client)
+        except UpstreamError as exc:
+            return exc
+        except Exception as exc:  # a provider bug must never stop the renewals of this or other providers
+            log.exception("login provider=%s outcome=bug", slot.name)
+            return UpstreamError(slot.name, f"unexpected {type(exc).__name__} during login")
+
+    def _gate(self, config: ProviderConfig) -> contextlib.AbstractAsyncContextManager[Any]:
+        """At most LOGINS_PER_HOST logins at once to one upstream host. A thousand logins started together
+        would otherwise queue inside the HTTP client's pool, whose bookkeeping grows with the queue times
+        the connections, and time out there; per host, so that one slow upstream holds up only its own."""
+        if config.url is None:
+            return contextlib.nullcontext()  # a static key: no upstream to spare
+        host = urlsplit(config.url).netloc
+        gate = self._gates.get(host)
+        if gate is None:
+            gate = self._gates[host] = asyncio.Semaphore(LOGINS_PER_HOST)
+        return gate
 
     def _succeeded(self, slot: _Slot, credential: Credential, duration: float) -> None:
         previous = slot.credential
@@ -333,7 +354,8 @@ class Manager:
         if credential.expires_at is None:
             self._unschedule(slot)
         else:
-            self._schedule(slot, renewal_delay(credential.expires_at - time.time(), self._rng))
+            first = slot.logins_ok == 1
+            self._schedule(slot, renewal_delay(credential.expires_at - time.time(), self._rng, first=first))
         log.info(
             "login provider=%s outcome=ok expires_at=%s request_id=%s duration_ms=%d next_refresh_in=%s",
             slot.name, iso_utc(credential.expires_at) or "never", credential.request_id or "-",

@@ -14,6 +14,9 @@ RENEW_LATEST = 0.85
 # comes within credential.SERVE_MARGIN of expiry and stops being served.
 RENEW_BEFORE_EXPIRY = 2.0
 RENEW_FLOOR = 0.5  # a provider handing out one-second tokens still gets no more than two logins a second
+# The first renewal after a provider's first login is drawn from this wider window: at a start (or a reload)
+# every provider logged in at once, and ±10 % would bunch their renewals into a fifth of the lifetime.
+FIRST_RENEW_WINDOW = (0.35, 0.77)
 
 RETRY_FLOOR = 0.5  # never retry sooner: a login loop is what providers disable accounts for
 RETRY_BASE = 1.0
@@ -22,9 +25,12 @@ RETRY_CAP = 300.0
 REJECTED_RETRY = 60.0
 
 
-def renewal_delay(lifetime: float, rng: random.Random) -> float:
-    """Seconds from now until a token that lives `lifetime` seconds from now should be renewed."""
-    share = RENEW_AT + rng.uniform(-RENEW_JITTER, RENEW_JITTER)
+def renewal_delay(lifetime: float, rng: random.Random, *, first: bool = False) -> float:
+    """Seconds from now until a token that lives `lifetime` seconds from now should be renewed.
+
+    `first`: the token is the provider's first since tokend started (or reloaded it).
+    """
+    share = rng.uniform(*FIRST_RENEW_WINDOW) if first else RENEW_AT + rng.uniform(-RENEW_JITTER, RENEW_JITTER)
     latest = min(RENEW_LATEST * lifetime, lifetime - RENEW_BEFORE_EXPIRY)
     return max(RENEW_FLOOR, min(share * lifetime, latest))
 
