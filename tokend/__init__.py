@@ -6,8 +6,6 @@ public names below are loaded only when first used.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 __version__ = "0.1.0"
 
 __all__ = [
@@ -33,7 +31,10 @@ _LAZY = {
     "create_app": "tokend.api",
 }
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (3 ms on every `tokend get`)
 if TYPE_CHECKING:
+    from typing import Any
+
     from tokend.api import create_app
     from tokend.config import Settings
     from tokend.credential import Credential, State
