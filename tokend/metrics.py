@@ -3,14 +3,14 @@
 Logins are counted and timed as they happen (the manager tells every observer). What describes the
 present (seconds until each token expires, consecutive failures) is read from the manager when scraped,
 so nothing has to be kept in step. Local requests are counted in a plain dict: the token fast path adds
-one to it per request, which costs far less than a labelled Counter's lock and lookup.
+one to an int of its own per request, which costs far less than a labelled Counter's lock and lookup.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter as Tally
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -29,14 +29,15 @@ _LOGIN_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 class Metrics:
     """The daemon's metrics, in a registry of their own (never prometheus-client's global one)."""
 
-    def __init__(self, manager: Manager) -> None:
+    def __init__(self, manager: Manager, *, fast_answers: Callable[[], int] = lambda: 0) -> None:
+        """`fast_answers`: how many GET /token answers the API's fast path has given (counted there)."""
         self.registry = CollectorRegistry(auto_describe=True)
-        self.requests: Tally[tuple[str, int]] = Tally()  # (route, status) -> count
+        self.requests: Tally[tuple[str, int]] = Tally()  # (route, status) -> count, beyond the fast path
         self._logins = Counter("tokend_logins", "Upstream logins, by provider and outcome (ok, error, rejected).",
                                ["provider", "outcome"], registry=self.registry)
         self._durations = Histogram("tokend_login_duration_seconds", "How long each upstream login took.",
                                     ["provider"], buckets=_LOGIN_BUCKETS, registry=self.registry)
-        self.registry.register(_Present(manager, self.requests))
+        self.registry.register(_Present(manager, self.requests, fast_answers))
         manager.login_observers.append(self._observe_login)
 
     def render(self) -> bytes:
@@ -50,9 +51,10 @@ class Metrics:
 class _Present(Collector):
     """What is read at scrape time: token expiry, failures, readiness, and the request tally."""
 
-    def __init__(self, manager: Manager, requests: Tally[tuple[str, int]]) -> None:
+    def __init__(self, manager: Manager, requests: Tally[tuple[str, int]], fast_answers: Callable[[], int]) -> None:
         self._manager = manager
         self._requests = requests
+        self._fast_answers = fast_answers
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         expires = GaugeMetricFamily("tokend_token_expires_in_seconds",
@@ -71,6 +73,7 @@ class _Present(Collector):
             valid.add_metric([name], 1.0 if self._manager.ready([name]) else 0.0)
         requests = CounterMetricFamily("tokend_requests", "Local API requests, by route and status.",
                                        labels=["route", "status"])
-        for (route, code), count in sorted(self._requests.items()):
+        tally = self._requests + Tally({("/token/{name}", 200): self._fast_answers()})
+        for (route, code), count in sorted(tally.items()):
             requests.add_metric([route, str(code)], count)
         yield from (expires, failures, valid, requests)
