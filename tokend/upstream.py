@@ -117,8 +117,10 @@ class _Router(httpx.AsyncBaseTransport):
 
 def _proxy_transport(scheme: str, url: str, context: ssl.SSLContext) -> httpx.AsyncHTTPTransport:
     try:
-        # The proxy's own TLS (an https:// proxy) is verified against the same trust store.
-        return httpx.AsyncHTTPTransport(verify=context, proxy=httpx.Proxy(url, ssl_context=context))
+        # The proxy's own TLS (an https:// proxy) is verified against the same trust store; httpcore
+        # refuses a proxy TLS context for a plain http:// proxy.
+        proxy_tls = context if url.lower().startswith("https://") else None
+        return httpx.AsyncHTTPTransport(verify=context, proxy=httpx.Proxy(url, ssl_context=proxy_tls))
     except ImportError:
         reason = "a SOCKS proxy needs the socksio package (pip install 'httpx[socks]')"
     except (ValueError, httpx.InvalidURL):
