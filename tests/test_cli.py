@@ -136,3 +136,13 @@ def test_config_may_come_before_or_after_the_command(tmp_path, fakes) -> None:  
     assert before.returncode == after.returncode == 0 and before.stdout == after.stdout
     elsewhere = tmp_path / "missing.toml"
     assert tokend("--config", str(config), "check", "--config", str(elsewhere)).returncode == 3
+
+
+def test_a_bad_proxy_variable_is_a_config_error_that_never_shows_its_url(tmp_path, fakes) -> None:  # type: ignore[no-untyped-def]
+    config = write_config(tmp_path, fakes)
+    env = {"HTTPS_PROXY": "ftp://user:proxy-password-1@proxy.example:21"}
+    for command in ("check", "run"):
+        result = tokend("--config", str(config), command, env=env)
+        assert result.returncode == 3, result.stderr
+        assert "HTTPS_PROXY cannot be used" in result.stderr and "proxy-password-1" not in result.stderr
+        assert "Traceback" not in result.stderr

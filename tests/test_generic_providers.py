@@ -31,7 +31,8 @@ def oauth() -> Iterator[tuple[FakeOAuth2, str]]:
 
 
 def login(config: ProviderBase) -> Credential:
-    return asyncio.run(login_once("p", config))  # type: ignore[arg-type]
+    settings = Settings.model_construct(providers={"p": config})  # a valid config, built in the test
+    return asyncio.run(login_once("p", settings))
 
 
 def oauth_config(url: str, **options: Any) -> OAuth2ClientCredentialsConfig:

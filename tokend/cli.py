@@ -172,9 +172,11 @@ def _run(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     from tokend.audit import audit
     from tokend.config import Settings
+    from tokend.upstream import build_client
 
     path = _config_path(args)
     settings = Settings.load(path)
+    build_client(settings)  # the trust store and the proxy variables, as the daemon will use them
     findings = audit(settings, path)
     errors = sum(finding.level == "error" for finding in findings)
     print(f"config {'has ' + str(errors) + ' error(s)' if errors else 'OK'}: {len(settings.providers)} "
@@ -204,7 +206,7 @@ def _check_login(settings: Settings, name: str) -> int:
         _err(f"tokend: no provider named {name!r} in the config")
         return Exit.UNKNOWN_PROVIDER
     try:
-        credential = asyncio.run(login_once(name, config))
+        credential = asyncio.run(login_once(name, settings))
     except UpstreamError as exc:
         _err(f"tokend: login to {name} failed: {exc.message}")
         return Exit.UNAVAILABLE

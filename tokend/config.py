@@ -51,6 +51,7 @@ __all__ = [
     "ServerConfig",
     "Settings",
     "StaticConfig",
+    "UpstreamConfig",
     "is_loopback_host",
     "reread_secret_files",
 ]

@@ -30,6 +30,7 @@ from tokend.logs import install_redaction
 from tokend.manager import Manager
 from tokend.reloading import Reloader
 from tokend.sdnotify import Notifier
+from tokend.upstream import build_client
 
 log = logging.getLogger("tokend")
 
@@ -124,6 +125,7 @@ def serve(settings: Settings, sock: socket.socket | None = None, *, config_path:
 
     With `config_path` (the file `settings` came from), SIGHUP and POST /reload read it again.
     """
+    build_client(settings)  # a bad proxy variable or trust store: a clear error now, not a traceback later
     sock = sock or listen(settings.server)
     manager = Manager(settings)
     install_redaction(manager.redactor)

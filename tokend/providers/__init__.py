@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from tokend.config import ProviderConfig
+from tokend.config import ProviderConfig, Settings
 from tokend.credential import Credential
 from tokend.errors import UpstreamError
 from tokend.providers.base import Provider
@@ -52,10 +52,14 @@ async def fetch_within_timeout(provider: Provider, timeout: float, client: httpx
         raise UpstreamError(provider.name, f"login timed out after {timeout:g}s") from None
 
 
-async def login_once(name: str, config: ProviderConfig) -> Credential:
-    """One real login with `config`, outside any daemon: for `tokend check --login`."""
+async def login_once(name: str, settings: Settings) -> Credential:
+    """One real login as provider `name`, outside any daemon: for `tokend check --login`. It goes out
+    the way the daemon's do: the same trust store (`ca_bundle`) and proxies."""
+    from tokend.upstream import build_client
+
+    config = settings.providers[name]
     redactor = Redactor(secret.get() for secret in config.secrets().values())
-    async with httpx.AsyncClient(follow_redirects=False) as client:
+    async with build_client(settings) as client:
         return await fetch_within_timeout(build_provider(name, config, redactor), config.timeout, client)
 
 
