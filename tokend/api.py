@@ -62,8 +62,8 @@ class _Rendered:
         self._second: int | None = None  # the expires_in of the JSON answer built last (-1: never expires)
         self._json = _answer(_JSON, b"")
 
-    def json(self, now: float) -> tuple[list[tuple[bytes, bytes]], bytes]:
-        """(headers, body) of the JSON answer at time `now`."""
+    def json(self, now: float) -> _Answer:
+        """The JSON answer at time `now`."""
         second = -1 if self.expires_at is None else max(0, int(self.expires_at - now))
         if second != self._second:
             expires_in = b"null" if second == -1 else str(second).encode()
@@ -71,8 +71,14 @@ class _Rendered:
         return self._json
 
 
-def _answer(headers: list[tuple[bytes, bytes]], body: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
-    return [*headers, (b"content-length", str(len(body)).encode())], body
+# An answer as the two ASGI messages that send it, built once and sent as they are (uvicorn only reads them).
+_Answer = tuple[dict[str, Any], dict[str, Any]]
+
+
+def _answer(headers: list[tuple[bytes, bytes]], body: bytes) -> _Answer:
+    start = {"type": "http.response.start", "status": 200,
+             "headers": [*headers, (b"content-length", str(len(body)).encode())]}
+    return start, {"type": "http.response.body", "body": body}
 
 
 class _Renderer:
@@ -98,8 +104,8 @@ class _TokenFastPath:
         self._manager, self._guard, self._renderer = manager, guard, renderer
         self.served = 0  # answers given here, for /metrics (an int: cheaper than a labelled counter)
 
-    def answer(self, scope: Scope) -> tuple[list[tuple[bytes, bytes]], bytes] | None:
-        """The (headers, body) to send, or None for the FastAPI routes to deal with."""
+    def answer(self, scope: Scope) -> _Answer | None:
+        """The answer to send, or None for the FastAPI routes to deal with."""
         if scope["type"] != "http" or scope["method"] != "GET" or not scope["path"].startswith("/token/"):
             return None
         query = scope["query_string"]
@@ -128,8 +134,8 @@ class _TokendApp(FastAPI):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.fast_path is not None and (answer := self.fast_path.answer(scope)) is not None:
-            await send({"type": "http.response.start", "status": 200, "headers": answer[0]})
-            await send({"type": "http.response.body", "body": answer[1]})
+            await send(answer[0])
+            await send(answer[1])
             return
         if scope["type"] != "http" or self.requests is None:
             await super().__call__(scope, receive, send)
@@ -229,8 +235,9 @@ def create_app(
     def token_response(name: str, credential: Credential, format: str) -> Response:
         rendered = renderer(name, credential)
         if format == "raw":
-            return Response(rendered.raw[1], media_type="text/plain", headers=_NO_STORE_HEADERS)
-        return Response(rendered.json(time.time())[1], media_type="application/json", headers=_NO_STORE_HEADERS)
+            return Response(rendered.raw[1]["body"], media_type="text/plain", headers=_NO_STORE_HEADERS)
+        body = rendered.json(time.time())[1]["body"]
+        return Response(body, media_type="application/json", headers=_NO_STORE_HEADERS)
 
     def checked_format(format: str) -> str:
         if format not in ("json", "raw"):
