@@ -252,7 +252,7 @@ def _demo(args: argparse.Namespace) -> int:
             timer = threading.Timer(args.duration, os.kill, args=(os.getpid(), signal.SIGINT))
             timer.daemon = True
             timer.start()
-        return Exit.OK if serve(demo.settings, demo.sock) else Exit.FAILURE
+        return Exit.OK if serve(demo.settings, demo.sock, config_path=demo.config_path) else Exit.FAILURE
 
 
 # --- client commands ------------------------------------------------------------------------------------

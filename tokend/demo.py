@@ -25,6 +25,7 @@ class Demo:
     settings: Settings
     sock: socket.socket
     banner: list[str]
+    config_path: Path  # the demo's config file, read again on SIGHUP or `tokend reload`
 
 
 @contextlib.contextmanager
@@ -39,7 +40,7 @@ def demo_environment(*, port: int | None, lifetime: float) -> Iterator[Demo]:
         actual_port = sock.getsockname()[1]
         config_path = write_fake_config(Path(tmp), fakes, actual_port)
         settings = Settings.load(config_path)
-        yield Demo(settings, sock, banner(config_path, actual_port, fakes, lifetime))
+        yield Demo(settings, sock, banner(config_path, actual_port, fakes, lifetime), config_path)
 
 
 def _listen(port: int | None) -> socket.socket:
