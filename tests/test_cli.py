@@ -33,7 +33,7 @@ def test_check_reports_the_config_without_secrets(tmp_path, fakes) -> None:  # t
     assert "config OK: 4 provider(s), 0 client(s)" in result.stdout
     assert f"felloh: felloh at {fakes.felloh_url} (public_key from file" in result.stdout
     assert 'warning: provider "plain", field "api_key": a plain-string secret' in result.stdout
-    assert 'warning: provider "felloh": logs in over plain http' in result.stdout
+    assert 'warning: providers "felloh", "fts", "flotiq" log in over plain http' in result.stdout
     for secret in (fakes.felloh.private_key, fakes.fintech_studios.password, "plain-key-123"):
         assert secret not in result.stdout + result.stderr
 

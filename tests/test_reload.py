@@ -66,7 +66,8 @@ def test_a_bad_config_is_refused_whole_and_the_running_one_stays(daemon_factory,
     token = _token(daemon, "fts")
     logins = fakes.fintech_studios.logins
     good = daemon.config.read_text()
-    daemon.config.write_text(good.replace('kind = "flotiq"', 'kind = "flotiqq"') + '\n[providers.new]\nkind = "static"\n')
+    bad = good.replace('kind = "flotiq"', 'kind = "flotiqq"') + '\n[providers.new]\nkind = "static"\n'
+    daemon.config.write_text(bad)
 
     result = subprocess.run(tokend_command("--config", str(daemon.config), "reload"),
                             capture_output=True, text=True, timeout=30)

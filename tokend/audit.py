@@ -49,7 +49,7 @@ def audit(settings: Settings, config_path: Path | None = None) -> list[Finding]:
 
 def log_findings(findings: list[Finding]) -> None:
     for finding in findings:
-        log.log(logging.ERROR if finding.level == "error" else logging.WARNING, "config: %s", finding)
+        log.log(logging.ERROR if finding.level == "error" else logging.WARNING, "config: %s", finding.message)
 
 
 def _secrets(settings: Settings) -> Iterator[tuple[str, SecretValue]]:
@@ -117,10 +117,11 @@ def _listener(settings: Settings) -> Iterator[Finding]:
 
 
 def _plain_http(settings: Settings) -> Iterator[Finding]:
-    for name, provider in settings.providers.items():
-        if provider.url is not None and urlsplit(provider.url).scheme == "http":
-            yield Finding("warning", f'provider "{name}": logs in over plain http ({provider.url}); allowed '
-                                     "for loopback upstreams, for local testing only")
+    plain = [f'"{name}"' for name, provider in settings.providers.items()
+             if provider.url is not None and urlsplit(provider.url).scheme == "http"]
+    if plain:  # one finding for all of them: a local test set-up has several, and they say the same thing
+        yield Finding("warning", f"provider{'s' if len(plain) > 1 else ''} {', '.join(plain)} log in over plain "
+                                 "http to a loopback host: fine for local testing, never for real credentials")
 
 
 def _mode(path: Path) -> int | None:
