@@ -96,3 +96,14 @@ def test_the_first_renewal_after_a_start_is_spread_wider() -> None:
     assert min(first) >= 0.35 * 3600 and max(first) <= 0.77 * 3600
     assert max(first) - min(first) > 1.8 * (max(later) - min(later))  # a fleet started together spreads out
     assert all(renewal_delay(4, rng, first=True) <= 2 for _ in range(100))  # the same latest bound
+
+
+def test_the_backoff_cap_is_the_provider_s_setting(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tokend.config import Settings
+
+    config = tmp_path / "c.toml"
+    config.write_text('[providers.s]\nkind = "static"\nkey = "k"\nmax_retry_delay = 20\n')
+    cap = Settings.load(config).providers["s"].max_retry_delay
+    rng = random.Random(6)
+    assert cap == 20 and max(retry_delay(30, rng, retryable=True, cap=cap) for _ in range(200)) <= 20
+    assert retry_delay(5, rng, retryable=False, cap=cap) == 20

@@ -264,6 +264,7 @@ class ProviderBase(BaseModel):
     connect_timeout: Seconds = 5.0  # to open the connection (a black-holed address fails this fast)
     read_timeout: Seconds | None = None  # between two reads of the answer; default: timeout
     min_refresh_interval: Seconds = 10.0
+    max_retry_delay: Seconds = 300.0  # the backoff after failed logins grows up to this
     default_lifetime: Seconds = 3600.0
     max_lifetime: Seconds = 86400.0
 

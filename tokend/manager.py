@@ -376,7 +376,7 @@ class Manager:
         expires_at = slot.credential.expires_at if slot.credential else None
         delay = retry_delay(
             slot.consecutive_failures, self._rng, retryable=error.retryable, retry_after=error.retry_after,
-            time_left=None if expires_at is None else expires_at - time.time(),
+            time_left=None if expires_at is None else expires_at - time.time(), cap=slot.config.max_retry_delay,
         )
         self._schedule(slot, delay)
         if error.retry_after is not None:
