@@ -82,7 +82,10 @@ class Manager:
         self.redactor = Redactor(
             secret.get() for config in settings.providers.values() for secret in config.secrets().values()
         )
-        self._transport = transport
+        # Built here, not on entry: a bad proxy variable or trust store is then a ConfigError raised where
+        # the manager is made, before the server starts, and nothing has to build a client just to check.
+        # Nothing connects until the first login.
+        self._client = build_client(settings, transport)
         self._rng = rng or random.Random()  # noqa: S311 (jitter, not cryptography)
         self._slots = {
             name: _Slot(name, config, build_provider(name, config, self.redactor))
@@ -91,7 +94,6 @@ class Manager:
         self._started = False
         # Called after every login attempt with (provider, outcome: ok | error | rejected, seconds).
         self.login_observers: list[Callable[[str, str, float], None]] = []
-        self._client: httpx.AsyncClient | None = None
         self._scheduler: AsyncIOScheduler | None = None
         self._changes: dict[str, asyncio.Lock] = {}
         self._gates: dict[str, asyncio.Semaphore] = {}
@@ -99,7 +101,6 @@ class Manager:
     # --- lifecycle ---------------------------------------------------------------------------------------
 
     async def __aenter__(self) -> Manager:
-        self._client = build_client(self.settings, self._transport)
         # misfire_grace_time=None: a renewal due while the loop was busy or the machine slept still runs.
         self._scheduler = AsyncIOScheduler(
             timezone=UTC, job_defaults={"misfire_grace_time": None, "coalesce": True, "max_instances": 1}
@@ -119,8 +120,7 @@ class Manager:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self._client is not None:
-            await self._client.aclose()
+        await self._client.aclose()
 
     # --- what the API asks -------------------------------------------------------------------------------
 
@@ -184,7 +184,6 @@ class Manager:
     @property
     def client(self) -> httpx.AsyncClient:
         """The upstream HTTP client, for calls made with a provider's token (Felloh key management)."""
-        assert self._client is not None, "the manager is not started"
         return self._client
 
     def changing(self, name: str) -> asyncio.Lock:
@@ -307,7 +306,6 @@ class Manager:
                 raise
 
     async def _login(self, slot: _Slot) -> Credential:
-        assert self._client is not None, "the manager is not started"
         try:
             async with self._gate(slot.config):  # queued here, before the login's own clock starts
                 started = slot.last_attempt = time.monotonic()

@@ -30,7 +30,6 @@ from tokend.logs import install_redaction
 from tokend.manager import Manager
 from tokend.reloading import Reloader
 from tokend.sdnotify import Notifier
-from tokend.upstream import build_client
 
 log = logging.getLogger("tokend")
 
@@ -125,9 +124,8 @@ def serve(settings: Settings, sock: socket.socket | None = None, *, config_path:
 
     With `config_path` (the file `settings` came from), SIGHUP and POST /reload read it again.
     """
-    build_client(settings)  # a bad proxy variable or trust store: a clear error now, not a traceback later
+    manager = Manager(settings)  # a bad proxy variable or trust store stops it here, before anything listens
     sock = sock or listen(settings.server)
-    manager = Manager(settings)
     install_redaction(manager.redactor)
     reloader = Reloader(manager, config_path) if config_path is not None else None
     host, port = sock.getsockname()[:2]
