@@ -14,7 +14,7 @@ import httpx
 from tests.daemon import HEADERS, write_config
 from tokend.api import create_app
 from tokend.config import Settings
-from tokend.manager import Manager
+from tokend.daemon import Daemon
 from tokend.testing import FakeProviders
 
 
@@ -24,8 +24,8 @@ def settings_for(tmp_path: Path, fakes: FakeProviders, **options: Any) -> Settin
 
 @contextlib.asynccontextmanager
 async def serving(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(Manager(settings))
-    async with app.router.lifespan_context(app):
+    async with Daemon(settings) as daemon:
+        app = create_app(daemon)
         transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
         async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8765", headers=HEADERS) as client:
             yield client
@@ -178,8 +178,8 @@ def test_errors_are_json_with_a_code(tmp_path, fakes) -> None:  # type: ignore[n
 
 def test_a_remote_peer_is_refused_even_with_the_right_headers(tmp_path, fakes) -> None:  # type: ignore[no-untyped-def]
     async def go() -> None:
-        app = create_app(Manager(settings_for(tmp_path, fakes)))
-        async with app.router.lifespan_context(app):
+        async with Daemon(settings_for(tmp_path, fakes)) as daemon:
+            app = create_app(daemon)
             transport = httpx.ASGITransport(app=app, client=("192.0.2.7", 40000))
             async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8765",
                                          headers=HEADERS) as client:

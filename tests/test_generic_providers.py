@@ -14,10 +14,13 @@ import pytest
 
 from tests.daemon import tokend_command, write_config
 from tests.test_api import serving, settings_for
-from tokend.config import HttpConfig, OAuth2ClientCredentialsConfig, ProviderBase, Settings
+from tokend.config import Settings
 from tokend.credential import Credential
 from tokend.errors import ConfigError, CredentialsRejected, UpstreamError
-from tokend.providers import login_once
+from tokend.logins import login_once
+from tokend.providers.base import ProviderBase
+from tokend.providers.http import HttpConfig
+from tokend.providers.oauth2 import OAuth2ClientCredentialsConfig
 from tokend.testing import FakeOAuth2, FakeServer, FakeTokenAPI
 
 README = Path(__file__).parent.parent / "README.md"
@@ -129,7 +132,7 @@ def test_http_config_errors_name_the_field(tmp_path, table, problem) -> None:  #
 
 
 def test_static_keys_serve_header_scheme_and_query() -> None:
-    from tokend.config import StaticConfig
+    from tokend.providers.static import StaticConfig
 
     bearer = login(StaticConfig(kind="static", key="k-123"))
     assert (bearer.headers, bearer.query, bearer.expires_at) == ({"Authorization": "Bearer k-123"}, {}, None)

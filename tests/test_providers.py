@@ -11,11 +11,14 @@ from typing import Any
 import httpx
 import pytest
 
-from tokend.config import FellohConfig, FintechStudiosConfig, FlotiqConfig, ProviderBase
 from tokend.credential import Credential
 from tokend.errors import CredentialsRejected, UpstreamError
 from tokend.providers import build_provider
-from tokend.providers.base import parse_retry_after
+from tokend.providers.base import ProviderBase
+from tokend.providers.exchange import parse_retry_after
+from tokend.providers.felloh import FellohConfig
+from tokend.providers.fintech_studios import FintechStudiosConfig
+from tokend.providers.flotiq import FlotiqConfig
 from tokend.redact import Redactor
 
 FELLOH = FellohConfig(kind="felloh", base_url="https://felloh.test", public_key="pk-1", private_key="sk-secret-1")
@@ -146,7 +149,7 @@ def test_transport_failures_are_wrapped_and_retryable() -> None:
 
 
 def test_connect_and_read_timeouts_are_per_provider_and_never_beyond_the_whole() -> None:
-    from tokend.providers.base import http_timeout
+    from tokend.providers.exchange import http_timeout
 
     config = FELLOH.model_copy(update={"timeout": 4.0, "connect_timeout": 1.5, "read_timeout": 30.0})
     bounds = http_timeout(config)

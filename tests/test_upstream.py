@@ -19,8 +19,8 @@ from starlette.types import ASGIApp
 from tests.daemon import write_config
 from tokend.config import Settings
 from tokend.credential import Credential
+from tokend.daemon import Daemon
 from tokend.errors import ConfigError, TokenUnavailable
-from tokend.manager import Manager
 from tokend.testing import FakeFintechStudios, FakeProviders, FakeServer
 from tokend.upstream import Proxies, build_client, trust_store
 
@@ -96,7 +96,8 @@ def load(tmp_path: Path, text: str) -> Settings:
 async def first_logins(settings: Settings) -> dict[str, Credential | str]:
     """Start a manager; each provider's first credential, or the message of the error that stands instead."""
     results: dict[str, Credential | str] = {}
-    async with Manager(settings) as manager:
+    async with Daemon(settings) as daemon:
+        manager = daemon.manager
         for name in settings.providers:
             try:
                 results[name] = await manager.get(name)

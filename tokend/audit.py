@@ -4,7 +4,8 @@ daemon logs at start and on reload.
 An error is something that exposes a secret or a token to other users of the machine (a world-readable
 file of secrets, a socket anyone may connect to, a config file anyone may rewrite). A warning is a
 choice worth hearing about (a plain-string secret, plain http to a loopback upstream, a remote bind).
-The daemon still starts with errors, since SPEC.md allows plain-string secrets; `tokend check` fails.
+The daemon still starts with errors, since plain-string secrets are allowed (with a warning); `tokend check`
+fails.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from tokend.config import SecretValue, Settings
+from tokend.config import Settings
+from tokend.secrets import SecretValue
 
 __all__ = ["Finding", "audit", "log_findings"]
 

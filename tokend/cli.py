@@ -199,7 +199,7 @@ def _check_login(settings: Settings, name: str) -> int:
 
     from tokend.credential import iso_utc
     from tokend.errors import UpstreamError
-    from tokend.providers import login_once
+    from tokend.logins import login_once
 
     config = settings.providers.get(name)
     if config is None:

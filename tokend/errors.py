@@ -6,6 +6,8 @@
     │   └── CredentialsRejected   the provider refused the credentials (401/403): retried slowly
     ├── UnknownProvider         a client asked for a provider that is not configured
     ├── TokenUnavailable        no valid token can be served now: last error, next attempt
+    ├── RefreshThrottled        a forced refresh was not attempted: why, and when one may be
+    ├── OperationRefused        an admin operation (a Felloh key change) was refused before going upstream
     └── DaemonUnavailable       (client side) the daemon could not be reached or answered an error
 
 Messages are sentences for a person and never hold a secret: whoever raises one of these has already
@@ -76,6 +78,24 @@ class TokenUnavailable(TokendError):
         super().__init__(message)
         self.provider = provider
         self.next_attempt = next_attempt
+
+
+class RefreshThrottled(TokendError):
+    """A forced refresh made no login, and would only hand back the token the client found rejected:
+    the provider asked for quiet (Retry-After), refused the credentials, or keeps rejecting new tokens."""
+
+    def __init__(self, provider: str, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.retry_after = retry_after
+
+
+class OperationRefused(TokendError):
+    """An admin operation was refused before reaching the provider; `status` is the HTTP answer's."""
+
+    def __init__(self, message: str, *, status: int = 409) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class DaemonUnavailable(TokendError):

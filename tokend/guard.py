@@ -1,4 +1,4 @@
-"""Who may read tokens: the request checks of SPEC.md, applied to every /token and /status request.
+"""Who may read tokens: the request checks applied to every /token and /status request.
 
 A browser on this machine can be made to send requests to 127.0.0.1 (a cross-site form, DNS rebinding),
 and a server here can be tricked into fetching a URL of an attacker's choosing (SSRF). Neither can set a
@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from tokend.config import ClientConfig, ServerConfig, is_loopback_host
+from tokend.config import ClientConfig, ServerConfig
+from tokend.fields import is_loopback_host
 
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
 

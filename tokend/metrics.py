@@ -1,6 +1,6 @@
 """GET /metrics: the Prometheus text format, with prometheus-client.
 
-Logins are counted and timed as they happen (the manager tells every observer). What describes the
+Logins are counted and timed as they happen (the manager announces each one). What describes the
 present (seconds until each token expires, consecutive failures) is read from the manager when scraped,
 so nothing has to be kept in step. Local requests are counted in a plain dict: the token fast path adds
 one to an int of its own per request, which costs far less than a labelled Counter's lock and lookup.
@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from tokend.events import LoginEvent
 from tokend.manager import Manager
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
@@ -29,23 +30,26 @@ _LOGIN_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 class Metrics:
     """The daemon's metrics, in a registry of their own (never prometheus-client's global one)."""
 
-    def __init__(self, manager: Manager, *, fast_answers: Callable[[], int] = lambda: 0) -> None:
-        """`fast_answers`: how many GET /token answers the API's fast path has given (counted there)."""
+    def __init__(
+        self, manager: Manager, *, requests: Tally[tuple[str, int]], fast_answers: Callable[[], int] = lambda: 0
+    ) -> None:
+        """`requests`: (route, status) -> count of the answers beyond the fast path, kept by the API;
+        `fast_answers`: how many GET /token answers the fast path has given (counted there)."""
         self.registry = CollectorRegistry(auto_describe=True)
-        self.requests: Tally[tuple[str, int]] = Tally()  # (route, status) -> count, beyond the fast path
+        self.requests = requests
         self._logins = Counter("tokend_logins", "Upstream logins, by provider and outcome (ok, error, rejected).",
                                ["provider", "outcome"], registry=self.registry)
         self._durations = Histogram("tokend_login_duration_seconds", "How long each upstream login took.",
                                     ["provider"], buckets=_LOGIN_BUCKETS, registry=self.registry)
         self.registry.register(_Present(manager, self.requests, fast_answers))
-        manager.login_observers.append(self._observe_login)
+        manager.announcements.add_listener(self._observe_login)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
-    def _observe_login(self, provider: str, outcome: str, seconds: float) -> None:
-        self._logins.labels(provider, outcome).inc()
-        self._durations.labels(provider).observe(seconds)
+    def _observe_login(self, event: LoginEvent) -> None:
+        self._logins.labels(event.name, event.outcome).inc()
+        self._durations.labels(event.name).observe(event.seconds)
 
 
 class _Present(Collector):

@@ -11,14 +11,15 @@ import asyncio
 import logging
 import signal
 import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 
 from tokend.audit import audit, log_findings
+from tokend.changes import Changes
 from tokend.config import Settings
 from tokend.errors import ConfigError
-from tokend.felloh_keys import schedule_rotations
-from tokend.manager import Changes, Manager
+from tokend.manager import Manager
 
 log = logging.getLogger("tokend")
 
@@ -26,8 +27,10 @@ log = logging.getLogger("tokend")
 class Reloader:
     """Use as `async with Reloader(manager, path):` inside the manager's lifetime; SIGHUP reloads."""
 
-    def __init__(self, manager: Manager, path: Path) -> None:
+    def __init__(self, manager: Manager, path: Path, *, then: Sequence[Callable[[], None]] = ()) -> None:
+        """`then`: called after each reload that was applied (the extensions' `reloaded`)."""
         self._manager = manager
+        self._then = then
         self.path = path
         self._lock = asyncio.Lock()  # one reload at a time: two SIGHUPs must not interleave
         self._signal_installed = False
@@ -43,7 +46,8 @@ class Reloader:
                           "".join(f"\n  {problem}" for problem in exc.problems))
                 raise
             changes = self._manager.apply(settings)
-            schedule_rotations(self._manager)
+            for then in self._then:
+                then()
         log.info("reload (%s): added=%s changed=%s removed=%s unchanged=%d", reason, _names(changes.added),
                  _names(changes.changed), _names(changes.removed), len(changes.unchanged))
         if changes.restart_needed:

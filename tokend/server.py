@@ -1,4 +1,4 @@
-"""Running the daemon: the manager and its API under uvicorn, on a loopback TCP port or a unix socket.
+"""Serving the daemon: its API under uvicorn, on a loopback TCP port or a unix socket.
 
 The listening socket is made here, not by uvicorn, so that a busy port is a clear error before anything
 starts, a unix socket gets its file mode before it accepts anyone, and `port = 0` can be used by tests.
@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import gc
 import grp
 import logging
 import os
@@ -17,7 +16,7 @@ import signal
 import socket
 import stat
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import uvicorn
@@ -25,10 +24,9 @@ import uvicorn
 from tokend.api import create_app
 from tokend.audit import audit, log_findings
 from tokend.config import ServerConfig, Settings
+from tokend.daemon import Daemon
 from tokend.errors import TokendError
 from tokend.logs import install_redaction
-from tokend.manager import Manager
-from tokend.reloading import Reloader
 from tokend.sdnotify import Notifier
 
 log = logging.getLogger("tokend")
@@ -124,21 +122,24 @@ def serve(settings: Settings, sock: socket.socket | None = None, *, config_path:
 
     With `config_path` (the file `settings` came from), SIGHUP and POST /reload read it again.
     """
-    manager = Manager(settings)  # a bad proxy variable or trust store stops it here, before anything listens
     sock = sock or listen(settings.server)
-    install_redaction(manager.redactor)
-    reloader = Reloader(manager, config_path) if config_path is not None else None
     host, port = sock.getsockname()[:2]
     where = settings.server.socket or (f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}")
-    systemd = _systemd(manager, Notifier.from_environment(), str(where))
+    try:
+        # A bad proxy variable or trust store stops it here, before anything is served.
+        daemon = Daemon(settings, config_path=config_path, notifier=Notifier.from_environment(), where=str(where))
+    except BaseException:
+        sock.close()
+        raise
+    install_redaction(daemon.redactor)
     config = uvicorn.Config(
-        create_app(manager, reloader=reloader, extras=[systemd, _frozen_heap(manager)]),
+        create_app(daemon),
         # Nothing in front of tokend is trusted to say who the client is: X-Forwarded-For is refused,
         # never believed (uvicorn would otherwise rewrite the peer address from it for 127.0.0.1).
         proxy_headers=False,
         log_config=None,
         access_log=False,
-        lifespan="on",
+        lifespan="off",  # the daemon's parts are started and stopped around the server, below
         ws="none",
         server_header=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
@@ -146,55 +147,15 @@ def serve(settings: Settings, sock: socket.socket | None = None, *, config_path:
     server = uvicorn.Server(config)
     log.info("tokend serving %d provider(s) on %s", len(settings.providers), where)
     log_findings(audit(settings, config_path))
-    with _unlink_at_exit(settings.server), sock, _stop_signals_end_cleanly():
-        server.run(sockets=[sock])
+
+    async def run() -> None:
+        async with daemon:
+            await server.serve(sockets=[sock])
+
+    with _unlink_at_exit(settings.server), sock, _stop_signals_end_cleanly(), \
+            asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:  # uvloop where uvicorn would use it
+        runner.run(run())
     return server.started
-
-
-@contextlib.asynccontextmanager
-async def _systemd(manager: Manager, notifier: Notifier, where: str) -> AsyncIterator[None]:
-    """sd_notify: READY=1 once every first login has succeeded or failed (one provider down must not hold
-    the start until systemd gives up), WATCHDOG=1 at half WatchdogSec from the event loop itself (so a
-    hung loop stops the pings), STOPPING=1 at shutdown. Nothing at all outside systemd."""
-    if not notifier.enabled:
-        yield
-        return
-
-    async def ready_when_settled() -> None:
-        await manager.settled()
-        states = ", ".join(f"{name} {manager.state(name).value}" for name in manager.names)
-        notifier.ready(f"serving {len(manager.names)} provider(s) on {where}: {states}")
-
-    async def ping() -> None:
-        notifier.watchdog()
-
-    ready = asyncio.create_task(ready_when_settled())
-    if (interval := notifier.watchdog_interval()) is not None:
-        notifier.watchdog()
-        manager.every(interval / 2, ping, "tokend-sd-watchdog")
-    try:
-        yield
-    finally:
-        notifier.stopping()
-        ready.cancel()
-
-
-@contextlib.asynccontextmanager
-async def _frozen_heap(manager: Manager) -> AsyncIterator[None]:
-    """Once the first logins are done, move everything allocated so far (FastAPI, pydantic, the config)
-    out of the garbage collector's sight: its full collections then walk only what requests create,
-    which keeps them short on the hot path and with a thousand providers."""
-
-    async def freeze() -> None:
-        await manager.settled()
-        gc.collect()
-        gc.freeze()
-
-    task = asyncio.create_task(freeze())
-    try:
-        yield
-    finally:
-        task.cancel()
 
 
 @contextlib.contextmanager

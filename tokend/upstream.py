@@ -25,8 +25,9 @@ from pathlib import Path
 import httpx
 
 from tokend import __version__
-from tokend.config import Settings, is_loopback_host
+from tokend.config import Settings
 from tokend.errors import ConfigError
+from tokend.fields import is_loopback_host
 
 __all__ = ["Proxies", "build_client", "trust_store"]
 

@@ -12,8 +12,10 @@ import logging
 import os
 from pathlib import Path
 
-from tokend.config import ProviderConfig, reread_secret_files
 from tokend.manager import Manager
+from tokend.providers import ProviderConfig
+from tokend.scheduler import Scheduler
+from tokend.secrets import reread_secret_files
 
 log = logging.getLogger("tokend")
 
@@ -24,8 +26,9 @@ _Fingerprint = tuple[int, int, int, int] | None
 
 
 class SecretFileWatcher:
-    def __init__(self, manager: Manager) -> None:
+    def __init__(self, manager: Manager, scheduler: Scheduler) -> None:
         self._manager = manager
+        self._scheduler = scheduler
         self._seen: dict[Path, _Fingerprint] = {}
         # Each provider's secret files, worked out once per config object: with a thousand providers,
         # walking every config every few seconds would cost more than the stat calls themselves.
@@ -35,7 +38,7 @@ class SecretFileWatcher:
         """Note every secret file as it is now, then look again every WATCH_INTERVAL seconds."""
         for name in self._manager.names:
             self._changed_files(name)
-        self._manager.every(WATCH_INTERVAL, self.check, "tokend-watch-secret-files")
+        self._scheduler.every(WATCH_INTERVAL, self.check, "tokend-watch-secret-files")
 
     async def check(self) -> None:
         names = self._manager.names

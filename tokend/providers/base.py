@@ -1,196 +1,81 @@
-"""The Provider protocol, and the one place where a login's HTTP exchange becomes a result or an error.
+"""What every provider kind is made of: its settings (a ProviderBase model), its login (a Provider), and
+optionally an extension of the daemon (routes, background work); the three are named together in a Kind.
 
 A provider turns its config into a Credential with one call, `fetch(client)`. The HTTP client is handed
-in (as google-auth hands in `request`), so tests give it a MockTransport and the manager shares one pool.
-Nothing above this module sees a raw httpx exception.
+in (as google-auth hands in `request`), so tests give it a MockTransport and the daemon shares one pool.
 """
 
 from __future__ import annotations
 
-import email.utils
-import json
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import httpx
+from pydantic import BaseModel, ConfigDict
 
-from tokend.config import ProviderBase
 from tokend.credential import Credential
-from tokend.errors import CredentialsRejected, UpstreamError
-from tokend.expiry import resolve_expiry
-from tokend.redact import Redactor, excerpt
+from tokend.fields import Seconds
+from tokend.redact import Redactor
+from tokend.secrets import SecretValue, collect_secrets
+
+if TYPE_CHECKING:
+    from tokend.extensions import DaemonParts, Extension
+
+__all__ = ["Kind", "Provider", "ProviderBase"]
 
 
-class Provider(Protocol):
+class ProviderBase(BaseModel):
+    """The settings every kind has. A kind's model adds its own and names itself in `kind`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: str
+    timeout: Seconds = 10.0  # a whole login, every step included
+    connect_timeout: Seconds = 5.0  # to open the connection (a black-holed address fails this fast)
+    read_timeout: Seconds | None = None  # between two reads of the answer; default: timeout
+    min_refresh_interval: Seconds = 10.0
+    max_retry_delay: Seconds = 300.0  # the backoff after failed logins grows up to this
+    # ...but while clients ask for a token that has run out, no more than this between two tries.
+    expired_retry_delay: Seconds = 15.0
+    default_lifetime: Seconds = 3600.0
+    max_lifetime: Seconds = 86400.0
+
+    @property
+    def url(self) -> str | None:
+        """The login URL (None: a static key, no login); `tokend check` shows it, logins are gated by its host."""
+        return None
+
+    def secrets(self) -> dict[str, SecretValue]:
+        """Every secret in this provider's settings, by where it sits (`password`, `secrets.api_key`)."""
+        found: dict[str, SecretValue] = {}
+        for name, field in type(self).model_fields.items():
+            collect_secrets(field.alias or name, getattr(self, name), found)
+        return found
+
+
+ConfigT = TypeVar("ConfigT", bound=ProviderBase)
+ConfigT_contra = TypeVar("ConfigT_contra", bound=ProviderBase, contravariant=True)
+
+
+class Provider(Protocol[ConfigT_contra]):
+    """One configured provider's login. Built from its name and settings; the redactor scrubs what it reports."""
+
     name: str
+
+    def __init__(self, name: str, config: ConfigT_contra, redactor: Redactor) -> None: ...
 
     async def fetch(self, client: httpx.AsyncClient) -> Credential:
         """Log in once and return the new credential, or raise UpstreamError."""
         ...
 
 
-# What a provider reads from an error body: (its request id, its message), either may be None.
-Describe = Callable[[Any], tuple[str | None, str | None]]
-
-
 @dataclass(frozen=True)
-class LoginRequest:
-    """One login call: everything `exchange` needs to make it and to explain its failure."""
+class Kind(Generic[ConfigT]):
+    """A provider kind: the `kind` value, its settings model, its login, and what it adds to the daemon."""
 
-    provider: str
-    method: str
-    url: str
-    headers: Mapping[str, str]
-    timeout: httpx.Timeout  # see http_timeout()
-    redactor: Redactor
-    describe: Describe
-    json: Any = None  # a JSON body...
-    form: Mapping[str, str] | None = None  # ...or a form-encoded one
-    action: str = "login"  # what the call is, for its error messages ("list keys", ...)
-
-
-def http_timeout(config: ProviderBase) -> httpx.Timeout:
-    """A provider's per-step bounds for one call; the manager bounds the whole login by `timeout`."""
-    return httpx.Timeout(
-        config.timeout, connect=min(config.connect_timeout, config.timeout),
-        read=min(config.read_timeout or config.timeout, config.timeout),
-    )
-
-
-async def exchange(client: httpx.AsyncClient, login: LoginRequest) -> tuple[Any, str | None]:
-    """Make the login call; return (the decoded JSON body, the request id) of a 2xx answer."""
-    try:
-        response = await client.request(
-            login.method, login.url, json=login.json, data=login.form, headers=dict(login.headers),
-            timeout=login.timeout,
-        )
-    except httpx.ConnectTimeout:
-        raise UpstreamError(
-            login.provider, f"could not connect to {login.url} within {login.timeout.connect:g}s"
-        ) from None
-    except httpx.TimeoutException:
-        raise UpstreamError(
-            login.provider, f"{login.action} got no answer within {login.timeout.read:g}s"
-        ) from None
-    except httpx.HTTPError as exc:
-        reason = login.redactor.scrub(str(exc)) or type(exc).__name__
-        raise UpstreamError(login.provider, f"could not reach {login.url}: {reason}") from None
-    body = _json_or_none(response)
-    request_id, message = login.describe(body) if body is not None else (None, None)
-    if not response.is_success:
-        raise _http_error(login, response, message, request_id)
-    if body is None:
-        text = excerpt(response.text, login.redactor)
-        raise UpstreamError(
-            login.provider, f"{login.action} answered {response.status_code} but not with JSON: {text!r}",
-            status=response.status_code,
-        )
-    return body, request_id
-
-
-def _json_or_none(response: httpx.Response) -> Any:
-    try:
-        return json.loads(response.content)
-    except (ValueError, UnicodeDecodeError):
-        return None
-
-
-def _http_error(
-    login: LoginRequest, response: httpx.Response, message: str | None, request_id: str | None
-) -> UpstreamError:
-    status = response.status_code
-    detail = excerpt(message or response.text, login.redactor) or response.reason_phrase
-    text = f"{login.action} answered {status}: {detail}"
-    if request_id:
-        text += f" (request id {request_id})"
-    if status in (401, 403):
-        return CredentialsRejected(login.provider, text, status=status, request_id=request_id)
-    retryable = status in (408, 425, 429) or status >= 500
-    return UpstreamError(
-        login.provider, text, status=status, request_id=request_id, retryable=retryable,
-        retry_after=parse_retry_after(response.headers.get("retry-after")),
-    )
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Retry-After as seconds from now: either delta-seconds or an HTTP date (RFC 9110 10.2.3)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
-def malformed(provider: str, what: str, request_id: str | None = None) -> UpstreamError:
-    """The upstream said 2xx but the body lacks what its documentation promises: transient, retried."""
-    suffix = f" (request id {request_id})" if request_id else ""
-    return UpstreamError(provider, f"login answer is malformed: {what}{suffix}", request_id=request_id)
-
-
-def bearer_credential(
-    config: ProviderBase,
-    token: str,
-    reported_expiry: float | None,
-    *,
-    extra_headers: Mapping[str, str] | None = None,
-    request_id: str | None = None,
-) -> Credential:
-    """A bearer token credential, with its expiry made sensible (tokend.expiry)."""
-    headers = {**(extra_headers or {}), "Authorization": f"Bearer {token}"}
-    return login_credential(config, token, reported_expiry, headers=headers, request_id=request_id)
-
-
-def login_credential(
-    config: ProviderBase,
-    token: str,
-    reported_expiry: float | None,
-    *,
-    headers: Mapping[str, str],
-    query: Mapping[str, str] | None = None,
-    token_type: str = "Bearer",
-    request_id: str | None = None,
-) -> Credential:
-    """The credential a login produced, with its expiry made sensible (tokend.expiry)."""
-    now = time.time()
-    expires_at, note = resolve_expiry(
-        reported_expiry, token, now=now,
-        default_lifetime=config.default_lifetime, max_lifetime=config.max_lifetime,
-    )
-    return Credential(
-        token=token, token_type=token_type, expires_at=expires_at, headers=headers, query=query or {},
-        request_id=request_id, obtained_at=now, expiry_note=note,
-    )
-
-
-def static_credential(
-    key: str, *, token_type: str, header: str | None, scheme: str, query_param: str | None
-) -> Credential:
-    """A key that needs no login and never expires, served as a header and/or a query parameter."""
-    return Credential(
-        token=key,
-        token_type=token_type,
-        expires_at=None,
-        headers={header: f"{scheme} {key}" if scheme else key} if header else {},
-        query={query_param: key} if query_param else {},
-        obtained_at=time.time(),
-    )
-
-
-def number_or_none(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return None
-    return None
+    name: str
+    config: type[ConfigT]
+    provider: type[Provider[Any]]
+    # Built once per daemon when the daemon starts; it loops over the providers of its kind itself.
+    extension: Callable[[DaemonParts], Extension] | None = None

@@ -7,14 +7,24 @@ and the provider asks for a backend refresher instead of a login per request: to
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import httpx
+from pydantic import Field
 
-from tokend.config import FintechStudiosConfig
 from tokend.credential import Credential
-from tokend.providers.base import LoginRequest, bearer_credential, exchange, http_timeout, malformed, number_or_none
+from tokend.fields import UpstreamURL
+from tokend.providers.base import Kind, ProviderBase
+from tokend.providers.exchange import (
+    LoginRequest,
+    bearer_credential,
+    exchange,
+    http_timeout,
+    malformed,
+    number_or_none,
+)
 from tokend.redact import Redactor
+from tokend.secrets import Secret
 
 
 def describe(body: Any) -> tuple[str | None, str | None]:
@@ -24,6 +34,19 @@ def describe(body: Any) -> tuple[str | None, str | None]:
         if isinstance(body.get(key), str):
             return None, body[key]
     return None, None
+
+
+
+class FintechStudiosConfig(ProviderBase):
+    kind: Literal["fintech_studios"]
+    base_url: UpstreamURL
+    api_key: Secret
+    email: str = Field(min_length=3)
+    password: Secret
+
+    @property
+    def url(self) -> str:
+        return self.base_url
 
 
 class FintechStudios:
@@ -51,3 +74,6 @@ class FintechStudios:
         return bearer_credential(
             self.config, token, number_or_none(body.get("expires")), extra_headers={"x-api-key": api_key}
         )
+
+
+KIND = Kind("fintech_studios", FintechStudiosConfig, FintechStudios)

@@ -5,12 +5,29 @@ A key is sent as the `X-AUTH-TOKEN` header or the `?auth_token=` query parameter
 
 from __future__ import annotations
 
+from typing import Literal
+
 import httpx
 
-from tokend.config import FlotiqConfig
 from tokend.credential import Credential
-from tokend.providers.base import static_credential
+from tokend.fields import UpstreamURL
+from tokend.providers.base import Kind, ProviderBase
+from tokend.providers.exchange import static_credential
 from tokend.redact import Redactor
+from tokend.secrets import Secret
+
+FLOTIQ_URL = "https://api.flotiq.com"
+
+
+class FlotiqConfig(ProviderBase):
+    kind: Literal["flotiq"]
+    base_url: UpstreamURL = FLOTIQ_URL
+    api_key: Secret
+    token_type: Literal["api_key"] = "api_key"
+
+    @property
+    def url(self) -> str:
+        return self.base_url
 
 
 class Flotiq:
@@ -23,3 +40,6 @@ class Flotiq:
             self.config.api_key.get(), token_type=self.config.token_type,
             header="X-AUTH-TOKEN", scheme="", query_param="auth_token",
         )
+
+
+KIND = Kind("flotiq", FlotiqConfig, Flotiq)

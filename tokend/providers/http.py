@@ -8,20 +8,106 @@ secrets and `{token}`. See HttpConfig for the settings and README for worked exa
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import httpx
+from pydantic import AfterValidator, Field, PlainValidator, model_validator
 
 from tokend import pointer, template
-from tokend.config import HttpConfig, SecretValue
 from tokend.credential import Credential
 from tokend.errors import UpstreamError
 from tokend.expiry import jwt_expiry
-from tokend.providers.base import LoginRequest, exchange, http_timeout, login_credential, number_or_none
+from tokend.fields import UpstreamURL
+from tokend.pointer import check_pointer
+from tokend.providers.base import Kind, ProviderBase
+from tokend.providers.exchange import (
+    LoginRequest,
+    exchange,
+    http_timeout,
+    login_credential,
+    number_or_none,
+)
 from tokend.redact import Redactor
+from tokend.secrets import Secret, SecretValue, resolve_secret
 
 _MESSAGE_KEYS = ("message", "error_description", "error", "detail", "title")
+
+
+JsonPointer = Annotated[str, AfterValidator(check_pointer)]
+TemplateName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+
+def _resolve_body(value: Any) -> Any:
+    """A request body or header value: secret references become SecretValue, the rest stays as written."""
+    if isinstance(value, dict):
+        if len(value) == 1 and next(iter(value)) in ("env", "file", "credential"):
+            return resolve_secret(value)
+        return {key: _resolve_body(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_resolve_body(item) for item in value]
+    return value
+
+
+Body = Annotated[Any, PlainValidator(_resolve_body)]
+
+
+class HttpConfig(ProviderBase):
+    """A declarative login: any token API described by its request and where its answer holds the token."""
+
+    kind: Literal["http"]
+    login_url: UpstreamURL = Field(alias="url")  # `url` in the file; a property on every kind
+    method: Literal["GET", "POST", "PUT"] = "POST"
+    secrets_: dict[TemplateName, Secret] = Field(default={}, alias="secrets")
+    headers: dict[str, Body] = {}
+    json_body: Body = Field(default=None, alias="json")
+    form: dict[str, Body] | None = None
+    token_pointer: JsonPointer
+    expiry_pointer: JsonPointer | None = None
+    expiry_format: Literal["unix", "unix_ms", "iso8601", "seconds", "jwt"] = "unix"
+    token_type: str = "Bearer"
+    token_type_pointer: JsonPointer | None = None
+    request_id_pointer: JsonPointer | None = None
+    serve_headers: dict[str, str] = {"Authorization": "Bearer {token}"}
+    serve_query: dict[str, str] = {}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> HttpConfig:
+        if self.json_body is not None and self.form is not None:
+            raise ValueError("set json or form as the login body, not both")
+        if self.expiry_format == "jwt" and self.expiry_pointer is not None:
+            raise ValueError('expiry_format = "jwt" reads the token\'s exp claim; remove expiry_pointer')
+        known = set(self.secrets_)
+        for where, text in _strings({"headers": self.headers, "json": self.json_body, "form": self.form}):
+            _check_template(where, text, known)
+        for where, text in _strings({"serve_headers": self.serve_headers, "serve_query": self.serve_query}):
+            _check_template(where, text, known | {"token"})
+        if not self.serve_headers and not self.serve_query:
+            raise ValueError("serve_headers and serve_query are both empty: clients would get nothing to send")
+        return self
+
+    @property
+    def url(self) -> str:
+        return self.login_url
+
+
+def _strings(value: Any, where: str = "") -> Iterator[tuple[str, str]]:
+    if isinstance(value, str):
+        yield where, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _strings(item, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _strings(item, f"{where}[{index}]")
+
+
+def _check_template(where: str, text: str, known: set[str]) -> None:
+    try:
+        template.check(text, known)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
 
 
 class HttpLogin:
@@ -133,3 +219,6 @@ def _fill(value: Any, values: dict[str, str]) -> Any:
     if isinstance(value, list):
         return [_fill(item, values) for item in value]
     return value
+
+
+KIND = Kind("http", HttpConfig, HttpLogin)

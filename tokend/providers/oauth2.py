@@ -9,16 +9,26 @@ from __future__ import annotations
 
 import base64
 import time
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 import httpx
+from pydantic import Field
 
-from tokend.config import OAuth2ClientCredentialsConfig
 from tokend.credential import Credential
 from tokend.errors import CredentialsRejected, UpstreamError
-from tokend.providers.base import LoginRequest, exchange, http_timeout, login_credential, malformed, number_or_none
+from tokend.fields import UpstreamURL
+from tokend.providers.base import Kind, ProviderBase
+from tokend.providers.exchange import (
+    LoginRequest,
+    exchange,
+    http_timeout,
+    login_credential,
+    malformed,
+    number_or_none,
+)
 from tokend.redact import Redactor
+from tokend.secrets import Secret
 
 # Section 5.2 codes that mean the client's credentials (not the request) are wrong; sent with 400 or 401.
 REJECTED = {"invalid_client", "unauthorized_client", "invalid_grant"}
@@ -35,6 +45,25 @@ def basic_authorization(client_id: str, client_secret: str) -> str:
     # Section 2.3.1: each part is form-urlencoded before the pair is base64-encoded.
     pair = f"{quote(client_id, safe='')}:{quote(client_secret, safe='')}"
     return "Basic " + base64.b64encode(pair.encode()).decode()
+
+
+
+class OAuth2ClientCredentialsConfig(ProviderBase):
+    """RFC 6749 section 4.4: a client id and secret exchanged for an access token."""
+
+    kind: Literal["oauth2_client_credentials"]
+    token_url: UpstreamURL
+    client_id: str = Field(min_length=1)
+    client_secret: Secret
+    scope: str | list[str] | None = None
+    audience: str | None = None
+    # client_secret_basic is the RFC's default (section 2.3.1); some servers only take the form fields.
+    auth_method: Literal["client_secret_basic", "client_secret_post"] = "client_secret_basic"
+    extra: dict[str, str] = {}  # further form fields some servers want (resource, ...)
+
+    @property
+    def url(self) -> str:
+        return self.token_url
 
 
 class OAuth2ClientCredentials:
@@ -77,3 +106,6 @@ class OAuth2ClientCredentials:
             self.config, token, None if lifetime is None else time.time() + lifetime,
             headers={"Authorization": f"{scheme} {token}"}, token_type=scheme,
         )
+
+
+KIND = Kind("oauth2_client_credentials", OAuth2ClientCredentialsConfig, OAuth2ClientCredentials)

@@ -2,12 +2,33 @@
 
 from __future__ import annotations
 
-import httpx
+from typing import Literal
 
-from tokend.config import StaticConfig
+import httpx
+from pydantic import model_validator
+
 from tokend.credential import Credential
-from tokend.providers.base import static_credential
+from tokend.providers.base import Kind, ProviderBase
+from tokend.providers.exchange import static_credential
 from tokend.redact import Redactor
+from tokend.secrets import Secret
+
+
+class StaticConfig(ProviderBase):
+    """Any static API key, served as a header (with an optional scheme) and/or a query parameter."""
+
+    kind: Literal["static"]
+    key: Secret
+    header: str | None = "Authorization"
+    scheme: str = "Bearer"  # "" sends the key bare, as Flotiq's X-AUTH-TOKEN wants
+    query_param: str | None = None
+    token_type: str = "api_key"
+
+    @model_validator(mode="after")
+    def _served_somehow(self) -> StaticConfig:
+        if not self.header and not self.query_param:
+            raise ValueError("set header or query_param (or both): how clients send the key")
+        return self
 
 
 class StaticKey:
@@ -21,3 +42,6 @@ class StaticKey:
             config.key.get(), token_type=config.token_type, header=config.header, scheme=config.scheme,
             query_param=config.query_param,
         )
+
+
+KIND = Kind("static", StaticConfig, StaticKey)

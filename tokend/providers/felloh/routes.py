@@ -18,16 +18,9 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from tokend.felloh_keys import (
-    ApiKey,
-    FellohKeys,
-    KeyAdminError,
-    felloh_config,
-    key_in_use,
-    other_users,
-    rotate,
-)
-from tokend.manager import Manager
+from tokend.errors import OperationRefused
+from tokend.extensions import DaemonParts
+from tokend.providers.felloh.keys import ApiKey, FellohKeys, felloh_config, key_in_use, other_users, rotate
 
 
 class _Organisation(BaseModel):
@@ -38,8 +31,9 @@ class _NewKey(_Organisation):
     name: str = Field(min_length=1)
 
 
-def felloh_router(manager: Manager) -> APIRouter:
+def felloh_router(parts: DaemonParts) -> APIRouter:
     """The routes; the app adds its request checks and error answers when it includes them."""
+    manager = parts.manager
     router = APIRouter(prefix="/felloh/{name}")
     # The ids of keys seen in list answers, by provider: how a delete knows which id is the key in use.
     seen: dict[str, dict[str, ApiKey]] = {}
@@ -47,11 +41,11 @@ def felloh_router(manager: Manager) -> APIRouter:
     def organisation_of(name: str, given: str | None) -> str:
         organisation = given or felloh_config(manager, name).organisation
         if not organisation:
-            raise KeyAdminError(f"which organisation? Pass one, or set organisation in {name}'s config", status=400)
+            raise OperationRefused(f"which organisation? Pass one, or set organisation in {name}'s config", status=400)
         return organisation
 
     async def listed(name: str, organisation: str | None) -> list[ApiKey]:
-        keys, _ = await FellohKeys(manager, name, manager.client).list(organisation_of(name, organisation))
+        keys, _ = await FellohKeys(parts, name).list(organisation_of(name, organisation))
         seen.setdefault(name, {}).update({key.id: key for key in keys})
         return keys
 
@@ -62,7 +56,7 @@ def felloh_router(manager: Manager) -> APIRouter:
 
     @router.post("/keys", status_code=201)
     async def create_key(name: str, body: _NewKey) -> dict[str, Any]:
-        keys = FellohKeys(manager, name, manager.client)
+        keys = FellohKeys(parts, name)
         new, request_id = await keys.create(organisation_of(name, body.organisation), body.name)
         return {"provider": name, "name": new.name, "public_key": new.public_key, "secret_key": new.secret_key,
                 "request_id": request_id}
@@ -73,18 +67,18 @@ def felloh_router(manager: Manager) -> APIRouter:
             await listed(name, organisation)
         key = seen.get(name, {}).get(key_id)
         if key is None:
-            raise KeyAdminError(f"no key {key_id} in the organisation's keys", status=404)
+            raise OperationRefused(f"no key {key_id} in the organisation's keys", status=404)
         if key_in_use(manager, name, key):
-            raise KeyAdminError(f"{key_id} is the key {name} logs in with; rotate it instead of deleting it")
+            raise OperationRefused(f"{key_id} is the key {name} logs in with; rotate it instead of deleting it")
         if sharing := other_users(manager, name, key):
-            raise KeyAdminError(f"{key_id} is the key {', '.join(sharing)} log in with; it cannot be deleted")
-        request_id = await FellohKeys(manager, name, manager.client).delete(key_id)
+            raise OperationRefused(f"{key_id} is the key {', '.join(sharing)} log in with; it cannot be deleted")
+        request_id = await FellohKeys(parts, name).delete(key_id)
         seen[name].pop(key_id, None)
         return {"provider": name, "deleted": key_id, "request_id": request_id}
 
     @router.post("/rotate")
     async def rotate_key(name: str, body: _Organisation) -> dict[str, Any]:
-        result = await rotate(manager, name, organisation_of(name, body.organisation), manager.client)
+        result = await rotate(parts, name, organisation_of(name, body.organisation))
         seen.pop(name, None)
         return result.as_dict()
 

@@ -7,16 +7,54 @@ JSON only, with `Content-Type` and `Accept: application/json` on every request.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import httpx
+from pydantic import model_validator
 
-from tokend.config import FellohConfig
 from tokend.credential import Credential
-from tokend.providers.base import LoginRequest, bearer_credential, exchange, http_timeout, malformed, number_or_none
+from tokend.fields import Duration, UpstreamURL
+from tokend.providers.base import ProviderBase
+from tokend.providers.exchange import (
+    LoginRequest,
+    bearer_credential,
+    exchange,
+    http_timeout,
+    malformed,
+    number_or_none,
+)
 from tokend.redact import Redactor
+from tokend.secrets import Secret
 
+FELLOH_URLS = {"production": "https://api.felloh.com", "sandbox": "https://sandbox.felloh.com"}
 JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
+
+
+class FellohConfig(ProviderBase):
+    kind: Literal["felloh"]
+    environment: Literal["production", "sandbox"] | None = None
+    base_url: UpstreamURL | None = None
+    public_key: Secret
+    private_key: Secret
+    organisation: str | None = None  # the organisation ID whose keys `tokend felloh` manages by default
+    rotate_every: Duration | None = None  # rotate the key pair when the key files are this old
+
+    @model_validator(mode="after")
+    def _environment_or_url(self) -> FellohConfig:
+        # No silent default: a sandbox key sent to production (or the reverse) fails in confusing ways.
+        if self.environment is None and self.base_url is None:
+            raise ValueError('set environment = "production" or "sandbox" (or base_url)')
+        if self.rotate_every is not None:
+            if self.organisation is None:
+                raise ValueError("rotate_every needs organisation, the organisation ID the keys belong to")
+            if self.public_key.path is None or self.private_key.path is None:
+                raise ValueError("rotate_every needs public_key and private_key as { file = ... } references, "
+                                 "so that tokend can write the new pair")
+        return self
+
+    @property
+    def url(self) -> str:
+        return self.base_url or FELLOH_URLS[self.environment or "production"]
 
 
 def describe(body: Any) -> tuple[str | None, str | None]:

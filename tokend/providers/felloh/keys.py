@@ -10,34 +10,25 @@ working; a failure at any step before it leaves the provider exactly as it was.
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 from pydantic import SecretStr
 
-from tokend.config import FellohConfig, SecretValue
 from tokend.credential import iso_utc
-from tokend.errors import TokendError, UpstreamError
+from tokend.errors import OperationRefused, UpstreamError
+from tokend.extensions import DaemonParts
+from tokend.logins import LoginCall, LoginReason
 from tokend.manager import Manager
-from tokend.providers import build_provider, fetch_within_timeout
-from tokend.providers.base import LoginRequest, exchange, http_timeout
-from tokend.providers.felloh import JSON_HEADERS, describe
+from tokend.providers.exchange import LoginRequest, exchange, http_timeout
+from tokend.providers.felloh.login import JSON_HEADERS, FellohConfig, describe
 from tokend.secretfile import write_secret_file
+from tokend.secrets import SecretValue
 
 log = logging.getLogger("tokend")
-
-
-class KeyAdminError(TokendError):
-    """A key operation was refused before reaching Felloh, with the reason as its message."""
-
-    def __init__(self, message: str, *, status: int = 409) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True)
@@ -85,11 +76,11 @@ class RotationResult:
 class FellohKeys:
     """Felloh's three key endpoints, called with a bearer token the daemon already holds."""
 
-    def __init__(self, manager: Manager, provider: str, client: httpx.AsyncClient) -> None:
-        self._manager = manager
+    def __init__(self, parts: DaemonParts, provider: str) -> None:
+        self._manager = parts.manager
         self._provider = provider
-        self._config = felloh_config(manager, provider)
-        self._client = client
+        self._config = felloh_config(parts.manager, provider)
+        self._client = parts.client
 
     async def list(self, organisation: str) -> tuple[list[ApiKey], str | None]:
         body, request_id = await self._call("list keys", "POST", "/token/keys", {"organisation": organisation})
@@ -124,7 +115,7 @@ class FellohKeys:
 def felloh_config(manager: Manager, provider: str) -> FellohConfig:
     config = manager.provider_config(provider)
     if not isinstance(config, FellohConfig):
-        raise KeyAdminError(f"{provider} is a {config.kind} provider; key management is for Felloh", status=400)
+        raise OperationRefused(f"{provider} is a {config.kind} provider; key management is for Felloh", status=400)
     return config
 
 
@@ -141,20 +132,21 @@ def other_users(manager: Manager, provider: str, key: ApiKey) -> list[str]:
     ]
 
 
-async def rotate(manager: Manager, provider: str, organisation: str, client: httpx.AsyncClient) -> RotationResult:
+async def rotate(parts: DaemonParts, provider: str, organisation: str) -> RotationResult:
     """Replace the provider's key pair with a new one. See the module docstring for the guarantees."""
-    async with manager.changing(provider):  # a scheduled and a manual rotation must not interleave
-        return await _rotate(manager, provider, organisation, client)
+    async with parts.manager.changing(provider):  # a scheduled and a manual rotation must not interleave
+        return await _rotate(parts, provider, organisation)
 
 
-async def _rotate(manager: Manager, provider: str, organisation: str, client: httpx.AsyncClient) -> RotationResult:
+async def _rotate(parts: DaemonParts, provider: str, organisation: str) -> RotationResult:
+    manager = parts.manager
     config = felloh_config(manager, provider)
     public_path, private_path = _rotatable_files(provider, config)
-    keys = FellohKeys(manager, provider, client)
+    keys = FellohKeys(parts, provider)
     listed, list_id = await keys.list(organisation)
     old = next((key for key in listed if key_in_use(manager, provider, key)), None)
     if old is None:
-        raise KeyAdminError(f"the key {provider} logs in with is not among organisation {organisation}'s keys")
+        raise OperationRefused(f"the key {provider} logs in with is not among organisation {organisation}'s keys")
     new, create_id = await keys.create(organisation, f"tokend {provider} {iso_utc(time.time())}")
     request_ids = [i for i in (list_id, create_id) if i]
     new_config = config.model_copy(update={
@@ -162,13 +154,13 @@ async def _rotate(manager: Manager, provider: str, organisation: str, client: ht
         "private_key": SecretValue(SecretStr(new.secret_key), f"file {private_path}", private_path),
     })
     try:
-        new_provider = build_provider(provider, new_config, manager.redactor)
-        credential = await fetch_within_timeout(new_provider, new_config.timeout, client)
+        # The new pair proves itself with a login of its own, never one shared through a fleet.
+        credential = await parts.direct_login(LoginCall(provider, new_config, LoginReason.FORCED))
         _write_pair(config, new)
     except (UpstreamError, OSError) as exc:
         await _discard(keys, organisation, new)
         reason = exc.message if isinstance(exc, UpstreamError) else f"cannot write the secret files ({exc})"
-        raise KeyAdminError(f"rotation of {provider} stopped, the old key is still in use: {reason}",
+        raise OperationRefused(f"rotation of {provider} stopped, the old key is still in use: {reason}",
                             status=502) from None
     await manager.switch_provider(provider, new_config, credential)
     result = RotationResult(provider, "", new.public_key, old.id, old_key_deleted=False, request_ids=request_ids)
@@ -200,7 +192,7 @@ async def _retire_old_key(
 def _rotatable_files(provider: str, config: FellohConfig) -> tuple[Path, Path]:
     public, private = config.public_key.path, config.private_key.path
     if public is None or private is None:
-        raise KeyAdminError(
+        raise OperationRefused(
             f"{provider}'s public_key and private_key must both be {{ file = ... }} references for tokend to "
             f"write a new pair (they are {config.public_key.source} and {config.private_key.source})", status=400)
     return public, private
@@ -225,36 +217,3 @@ async def _discard(keys: FellohKeys, organisation: str, new: NewKey) -> None:
                 await keys.delete(key.id)
     except UpstreamError as exc:
         log.warning("rotation could not delete its unused new key %r: %s", new.name, exc.message)
-
-
-def schedule_rotations(manager: Manager) -> None:
-    """For every Felloh provider with rotate_every, check the key's age regularly and rotate when due."""
-    for name in manager.names:
-        config = manager.provider_config(name)
-        if isinstance(config, FellohConfig) and config.rotate_every is not None:
-            interval = min(config.rotate_every / 10, 3600.0)
-            manager.every(interval, functools.partial(_rotate_if_due, manager, name), f"rotate-{name}")
-
-
-async def _rotate_if_due(manager: Manager, name: str) -> None:
-    if name not in manager.names:
-        return  # removed by a reload since this job was scheduled
-    config = felloh_config(manager, name)
-    if config.rotate_every is None:
-        return  # rotate_every taken out by a reload
-    assert config.public_key.path is not None and config.organisation
-    # The key file's age is the key's age: it survives restarts, and a rotation by hand resets it.
-    try:
-        age = time.time() - config.public_key.path.stat().st_mtime
-    except OSError as exc:
-        log.warning("scheduled rotation provider=%s cannot read %s: %s", name, config.public_key.path, exc.strerror)
-        return
-    if age < config.rotate_every:
-        return
-    try:
-        result = await rotate(manager, name, config.organisation, manager.client)
-    except TokendError as exc:
-        log.warning("scheduled rotation provider=%s failed: %s", name, exc.message)
-        return
-    if result.warning:
-        log.warning("scheduled rotation provider=%s: %s", name, result.warning)

@@ -1,0 +1,144 @@
+"""The composition root: builds tokend's parts from the settings, starts them in order and stops them in
+reverse. Everything else is handed what it needs; no part builds another.
+
+    upstream client -> scheduler -> manager (first logins start) -> secret-file watcher -> extensions
+    -> reloader (SIGHUP) -> systemd notifications -> frozen heap
+
+The local API (tokend.api) and the listener (tokend.server) are built around a Daemon, not inside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import random
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+from tokend.config import Settings
+from tokend.extensions import DaemonParts, Extension
+from tokend.logins import DirectLogin, Login
+from tokend.manager import Manager
+from tokend.providers import KINDS
+from tokend.redact import Redactor
+from tokend.reloading import Reloader
+from tokend.scheduler import Scheduler
+from tokend.sdnotify import Notifier
+from tokend.upstream import build_client
+from tokend.watch import SecretFileWatcher
+
+__all__ = ["Daemon"]
+
+
+class Daemon:
+    """Use as `async with Daemon(settings) as daemon:`; every first login starts on entry.
+
+    `config_path`: the file `settings` came from (SIGHUP and POST /reload read it again); `notifier`:
+    systemd's sd_notify socket (READY, STATUS, WATCHDOG); `where`: the address served, for the status line.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        config_path: Path | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        notifier: Notifier | None = None,
+        where: str = "",
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.redactor = Redactor(
+            secret.get() for config in settings.providers.values() for secret in config.secrets().values()
+        )
+        # Built here, not on entry: a bad proxy variable or trust store is then a ConfigError raised before
+        # anything listens. Nothing connects until the first login.
+        self.client = build_client(settings, transport)
+        self.scheduler = Scheduler()
+        self.direct_login = DirectLogin(self.client, self.redactor)
+        self.login: Login = self.direct_login
+        self.manager = Manager(
+            settings, login=self.login, scheduler=self.scheduler, redactor=self.redactor, rng=rng
+        )
+        parts = DaemonParts(self.manager, self.scheduler, self.client, self.redactor, self.direct_login)
+        self.extensions: list[Extension] = [kind.extension(parts) for kind in KINDS if kind.extension is not None]
+        self.watcher = SecretFileWatcher(self.manager, self.scheduler)
+        self.reloader = (
+            None if config_path is None
+            else Reloader(self.manager, config_path, then=[extension.reloaded for extension in self.extensions])
+        )
+        self._notifier = notifier
+        self._where = where
+        self._stack = contextlib.AsyncExitStack()
+
+    async def __aenter__(self) -> Daemon:
+        stack = self._stack
+        try:
+            stack.push_async_callback(self.client.aclose)  # closed last, once no login can use it
+            await stack.enter_async_context(self.scheduler)
+            await stack.enter_async_context(self.manager)
+            self.watcher.start()
+            for extension in self.extensions:
+                await extension.start()
+                stack.push_async_callback(extension.stop)
+            if self.reloader is not None:
+                await stack.enter_async_context(self.reloader)
+            if self._notifier is not None and self._notifier.enabled:
+                await stack.enter_async_context(_systemd(self.manager, self.scheduler, self._notifier, self._where))
+            await stack.enter_async_context(_frozen_heap(self.manager))
+        except BaseException:
+            await stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._stack.aclose()
+
+
+@contextlib.asynccontextmanager
+async def _systemd(manager: Manager, scheduler: Scheduler, notifier: Notifier, where: str) -> AsyncIterator[None]:
+    """sd_notify: READY=1 once every first login has succeeded or failed (one provider down must not hold
+    the start until systemd gives up), WATCHDOG=1 at half WatchdogSec from the event loop itself (so a
+    hung loop stops the pings), STOPPING=1 at shutdown."""
+
+    async def ready_when_settled() -> None:
+        await manager.settled()
+        states = ", ".join(f"{name} {manager.state(name).value}" for name in manager.names)
+        notifier.ready(f"serving {len(manager.names)} provider(s) on {where}: {states}")
+
+    async def ping() -> None:
+        notifier.watchdog()
+
+    ready = asyncio.create_task(ready_when_settled())
+    if (interval := notifier.watchdog_interval()) is not None:
+        notifier.watchdog()
+        scheduler.every(interval / 2, ping, "tokend-sd-watchdog")
+    try:
+        yield
+    finally:
+        notifier.stopping()
+        ready.cancel()
+
+
+@contextlib.asynccontextmanager
+async def _frozen_heap(manager: Manager) -> AsyncIterator[None]:
+    """Once the first logins are done, move everything allocated so far (FastAPI, pydantic, the config)
+    out of the garbage collector's sight: its full collections then walk only what requests create,
+    which keeps them short on the hot path and with a thousand providers."""
+
+    async def freeze() -> None:
+        await manager.settled()
+        gc.collect()
+        gc.freeze()
+
+    task = asyncio.create_task(freeze())
+    try:
+        yield
+    finally:
+        task.cancel()

@@ -1,0 +1,82 @@
+"""Value types the config and the provider kinds share: upstream URLs, durations, socket modes."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import Field, PlainValidator
+
+__all__ = ["Duration", "Seconds", "SocketMode", "UpstreamURL", "is_loopback_host"]
+
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and localhost: the only hosts allowed without TLS or allow_remote."""
+    host = host.strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _upstream_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{url!r} is not an http(s) URL")
+    if parts.username or parts.password:
+        raise ValueError("must not hold a user name or password; use the provider's secret fields")
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+        raise ValueError(f"{url!r} must use https:// (plain http:// is allowed only for loopback hosts)")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{url!r} must not have a query or fragment")
+    return url.rstrip("/")
+
+
+UpstreamURL = Annotated[str, PlainValidator(lambda v: _upstream_url(_expect_str(v)))]
+
+
+def _expect_str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    return value
+
+
+# --- models ---------------------------------------------------------------------------------------------
+
+Seconds = Annotated[float, Field(gt=0)]
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(value: Any) -> float:
+    """Seconds, given as a number or as "45s", "15m", "12h", "30d"."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    match = _DURATION.match(value) if isinstance(value, str) else None
+    if match is None or float(match.group(1)) <= 0:
+        raise ValueError('must be a positive duration: seconds, or a string such as "12h" or "30d"')
+    return float(match.group(1)) * _UNIT[match.group(2)]
+
+
+Duration = Annotated[float, PlainValidator(_duration)]
+
+
+def _socket_mode(value: Any) -> int:
+    """A unix socket's file mode: 0o660 in TOML, or "0660" / "660" as a string of octal digits."""
+    if isinstance(value, str) and re.fullmatch(r"0?o?[0-7]{3}", value):
+        value = int(value.removeprefix("0").removeprefix("o"), 8)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 0o777:
+        raise ValueError('must be a file mode such as 0o600 (or "0600")')
+    if value & 0o600 != 0o600:
+        raise ValueError(f"{value:#o} must let tokend's own user read and write the socket (0o600 at least)")
+    return value
+
+
+SocketMode = Annotated[int, PlainValidator(_socket_mode)]
+

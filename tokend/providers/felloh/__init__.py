@@ -1,0 +1,25 @@
+"""Felloh: a key pair exchanged for a bearer token (login.py), API key management and rotation done by the
+daemon with the token it holds (keys.py), and the local admin routes for them (routes.py), offered to the
+daemon as an extension (extension.py)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from tokend.providers.base import Kind
+from tokend.providers.felloh.login import Felloh, FellohConfig
+
+if TYPE_CHECKING:
+    from tokend.extensions import DaemonParts, Extension
+
+__all__ = ["KIND", "Felloh", "FellohConfig"]
+
+
+def _extension(parts: DaemonParts) -> Extension:
+    # Imported here: the extension needs the web framework, which loading a config must not import.
+    from tokend.providers.felloh.extension import FellohExtension
+
+    return FellohExtension(parts)
+
+
+KIND = Kind("felloh", FellohConfig, Felloh, extension=_extension)
