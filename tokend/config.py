@@ -8,6 +8,8 @@ a missing variable or an unreadable file is refused at start, with the provider 
 
 from __future__ import annotations
 
+import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,13 +19,14 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
 from tokend.errors import ConfigError
 from tokend.fields import Seconds, SocketMode, is_loopback_host
 from tokend.providers import PROVIDER_KINDS, ProviderConfig
-from tokend.secrets import Secret
+from tokend.secrets import Secret, config_directory
 
 __all__ = ["ClientConfig", "ServerConfig", "Settings", "UpstreamConfig"]
 
@@ -153,21 +156,71 @@ class Settings(BaseSettings):
         class _FromFile(cls):  # type: ignore[valid-type,misc]
             model_config = SettingsConfigDict(toml_file=path)
 
+        # Every way the input can be wrong ends as a ConfigError naming what to fix: never a traceback.
         try:
-            return _FromFile()
+            with config_directory(path.parent):
+                return _FromFile()
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start + 1} is not); TOML files are UTF-8, "
+                              "comments included") from None
+        except RecursionError:
+            raise ConfigError(f"{path} nests tables or arrays too deeply to be a tokend config") from None
         except OSError as exc:
             raise ConfigError(f"config file {path} cannot be read ({exc.strerror})") from None
+        except SettingsError as exc:
+            raise ConfigError(_environment_problem(exc)) from None
         except ValidationError as exc:
             # `from None`: the ValidationError carries the input values, secrets included.
-            problems = [_describe(error) for error in exc.errors(include_input=False, include_url=False)]
+            problems = _describe_all(exc.errors(include_input=False, include_url=False))
             raise ConfigError(f"{path} has {len(problems)} problem(s)", problems) from None
 
 
+def _environment_problem(exc: SettingsError) -> str:
+    """pydantic-settings says which field an environment override could not be parsed for (as JSON)."""
+    match = re.search(r'field "([^"]+)"', str(exc))
+    field = match.group(1) if match else None
+    if field is None:
+        return "an environment variable TOKEND_... could not be read; check those set"
+    return (f"environment variable TOKEND_{field.upper()} (or one below it, TOKEND_{field.upper()}__...) is "
+            "not valid: a table given whole must be JSON")
+
+
+def _describe_all(errors: list[Any]) -> list[str]:
+    """One sentence per problem. The errors of one field for each type a union accepts (`scope = 5`: not a
+    string, not a list) become one sentence naming the accepted types."""
+    problems: list[str] = []
+    unions: dict[tuple[str, ...], list[str]] = {}
+    for error in errors:
+        loc = tuple(str(part) for part in error["loc"])
+        if loc and _TYPE_TAG.fullmatch(loc[-1]) and error["type"].endswith("_type"):
+            if loc[:-1] not in unions:
+                unions[loc[:-1]] = []
+                problems.append("")  # its place, filled in below
+            unions[loc[:-1]].append(loc[-1])
+            continue
+        problems.append(_describe({**error, "loc": loc}))
+    for loc, tags in unions.items():
+        accepted = " or ".join(dict.fromkeys(_TYPE_NAMES.get(tag, tag) for tag in tags))
+        sentence = _describe({"loc": loc, "type": "union", "msg": f"must be {accepted}"})
+        problems[problems.index("")] = sentence
+    return problems
+
+
+# A union member's name in an error's location: `str`, `list[str]`, `int`, `dict[str,str]`, ...
+_TYPE_TAG = re.compile(r"(str|int|float|bool|none|list\[.*\]|dict\[.*\]|tuple\[.*\])")
+_TYPE_NAMES = {"str": "a string", "int": "a whole number", "float": "a number", "bool": "true or false",
+               "list[str]": "a list of strings", "dict[str,str]": "a table of strings"}
+
+
 def _describe(error: Any) -> str:
-    """One sentence for one validation error, naming the provider and the field. Never the value."""
+    """One sentence for one validation error, naming the provider and the field (or the environment
+    variable that overrides it). Never the value."""
     loc = [str(part) for part in error["loc"]]
+    variable = "TOKEND_" + "__".join(loc).upper()
+    if loc and variable in os.environ:
+        return f"environment variable {variable}: {_message(error)}"
     if len(loc) >= 2 and loc[0] in ("providers", "clients"):
         rest = loc[2:]
         if rest and rest[0] in PROVIDER_KINDS:

@@ -46,6 +46,29 @@ class Credential:
         return self.expires_at is None or self.expires_at - now > SERVE_MARGIN
 
 
+# A token is sent in a header: longer than this, no server would take it anyway.
+MAX_TOKEN_LENGTH = 16 * 1024
+
+
+def unservable(credential: Credential) -> str | None:
+    """Why a client could not send this credential upstream (a header holding CR, LF or NUL is a header
+    injection in the client; a lone surrogate cannot even be encoded), or None when it can be served."""
+    if not credential.token:
+        return "the token is empty"
+    if len(credential.token) > MAX_TOKEN_LENGTH:
+        return f"the token is longer than {MAX_TOKEN_LENGTH} characters"
+    values = [("the token", credential.token), *(("a header", f"{k}{v}") for k, v in credential.headers.items()),
+              *(("a query parameter", f"{k}{v}") for k, v in credential.query.items())]
+    for what, value in values:
+        if any(ord(char) < 0x20 or ord(char) == 0x7F for char in value):
+            return f"{what} holds a control character (CR, LF, NUL, ...)"
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return f"{what} holds a character that cannot be encoded (a lone surrogate)"
+    return None
+
+
 def iso_utc(timestamp: float | None) -> str | None:
     """A Unix time as the API shows it: `2026-11-22T10:00:00Z` (whole seconds, UTC)."""
     if timestamp is None:

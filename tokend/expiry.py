@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 
 # Below this an "absolute" expiry is before 2001: it must be a lifetime in seconds, not a timestamp.
 _RELATIVE_BELOW = 1e9
@@ -17,6 +18,9 @@ _MILLISECONDS_ABOVE = 1e11
 # An expiry already past is clock skew between us and the provider; the token is given this long, which
 # keeps it served briefly and renews it soon, without ever turning into a login loop.
 SKEWED_LIFETIME = 60.0
+# A lifetime shorter than this could not be served (a token is withdrawn a second before its expiry) and
+# would be renewed at once, again and again: it is treated like one already past.
+MIN_SERVABLE_LIFETIME = 2.0
 
 
 def resolve_expiry(
@@ -26,21 +30,36 @@ def resolve_expiry(
     now: float,
     default_lifetime: float,
     max_lifetime: float,
+    exact: bool = False,
 ) -> tuple[float, str | None]:
-    """Return (expires_at, note): a usable absolute expiry, and what was corrected to get it, if anything."""
+    """Return (expires_at, note): a usable absolute expiry, and what was corrected to get it, if anything.
+
+    `exact`: the unit is known (an ISO 8601 date, a lifetime, milliseconds already divided), so the
+    guesses about milliseconds and lifetimes are not made."""
     note = None
+    if reported is not None and math.isnan(reported):
+        reported, note = None, "expiry is not a number"
     if reported is None:
         claimed = jwt_expiry(token)
         if claimed is None:
             return _capped(now + default_lifetime, now, max_lifetime, "no expiry given; default_lifetime used")
         reported, note = claimed, "no expiry given; the token's JWT exp claim used"
-    if reported > _MILLISECONDS_ABOVE:
+    if math.isinf(reported):
+        if reported < 0:
+            return _past(now, max_lifetime)
+        return now + max_lifetime, "expiry is infinitely far away; capped at max_lifetime"
+    if not exact and reported > _MILLISECONDS_ABOVE:
         reported, note = reported / 1000, "expiry given in milliseconds; divided by 1000"
-    elif reported < _RELATIVE_BELOW:
+    elif not exact and reported < _RELATIVE_BELOW:
         reported, note = now + reported, "expiry given as a lifetime in seconds, not a timestamp"
-    if reported <= now:
-        return now + min(SKEWED_LIFETIME, max_lifetime), "expiry already past (clock skew?); short lifetime used"
+    if reported - now < MIN_SERVABLE_LIFETIME:
+        return _past(now, max_lifetime)
     return _capped(reported, now, max_lifetime, note)
+
+
+def _past(now: float, max_lifetime: float) -> tuple[float, str]:
+    return (now + min(SKEWED_LIFETIME, max_lifetime),
+            "expiry already past or too close to serve (clock skew?); short lifetime used")
 
 
 def _capped(expires_at: float, now: float, max_lifetime: float, note: str | None) -> tuple[float, str | None]:
@@ -59,5 +78,13 @@ def jwt_expiry(token: str) -> float | None:
         claims = json.loads(base64.urlsafe_b64decode(payload))
     except (binascii.Error, ValueError):
         return None
+    except RecursionError:
+        return None
     exp = claims.get("exp") if isinstance(claims, dict) else None
-    return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
+    if not isinstance(exp, int | float) or isinstance(exp, bool):
+        return None
+    try:
+        value = float(exp)
+    except OverflowError:  # an integer of hundreds of digits
+        return math.inf
+    return None if math.isnan(value) else value

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from pydantic import Field, PlainValidator
 
-__all__ = ["Duration", "Seconds", "SocketMode", "UpstreamURL", "is_loopback_host"]
+__all__ = ["Duration", "Seconds", "SocketMode", "UpstreamURL", "is_loopback_host", "shown_url"]
 
 
 
@@ -24,16 +25,35 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
+def shown_url(url: str) -> str:
+    """`url` fit for a message: never its user name, password, query or fragment, where keys end up."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "(a URL that does not parse)"
+    host = f"[{host}]" if ":" in host else host
+    hidden = "?…" if parts.query or parts.fragment else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}{hidden}" if parts.scheme else "(not a URL)"
+
+
 def _upstream_url(url: str) -> str:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (a bad port raises only when read)
+    except ValueError:
+        raise ValueError(f"{shown_url(url)!r} is not a valid URL") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{url!r} is not an http(s) URL")
+        raise ValueError(f"{shown_url(url)!r} is not an http(s) URL")
     if parts.username or parts.password:
         raise ValueError("must not hold a user name or password; use the provider's secret fields")
     if parts.scheme == "http" and not is_loopback_host(parts.hostname):
-        raise ValueError(f"{url!r} must use https:// (plain http:// is allowed only for loopback hosts)")
+        raise ValueError(f"{shown_url(url)!r} must use https:// (plain http:// is allowed only for loopback hosts)")
     if parts.query or parts.fragment:
-        raise ValueError(f"{url!r} must not have a query or fragment")
+        raise ValueError(f"{shown_url(url)!r} must not have a query or fragment (keys belong in secret fields)")
+    if any(ord(char) < 0x21 or ord(char) == 0x7F for char in url):
+        raise ValueError(f"{shown_url(url)!r} holds spaces or control characters")
     return url.rstrip("/")
 
 
@@ -48,7 +68,7 @@ def _expect_str(value: Any) -> str:
 
 # --- models ---------------------------------------------------------------------------------------------
 
-Seconds = Annotated[float, Field(gt=0)]
+Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -56,12 +76,15 @@ _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 def _duration(value: Any) -> float:
     """Seconds, given as a number or as "45s", "15m", "12h", "30d"."""
-    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < math.inf:
         return float(value)
     match = _DURATION.match(value) if isinstance(value, str) else None
     if match is None or float(match.group(1)) <= 0:
         raise ValueError('must be a positive duration: seconds, or a string such as "12h" or "30d"')
-    return float(match.group(1)) * _UNIT[match.group(2)]
+    seconds = float(match.group(1)) * _UNIT[match.group(2)]
+    if not math.isfinite(seconds):
+        raise ValueError("is too long a duration")
+    return seconds
 
 
 Duration = Annotated[float, PlainValidator(_duration)]

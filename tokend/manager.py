@@ -21,7 +21,7 @@ from typing import Any
 
 from tokend.changes import Changes
 from tokend.config import Settings
-from tokend.credential import SERVE_MARGIN, Credential, State, iso_utc
+from tokend.credential import SERVE_MARGIN, Credential, State, iso_utc, unservable
 from tokend.errors import CredentialsRejected, RefreshThrottled, TokenUnavailable, UnknownProvider, UpstreamError
 from tokend.events import Announcements, LoginEvent
 from tokend.logins import Login, LoginCall, LoginReason
@@ -336,7 +336,10 @@ class Manager:
 
     async def _attempt(self, call: LoginCall) -> Credential | UpstreamError:
         try:
-            return await self._login_call(call)
+            credential = await self._login_call(call)
+            if (reason := unservable(credential)) is not None:
+                return UpstreamError(call.name, f"login answered a token no client could use: {reason}")
+            return credential
         except UpstreamError as exc:
             return exc
         except Exception as exc:  # a provider bug must never stop the renewals of this or other providers

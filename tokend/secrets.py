@@ -7,16 +7,35 @@ Both the config and the provider kinds import these types, so they live apart fr
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, PlainValidator, SecretStr
 
-__all__ = ["Secret", "SecretValue", "collect_secrets", "reread_secret_files", "resolve_secret"]
+__all__ = ["Secret", "SecretValue", "collect_secrets", "config_directory", "reread_secret_files", "resolve_secret"]
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
+
+# The folder of the config file being loaded: relative secret file paths are resolved from it, as systemd
+# and nginx resolve theirs, not from whatever directory tokend happened to be started in.
+_CONFIG_DIRECTORY: ContextVar[Path | None] = ContextVar("tokend_config_directory", default=None)
+
+_CONTROL_NAMES = {"\n": "a line break", "\r": "a carriage return", "\t": "a tab", "\x00": "a NUL byte"}
+
+
+@contextlib.contextmanager
+def config_directory(directory: Path) -> Iterator[None]:
+    """Resolve relative secret file paths from `directory` while the config is validated."""
+    reset = _CONFIG_DIRECTORY.set(directory.absolute())
+    try:
+        yield
+    finally:
+        _CONFIG_DIRECTORY.reset(reset)
 
 
 
@@ -36,7 +55,26 @@ class SecretValue:
         return self.value.get_secret_value()
 
 
+def _checked(value: str, where: str) -> str:
+    """`value`, or ValueError if it holds a control character: a secret is sent inside HTTP headers and
+    bodies, where a line break or a NUL breaks the request, and the HTTP library's error would then quote
+    the header, secret and all. The message names the character, never the value."""
+    for char in value:
+        if ord(char) < 0x20 or ord(char) == 0x7F:
+            name = _CONTROL_NAMES.get(char, f"the control character U+{ord(char):04X}")
+            raise ValueError(f"{where} holds {name} inside the secret or after it (only one final line break "
+                             "is taken off); remove it")
+    return value
+
+
+def _absolute(path: Path) -> Path:
+    if path.is_absolute():
+        return path
+    return (_CONFIG_DIRECTORY.get() or Path.cwd().absolute()) / path
+
+
 def _read_secret_file(path: Path, what: str) -> SecretValue:
+    path = _absolute(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -48,7 +86,7 @@ def _read_secret_file(path: Path, what: str) -> SecretValue:
     value = text.removesuffix("\n").removesuffix("\r")
     if not value:
         raise ValueError(f"{what} {path} is empty")
-    return SecretValue(SecretStr(value), f"file {path}", path)
+    return SecretValue(SecretStr(_checked(value, f"{what} {path}")), f"file {path}", path)
 
 
 def _secret_from_env(name: str) -> SecretValue:
@@ -57,7 +95,7 @@ def _secret_from_env(name: str) -> SecretValue:
         raise ValueError(f"environment variable {name} is not set")
     if not value:
         raise ValueError(f"environment variable {name} is empty")
-    return SecretValue(SecretStr(value), f"env {name}")
+    return SecretValue(SecretStr(_checked(value, f"environment variable {name}")), f"env {name}")
 
 
 def _secret_from_credential(name: str) -> SecretValue:
@@ -81,7 +119,7 @@ def resolve_secret(raw: Any) -> SecretValue:
     if isinstance(raw, str):
         if not raw:
             raise ValueError("is empty")
-        return SecretValue(SecretStr(raw), "plain string")
+        return SecretValue(SecretStr(_checked(raw, "the string")), "plain string")
     if isinstance(raw, dict) and len(raw) == 1:
         (how, where), = raw.items()
         if how == "file" and isinstance(where, str) and where:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import httpx
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from tokend.credential import Credential
 from tokend.fields import Seconds
@@ -40,6 +40,8 @@ class ProviderBase(BaseModel):
     expired_retry_delay: Seconds = 15.0
     default_lifetime: Seconds = 3600.0
     max_lifetime: Seconds = 86400.0
+    # A login answer larger than this once decoded fails the login (a decompression bomb, a runaway page).
+    max_answer_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
 
     @property
     def url(self) -> str | None:

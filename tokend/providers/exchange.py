@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import email.utils
 import json
+import math
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -16,8 +18,9 @@ import httpx
 from tokend.credential import Credential
 from tokend.errors import CredentialsRejected, UpstreamError
 from tokend.expiry import resolve_expiry
+from tokend.fields import shown_url
 from tokend.providers.base import ProviderBase
-from tokend.redact import Redactor, excerpt
+from tokend.redact import SHORT_FIELD_LENGTH, Redactor, excerpt, untrusted
 
 # What a provider reads from an error body: (its request id, its message), either may be None.
 Describe = Callable[[Any], tuple[str | None, str | None]]
@@ -37,6 +40,7 @@ class LoginRequest:
     json: Any = None  # a JSON body...
     form: Mapping[str, str] | None = None  # ...or a form-encoded one
     action: str = "login"  # what the call is, for its error messages ("list keys", ...)
+    max_answer: int = 1024 * 1024  # bytes of answer, after decoding, beyond which the call fails
 
 
 def http_timeout(config: ProviderBase) -> httpx.Timeout:
@@ -47,13 +51,15 @@ def http_timeout(config: ProviderBase) -> httpx.Timeout:
     )
 
 
+def limits(config: ProviderBase) -> dict[str, Any]:
+    """A provider's bounds for one call, as LoginRequest fields: its timeouts and its answer size."""
+    return {"timeout": http_timeout(config), "max_answer": config.max_answer_bytes}
+
+
 async def exchange(client: httpx.AsyncClient, login: LoginRequest) -> tuple[Any, str | None]:
     """Make the login call; return (the decoded JSON body, the request id) of a 2xx answer."""
     try:
-        response = await client.request(
-            login.method, login.url, json=login.json, data=login.form, headers=dict(login.headers),
-            timeout=login.timeout,
-        )
+        response, content = await _answer(client, login)
     except httpx.ConnectTimeout:
         raise UpstreamError(
             login.provider, f"could not connect to {login.url} within {login.timeout.connect:g}s"
@@ -63,14 +69,15 @@ async def exchange(client: httpx.AsyncClient, login: LoginRequest) -> tuple[Any,
             login.provider, f"{login.action} got no answer within {login.timeout.read:g}s"
         ) from None
     except httpx.HTTPError as exc:
-        reason = login.redactor.scrub(str(exc)) or type(exc).__name__
-        raise UpstreamError(login.provider, f"could not reach {login.url}: {reason}") from None
-    body = _json_or_none(response)
+        raise UpstreamError(login.provider, f"could not reach {shown_url(login.url)}: {_reason(exc)}") from None
+    body = _json_or_none(content)
     request_id, message = login.describe(body) if body is not None else (None, None)
+    if request_id is not None:  # shown in /status, logs and errors: as untrusted as any upstream text
+        request_id = untrusted(request_id, login.redactor, SHORT_FIELD_LENGTH) or None
     if not response.is_success:
-        raise _http_error(login, response, message, request_id)
+        raise _http_error(login, response, _text(response, content), message, request_id)
     if body is None:
-        text = excerpt(response.text, login.redactor)
+        text = excerpt(_text(response, content), login.redactor)
         raise UpstreamError(
             login.provider, f"{login.action} answered {response.status_code} but not with JSON: {text!r}",
             status=response.status_code,
@@ -78,18 +85,64 @@ async def exchange(client: httpx.AsyncClient, login: LoginRequest) -> tuple[Any,
     return body, request_id
 
 
-def _json_or_none(response: httpx.Response) -> Any:
+async def _answer(client: httpx.AsyncClient, login: LoginRequest) -> tuple[httpx.Response, bytes]:
+    """The answer and its body, read up to `max_answer` bytes after decoding: a small compressed answer
+    that inflates to gigabytes fails here instead of filling the memory."""
+    request = client.build_request(
+        login.method, login.url, json=login.json, data=login.form, headers=dict(login.headers),
+        timeout=login.timeout,
+    )
+    response = await client.send(request, stream=True)
     try:
-        return json.loads(response.content)
-    except (ValueError, UnicodeDecodeError):
+        chunks, size = [], 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > login.max_answer:
+                raise UpstreamError(login.provider, f"{login.action} answer is larger than {login.max_answer} "
+                                    "bytes once decoded; refused (max_answer_bytes)", status=response.status_code)
+            chunks.append(chunk)
+    finally:
+        await response.aclose()
+    return response, b"".join(chunks)
+
+
+def _reason(exc: httpx.HTTPError) -> str:
+    """Why a request failed, in words of our own: an HTTP library's message may quote a request header,
+    secret and all (`Illegal header value b'...'`), so it is never shown."""
+    if isinstance(exc, httpx.LocalProtocolError):
+        return "the request could not be sent: one of its header or body values is not valid HTTP"
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return "the server broke the HTTP protocol or closed the connection"
+    if isinstance(exc, httpx.ConnectError | httpx.NetworkError):
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__cause__ or cause.__context__
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return f"TLS certificate not trusted ({cause.reason}: {cause.verify_message})"
+        if isinstance(cause, ssl.SSLError):
+            return f"TLS failed ({cause.reason})"
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror
+        return "the connection failed" if isinstance(exc, httpx.ConnectError) else "the connection broke"
+    return f"the request failed ({type(exc).__name__})"
+
+
+def _json_or_none(content: bytes) -> Any:
+    try:
+        return json.loads(content)
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
 
 
+def _text(response: httpx.Response, content: bytes) -> str:
+    return content.decode(response.encoding or "utf-8", errors="replace")
+
+
 def _http_error(
-    login: LoginRequest, response: httpx.Response, message: str | None, request_id: str | None
+    login: LoginRequest, response: httpx.Response, text: str, message: str | None, request_id: str | None
 ) -> UpstreamError:
     status = response.status_code
-    detail = excerpt(message or response.text, login.redactor) or response.reason_phrase
+    detail = excerpt(message or text, login.redactor) or response.reason_phrase
     text = f"{login.action} answered {status}: {detail}"
     if request_id:
         text += f" (request id {request_id})"
@@ -144,12 +197,14 @@ def login_credential(
     query: Mapping[str, str] | None = None,
     token_type: str = "Bearer",
     request_id: str | None = None,
+    exact_expiry: bool = False,
 ) -> Credential:
-    """The credential a login produced, with its expiry made sensible (tokend.expiry)."""
+    """The credential a login produced, with its expiry made sensible (tokend.expiry). `exact_expiry`: the
+    expiry's unit is known for sure (see resolve_expiry)."""
     now = time.time()
     expires_at, note = resolve_expiry(
         reported_expiry, token, now=now,
-        default_lifetime=config.default_lifetime, max_lifetime=config.max_lifetime,
+        default_lifetime=config.default_lifetime, max_lifetime=config.max_lifetime, exact=exact_expiry,
     )
     return Credential(
         token=token, token_type=token_type, expires_at=expires_at, headers=headers, query=query or {},
@@ -172,13 +227,19 @@ def static_credential(
 
 
 def number_or_none(value: Any) -> float | None:
+    """A number from a JSON answer: NaN is no number; an integer too large for a float is infinity (far away)."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, int | float):
-        return float(value)
     if isinstance(value, str):
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             return None
-    return None
+    if isinstance(value, int):
+        try:
+            value = float(value)
+        except OverflowError:
+            return math.inf if value > 0 else -math.inf
+    if not isinstance(value, float) or math.isnan(value):
+        return None
+    return value

@@ -19,7 +19,7 @@ from tokend.providers.exchange import (
     LoginRequest,
     bearer_credential,
     exchange,
-    http_timeout,
+    limits,
     malformed,
     number_or_none,
 )
@@ -63,7 +63,7 @@ class FintechStudios:
             url=f"{self.config.url}/auth/token",
             json={"email": self.config.email, "password": self.config.password.get()},
             headers={"x-api-key": api_key, "Accept": "application/json"},
-            timeout=http_timeout(self.config),
+            **limits(self.config),
             redactor=self._redactor,
             describe=describe,
         )

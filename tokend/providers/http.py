@@ -25,7 +25,7 @@ from tokend.providers.base import Kind, ProviderBase
 from tokend.providers.exchange import (
     LoginRequest,
     exchange,
-    http_timeout,
+    limits,
     login_credential,
     number_or_none,
 )
@@ -126,7 +126,7 @@ class HttpLogin:
             headers={"Accept": "application/json", **{k: str(_fill(v, values)) for k, v in config.headers.items()}},
             json=None if config.json_body is None else _fill(config.json_body, values),
             form=None if config.form is None else {k: str(_fill(v, values)) for k, v in config.form.items()},
-            timeout=http_timeout(config),
+            **limits(config),
             redactor=self._redactor,
             describe=self._describe,
         )
@@ -143,6 +143,8 @@ class HttpLogin:
             headers={k: template.render(v, values) for k, v in config.serve_headers.items()},
             query={k: template.render(v, values) for k, v in config.serve_query.items()},
             token_type=token_type, request_id=request_id,
+            # A date, milliseconds or a lifetime say what they are: no guessing at the unit.
+            exact_expiry=config.expiry_format in ("iso8601", "unix_ms", "seconds"),
         )
 
     def _describe(self, body: Any) -> tuple[str | None, str | None]:
@@ -195,9 +197,9 @@ def _parse_expiry(raw: Any, form: str) -> float | None:
             return None
         try:
             when = datetime.fromisoformat(raw)
-        except ValueError:
+            return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+        except (ValueError, OverflowError):
             return None
-        return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
     number = number_or_none(raw)
     if number is None:
         return None

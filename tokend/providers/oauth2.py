@@ -22,7 +22,7 @@ from tokend.providers.base import Kind, ProviderBase
 from tokend.providers.exchange import (
     LoginRequest,
     exchange,
-    http_timeout,
+    limits,
     login_credential,
     malformed,
     number_or_none,
@@ -71,6 +71,9 @@ class OAuth2ClientCredentials:
         self.name = name
         self.config = config
         self._redactor = redactor
+        if config.auth_method == "client_secret_basic":
+            # An upstream echoing the request's Authorization header echoes the secret in this form.
+            redactor.add_secrets([basic_authorization(config.client_id, config.client_secret.get()).split()[1]])
 
     def _request(self) -> LoginRequest:
         config = self.config
@@ -86,7 +89,7 @@ class OAuth2ClientCredentials:
             form |= {"client_id": config.client_id, "client_secret": config.client_secret.get()}
         return LoginRequest(
             provider=self.name, method="POST", url=config.token_url, headers=headers, form=form,
-            timeout=http_timeout(config), redactor=self._redactor, describe=describe,
+            **limits(config), redactor=self._redactor, describe=describe,
         )
 
     async def fetch(self, client: httpx.AsyncClient) -> Credential:
@@ -104,7 +107,7 @@ class OAuth2ClientCredentials:
         lifetime = number_or_none(body.get("expires_in"))
         return login_credential(
             self.config, token, None if lifetime is None else time.time() + lifetime,
-            headers={"Authorization": f"{scheme} {token}"}, token_type=scheme,
+            headers={"Authorization": f"{scheme} {token}"}, token_type=scheme, exact_expiry=True,
         )
 
 

@@ -23,7 +23,7 @@ from tokend.errors import OperationRefused, UpstreamError
 from tokend.extensions import DaemonParts
 from tokend.logins import LoginCall, LoginReason
 from tokend.manager import Manager
-from tokend.providers.exchange import LoginRequest, exchange, http_timeout
+from tokend.providers.exchange import LoginRequest, exchange, limits
 from tokend.providers.felloh.login import JSON_HEADERS, FellohConfig, describe
 from tokend.secretfile import write_secret_file
 from tokend.secrets import SecretValue
@@ -108,7 +108,7 @@ class FellohKeys:
         return await exchange(self._client, LoginRequest(
             provider=self._provider, method=method, url=self._config.url + path,
             headers={**JSON_HEADERS, "Authorization": f"Bearer {credential.token}"}, json=body,
-            timeout=http_timeout(self._config), redactor=self._manager.redactor, describe=describe, action=action,
+            **limits(self._config), redactor=self._manager.redactor, describe=describe, action=action,
         ))
 
 

@@ -19,7 +19,7 @@ from tokend.providers.exchange import (
     LoginRequest,
     bearer_credential,
     exchange,
-    http_timeout,
+    limits,
     malformed,
     number_or_none,
 )
@@ -84,7 +84,7 @@ class Felloh:
             url=f"{self.config.url}/token",
             json={"public_key": self.config.public_key.get(), "private_key": self.config.private_key.get()},
             headers=JSON_HEADERS,
-            timeout=http_timeout(self.config),
+            **limits(self.config),
             redactor=self._redactor,
             describe=describe,
         )
