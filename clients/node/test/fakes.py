@@ -9,7 +9,9 @@ standard input closes. The control server (127.0.0.1, a free port) also plays th
     POST /fail/{fake}?status=&times=  fake.fail(status, times=times): the next logins fail
     ANY  /echo                        a Felloh-protected resource that takes a body: 200 with what it
                                       received, or 401 for a token Felloh never issued or revoked
-    GET  /echo-count                  how many requests /echo has answered, and how many with 401
+    ANY  /open-echo                   the same with no check at all: what a client sent, headers too
+    ANY  /deny                        401 to every request, whatever the token
+    GET  /echo-count                  how many requests /echo and /deny have answered, and how many with 401
 """
 
 from __future__ import annotations
@@ -21,14 +23,15 @@ import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
-from tokend.testing import FakeProviders, serve_fakes, write_fake_config
+from tokend.testing import FakeProviders, FakeUpstream, serve_fakes, write_fake_config
 
 
 class _Control(BaseHTTPRequestHandler):
     fakes: FakeProviders
-    lock = threading.Lock()
-    echoes = {"total": 0, "unauthorized": 0}
+    lock: ClassVar[threading.Lock] = threading.Lock()
+    echoes: ClassVar[dict[str, int]] = {"total": 0, "unauthorized": 0, "denied": 0}
 
     def log_message(self, format: str, *args: object) -> None:
         pass  # the test's output is for the test's own lines
@@ -62,22 +65,31 @@ class _Control(BaseHTTPRequestHandler):
     do_PUT = do_PATCH = do_DELETE = do_POST
 
     def _echo(self) -> None:
+        parts = urllib.parse.urlsplit(self.path)
         length = int(self.headers.get("content-length") or 0)
         if self.headers.get("transfer-encoding", "").lower() == "chunked":
             body = self._read_chunked()
         else:
             body = self.rfile.read(length)
+        if parts.path == "/deny":
+            with self.lock:
+                self.echoes["denied"] += 1
+            self._send(401, {"message": "A valid bearer token is required"})
+            return
+        if parts.path == "/echo" and not self._authorized():
+            self._send(401, {"message": "A valid bearer token is required"})
+            return
+        self._send(200, {"method": self.command, "body": body.decode("utf-8", "replace"),
+                         "query": urllib.parse.parse_qs(parts.query),
+                         "headers": {name.lower(): value for name, value in self.headers.items()}})
+
+    def _authorized(self) -> bool:
         scheme, _, token = (self.headers.get("authorization") or "").partition(" ")
         authorized = scheme.lower() == "bearer" and self.fakes.felloh.is_valid(token.strip())
         with self.lock:
             self.echoes["total"] += 1
             self.echoes["unauthorized"] += 0 if authorized else 1
-        if not authorized:
-            self._send(401, {"message": "A valid bearer token is required"})
-            return
-        query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
-        self._send(200, {"method": self.command, "body": body.decode("utf-8", "replace"), "query": query,
-                         "content_type": self.headers.get("content-type")})
+        return authorized
 
     def _read_chunked(self) -> bytes:
         chunks = []
@@ -88,7 +100,7 @@ class _Control(BaseHTTPRequestHandler):
             pass
         return b"".join(chunks)
 
-    def _by_name(self) -> dict[str, object]:
+    def _by_name(self) -> dict[str, FakeUpstream]:
         return {"felloh": self.fakes.felloh, "fts": self.fakes.fintech_studios, "flotiq": self.fakes.flotiq}
 
     def _send(self, status: int, body: object) -> None:
