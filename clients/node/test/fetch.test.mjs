@@ -4,7 +4,7 @@ import { after, before, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 import { TokendClient, TokendError, tokendFetch } from '../index.js';
-import { startTokend } from './harness.mjs';
+import { startTokend, waitUntil } from './harness.mjs';
 
 const REFRESHES = { route: '/token/{name}/refresh', status: '200' };
 
@@ -151,5 +151,7 @@ test('a refresh tokend cannot do is thrown as a TokendError, with no token in it
   const error = await fetchFelloh(tokend.echoUrl).then(() => assert.fail('expected a TokendError'), (caught) => caught);
   assert.ok(error instanceof TokendError);
   assert.equal(error.code, 'refresh_failed');
+  // The upstream works again: the next 401 is answered by a login that succeeds.
+  await waitUntil(async () => (await fetchFelloh(tokend.echoUrl)).status === 200, { what: 'a working token again' });
   assert.ok(!error.message.includes(token) && !error.stack.includes(token));
 });
