@@ -44,7 +44,7 @@ async function revoke() {
   await tokend.revoke('felloh');
 }
 
-test('adds the provider headers and reaches the upstream, as the Felloh example does', async (t) => {
+test('adds the provider headers, keeps the caller\'s own, and reaches the upstream', async (t) => {
   const felloh = fellohAxios(t, { baseURL: tokend.fellohUrl });
   const response = await felloh.get('/agent/organisations', { headers: { 'x-trace': 'abc' } });
   assert.equal(response.status, 200);
@@ -52,6 +52,18 @@ test('adds the provider headers and reaches the upstream, as the Felloh example 
   const echoed = (await felloh.get(`${tokend.controlUrl}/open-echo`, { headers: { 'x-trace': 'abc' } })).data;
   assert.match(echoed.headers.authorization, /^Bearer .{100,}$/);
   assert.equal(echoed.headers['x-trace'], 'abc');
+});
+
+test('the README\'s Felloh example: list the organisation\'s API keys', async (t) => {
+  const client = new TokendClient({ url: tokend.url });
+  t.after(() => client.close());
+  // As in README.md, with the fake's base URL for https://api.felloh.com and this test's client.
+  const felloh = axios.create({ baseURL: tokend.fellohUrl });
+  attachTokend(felloh, 'felloh', { client });
+  const response = await felloh.post('/token/keys', { organisation: 'X9876' });
+  assert.equal(response.status, 200);
+  assert.equal(response.data.data[0].name, 'dashboard key');
+  assert.ok(response.data.meta.request_id);
 });
 
 test('adds the provider query parameters to the caller\'s params, objects and URLSearchParams alike', async (t) => {
