@@ -71,6 +71,18 @@ test('a revoked token: one refresh, one login, one retry, and the caller sees th
   assert.deepEqual({ logins, refreshes, total, unauthorized }, { logins: 1, refreshes: 1, total: 2, unauthorized: 1 });
 });
 
+test('a bodyless Request is retried too, with its own headers kept', async (t) => {
+  const fetchFelloh = fellohFetch(t);
+  await fetchFelloh(tokend.echoUrl);
+  await revoke();
+  const request = new Request(tokend.echoUrl, { headers: { 'x-trace': 'kept' } });
+  const { result, refreshes, unauthorized } = await moved(() => fetchFelloh(request));
+  assert.equal(result.status, 200);
+  assert.deepEqual({ refreshes, unauthorized }, { refreshes: 1, unauthorized: 1 });
+  const echoed = await (await fetchFelloh(new Request(`${tokend.controlUrl}/open-echo`, { headers: { 'x-trace': 'kept' } }))).json();
+  assert.equal(echoed.headers['x-trace'], 'kept');
+});
+
 test('50 concurrent 401s cost one refresh and one login, and all 50 requests succeed', async (t) => {
   const fetchFelloh = fellohFetch(t);
   assert.equal((await fetchFelloh(tokend.echoUrl)).status, 200);

@@ -84,6 +84,8 @@ export async function startTokend({ lifetime = 3600, socket = false, extra = '',
     stdio: ['ignore', log, log],
     env: { ...process.env, PYTHONUNBUFFERED: '1' },
   });
+  // Whatever ends this test process (a failed assertion included), no daemon or fake outlives it.
+  process.once('exit', () => [daemon, fakes].forEach((child) => child.exitCode === null && child.kill('SIGKILL')));
   const target = socketPath ? { socketPath } : { host: '127.0.0.1', port };
   const url = socketPath ? `unix:${socketPath}` : `http://127.0.0.1:${port}`;
   const tokend = new Tokend({ dir, fakes, daemon, target, url, socketPath, urls, logPath });
