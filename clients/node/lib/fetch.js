@@ -15,11 +15,22 @@ export function wrapFetch(client, name, baseFetch) {
     const credential = await client.getCredential(name);
     const response = await baseFetch(...authorize(input, init, credential));
     if (response.status !== 401) return response;
-    const fresh = await client.replaceRejected(name, credential.token);
+    let fresh;
+    try {
+      fresh = await client.replaceRejected(name, credential.token);
+    } catch (error) {
+      await discard(response);
+      throw error;
+    }
     if (fresh === null || !isReplayable(bodyOf(input, init))) return response;
-    await response.body?.cancel().catch(() => {}); // frees the connection; nobody will read this 401
+    await discard(response);
     return baseFetch(...authorize(input, init, fresh));
   };
+}
+
+/** Free the connection of a 401 nobody will read. */
+async function discard(response) {
+  await response.body?.cancel().catch(() => {});
 }
 
 function bodyOf(input, init) {
