@@ -31,29 +31,29 @@ export class Daemon {
    * @returns {Promise<{credential: Credential, expiresIn: number | null}>}
    */
   async token(name) {
-    return this.credential(await this.send('GET', tokenPath(name)), name);
+    return this.#credential(await this.#send('GET', tokenPath(name)), name);
   }
 
   /** @returns {Promise<{credential: Credential, expiresIn: number | null}>} */
   async refresh(name, rejected) {
     const body = rejected === undefined || rejected === null ? {} : { rejected };
-    return this.credential(await this.send('POST', `${tokenPath(name)}/refresh`, body), name);
+    return this.#credential(await this.#send('POST', `${tokenPath(name)}/refresh`, body), name);
   }
 
   close() {
     this.agent.destroy();
   }
 
-  credential(reply, name) {
-    const data = this.json(reply);
-    if (reply.status !== 200) throw this.failure(reply, data, name);
+  #credential(reply, name) {
+    const data = this.#json(reply);
+    if (reply.status !== 200) throw this.#failure(reply, data, name);
     if (typeof data?.token !== 'string') {
       throw new TokendError('bad_response', `tokend at ${this.address.display} answered without a token`);
     }
     return { credential: toCredential(name, data), expiresIn: typeof data.expires_in === 'number' ? data.expires_in : null };
   }
 
-  json(reply) {
+  #json(reply) {
     try {
       return JSON.parse(reply.body.toString('utf8'));
     } catch {
@@ -64,7 +64,7 @@ export class Daemon {
     }
   }
 
-  failure(reply, data, name) {
+  #failure(reply, data, name) {
     const code = typeof data?.error === 'string' ? data.error : 'bad_response';
     const message = typeof data?.message === 'string'
       ? data.message
@@ -77,20 +77,20 @@ export class Daemon {
   }
 
   /** One request; a stale keep-alive socket the daemon closed meanwhile is retried once on a new one. */
-  async send(method, path, body) {
+  async #send(method, path, body) {
     try {
-      return await this.attempt(method, path, body);
+      return await this.#attempt(method, path, body);
     } catch (error) {
-      if (!error.reusedSocket) throw this.unreachable(error);
+      if (!error.reusedSocket) throw this.#unreachable(error);
       try {
-        return await this.attempt(method, path, body);
+        return await this.#attempt(method, path, body);
       } catch (again) {
-        throw this.unreachable(again);
+        throw this.#unreachable(again);
       }
     }
   }
 
-  attempt(method, path, body) {
+  #attempt(method, path, body) {
     const payload = body === undefined ? null : Buffer.from(JSON.stringify(body));
     const headers = { ...this.headers };
     if (payload !== null) Object.assign(headers, { 'content-type': 'application/json', 'content-length': payload.length });
@@ -114,7 +114,7 @@ export class Daemon {
     });
   }
 
-  unreachable(error) {
+  #unreachable(error) {
     if (error instanceof TokendError) return error;
     const where = this.address.display;
     const reasons = {
