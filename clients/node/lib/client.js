@@ -11,8 +11,11 @@ import { resolveAddress } from './address.js';
 import { Daemon } from './daemon.js';
 import { TokendError } from './errors.js';
 
-// A cached credential is handed out until this close to its expiry, then read again: the daemon renews at
-// about two thirds of the lifetime, so by then it holds the next one. A tenth of the lifetime for short ones.
+// A cached credential is handed out until this close to its expiry, then read again: a tenth of the time it
+// had left when it was read, at least a second (a token closer to its expiry could die on its way upstream,
+// which is why tokend itself stops serving it then) and at most 30 seconds. The daemon renews well before
+// that, so the read brings the next token.
+const MIN_MARGIN_MS = 1_000;
 const MAX_MARGIN_MS = 30_000;
 // A credential with no expiry (a static API key) is read again this often, so a key rotated in tokend's
 // config reaches the process even without a 401.
@@ -106,7 +109,7 @@ function freshUntil(expiresIn) {
   const now = Date.now();
   if (expiresIn === null) return now + NO_EXPIRY_RECHECK_MS;
   const left = expiresIn * 1000;
-  return now + left - Math.min(MAX_MARGIN_MS, left / 10);
+  return now + left - Math.min(MAX_MARGIN_MS, Math.max(MIN_MARGIN_MS, left / 10));
 }
 
 function keyFromFile(path) {

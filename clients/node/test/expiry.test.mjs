@@ -6,7 +6,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { TokendClient, tokendFetch } from '../index.js';
 import { startTokend } from './harness.mjs';
 
-const LIFETIME = 4; // seconds: tokend renews each token at about two thirds of that
+const LIFETIME = 4; // seconds: tokend renews such a short-lived token two seconds before it expires
 
 let tokend;
 before(async () => {
@@ -14,18 +14,18 @@ before(async () => {
 });
 after(() => tokend?.stop());
 
-test('through two renewals, every request carries a live token and few of them ask tokend', async (t) => {
+test('through renewals, the client moves on to each new token, every request carries a live one, and few ask tokend', async (t) => {
   const client = new TokendClient({ url: tokend.url });
   t.after(() => client.close());
   const fetchFelloh = tokendFetch('felloh', { client });
   const gets = () => tokend.metric('tokend_requests_total', { route: '/token/{name}', status: '200' });
-  const [firstGets, firstLogins] = [await gets(), (await tokend.counts()).felloh.logins];
+  const firstGets = await gets();
   const tokens = new Set();
   const statuses = new Set();
   let requests = 0;
-  // Until tokend has logged in twice more, and a bound far beyond that (2 x 4 s) for a busy machine.
+  // Until the client has used three tokens: a few lifetimes, bounded far beyond that for a busy machine.
   const deadline = Date.now() + 30_000;
-  while ((await tokend.counts()).felloh.logins < firstLogins + 2 && Date.now() < deadline) {
+  while (tokens.size < 3 && Date.now() < deadline) {
     const credential = await client.getCredential('felloh');
     tokens.add(credential.token);
     // The plain upstream, not the wrapper: a 401 here must fail the test, not be retried away.
@@ -34,11 +34,11 @@ test('through two renewals, every request carries a live token and few of them a
     requests += 1;
     await sleep(20);
   }
-  assert.ok((await tokend.counts()).felloh.logins >= firstLogins + 2, 'tokend renewed the token twice');
+  assert.equal(tokens.size, 3, 'the client moved on to renewed tokens');
   assert.deepEqual([...statuses], [200]);
-  assert.ok(tokens.size >= 2, `the client moved on to the renewed token (${tokens.size} seen)`);
-  // A few reads per lifetime (each again shortly before the token it holds expires), not one per request.
+  // About one read per token (each shortly before the one it holds expires), not one per request: the
+  // bound leaves room for a busy machine, where tokend's renewal may come late and a read brings no new token.
   const reads = (await gets()) - firstGets;
-  assert.ok(reads <= 12 && reads * 5 < requests, `${reads} reads of tokend for ${requests} requests`);
+  assert.ok(reads <= 10 && reads < requests, `${reads} reads of tokend for ${requests} requests`);
   assert.equal((await fetchFelloh(`${tokend.fellohUrl}/agent/organisations`)).status, 200);
 });
