@@ -5,8 +5,12 @@
  * dispatcher, which is not importable without a dependency.
  */
 import http from 'node:http';
+import { createRequire } from 'node:module';
 
 import { TokendError } from './errors.js';
+
+// createRequire, not a JSON import: import attributes are spelled differently in Node 18 and 20.
+const { version } = createRequire(import.meta.url)('../package.json');
 
 /** @typedef {import('../index.js').Credential} Credential */
 
@@ -20,7 +24,7 @@ export class Daemon {
     this.timeout = timeout;
     // Idle keep-alive sockets are unref'd by the agent: they never keep the process alive.
     this.agent = new http.Agent({ keepAlive: true });
-    this.headers = { 'x-tokend-request': 'node', accept: 'application/json' };
+    this.headers = { 'x-tokend-request': 'node', accept: 'application/json', 'user-agent': `tokend-client-node/${version}` };
     if (clientKey) this.headers.authorization = `Bearer ${clientKey}`;
     if (address.socketPath) this.headers.host = 'localhost'; // unchecked on a socket; HTTP/1.1 wants one
   }

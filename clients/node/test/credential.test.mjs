@@ -147,6 +147,7 @@ test('a throttled refresh is refresh_throttled with retryAfter, sent as tokend e
   assert.equal(seen[0].headers['content-type'], 'application/json');
   assert.ok(seen[0].headers['x-tokend-request']);
   assert.equal(seen[0].headers.authorization, `Bearer ${key}`);
+  assert.match(seen[0].headers['user-agent'], /^tokend-client-node\/\d+\.\d+\.\d+$/);
   client.close();
 });
 
