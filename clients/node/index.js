@@ -30,12 +30,12 @@ export function clientFor(options = {}) {
 }
 
 /** The provider's credential: {provider, token, tokenType, headers, query, expiresAt}. */
-export function getCredential(name, options) {
-  return clientFor(options).getCredential(name);
+export async function getCredential(name, options) {
+  return clientFor(options).getCredential(name); // async: a bad $TOKEND_URL rejects, as every other failure
 }
 
 /** Force a new login; with `rejected`, only if tokend still holds that token (see TokendClient.refresh). */
-export function refresh(name, options = {}) {
+export async function refresh(name, options = {}) {
   return clientFor(options).refresh(name, { rejected: options.rejected });
 }
 

@@ -1,4 +1,6 @@
-/** Where the daemon listens: an explicit option, else $TOKEND_URL, else tokend's default port. */
+// Where the daemon listens: an explicit option, else $TOKEND_URL, else tokend's default port.
+import { TokendError } from './errors.js';
+
 export const DEFAULT_URL = 'http://127.0.0.1:8765';
 
 /**
@@ -25,7 +27,9 @@ function hostAndPort(url) {
     parsed = null;
   }
   if (parsed === null || parsed.protocol !== 'http:' || !parsed.hostname) {
-    throw new TypeError(`${JSON.stringify(url)} is not an http:// URL or a unix: socket path of a tokend daemon`);
+    // As the tokend command says it: no daemon can be reached at such an address.
+    const message = `${JSON.stringify(url)} is not an http:// URL or a unix: socket path of a tokend daemon`;
+    throw new TokendError('daemon_unreachable', message);
   }
   // URL keeps IPv6 literals in brackets; node:http wants them bare.
   return { host: parsed.hostname.replace(/^\[(.*)\]$/, '$1'), port: Number(parsed.port || 80) };

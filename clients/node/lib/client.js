@@ -32,7 +32,8 @@ export class TokendClient {
   /** @param {import('../index.js').ClientOptions} [options] */
   constructor(options = {}, env = process.env) {
     const address = resolveAddress(options, env);
-    const clientKey = options.clientKey ?? keyFromFile(options.clientKeyFile) ?? (env.TOKEND_CLIENT_KEY || undefined);
+    // An empty key is no key, as an empty $TOKEND_CLIENT_KEY is for the tokend command.
+    const clientKey = options.clientKey || keyFromFile(options.clientKeyFile) || env.TOKEND_CLIENT_KEY || undefined;
     if (clientKey !== undefined && !/^[\x21-\x7e][\x20-\x7e]*$/.test(clientKey)) {
       throw new TokendError('bad_client_key', 'the client key must be one line of printable ASCII text');
     }

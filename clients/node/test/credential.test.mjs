@@ -119,6 +119,13 @@ test('no daemon is daemon_unreachable, over TCP and on a socket path', async () 
   }
 });
 
+test('an address that is no daemon\'s is daemon_unreachable too', async () => {
+  for (const url of ['ftp://127.0.0.1/', 'not a url']) {
+    const error = await rejection(getCredential('felloh', { url }));
+    assert.equal(error.code, 'daemon_unreachable');
+  }
+});
+
 test('a throttled refresh is refresh_throttled with retryAfter, sent as tokend expects it', async (t) => {
   // A stand-in for a daemon that throttles (the real one does once a provider asks for Retry-After).
   const seen = [];
