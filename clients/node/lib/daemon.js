@@ -40,7 +40,8 @@ export class Daemon {
 
   /** @returns {Promise<{credential: Credential, expiresIn: number | null}>} */
   async refresh(name, rejected) {
-    const body = rejected === undefined || rejected === null ? {} : { rejected };
+    // A plain refresh has no body at all: tokend takes a body to be {"rejected": ...} and nothing else.
+    const body = rejected ? { rejected } : undefined;
     return this.#credential(await this.#send('POST', `${tokenPath(name)}/refresh`, body), name);
   }
 
@@ -98,6 +99,7 @@ export class Daemon {
     const payload = body === undefined ? null : Buffer.from(JSON.stringify(body));
     const headers = { ...this.headers };
     if (payload !== null) Object.assign(headers, { 'content-type': 'application/json', 'content-length': payload.length });
+    else if (method === 'POST') headers['content-length'] = 0;
     const { socketPath, host, port } = this.address;
     const target = socketPath ? { socketPath } : { host, port };
     return new Promise((resolve, reject) => {

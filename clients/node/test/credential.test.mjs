@@ -70,12 +70,16 @@ test('refresh naming the rejected token brings a new token with one login, cache
   assert.equal(await tokend.metric('tokend_requests_total', REFRESHES), refreshes + 1);
   assert.equal((await client.getCredential('felloh')).token, fresh[0].token);
   // The module-level function goes through the default client, which now caches the newer token too.
-  // (Past the config's min_refresh_interval of 0.05 s: until tokend applies the `rejected` rule, a refresh
-  // within it answers the current token without a login.)
+  // (Past the config's min_refresh_interval of 0.05 s: the token refused now replaced one refused too, and
+  // tokend makes such logins at most once per interval; see fetch.test.mjs.)
   await sleep(100);
   const again = await refresh('felloh', { rejected: fresh[0].token });
   assert.notEqual(again.token, fresh[0].token);
   assert.equal((await getCredential('felloh')).token, again.token);
+  // A plain refresh (no token named) is accepted by tokend and answers a usable credential.
+  await sleep(100);
+  const plain = await refresh('felloh');
+  assert.equal((await fetch(`${tokend.fellohUrl}/agent/organisations`, { headers: plain.headers })).status, 200);
   client.close();
 });
 
@@ -155,6 +159,11 @@ test('a throttled refresh is refresh_throttled with retryAfter, sent as tokend e
   assert.ok(seen[0].headers['x-tokend-request']);
   assert.equal(seen[0].headers.authorization, `Bearer ${key}`);
   assert.match(seen[0].headers['user-agent'], /^tokend-client-node\/\d+\.\d+\.\d+$/);
+  // A plain refresh has no body at all (tokend reads any body as {"rejected": ...}).
+  await rejection(client.refresh('felloh'));
+  assert.equal(seen[1].body, '');
+  assert.equal(seen[1].headers['content-length'], '0');
+  assert.equal(seen[1].headers['content-type'], undefined);
   client.close();
 });
 

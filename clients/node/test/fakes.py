@@ -134,8 +134,9 @@ def main() -> None:
     parser.add_argument("--extra", default="", help="TOML appended to the config, e.g. [clients.*] tables")
     args = parser.parse_args()
     with serve_fakes(lifetime=args.lifetime) as fakes:
-        # A forced refresh must log in each time it is asked here; the client's own single flight is what
-        # keeps a storm of 401s down to one login.
+        # The tests refuse token after token: tokend logs in for one refused right after another refused
+        # one at most once per min_refresh_interval, so a short one keeps the tests fast. The client's own
+        # single flight, not this interval, is what keeps a storm of 401s down to one refresh.
         config = write_fake_config(args.dir, fakes, args.port, extra=args.extra, min_refresh_interval=0.05)
         if args.socket:
             _serve_on_socket(config, args.socket)

@@ -34,8 +34,9 @@ async function moved(action) {
   return { result, ...Object.fromEntries(Object.keys(after).map((key) => [key, after[key] - before[key]])) };
 }
 
-// Until tokend applies the `rejected` rule, a refresh within min_refresh_interval (0.05 s here) of the last
-// login answers the current token; the tests that revoke wait that long since the one before them.
+// tokend logs in for a refused token at most once per min_refresh_interval when the token before it was
+// refused too (a guard against login loops; a daemon without the `rejected` rule answers the current token
+// within it instead). The config's interval is 0.05 s, and the tests that revoke wait longer than that.
 async function revoke() {
   await sleep(100);
   await tokend.revoke('felloh');
