@@ -220,14 +220,15 @@ def test_every_login_outcome_is_announced_once_with_its_reason() -> None:
         manager.announcements.add_listener(seen.append)
         listened: list[LoginEvent] = []
 
+        events = manager.announcements.listen()
+
         async def listen() -> None:
-            async for event in manager.announcements.listen():
+            async for event in events:
                 listened.append(event)
                 if len(listened) == 2:
                     return
 
         listener = asyncio.create_task(listen())
-        await asyncio.sleep(0)
         login.failures.append(UpstreamError("p", "login answered 500", status=500))
         clock.advance(11)
         with pytest.raises(UpstreamError):

@@ -167,6 +167,9 @@ def create_app(daemon: Daemon) -> ASGIApp:
     @app.get("/status")
     async def status(who: Caller = asking) -> dict[str, Any]:
         providers = {name: state for name, state in manager.status().items() if who.may_read(name)}
+        for name, state in providers.items():
+            if sinks := daemon.sinks.status(name):
+                state["sinks"] = sinks
         return {"version": __version__, "ready": manager.ready(providers), "providers": providers}
 
     for extension in daemon.extensions:

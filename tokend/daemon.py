@@ -1,8 +1,8 @@
 """The composition root: builds tokend's parts from the settings, starts them in order and stops them in
 reverse. Everything else is handed what it needs; no part builds another.
 
-    upstream client -> scheduler -> manager (first logins start) -> secret-file watcher -> extensions
-    -> reloader (SIGHUP) -> systemd notifications -> frozen heap
+    upstream client -> scheduler -> manager (first logins start) -> file sinks -> secret-file watcher
+    -> extensions -> reloader (SIGHUP) -> systemd notifications -> frozen heap
 
 The local API (tokend.api) and the listener (tokend.server) are built around a Daemon, not inside it.
 """
@@ -28,6 +28,7 @@ from tokend.redact import Redactor
 from tokend.reloading import Reloader
 from tokend.scheduler import Scheduler
 from tokend.sdnotify import Notifier
+from tokend.sinks import SinkWriter
 from tokend.upstream import build_client
 from tokend.watch import SecretFileWatcher
 
@@ -66,6 +67,7 @@ class Daemon:
         )
         parts = DaemonParts(self.manager, self.scheduler, self.client, self.redactor, self.direct_login)
         self.extensions: list[Extension] = [kind.extension(parts) for kind in KINDS if kind.extension is not None]
+        self.sinks = SinkWriter(self.manager)
         self.watcher = SecretFileWatcher(self.manager, self.scheduler)
         self.reloader = (
             None if config_path is None
@@ -81,6 +83,7 @@ class Daemon:
             stack.push_async_callback(self.client.aclose)  # closed last, once no login can use it
             await stack.enter_async_context(self.scheduler)
             await stack.enter_async_context(self.manager)
+            await stack.enter_async_context(self.sinks)
             self.watcher.start()
             for extension in self.extensions:
                 await extension.start()

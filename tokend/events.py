@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -17,7 +17,7 @@ from tokend.credential import Credential
 from tokend.errors import UpstreamError
 from tokend.logins import LoginReason
 
-__all__ = ["Announcements", "LoginEvent"]
+__all__ = ["Announcements", "Listener", "LoginEvent"]
 
 log = logging.getLogger("tokend")
 
@@ -42,15 +42,10 @@ class Announcements:
     def add_listener(self, callback: Callable[[LoginEvent], None]) -> None:
         self._callbacks.append(callback)
 
-    async def listen(self) -> AsyncIterator[LoginEvent]:
-        """Every event from now on, until the caller stops iterating."""
-        queue: asyncio.Queue[LoginEvent] = asyncio.Queue(LISTENER_BACKLOG)
-        self._queues.add(queue)
-        try:
-            while True:
-                yield await queue.get()
-        finally:
-            self._queues.discard(queue)
+    def listen(self) -> Listener:
+        """Every event from the moment of this call on: `async for event in announcements.listen():`.
+        Close it (`aclose`, or leave the loop) to stop listening."""
+        return Listener(self._queues)
 
     def announce(self, event: LoginEvent) -> None:
         for callback in self._callbacks:
@@ -61,3 +56,22 @@ class Announcements:
             except asyncio.QueueFull:
                 log.warning("an event listener is %d events behind; provider=%s event dropped",
                             LISTENER_BACKLOG, event.name)
+
+
+class Listener:
+    """One async listener's queue; registered when made, so no event between making it and the first
+    `await` is missed."""
+
+    def __init__(self, queues: set[asyncio.Queue[LoginEvent]]) -> None:
+        self._queues = queues
+        self._queue: asyncio.Queue[LoginEvent] = asyncio.Queue(LISTENER_BACKLOG)
+        queues.add(self._queue)
+
+    def __aiter__(self) -> Listener:
+        return self
+
+    async def __anext__(self) -> LoginEvent:
+        return await self._queue.get()
+
+    async def aclose(self) -> None:
+        self._queues.discard(self._queue)

@@ -18,6 +18,7 @@ from tokend.credential import Credential
 from tokend.fields import Seconds
 from tokend.redact import Redactor
 from tokend.secrets import SecretValue, collect_secrets
+from tokend.sinks import SinkConfig
 
 if TYPE_CHECKING:
     from tokend.extensions import DaemonParts, Extension
@@ -42,6 +43,7 @@ class ProviderBase(BaseModel):
     max_lifetime: Seconds = 86400.0
     # A login answer larger than this once decoded fails the login (a decompression bomb, a runaway page).
     max_answer_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    sinks: tuple[SinkConfig, ...] = ()  # files each new credential is written to (tokend.sinks)
 
     @property
     def url(self) -> str | None:
