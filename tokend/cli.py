@@ -85,8 +85,21 @@ def _parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", help="show every provider's state")
     status.add_argument("--json", action="store_true", help="print the daemon's JSON as it is")
+    status.add_argument("--watch", action="store_true", help="keep the view up to date (Ctrl-C stops)")
     _client_options(status)
     status.set_defaults(handler=_status)
+
+    execute = commands.add_parser(
+        "exec", help="run a command with TOKEND_URL (and proxy URLs, or tokens with --env) in its environment",
+        description="Run COMMAND with TOKEND_URL and the client key in its environment, so client libraries "
+        "need no settings. Signals are passed on; its exit status is tokend's.")
+    execute.add_argument("--provider", action="append", default=[], metavar="NAME",
+                         help="check NAME exists; add TOKEND_PROXY_URL_<NAME> when its proxy is on")
+    execute.add_argument("--env", action="append", default=[], metavar="NAME=VAR",
+                         help="put provider NAME's token in variable VAR (it will not be renewed: short commands)")
+    execute.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS]")
+    _client_options(execute)
+    execute.set_defaults(handler=_exec)
 
     _felloh_commands(commands)
 
@@ -325,6 +338,11 @@ def _failed(reply: Any) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    if args.watch:
+        from tokend.live import watch
+
+        status = watch(_client(args))
+        return Exit.OK if status == 0 else _failed(_client(args).request("GET", "/status"))
     reply = _client(args).request("GET", "/status")
     if reply.status != 200:
         return _failed(reply)
@@ -345,6 +363,33 @@ def _status(args: argparse.Namespace) -> int:
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row[:5], widths, strict=True)), row[5])
     return Exit.OK if data["ready"] else Exit.UNAVAILABLE
+
+
+def _exec(args: argparse.Namespace) -> int:
+    from tokend.discovery import daemon_address, find_config
+    from tokend.execute import Unrunnable, child_environment, run
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        _err("tokend exec: which command? tokend exec [--provider NAME] [--env NAME=VAR] -- COMMAND [ARGS]")
+        return Exit.USAGE
+    tokens = {}
+    for pair in args.env:
+        name, equals, variable = pair.partition("=")
+        if not equals or not name or not variable:
+            _err(f"tokend exec: --env {pair}: expected NAME=VAR, the provider and the variable for its token")
+            return Exit.USAGE
+        tokens[name] = variable
+    address = daemon_address(args.url, find_config(args.config))
+    key = _client_key(args)
+    from tokend.client import Client
+
+    env = child_environment(Client(address, client_key=key), address.url, key, args.provider, tokens)
+    try:
+        return run(command, env)
+    except Unrunnable as exc:
+        _err(f"tokend exec: {exc.message}")
+        return exc.code
 
 
 def _reload(args: argparse.Namespace) -> int:

@@ -1,0 +1,108 @@
+"""`tokend exec` and `tokend status --watch` against the real daemon, as a user runs them."""
+
+from __future__ import annotations
+
+import os
+import pty
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.daemon import Daemon, tokend_command
+
+
+def run_exec(daemon: Daemon, *args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(tokend_command("--config", str(daemon.config), "exec", *args), capture_output=True,
+                          text=True, timeout=60, **kwargs)  # type: ignore[call-overload]
+
+
+def test_the_child_gets_the_url_and_only_its_own_output_is_on_its_streams(
+    daemon_factory: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    daemon = daemon_factory()
+    key_file = tmp_path / "client-key"
+    key_file.write_text("not-a-configured-key-but-passed-on\n")
+    shown = run_exec(daemon, "--provider", "fts", "--client-key-file", str(key_file), "--", sys.executable, "-c",
+                     "import os; print(os.environ['TOKEND_URL']); print(os.environ['TOKEND_CLIENT_KEY'])")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout == f"{daemon.url}\nnot-a-configured-key-but-passed-on\n" and shown.stderr == ""
+
+
+def test_a_token_is_in_the_environment_only_when_asked_for(daemon_factory: Callable[..., Daemon]) -> None:
+    daemon = daemon_factory()
+    code = "import os; print(os.environ.get('FTS_TOKEN', 'none'))"
+    assert run_exec(daemon, "--", sys.executable, "-c", code).stdout == "none\n"
+    asked = run_exec(daemon, "--env", "fts=FTS_TOKEN", "--", sys.executable, "-c", code)
+    assert asked.stdout.strip() == daemon.get("/token/fts").json()["token"]
+
+
+def test_exit_statuses_are_passed_through_as_a_shell_would(daemon_factory: Callable[..., Daemon]) -> None:
+    daemon = daemon_factory()
+    assert run_exec(daemon, "--", sys.executable, "-c", "raise SystemExit(7)").returncode == 7
+    killed = run_exec(daemon, "--", sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
+    assert killed.returncode == 128 + signal.SIGKILL
+    missing = run_exec(daemon, "--", "no-such-command-anywhere")
+    assert missing.returncode == 127 and "command not found: no-such-command-anywhere" in missing.stderr
+    unknown = run_exec(daemon, "--provider", "nope", "--", sys.executable, "-c", "print('ran')")
+    assert unknown.returncode != 0 and "nope" in unknown.stderr and "ran" not in unknown.stdout
+    assert run_exec(daemon, "--env", "fts", "--", "true").returncode == 2
+    assert run_exec(daemon).returncode == 2
+
+
+def test_signals_reach_the_child(daemon_factory: Callable[..., Daemon], tmp_path: Path) -> None:
+    daemon = daemon_factory()
+    ready = tmp_path / "ready"
+    child = (
+        "import signal, sys, time, pathlib\n"
+        "signal.signal(signal.SIGTERM, lambda *a: sys.exit(42))\n"
+        f"pathlib.Path({str(ready)!r}).touch()\n"
+        "time.sleep(60)\n"
+    )
+    process = subprocess.Popen(tokend_command("--config", str(daemon.config), "exec", "--", sys.executable, "-c",
+                                              child))
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 42
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_status_watch_prints_plain_blocks_when_piped(daemon_factory: Callable[..., Daemon]) -> None:
+    daemon = daemon_factory()
+    process = subprocess.Popen(tokend_command("--config", str(daemon.config), "status", "--watch"),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2.5)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert "\x1b" not in out and out.count("PROVIDER") >= 1
+    assert all(name in out for name in ("felloh", "fts", "flotiq")) and "ok" in out
+
+
+def test_status_watch_redraws_in_place_on_a_terminal(daemon_factory: Callable[..., Daemon]) -> None:
+    daemon = daemon_factory()
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: tokend on a terminal
+        os.execv(sys.executable, tokend_command("--config", str(daemon.config), "status", "--watch"))  # noqa: S606
+    seen = b""
+    deadline = time.monotonic() + 30
+    try:
+        while seen.count(b"\x1b[H\x1b[2J") < 2 and time.monotonic() < deadline:
+            try:
+                seen += os.read(fd, 65536)
+            except OSError:
+                break
+    finally:
+        os.kill(pid, signal.SIGINT)
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    assert seen.count(b"\x1b[H\x1b[2J") >= 2 and b"fts" in seen
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -1,0 +1,110 @@
+"""`tokend exec`: run a command with what it needs to reach tokend in its environment.
+
+    tokend exec --provider fts -- python app.py
+    tokend exec --env fts=FTS_TOKEN -- ./short-script.sh
+
+The child gets `TOKEND_URL` (and `TOKEND_CLIENT_KEY` when one was given), so the client libraries work
+with no settings; per `--provider` whose proxy is on, `TOKEND_PROXY_URL_<NAME>`; and only with `--env`, a
+token itself, which cannot be renewed once in an environment (for short commands). Like aws-vault exec,
+tokend then stays out of the way: signals are passed on to the child, its exit status is passed back, and
+nothing is printed on its streams.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+
+from tokend.errors import TokendError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from typing import Any
+
+    from tokend.client import Client
+
+__all__ = ["child_environment", "run"]
+
+# What a shell would do: 127 for a command not found, 126 for one that cannot be run.
+NOT_FOUND, NOT_EXECUTABLE = 127, 126
+_FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
+              signal.SIGWINCH)
+_VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def child_environment(
+    client: Client, url: str, client_key: str | None, providers: Sequence[str], tokens: Mapping[str, str],
+) -> dict[str, str]:
+    """The child's environment: ours, plus tokend's address and key, proxy URLs and the asked-for tokens.
+
+    `tokens` maps a provider to the variable its token goes in. Raises TokendError (nothing is run) when a
+    provider is unknown, not readable with the key, or has no token to give.
+    """
+    env = dict(os.environ)
+    env["TOKEND_URL"] = url
+    if client_key is not None:
+        env["TOKEND_CLIENT_KEY"] = client_key
+    if providers:
+        status = _json(client, "GET", "/status")["providers"]
+        for name in providers:
+            if name not in status:
+                raise TokendError(f"the daemon at {url} has no provider named {name!r} (or the key may not read it)")
+            if (proxy := status[name].get("proxy")) is not None:
+                env[f"TOKEND_PROXY_URL_{_variable_part(name)}"] = proxy["url"]
+    for name, variable in tokens.items():
+        if not _VARIABLE.match(variable):
+            raise TokendError(f"--env {name}={variable}: {variable!r} is not an environment variable name")
+        env[variable] = _json(client, "GET", f"/token/{_quoted(name)}")["token"]
+    return env
+
+
+def run(command: Sequence[str], env: Mapping[str, str]) -> int:
+    """Run `command` (no shell), pass our signals on to it, and return its exit status as a shell would
+    report it (128 + the signal's number when it was killed by one)."""
+    try:
+        child = subprocess.Popen(list(command), env=dict(env))
+    except FileNotFoundError:
+        raise _Unrunnable(NOT_FOUND, f"command not found: {command[0]}") from None
+    except PermissionError:
+        raise _Unrunnable(NOT_EXECUTABLE, f"cannot run {command[0]}: permission denied") from None
+    previous = {sig: signal.signal(sig, lambda number, frame: _forward(child, number)) for sig in _FORWARDED}
+    try:
+        code = child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 128 - code if code < 0 else code
+
+
+class _Unrunnable(TokendError):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+Unrunnable = _Unrunnable
+
+
+def _forward(child: subprocess.Popen[bytes], number: int) -> None:
+    if child.poll() is None:
+        child.send_signal(number)
+
+
+def _json(client: Client, method: str, path: str) -> Any:
+    reply = client.request(method, path)
+    if reply.status != 200:
+        raise TokendError(f"{method} {path}: {reply.error_message()}")
+    return reply.json()
+
+
+def _quoted(name: str) -> str:
+    from urllib.parse import quote
+
+    return quote(name, safe="")
+
+
+def _variable_part(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]", "_", name).upper()
