@@ -23,7 +23,6 @@ import logging
 import os
 import pwd
 import signal
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -222,6 +221,8 @@ def _write_file(sink: SinkConfig, content: bytes) -> None:
         finally:
             os.close(descriptor)
         return
+    import tempfile  # here: the daemon's memory at start is a budget, and most configs have no sinks
+
     descriptor, temporary = tempfile.mkstemp(dir=sink.path.parent, prefix=f".{sink.path.name}.", suffix=".tmp")
     try:
         os.fchmod(descriptor, sink.mode)  # before the content is in it: never readable by others
