@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,6 +44,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 @pytest.fixture
 def upstream(stack: Stack) -> Iterator[Upstream]:
+    # Past the last test's login by more than min_refresh_interval, so that this test's forced refresh logs
+    # in: tokend answers one that comes sooner with its current token, which is the one rejected.
+    time.sleep(MIN_REFRESH_INTERVAL * 2)
     stack.upstream.seen.clear()
     stack.upstream.reject_all = False
     yield stack.upstream

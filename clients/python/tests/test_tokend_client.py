@@ -16,10 +16,10 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
-from tokend_client_stack import Stack, start_daemon
-
 from tests.daemon import Daemon, free_port
 from tokend.testing import FakeProviders, FakeServer
+from tokend_client_stack import Stack, start_daemon
+
 from tokend_client import (
     Client,
     DaemonUnreachable,
@@ -144,7 +144,8 @@ def test_tokend_is_found_through_the_config_file_and_the_environment(
 
 def test_a_unix_socket_in_each_spelling(socket_daemon: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = socket_daemon.parent / "tokend.toml"
-    spellings = [f"unix:{socket_daemon}", f"unix://{socket_daemon}", f"http+unix://{quote(str(socket_daemon), safe='')}"]
+    encoded = quote(str(socket_daemon), safe="")
+    spellings = [f"unix:{socket_daemon}", f"unix://{socket_daemon}", f"http+unix://{encoded}"]
     for url in spellings:
         assert find_address(url).socket == str(socket_daemon)
         with Client(url) as client:
@@ -162,7 +163,8 @@ def test_the_client_key_from_the_argument_the_environment_or_a_file(
 ) -> None:
     key_file = tmp_path / "app_key"
     key_file.write_text(APP_KEY + "\n")
-    daemon = start_daemon(tmp_path, fakes, extra=f'[clients.app]\nkey = {{ file = "{key_file}" }}\nproviders = ["fts"]\n')
+    clients = f'[clients.app]\nkey = {{ file = "{key_file}" }}\nproviders = ["fts"]\n'
+    daemon = start_daemon(tmp_path, fakes, extra=clients)
     try:
         with pytest.raises(Unauthorized) as no_key:
             Client(daemon.url).credential("fts")
@@ -224,9 +226,9 @@ def test_a_throttled_refresh_carries_its_retry_after() -> None:
         body = {"error": "refresh_throttled", "message": "A refresh came too soon.", "provider": "felloh"}
         return JSONResponse(body, status_code=429, headers={"Retry-After": "3"})
 
-    with FakeServer(Starlette(routes=[Route("/token/felloh/refresh", throttled, methods=["POST"])])) as server:
-        with Client(server.url) as client, pytest.raises(RefreshThrottled) as caught:
-            client.refresh("felloh", rejected="some-token")
+    app = Starlette(routes=[Route("/token/felloh/refresh", throttled, methods=["POST"])])
+    with FakeServer(app) as server, Client(server.url) as client, pytest.raises(RefreshThrottled) as caught:
+        client.refresh("felloh", rejected="some-token")
     assert (caught.value.code, caught.value.retry_after, caught.value.provider) == ("refresh_throttled", 3.0, "felloh")
 
 
