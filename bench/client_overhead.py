@@ -1,15 +1,16 @@
 """What tokend_client's Auth classes add to each request, with a ready token: target under 0.3 ms.
 
     pip install -e . './clients/python[httpx,requests]'
-    python bench/client_overhead.py            # about a minute on 2 cores
+    python bench/client_overhead.py            # about 40 s on 2 cores
     python bench/client_overhead.py --quick    # a few seconds, for a smoke run
 
 For httpx (sync and async) and requests, it sends the same GET to a local upstream server, without auth
-(the baseline) and with `Auth("felloh")`, alternating the two in rounds so that both see the same machine;
-it prints the median of the rounds' per-request times and the difference and ratio to the baseline of the
-same run. The machines are shared and noisy: read the difference and the PASS/FAIL column, not the absolute
-numbers. Also printed: the auth step alone, in-process (no network at all), and, for scale, what one round
-trip to tokend costs (what every request would pay without the client's cache).
+(the baseline) and with `Auth("felloh")`, in blocks of 20 side by side so that both see the same moment of
+the machine; it prints the medians of the blocks' per-request times, and the median of their paired
+differences and the ratio to the baseline of the same run. The machines are shared and noisy: read the
+difference and the PASS/FAIL column, not the absolute numbers. Also printed: the auth step alone, in-process
+(no network at all), and, for scale, what one round trip to tokend costs (what every request would pay
+without the client's cache).
 
 The upstream server runs in a process of its own (`--serve`, an asyncio server that answers every request
 with the same 200), so that its work does not compete with the measured client for the GIL. tokend is the
@@ -29,6 +30,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 import requests
@@ -44,15 +46,15 @@ _ANSWER = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer requests and rounds")
+    parser.add_argument("--quick", action="store_true", help="fewer blocks of fewer requests")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the upstream server role
     args = parser.parse_args()
     if args.serve:
         asyncio.run(_serve())
         return
-    count, rounds = (300, 3) if args.quick else (2000, 7)
+    blocks, size = (40, 10) if args.quick else (300, 20)
     with _stack() as (tokend_url, upstream_url):
-        _report(tokend_url, upstream_url, count, rounds)
+        _report(tokend_url, upstream_url, blocks, size)
 
 
 # -- the upstream server (its own process) -------------------------------------------------------------------
@@ -158,50 +160,65 @@ async def _per_request_async(call: Callable[[], Awaitable[object]], count: int) 
     return (time.perf_counter() - started) / count
 
 
-def _alternate(
-    plain: Callable[[int], float], authed: Callable[[int], float], count: int, rounds: int
-) -> tuple[float, float]:
-    """Median per-request seconds of each, over rounds that alternate which one goes first."""
-    plain(count // 10), authed(count // 10)  # warm-up: connections, caches, the credential
+class _Figures(NamedTuple):
+    plain: float  # median seconds per request, over the blocks
+    authed: float
+    difference: float  # median of the blocks' paired differences: what the Auth adds
+
+
+def _summary(plain: list[float], authed: list[float]) -> _Figures:
+    differences = [a - p for p, a in zip(plain, authed, strict=True)]
+    return _Figures(statistics.median(plain), statistics.median(authed), statistics.median(differences))
+
+
+def _paired(plain: Callable[[], object], authed: Callable[[], object], blocks: int, size: int) -> _Figures:
+    """Blocks of `size` requests, plain and with Auth side by side (which goes first alternates), so that
+    both see the same moment of a shared machine; the medians shrug off the blocks another process hit."""
+    _per_request(plain, size * 5), _per_request(authed, size * 5)  # warm-up: connections, the credential
     plain_times: list[float] = []
     auth_times: list[float] = []
-    for round_ in range(rounds):
-        if round_ % 2:
-            auth_times.append(authed(count))
-            plain_times.append(plain(count))
+    for index in range(blocks):
+        if index % 2:
+            auth_times.append(_per_request(authed, size))
+            plain_times.append(_per_request(plain, size))
         else:
-            plain_times.append(plain(count))
-            auth_times.append(authed(count))
-    return statistics.median(plain_times), statistics.median(auth_times)
+            plain_times.append(_per_request(plain, size))
+            auth_times.append(_per_request(authed, size))
+    return _summary(plain_times, auth_times)
 
 
-def _httpx_sync(client: Client, url: str, count: int, rounds: int) -> tuple[float, float]:
+async def _paired_async(plain: Callable[[], Awaitable[object]], authed: Callable[[], Awaitable[object]],
+                        blocks: int, size: int) -> _Figures:
+    await _per_request_async(plain, size * 5), await _per_request_async(authed, size * 5)
+    plain_times: list[float] = []
+    auth_times: list[float] = []
+    for index in range(blocks):
+        if index % 2:
+            auth_times.append(await _per_request_async(authed, size))
+            plain_times.append(await _per_request_async(plain, size))
+        else:
+            plain_times.append(await _per_request_async(plain, size))
+            auth_times.append(await _per_request_async(authed, size))
+    return _summary(plain_times, auth_times)
+
+
+def _httpx_sync(client: Client, url: str, blocks: int, size: int) -> _Figures:
     with httpx.Client() as plain, httpx.Client(auth=HttpxAuth("felloh", client=client)) as authed:
-        return _alternate(lambda n: _per_request(lambda: plain.get(url), n),
-                          lambda n: _per_request(lambda: authed.get(url), n), count, rounds)
+        return _paired(lambda: plain.get(url), lambda: authed.get(url), blocks, size)
 
 
-def _httpx_async(client: Client, url: str, count: int, rounds: int) -> tuple[float, float]:
-    async def go() -> tuple[float, float]:
+def _httpx_async(client: Client, url: str, blocks: int, size: int) -> _Figures:
+    async def go() -> _Figures:
         async with httpx.AsyncClient() as plain, httpx.AsyncClient(auth=HttpxAuth("felloh", client=client)) as authed:
-            plain_times: list[float] = []
-            auth_times: list[float] = []
-            await _per_request_async(lambda: plain.get(url), count // 10)
-            await _per_request_async(lambda: authed.get(url), count // 10)
-            for round_ in range(rounds):
-                pair = [(plain_times, plain), (auth_times, authed)]
-                for times, session in pair[::-1] if round_ % 2 else pair:
-                    times.append(await _per_request_async(lambda s=session: s.get(url), count))  # type: ignore[misc]
-            return statistics.median(plain_times), statistics.median(auth_times)
+            return await _paired_async(lambda: plain.get(url), lambda: authed.get(url), blocks, size)
 
     return asyncio.run(go())
 
 
-def _requests(client: Client, url: str, count: int, rounds: int) -> tuple[float, float]:
+def _requests(client: Client, url: str, blocks: int, size: int) -> _Figures:
     with requests.Session() as plain, requests.Session() as authed:
         authed.auth = RequestsAuth("felloh", client=client)
-        return _alternate(lambda n: _per_request(lambda: plain.get(url, timeout=10), n),
-                          lambda n: _per_request(lambda: authed.get(url, timeout=10), n), count, rounds)
+        return _paired(lambda: plain.get(url, timeout=10), lambda: authed.get(url, timeout=10), blocks, size)
 
 
 def _auth_step_alone(client: Client, url: str, count: int) -> dict[str, float]:
@@ -220,20 +237,20 @@ def _auth_step_alone(client: Client, url: str, count: int) -> dict[str, float]:
     return {name: min(_per_request(step, count * 5) for _ in range(3)) for name, step in steps.items()}
 
 
-def _report(tokend_url: str, upstream_url: str, count: int, rounds: int) -> None:
+def _report(tokend_url: str, upstream_url: str, blocks: int, size: int) -> None:
     url = f"{upstream_url}/agent/organisations"
     with Client(tokend_url) as client, Client(tokend_url, max_age=0) as uncached:
         client.credential("felloh")
-        results = {"httpx sync": _httpx_sync(client, url, count, rounds),
-                   "httpx async": _httpx_async(client, url, count, rounds),
-                   "requests": _requests(client, url, count, rounds)}
-        alone = _auth_step_alone(client, url, count)
-        round_trip = min(_per_request(lambda: uncached.credential("felloh"), count // 4) for _ in range(3))
-    print(f"tokend_client per-request overhead, ready token ({count} requests x {rounds} rounds, medians; "
-          f"{os.cpu_count()} CPUs)\n")
+        results = {"httpx sync": _httpx_sync(client, url, blocks, size),
+                   "httpx async": _httpx_async(client, url, blocks, size),
+                   "requests": _requests(client, url, blocks, size)}
+        alone = _auth_step_alone(client, url, 2000)
+        round_trip = min(_per_request(lambda: uncached.credential("felloh"), 500) for _ in range(3))
+    print(f"tokend_client per-request overhead, ready token ({blocks} blocks of {size} requests each way, "
+          f"medians; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f})\n")
     print(f"{'library':<14}{'plain GET':>12}{'with Auth':>12}{'difference':>13}{'ratio':>8}   target < {TARGET_MS} ms")
-    for name, (plain, authed) in results.items():
-        difference = (authed - plain) * 1000
+    for name, (plain, authed, added) in results.items():
+        difference = added * 1000
         verdict = "PASS" if difference < TARGET_MS else "FAIL"
         print(f"{name:<14}{plain * 1000:>9.3f} ms{authed * 1000:>9.3f} ms{difference:>+10.3f} ms"
               f"{authed / plain:>7.2f}x   {verdict}")
