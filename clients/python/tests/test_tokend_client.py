@@ -137,6 +137,7 @@ def test_tokend_is_found_through_the_config_file_and_the_environment(
     monkeypatch.setenv("TOKEND_URL", stack.daemon.url + "/")
     assert Client().address.url == stack.daemon.url
     assert Client("http://[::1]:9000").address.host == "::1"
+    assert Client("http://user:secret@127.0.0.1:9/any/path").address.url == "http://127.0.0.1:9"  # shown bare
     for bad in ("https://127.0.0.1:8765", "127.0.0.1:8765", "http://127.0.0.1:99999"):
         with pytest.raises(TokendError, match="is not an http://"):
             Client(bad)
@@ -206,6 +207,7 @@ def test_each_error_code_is_its_exception(tmp_path: Path, fakes: FakeProviders) 
             with pytest.raises(TokenUnavailable) as unavailable:
                 client.credential("felloh")
             assert unavailable.value.code == "token_unavailable" and unavailable.value.provider == "felloh"
+            assert unavailable.value.next_attempt is not None and unavailable.value.next_attempt > time.time() - 60
             token = client.credential("fts").token
             fakes.fintech_studios.fail(500, times=1)
             with pytest.raises(RefreshFailed) as failed:

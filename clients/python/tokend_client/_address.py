@@ -82,7 +82,9 @@ def _parse_url(url: str) -> Address:
         port = 0
     if parts.scheme != "http" or not parts.hostname or not port:
         raise TokendError(f"{url!r} is not an http://, http+unix:// or unix: address of tokend")
-    return Address(url.rstrip("/"), host=parts.hostname, port=port)
+    # Shown as scheme, host and port only: a user name or password in the URL must not reach a message.
+    shown = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return Address(f"http://{shown}:{port}", host=parts.hostname, port=port)
 
 
 def _find_config(explicit: str | os.PathLike[str] | None) -> Path | None:

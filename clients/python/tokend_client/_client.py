@@ -249,8 +249,7 @@ class Client:
         for attempt in (1, 2):
             connection, reused = self._checkout()
             try:
-                connection.request(method, path, body=payload if payload is not None else
-                                   (b"" if method == "POST" else None), headers=headers)
+                connection.request(method, path, body=payload, headers=headers)  # a bodiless POST: length 0
                 response = connection.getresponse()
                 data = response.read()
             except (OSError, http.client.HTTPException) as exc:
