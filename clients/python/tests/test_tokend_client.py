@@ -4,6 +4,8 @@ and each error as the exception of its code."""
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -253,3 +255,11 @@ def test_an_answer_that_is_not_http_is_reported_as_such() -> None:
                 client.credential("felloh")
         thread.join(timeout=10)
     assert time.monotonic() - started < 5
+
+
+def test_the_client_imports_the_standard_library_only() -> None:
+    code = ("import sys, tokend_client; "
+            "print(' '.join(sorted({m.split('.')[0] for m in sys.modules} - set(sys.stdlib_module_names))))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    # Private names are the installers' import hooks (editable installs, setuptools' distutils shim).
+    assert [name for name in loaded.stdout.split() if not name.startswith("_")] == ["tokend_client"]
