@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 from tokend_client._address import Address, find_address, find_client_key
 from tokend_client._credential import Credential
-from tokend_client._errors import DaemonUnreachable, error_from_answer
+from tokend_client._errors import DaemonUnreachable, TokendError, error_from_answer
 
 __all__ = ["Client", "default_client"]
 
@@ -197,7 +197,8 @@ class Client:
         except BaseException as exc:
             with self._lock:
                 del self._flights[key]
-            flight.error = exc
+            # A KeyboardInterrupt (or the like) is the leader's own business: the waiters get an error of ours.
+            flight.error = exc if isinstance(exc, Exception) else TokendError("the request to tokend was interrupted")
             flight.done.set()
             raise
         with self._lock:

@@ -69,7 +69,10 @@ class Auth(httpx.Auth):
             sent = await _in_thread(client.credential, self.provider)
         response = yield _with_credential(request, sent)
         if response.status_code == 401 and _replayable(request):
-            fresh = await _in_thread(self._auth.replacement, sent)
+            # Another request may have had the token replaced already: then no worker thread is needed.
+            fresh = client.cached(self.provider)
+            if fresh is None or fresh.token == sent.token:
+                fresh = await _in_thread(self._auth.replacement, sent)
             if fresh is not None:
                 yield _with_credential(request, fresh)
 
