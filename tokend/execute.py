@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     from tokend.client import Client
 
-__all__ = ["child_environment", "run"]
+__all__ = ["Unrunnable", "child_environment", "run"]
 
 # What a shell would do: 127 for a command not found, 126 for one that cannot be run.
 NOT_FOUND, NOT_EXECUTABLE = 127, 126
@@ -67,9 +67,9 @@ def run(command: Sequence[str], env: Mapping[str, str]) -> int:
     try:
         child = subprocess.Popen(list(command), env=dict(env))
     except FileNotFoundError:
-        raise _Unrunnable(NOT_FOUND, f"command not found: {command[0]}") from None
+        raise Unrunnable(NOT_FOUND, f"command not found: {command[0]}") from None
     except PermissionError:
-        raise _Unrunnable(NOT_EXECUTABLE, f"cannot run {command[0]}: permission denied") from None
+        raise Unrunnable(NOT_EXECUTABLE, f"cannot run {command[0]}: permission denied") from None
     previous = {sig: signal.signal(sig, lambda number, frame: _forward(child, number)) for sig in _FORWARDED}
     try:
         code = child.wait()
@@ -79,13 +79,12 @@ def run(command: Sequence[str], env: Mapping[str, str]) -> int:
     return 128 - code if code < 0 else code
 
 
-class _Unrunnable(TokendError):
+class Unrunnable(TokendError):
+    """The command could not be started; `code` is the exit status a shell would give."""
+
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
         self.code = code
-
-
-Unrunnable = _Unrunnable
 
 
 def _forward(child: subprocess.Popen[bytes], number: int) -> None:
