@@ -29,7 +29,7 @@ from tokend.errors import TokendError
 from tokend.logs import install_redaction
 from tokend.manager import Manager
 from tokend.reloading import Reloader
-from tokend.sdnotify import Notifier
+from tokend.sdnotify import Notifier, StatusLine, describe
 
 log = logging.getLogger("tokend")
 
@@ -160,10 +160,13 @@ async def _systemd(manager: Manager, notifier: Notifier, where: str) -> AsyncIte
         yield
         return
 
+    line = StatusLine(notifier, lambda: describe(where, {name: manager.state(name).value for name in manager.names}))
+
     async def ready_when_settled() -> None:
         await manager.settled()
-        states = ", ".join(f"{name} {manager.state(name).value}" for name in manager.names)
-        notifier.ready(f"serving {len(manager.names)} provider(s) on {where}: {states}")
+        notifier.ready(line.current())
+        # From now on STATUS= follows the providers (recoveries, failures, reloads), checked every second.
+        manager.every(1.0, line.refresh_async, "tokend-sd-status")
 
     async def ping() -> None:
         notifier.watchdog()
