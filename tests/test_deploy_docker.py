@@ -114,8 +114,8 @@ def deployment() -> Iterator[Deployment]:
         fakes.serve_in(engine.inspect("net")["State"]["Pid"])
         engine.docker("run", "-d", "--name", "tokend", "--network", "container:net", *hardening(),
                       *mounts(work, fakes), "--health-interval=2s", IMAGE)
-        print(f"\ndocker: engine up and {BASE_IMAGE} imported in {imported - began:.0f}s, "
-              f"image built in {built - imported:.0f}s")
+        print(f"\ndocker ({engine.storage_driver}): engine up and {BASE_IMAGE} imported in {imported - began:.0f}s, "
+              f"image built in {built - imported:.0f}s, containers up in {time.monotonic() - built:.0f}s")
         yield Deployment(engine, fakes, engine.inspect("tokend")["State"]["Pid"])
     finally:
         engine.stop()
