@@ -199,12 +199,12 @@ def mebibytes(quantity: str) -> float:
 
 
 def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
-    # verify refuses a unit whose ExecStart binary does not exist, and /usr/local/bin/tokend need not
-    # exist here: the copy runs the tokend script installed for these tests instead.
+    # verify refuses a unit whose ExecStart or ExecReload binary does not exist, and /usr/local/bin/tokend
+    # need not exist here: the copy runs the tokend script installed for these tests instead.
     text = UNIT.read_text()
     assert text.count("ExecStart=/usr/local/bin/tokend ") == 1
     unit = tmp_path / "tokend.service"
-    unit.write_text(text.replace("ExecStart=/usr/local/bin/tokend ", f"ExecStart={tokend_script()} "))
+    unit.write_text(text.replace("=/usr/local/bin/tokend ", f"={tokend_script()} "))  # ExecStart, ExecReload
     result = subprocess.run([systemd_analyze(), "verify", "--man=no", str(unit)],
                             capture_output=True, text=True, timeout=60)
     # An unknown or misspelt setting is only a warning (exit 0) that names the file: fail on it too.
@@ -225,11 +225,15 @@ def test_unit_is_a_notify_service_with_watchdog_reload_and_restart(tmp_path: Pat
     assert settings["Type"] == ["notify"]
     assert settings["NotifyAccess"] == ["main"]
     assert settings["WatchdogSec"] == ["30s"]
-    assert settings["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     assert settings["Restart"] == ["on-failure"]
-    assert settings["RestartPreventExitStatus"] == [str(int(cli.Exit.CONFIG))]
+    # 243 is systemd's EXIT_CREDENTIALS: a LoadCredential= file missing.
+    assert settings["RestartPreventExitStatus"] == [f"{int(cli.Exit.CONFIG)} 243"]
     [exec_start] = settings["ExecStart"]
     assert_cli_accepts(exec_start.split(), tmp_path)
+    # The reload waits for tokend's answer, so that a refused config fails `systemctl reload`.
+    [exec_reload] = settings["ExecReload"]
+    assert exec_reload.split()[-1] == "reload" and exec_reload.split()[:-1] == exec_start.split()[:-1]
+    assert_cli_accepts([*exec_reload.split()[:-1], "run"], tmp_path)
 
 
 def test_unit_hardening_is_in_place() -> None:

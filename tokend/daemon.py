@@ -27,7 +27,7 @@ from tokend.providers import KINDS
 from tokend.redact import Redactor
 from tokend.reloading import Reloader
 from tokend.scheduler import Scheduler
-from tokend.sdnotify import Notifier
+from tokend.sdnotify import Notifier, StatusLine, describe
 from tokend.sinks import SinkWriter
 from tokend.upstream import build_client
 from tokend.watch import SecretFileWatcher
@@ -107,13 +107,17 @@ class Daemon:
 @contextlib.asynccontextmanager
 async def _systemd(manager: Manager, scheduler: Scheduler, notifier: Notifier, where: str) -> AsyncIterator[None]:
     """sd_notify: READY=1 once every first login has succeeded or failed (one provider down must not hold
-    the start until systemd gives up), WATCHDOG=1 at half WatchdogSec from the event loop itself (so a
-    hung loop stops the pings), STOPPING=1 at shutdown."""
+    the start until systemd gives up), then STATUS= whenever a provider's state changes (rate-limited),
+    WATCHDOG=1 at half WatchdogSec from the event loop itself (so a hung loop stops the pings), STOPPING=1
+    at shutdown."""
+
+    line = StatusLine(notifier, lambda: describe(where, {name: manager.state(name).value for name in manager.names}))
 
     async def ready_when_settled() -> None:
         await manager.settled()
-        states = ", ".join(f"{name} {manager.state(name).value}" for name in manager.names)
-        notifier.ready(f"serving {len(manager.names)} provider(s) on {where}: {states}")
+        notifier.ready(line.current())
+        # From now on STATUS= follows the providers (recoveries, failures, reloads), checked every second.
+        scheduler.every(1.0, line.refresh_async, "tokend-sd-status")
 
     async def ping() -> None:
         notifier.watchdog()

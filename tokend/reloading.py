@@ -42,8 +42,10 @@ class Reloader:
             try:
                 settings = await asyncio.to_thread(Settings.load, self.path)
             except ConfigError as exc:
+                # A TOML syntax error is its own one problem: say it once, not again as a detail.
+                details = exc.problems if exc.problems != [exc.message] else []
                 log.error("reload (%s) refused, the running config stays: %s%s", reason, exc.message,
-                          "".join(f"\n  {problem}" for problem in exc.problems))
+                          "".join(f"\n  {problem}" for problem in details))
                 raise
             changes = self._manager.apply(settings)
             for then in self._then:

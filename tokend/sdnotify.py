@@ -13,9 +13,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 
-__all__ = ["Notifier"]
+__all__ = ["Notifier", "StatusLine", "describe"]
 
 log = logging.getLogger("tokend")
 
@@ -84,6 +85,66 @@ class Notifier:
         except OSError as exc:
             # Notifications are advice to the service manager: failing to send one must never stop tokend.
             log.debug("sd_notify: cannot send %r to $NOTIFY_SOCKET: %s", message.split("\n", 1)[0], exc)
+
+
+class StatusLine:
+    """Keeps the line `systemctl status` shows in step with a text that changes (the providers' states).
+
+    `render` says what the line should be now; refresh() sends it when it differs from the last line
+    sent, but never more often than once per `min_interval` seconds: a provider that flaps must not
+    flood systemd. A change held back that way goes out at the first refresh() after the interval.
+    """
+
+    def __init__(
+        self,
+        notifier: Notifier,
+        render: Callable[[], str],
+        *,
+        min_interval: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._notifier = notifier
+        self._render = render
+        self._min_interval = min_interval
+        self._clock = clock
+        self._sent: str | None = None
+        self._sent_at = float("-inf")
+
+    def current(self) -> str:
+        """The line as it is now, counted as sent (for a caller that sends it itself, with READY=1)."""
+        self._sent, self._sent_at = self._render(), self._clock()
+        return self._sent
+
+    def refresh(self) -> None:
+        text = self._render()
+        if text == self._sent or self._clock() - self._sent_at < self._min_interval:
+            return
+        self._notifier.status(text)
+        self._sent, self._sent_at = text, self._clock()
+
+    async def refresh_async(self) -> None:
+        """refresh() as a job for an asyncio scheduler."""
+        self.refresh()
+
+
+# Beyond this many providers the line gives counts, and names only the ones that are not ok.
+_LISTED = 8
+
+
+def describe(where: str, states: Mapping[str, str]) -> str:
+    """The status line: where tokend serves and each provider's state ("felloh ok, fts failed")."""
+    head = f"serving {len(states)} provider(s) on {where}"
+    if not states:
+        return head
+    if len(states) <= _LISTED:
+        return f"{head}: " + ", ".join(f"{name} {state}" for name, state in states.items())
+    counts: dict[str, int] = {}
+    for state in states.values():
+        counts[state] = counts.get(state, 0) + 1
+    summary = ", ".join(f"{count} {state}" for state, count in sorted(counts.items()))
+    troubled = [name for name, state in states.items() if state != "ok"]
+    shown = ", ".join(troubled[:_LISTED]) + (", ..." if len(troubled) > _LISTED else "")
+    return f"{head}: {summary}" + (f" (not ok: {shown})" if troubled else "")
 
 
 def _socket_address(address: str) -> str | None:
