@@ -34,7 +34,8 @@ import trustme
 import uvicorn
 from starlette.types import ASGIApp
 
-from tokend.config import FELLOH_URLS, FLOTIQ_URL
+from tokend.providers.felloh.login import FELLOH_URLS
+from tokend.providers.flotiq import FLOTIQ_URL
 from tokend.testing import FakeFelloh, FakeFintechStudios, FakeFlotiq
 
 ROOT = Path(__file__).resolve().parent.parent
