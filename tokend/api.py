@@ -272,7 +272,8 @@ def create_app(
     @app.get("/status")
     async def status(caller: Asking) -> dict[str, Any]:
         providers = {name: state for name, state in manager.status().items() if caller.may_read(name)}
-        return {"version": __version__, "ready": manager.ready(providers), "providers": providers}
+        fleet = {} if manager.fleet is None else {"fleet": manager.fleet.status()}
+        return {"version": __version__, "ready": manager.ready(providers), "providers": providers, **fleet}
 
     # A created key's secret travels in an answer here: the same checks and no-store as a token.
     app.include_router(felloh_router(manager), dependencies=[Depends(_administrator), Depends(_no_store)])

@@ -267,6 +267,7 @@ class ProviderBase(BaseModel):
     max_retry_delay: Seconds = 300.0  # the backoff after failed logins grows up to this
     default_lifetime: Seconds = 3600.0
     max_lifetime: Seconds = 86400.0
+    fleet: bool = True  # with [fleet]: share this provider's token with the fleet (false: log in alone)
 
     def secrets(self) -> dict[str, SecretValue]:
         """Every secret in this provider's settings, by where it sits (`password`, `secrets.api_key`)."""
@@ -513,6 +514,9 @@ class ClientConfig(BaseModel):
         return self
 
 
+from tokend.fleet.config import FleetConfig  # noqa: E402 (it uses Secret and Seconds from above)
+
+
 class Settings(BaseSettings):
     """The whole configuration. Environment variables `TOKEND_SERVER__PORT=9000` override the file."""
 
@@ -524,6 +528,13 @@ class Settings(BaseSettings):
     upstream: UpstreamConfig = UpstreamConfig()
     providers: dict[ProviderName, ProviderConfig] = {}
     clients: dict[ProviderName, ClientConfig] = {}
+    fleet: FleetConfig | None = None
+
+    @model_validator(mode="after")
+    def _fleet_rotates_no_felloh_keys(self) -> Settings:
+        if self.fleet is not None and (refused := self.fleet.refused_rotations(self.providers)):
+            raise ValueError(refused)
+        return self
 
     @model_validator(mode="after")
     def _clients_name_providers(self) -> Settings:

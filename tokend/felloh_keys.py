@@ -23,6 +23,7 @@ from pydantic import SecretStr
 from tokend.config import FellohConfig, SecretValue
 from tokend.credential import iso_utc
 from tokend.errors import TokendError, UpstreamError
+from tokend.fleet.config import FLEET_ROTATION_REFUSED
 from tokend.manager import Manager
 from tokend.providers import build_provider, fetch_within_timeout
 from tokend.providers.base import LoginRequest, exchange, http_timeout
@@ -143,6 +144,8 @@ def other_users(manager: Manager, provider: str, key: ApiKey) -> list[str]:
 
 async def rotate(manager: Manager, provider: str, organisation: str, client: httpx.AsyncClient) -> RotationResult:
     """Replace the provider's key pair with a new one. See the module docstring for the guarantees."""
+    if manager.fleet is not None and felloh_config(manager, provider).fleet:
+        raise KeyAdminError(FLEET_ROTATION_REFUSED)
     async with manager.changing(provider):  # a scheduled and a manual rotation must not interleave
         return await _rotate(manager, provider, organisation, client)
 

@@ -27,6 +27,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from tokend.config import ProviderConfig, Settings
 from tokend.credential import Credential, State, iso_utc
 from tokend.errors import CredentialsRejected, TokenUnavailable, UnknownProvider, UpstreamError
+from tokend.logins import Login, LoginCall, LoginReason
 from tokend.policy import renewal_delay, retry_delay
 from tokend.providers import Provider, build_provider, fetch_within_timeout
 from tokend.redact import Redactor
@@ -97,6 +98,9 @@ class Manager:
         self._scheduler: AsyncIOScheduler | None = None
         self._changes: dict[str, asyncio.Lock] = {}
         self._gates: dict[str, asyncio.Semaphore] = {}
+        # Every login goes through this Login; fleet mode wraps it (tokend.fleet) and sets `fleet` for /status.
+        self.login: Login = self._direct_login
+        self.fleet: Any = None
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
@@ -108,7 +112,7 @@ class Manager:
         self._scheduler.start()
         self._started = True
         for slot in self._slots.values():
-            self._start_login(slot)
+            self._start_login(slot, LoginReason.FIRST)
         return self
 
     async def __aexit__(
@@ -145,7 +149,7 @@ class Manager:
                 and time.monotonic() - slot.last_attempt >= STALE_LOGIN_GAP):
             # Stale with no failure behind it: the renewal is late (a busy loop), or the clock jumped, or the
             # machine slept through it. Log in now rather than answer 503; failures are left to the backoff.
-            self._start_login(slot)
+            self._start_login(slot, LoginReason.STALE)
         if slot.inflight is None:
             raise self._unavailable(slot)
         try:
@@ -172,7 +176,7 @@ class Manager:
             if slot.last_error is not None:
                 raise _again(slot.last_error)
         try:
-            return await asyncio.shield(self._start_login(slot))
+            return await asyncio.shield(self._start_login(slot, LoginReason.FORCED))
         except asyncio.CancelledError:
             if _cancelled_by_us() or not slot.retired:
                 raise
@@ -273,7 +277,7 @@ class Manager:
         self.redactor.add_secrets(secret.get() for secret in config.secrets().values())
         slot = self._slots[name] = _Slot(name, config, build_provider(name, config, self.redactor))
         if self._started:
-            self._start_login(slot)
+            self._start_login(slot, LoginReason.FIRST)
 
     def _retire(self, slot: _Slot) -> None:
         """Take a slot out of service: no more renewals, and its login in flight is cancelled."""
@@ -287,9 +291,9 @@ class Manager:
         now = time.monotonic()
         return now - slot.last_attempt >= slot.config.min_refresh_interval and now >= slot.quiet_until
 
-    def _start_login(self, slot: _Slot) -> asyncio.Task[Credential]:
+    def _start_login(self, slot: _Slot, reason: LoginReason = LoginReason.RENEWAL) -> asyncio.Task[Credential]:
         if slot.inflight is None:
-            slot.inflight = asyncio.create_task(self._login(slot), name=f"tokend-login-{slot.name}")
+            slot.inflight = asyncio.create_task(self._login(slot, reason), name=f"tokend-login-{slot.name}")
             slot.inflight.add_done_callback(_retrieve)
         return slot.inflight
 
@@ -305,11 +309,11 @@ class Manager:
             if _cancelled_by_us() or not slot.retired:
                 raise
 
-    async def _login(self, slot: _Slot) -> Credential:
+    async def _login(self, slot: _Slot, reason: LoginReason) -> Credential:
         try:
             async with self._gate(slot.config):  # queued here, before the login's own clock starts
                 started = slot.last_attempt = time.monotonic()
-                outcome = await self._attempt(slot, self._client)
+                outcome = await self._attempt(slot, LoginCall(slot.name, slot.config, reason, current=slot.credential))
         finally:
             slot.inflight = None
         if isinstance(outcome, Credential):
@@ -318,9 +322,12 @@ class Manager:
         self._failed(slot, outcome, time.monotonic() - started)
         raise outcome
 
-    async def _attempt(self, slot: _Slot, client: httpx.AsyncClient) -> Credential | UpstreamError:
+    async def _direct_login(self, call: LoginCall) -> Credential:
+        return await fetch_within_timeout(self._slot(call.name).provider, call.config.timeout, self._client)
+
+    async def _attempt(self, slot: _Slot, call: LoginCall) -> Credential | UpstreamError:
         try:
-            return await fetch_within_timeout(slot.provider, slot.config.timeout, client)
+            return await self.login(call)
         except UpstreamError as exc:
             return exc
         except Exception as exc:  # a provider bug must never stop the renewals of this or other providers
@@ -353,10 +360,13 @@ class Manager:
             self._unschedule(slot)
         else:
             first = slot.logins_ok == 1
-            self._schedule(slot, renewal_delay(credential.expires_at - time.time(), self._rng, first=first))
+            delay = renewal_delay(credential.expires_at - time.time(), self._rng, first=first)
+            if credential.renew_at is not None:  # the fleet's agreed time: every daemon renews it at once
+                delay = max(0.0, credential.renew_at - time.time())
+            self._schedule(slot, delay)
         log.info(
-            "login provider=%s outcome=ok expires_at=%s request_id=%s duration_ms=%d next_refresh_in=%s",
-            slot.name, iso_utc(credential.expires_at) or "never", credential.request_id or "-",
+            "login provider=%s outcome=ok source=%s expires_at=%s request_id=%s duration_ms=%d next_refresh_in=%s",
+            slot.name, credential.source, iso_utc(credential.expires_at) or "never", credential.request_id or "-",
             duration * 1000, _seconds(slot.next_refresh_at),
         )
         if credential.expiry_note and credential.expiry_note != slot.last_expiry_note:
@@ -476,6 +486,7 @@ def _status(slot: _Slot, now: float) -> dict[str, Any]:
     return {
         "kind": slot.config.kind,
         "state": _state(slot, now).value,
+        "source": credential.source if credential else None,
         "expires_at": iso_utc(credential.expires_at) if credential else None,
         "expires_in": None if expires_in is None else max(0, int(expires_in)),
         "last_refresh": iso_utc(slot.last_success_at),

@@ -39,6 +39,8 @@ class Metrics:
                                     ["provider"], buckets=_LOGIN_BUCKETS, registry=self.registry)
         self.registry.register(_Present(manager, self.requests, fast_answers))
         manager.login_observers.append(self._observe_login)
+        if manager.fleet is not None:
+            self.registry.register(manager.fleet.collector())
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -131,8 +131,15 @@ def serve(settings: Settings, sock: socket.socket | None = None, *, config_path:
     host, port = sock.getsockname()[:2]
     where = settings.server.socket or (f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}")
     systemd = _systemd(manager, Notifier.from_environment(), str(where))
+    fleet: list[contextlib.AbstractAsyncContextManager[object]] = []
+    if settings.fleet is not None:  # only then is a Redis library imported
+        from tokend.fleet.logins import FleetLogins
+
+        manager.redactor.add_secrets(secret.get() for secret in settings.fleet.secrets())
+        manager.login = manager.fleet = FleetLogins(manager.login, settings.fleet)
+        fleet.append(manager.fleet)
     config = uvicorn.Config(
-        create_app(manager, reloader=reloader, extras=[systemd, _frozen_heap(manager)]),
+        create_app(manager, reloader=reloader, extras=[*fleet, systemd, _frozen_heap(manager)]),
         # Nothing in front of tokend is trusted to say who the client is: X-Forwarded-For is refused,
         # never believed (uvicorn would otherwise rewrite the peer address from it for 127.0.0.1).
         proxy_headers=False,
