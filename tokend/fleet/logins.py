@@ -120,9 +120,11 @@ class FleetLogins:
                     return self._adopt(call, tally, share, record, credential)
                 if record is not None and record != self._expected(share, call.current):
                     won = await self._store.acquire(share, self.holder)  # the claim did not try: not our record
-                    if won and (fresh := self._usable(call, tally, share, await self._read(share))) is not None:
-                        await self._let_go(share)  # published between our read and our lease
-                        return self._adopt(call, tally, share, self._latest.get(share), fresh)
+                    # Published between our read and our lease? Then that is the token, and no login.
+                    if (won and (again := await self._read(share)) != record
+                            and (fresh := self._usable(call, tally, share, again)) is not None):
+                        await self._let_go(share)
+                        return self._adopt(call, tally, share, again, fresh)
             if won:
                 tally.leases_won += 1
                 return await self._log_in_for_fleet(call, tally, share)
