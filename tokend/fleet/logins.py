@@ -65,7 +65,7 @@ class FleetLogins:
         self._store = Store(config)
         self._rng = rng or random.Random()  # noqa: S311 (jitter, not cryptography)
         self._tallies: dict[str, _Tally] = {}
-        self._shares: dict[int, tuple[ProviderConfig, list[str]]] = {}
+        self._shares: dict[str, tuple[ProviderConfig, list[str]]] = {}  # provider -> (its config, share keys)
         self._latest: dict[str, str] = {}  # share key -> the last record seen on the channel
         self._events: dict[str, asyncio.Event] = {}  # share key -> set at the next message for it
         self._held: dict[str, tuple[str, str]] = {}  # share key -> (token, record) this daemon holds
@@ -106,7 +106,7 @@ class FleetLogins:
             return await self._alone(call, tally, str(exc))
 
     async def _shared(self, call: LoginCall, tally: _Tally) -> Credential:
-        shares = self._share_keys(call.config)
+        shares = self._share_keys(call.name, call.config)
         share = shares[0]
         deadline = time.monotonic() + call.config.timeout + self.config.lease + 1.0
         counted_loss = False
@@ -221,10 +221,11 @@ class FleetLogins:
         held = self._held.get(share)
         return held[1] if held is not None and current is not None and held[0] == current.token else ""
 
-    def _share_keys(self, config: ProviderConfig) -> list[str]:
-        cached = self._shares.get(id(config))
+    def _share_keys(self, name: str, config: ProviderConfig) -> list[str]:
+        """The provider's share key under each key, the writing key's first; made again after a reload."""
+        cached = self._shares.get(name)
         if cached is None or cached[0] is not config:
-            cached = self._shares[id(config)] = (config, [key.share_key(config) for key in self._keys])
+            cached = self._shares[name] = (config, [key.share_key(config) for key in self._keys])
         return cached[1]
 
     # --- Redis -------------------------------------------------------------------------------------------
@@ -325,6 +326,7 @@ class FleetLogins:
             "unavailable_since": iso_utc(self._down_since),
             "last_error": self._last_error,
             "redis_errors": self._redis_errors,
+            "redis_calls": self._store.calls,
             "key_id": self._keys[0].id,
             "other_key_ids": sorted(self._foreign),
             "providers": {name: dataclasses.asdict(tally) for name, tally in self._tallies.items()},
@@ -356,9 +358,11 @@ class _FleetCollector(Collector):
             unreadable.add_metric([name], tally.unreadable_records)
         errors = CounterMetricFamily("tokend_fleet_redis_errors", "Redis calls that failed or timed out.")
         errors.add_metric([], fleet._redis_errors)
+        calls = CounterMetricFamily("tokend_fleet_redis_calls", "Round trips to Redis (a pipeline or script is one).")
+        calls.add_metric([], fleet._store.calls)
         up = GaugeMetricFamily("tokend_fleet_redis_up", "1 while the fleet's Redis answers.")
         up.add_metric([], 0.0 if fleet._down_since is not None else 1.0)
-        yield from (adoptions, leases, alone, unreadable, errors, up)
+        yield from (adoptions, leases, alone, unreadable, errors, calls, up)
 
 
 def _secrets(config: ProviderConfig) -> dict[str, str]:

@@ -90,6 +90,7 @@ class Store:
         self._release = self._redis.register_script(_RELEASE)
         self._renew = self._redis.register_script(_RENEW)
         self._claim = self._redis.register_script(_CLAIM)
+        self.calls = 0  # round trips to Redis so far (a pipeline or a script is one), for /metrics
 
     def token_key(self, share: str) -> str:
         return f"{self.prefix}:token:{share}"
@@ -103,6 +104,7 @@ class Store:
                 await client.aclose()
 
     async def _call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        self.calls += 1
         try:
             async with asyncio.timeout(self.config.timeout):
                 return await call()
