@@ -43,13 +43,21 @@ class Fleet:
         self.tmp_path, self.fakes, self.redis = tmp_path, fakes, redis
         self.daemons: list[Daemon] = []
 
-    def add(self, *, key: str = KEY, fleet_extra: str = "", redis_url: str | None = None,
+    def add(self, *, key: str = KEY, old_keys: tuple[str, ...] = (), fleet_extra: str = "",
+            redis_url: str | None = None,
             adjust: Callable[[Path], None] | None = None, **options: object) -> Daemon:
         directory = self.tmp_path / f"daemon-{len(self.daemons)}"
         directory.mkdir()
         key_file = directory / "fleet_key"
         key_file.touch(mode=0o600)
         key_file.write_text(key + "\n")
+        old_files = []
+        for index, old in enumerate(old_keys):
+            old_files.append(old_file := directory / f"old_key_{index}")
+            old_file.touch(mode=0o600)
+            old_file.write_text(old + "\n")
+        if old_files:
+            fleet_extra += "old_encryption_keys = [" + ", ".join(f'{{ file = "{f}" }}' for f in old_files) + "]\n"
         extra = fleet_table(redis_url or self.redis.url, key_file, extra=fleet_extra)
         config = write_fake_config(directory, self.fakes, free_port(), extra=extra, **options)
         if adjust is not None:
@@ -343,6 +351,54 @@ def test_a_daemon_with_another_encryption_key_never_serves_the_fleets_token_and_
             log = fleet.daemons[1].log()
             assert "cannot use the fleet's token" in log and "tampered" in log
             assert fleet_status(fleet.daemons[1])["fleet"]["providers"]["fts"]["unreadable_records"] == 1
+        finally:
+            fleet.stop()
+
+
+def test_a_failed_login_is_shared_so_the_fleet_does_not_retry_it_daemon_after_daemon(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    with serve_fakes(lifetime=3600) as fakes:
+        fleet = Fleet(tmp_path, fakes, redis_server)
+        try:
+            for _ in range(4):
+                fleet.add(min_refresh_interval=0.5)
+            fleet.start()
+            time.sleep(0.6)
+            fts = fakes.fintech_studios
+            fts.fail(401)  # the password was changed upstream: every daemon's next login is refused
+            attempts = fts.login_attempts
+            with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+                answers = list(pool.map(lambda d: d.post("/token/fts/refresh"), fleet.daemons))
+            assert [a.status_code for a in answers] == [502] * 4
+            assert fts.login_attempts == attempts + 1, "one refused login for the fleet, not one per daemon"
+            assert any("another daemon of the fleet" in a.json()["message"] for a in answers)
+            # The tokens held are still served meanwhile.
+            assert all(d.get("/token/fts").status_code == 200 for d in fleet.daemons)
+            stored = redis_server.everything()
+            assert any(":failed:" in key for key in stored)
+            for value in stored.values():
+                assert fts.password not in value and fts.api_key not in value
+        finally:
+            fleet.stop()
+
+
+def test_during_a_key_rotation_the_old_key_is_still_read(tmp_path: Path, redis_server: RedisServer) -> None:
+    with serve_fakes(lifetime=3600) as fakes:
+        fleet = Fleet(tmp_path, fakes, redis_server)
+        try:
+            fleet.start([fleet.add()])
+            rotated = fleet.add(key=OTHER_KEY, old_keys=(KEY,))
+            fleet.start([rotated])
+            assert fakes.fintech_studios.logins == 1, "the rotated daemon read the old key's record"
+            assert len(set(fleet.tokens("fts"))) == 1
+            assert fleet_status(rotated)["providers"]["fts"]["source"] == "fleet"
+            # Felloh's key rotation would delete the pair the rest of the fleet logs in with: refused.
+            refused = subprocess.run(
+                tokend_command("--config", str(rotated.config), "felloh", "rotate", "--provider", "felloh",
+                               "--organisation", "X9876"), capture_output=True, text=True, timeout=60)
+            assert refused.returncode == 1 and "refused in fleet mode" in refused.stderr, refused.stderr
+            assert len(fakes.felloh.keys) == 1
         finally:
             fleet.stop()
 

@@ -38,6 +38,7 @@ class FleetConfig(BaseModel):
     old_encryption_keys: list[Secret] = []  # still read during a key rotation, never written with
     namespace: str = Field(default="tokend", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     timeout: Seconds = 0.5  # each Redis call; past it, the daemon logs in by itself
+    connect_timeout: Seconds = 1.0  # added to `timeout` for a call that must connect first (TLS: a handshake)
     lease: Seconds = 5.0  # a login's lease lives this long unless renewed (its holder renews it every third)
     ca_bundle: Path | None = None  # the CA that signed the Redis server's certificate (rediss://)
     retry_after: Seconds = 5.0  # after a Redis failure, how long to log in alone before trying Redis again

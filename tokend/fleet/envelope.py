@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import json
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from tokend.config import ProviderConfig
 from tokend.credential import Credential
+from tokend.errors import CredentialsRejected, UpstreamError
 
 VERSION = "v1"
 _NONCE = 12
@@ -170,6 +172,38 @@ def open_record(record: str, keys: Mapping[str, FleetKey], share_key: str, secre
         request_id=body["request_id"], obtained_at=body["obtained_at"], renew_at=body.get("renew_at"),
         source="fleet",
     )
+
+
+def seal_failure(error: UpstreamError, key: FleetKey, share_key: str) -> str:
+    """A failed login, for the fleet to hold off on: encrypted like a record, since an upstream's error
+    text is not ours to show Redis."""
+    body = {"message": error.message, "status": error.status, "request_id": error.request_id,
+            "retryable": error.retryable, "rejected": isinstance(error, CredentialsRejected), "at": time.time()}
+    nonce = os.urandom(_NONCE)
+    associated = _associated(key.id, "failed " + share_key)
+    sealed = AESGCM(key.encryption).encrypt(nonce, json.dumps(body).encode(), associated)
+    return f"{VERSION}.{key.id}.{base64.b64encode(nonce + sealed).decode()}"
+
+
+def open_failure(record: str, keys: Mapping[str, FleetKey], share_key: str, provider: str) -> UpstreamError:
+    """The fleet's failed login as this daemon's own error; RecordError when it cannot be read."""
+    _, _, rest = record.partition(".")
+    kid, _, data = rest.partition(".")
+    key = keys.get(kid)
+    if key is None:
+        raise RecordError(f"the failure was written with key id {kid}, which is not among this daemon's keys")
+    try:
+        raw = base64.b64decode(data, validate=True)
+        body = json.loads(AESGCM(key.encryption).decrypt(raw[:_NONCE], raw[_NONCE:],
+                                                         _associated(kid, "failed " + share_key)))
+    except (InvalidTag, ValueError):
+        raise RecordError(f"the failure record does not decrypt with key id {kid}: it was tampered with") from None
+    age = max(0, int(time.time() - body["at"]))
+    message = f"another daemon of the fleet tried this login {age}s ago and failed: {body['message']}"
+    if body["rejected"]:
+        return CredentialsRejected(provider, message, status=body["status"] or 401, request_id=body["request_id"])
+    return UpstreamError(provider, message, status=body["status"], request_id=body["request_id"],
+                         retryable=body["retryable"])
 
 
 def _associated(kid: str, share_key: str) -> bytes:

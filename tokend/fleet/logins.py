@@ -28,14 +28,19 @@ from prometheus_client.registry import Collector
 
 from tokend.config import ProviderConfig
 from tokend.credential import SERVE_MARGIN, Credential, iso_utc
+from tokend.errors import CredentialsRejected, UpstreamError
 from tokend.fleet.config import FleetConfig
-from tokend.fleet.envelope import FleetKey, RecordError, open_record, seal
+from tokend.fleet.envelope import FleetKey, RecordError, open_failure, open_record, seal, seal_failure
 from tokend.fleet.store import Store, StoreError
 from tokend.logins import Login, LoginCall, LoginReason
 from tokend.policy import RENEW_BEFORE_EXPIRY, renewal_delay
 
 log = logging.getLogger("tokend")
 
+# After a failed login the fleet holds off this long (or as long as the provider's Retry-After asked) before
+# another daemon tries: each daemon's own backoff then applies on top.
+FAILURE_HOLD = 5.0
+REJECTED_HOLD = 60.0  # refused credentials need a person; the daemons' backoff is at least this too
 MAX_ALONE_JITTER = 2.0  # seconds: logging in alone after Redis failed, spread so a fleet does not do it at once
 _BACKSTOP = 1.0  # a waiter looks at Redis again this often, in case a pub/sub message was lost
 _KEY_SEEN_WITHIN = 86400.0  # another daemon's key id counts as in use if it wrote within this
@@ -50,6 +55,7 @@ class _Tally:
     leases_lost: int = 0
     logins_alone: int = 0
     unreadable_records: int = 0
+    failures_shared: int = 0  # calls answered with the fleet's recent failed login instead of another try
     last: str = "-"  # what the last login call did, in words
 
 
@@ -94,8 +100,9 @@ class FleetLogins:
     # --- the Login ---------------------------------------------------------------------------------------
 
     async def __call__(self, call: LoginCall) -> Credential:
-        if not call.config.fleet or call.config.url is None:
-            return await self._inner(call)  # opted out, or a static key: nothing to share
+        if (not call.config.fleet or call.config.url is None
+                or (call.current is not None and call.current.expires_at is None)):
+            return await self._inner(call)  # opted out, or a key that never expires: nothing to share
         tally = self._tallies.setdefault(call.name, _Tally())
         if time.monotonic() < self._down_until:
             return await self._alone(call, tally, f"Redis is unavailable ({self._last_error})")
@@ -111,23 +118,29 @@ class FleetLogins:
         deadline = time.monotonic() + call.config.timeout + self.config.lease + 1.0
         counted_loss = False
         while True:
-            record, won = await self._store.claim(share, self.holder, self._expected(share, call.current))
+            record, won, failed = await self._store.claim(share, self.holder, self._expected(share, call.current))
             self._up()
-            if record is None and not won and len(shares) > 1:
-                record = await self._old_key_record(shares)
-            if not won:
-                if (credential := self._usable(call, tally, share, record)) is not None:
-                    return self._adopt(call, tally, share, record, credential)
-                if record is not None and record != self._expected(share, call.current):
-                    won = await self._store.acquire(share, self.holder)  # the claim did not try: not our record
-                    # Published between our read and our lease? Then that is the token, and no login.
-                    if (won and (again := await self._read(share)) != record
-                            and (fresh := self._usable(call, tally, share, again)) is not None):
-                        await self._let_go(share)
-                        return self._adopt(call, tally, share, again, fresh)
+            sealed_for = share
+            if record is None and len(shares) > 1:
+                record, sealed_for = await self._old_key_record(shares)
+            # A lease won on our own record still gives way to it when it will do (a forced refresh within
+            # the fleet-wide min_refresh_interval).
+            if (credential := self._usable(call, tally, sealed_for, record)) is not None:
+                if won:
+                    await self._let_go(share)
+                return self._adopt(call, tally, share, record, credential)
+            if not won and record is not None and record != self._expected(share, call.current):
+                won = await self._store.acquire(share, self.holder)  # the claim did not try: not our record
+                # Published between our read and our lease? Then that is the token, and no login.
+                if (won and (again := await self._read(share)) != record
+                        and (fresh := self._usable(call, tally, share, again)) is not None):
+                    await self._let_go(share)
+                    return self._adopt(call, tally, share, again, fresh)
             if won:
                 tally.leases_won += 1
                 return await self._log_in_for_fleet(call, tally, share)
+            if failed is not None and (error := self._failure(call, tally, share, failed)) is not None:
+                raise error
             if not counted_loss:
                 tally.leases_lost += 1
                 counted_loss = True
@@ -142,6 +155,10 @@ class FleetLogins:
         keeper = asyncio.create_task(self._keep_lease(share, call.name))
         try:
             credential = await self._inner(call)
+        except UpstreamError as exc:
+            keeper.cancel()
+            await self._failed(call, tally, share, exc)
+            raise
         except BaseException:
             keeper.cancel()
             await self._let_go(share)
@@ -164,6 +181,28 @@ class FleetLogins:
             self._trouble(exc)  # the login stands; the others log in alone or find it later
         tally.last = f"logged in for the fleet ({call.reason})"
         return credential
+
+    async def _failed(self, call: LoginCall, tally: _Tally, share: str, error: UpstreamError) -> None:
+        """Tell the fleet this login failed, so that it holds off for a while instead of every daemon trying
+        in turn: what locks accounts is a burst of failed logins, most of all with refused credentials."""
+        tally.last = f"login for the fleet failed ({call.reason})"
+        hold = REJECTED_HOLD if isinstance(error, CredentialsRejected) else FAILURE_HOLD
+        hold = max(hold, error.retry_after or 0.0)
+        try:
+            await self._store.fail(share, seal_failure(error, self._keys[0], share), hold, self.holder)
+        except StoreError as exc:
+            self._trouble(exc)
+
+    def _failure(self, call: LoginCall, tally: _Tally, share: str, failed: str) -> UpstreamError | None:
+        """The fleet's recent failed login as this call's own error, or None to log in after all."""
+        try:
+            error = open_failure(failed, self._by_id, share, call.name)
+        except RecordError as exc:
+            log.warning("fleet provider=%s ignores the fleet's failure record: %s", call.name, exc)
+            return None
+        tally.failures_shared += 1
+        tally.last = f"the fleet's last login failed; holding off ({call.reason})"
+        return error
 
     async def _alone(self, call: LoginCall, tally: _Tally, why: str) -> Credential:
         tally.logins_alone += 1
@@ -236,10 +275,11 @@ class FleetLogins:
             self._latest[share] = record
         return record
 
-    async def _old_key_record(self, shares: list[str]) -> str | None:
-        """During a key rotation: a record still written under an old key's share key."""
+    async def _old_key_record(self, shares: list[str]) -> tuple[str | None, str]:
+        """During a key rotation: a record still written under an old key's share key, and that key."""
         records = await self._store.read(shares[1:])
-        return next((record for record in records if record is not None), None)
+        return next(((record, old) for record, old in zip(records, shares[1:], strict=True) if record is not None),
+                    (None, shares[0]))
 
     async def _next_record(self, share: str, seen: str | None, timeout: float) -> str | None:
         """Wait up to `timeout` for a message about `share`; the newest record seen then, if new."""
@@ -312,6 +352,7 @@ class FleetLogins:
         self._down_until = time.monotonic() + self.config.retry_after
 
     def _up(self) -> None:
+        self._down_until = -1.0
         if self._down_since is not None:
             log.info("fleet: Redis answers again at %s; sharing tokens again", self._store.where)
             self._down_since = None

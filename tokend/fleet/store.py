@@ -3,6 +3,7 @@
 Keys, under the namespace `ns`:
     tokend:{ns}:token:{share key}   the provider's current record (tokend.fleet.envelope), expiring with the token
     tokend:{ns}:lease:{share key}   the id of the daemon logging in for the fleet; expires unless renewed
+    tokend:{ns}:failed:{share key}  the fleet's last failed login, encrypted, while the fleet holds off retrying
     tokend:{ns}:keys                key id -> Unix time last written with (a wrong key on a daemon shows up here)
 Channel:
     tokend:{ns}:published           "{share key} {record}" after every login, and "{share key}" when a lease
@@ -48,14 +49,18 @@ end
 return 0
 """
 # One round trip for the common question at a renewal: the fleet's record, and, if it is still the one
-# this daemon holds (ARGV[3]; '' if none), the lease to replace it.
+# this daemon holds (ARGV[3]; '' if none), the lease to replace it, unless a login just failed (KEYS[3]).
 _CLAIM = """
 local record = redis.call('GET', KEYS[1])
 if record and record ~= ARGV[3] then
-  return {record, 0}
+  return {record, 0, ''}
+end
+local failed = redis.call('GET', KEYS[3])
+if failed then
+  return {record or '', 0, failed}
 end
 local won = redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2])
-return {record or '', won and 1 or 0}
+return {record or '', won and 1 or 0, ''}
 """
 
 
@@ -72,7 +77,7 @@ class Store:
         self.prefix = f"tokend:{config.namespace}"
         self.channel = f"{self.prefix}:published"
         options: dict[str, Any] = {
-            "socket_connect_timeout": config.timeout,
+            "socket_connect_timeout": config.connect_timeout,
             # No retries inside redis-py: a failed call is answered by logging in alone, at once.
             "retry": Retry(NoBackoff(), 0),
             "health_check_interval": 0,  # no PINGs while idle
@@ -105,11 +110,13 @@ class Store:
 
     async def _call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         self.calls += 1
+        # redis-py bounds each read by `timeout` and a connect by `connect_timeout`; this bounds the whole.
+        bound = self.config.timeout + self.config.connect_timeout
         try:
-            async with asyncio.timeout(self.config.timeout):
+            async with asyncio.timeout(bound):
                 return await call()
         except TimeoutError:
-            raise StoreError(f"{what}: no answer from {self.where} within {self.config.timeout:g}s") from None
+            raise StoreError(f"{what}: no answer from {self.where} within {bound:g}s") from None
         except (RedisError, OSError) as exc:
             raise StoreError(f"{what}: {self.where}: {_reason(exc)}") from None
 
@@ -118,12 +125,24 @@ class Store:
         values = await self._call("read", lambda: self._redis.mget(keys))
         return [None if value is None else str(value) for value in values]
 
-    async def claim(self, share: str, holder: str, expected: str) -> tuple[str | None, bool]:
-        """The fleet's record; and the lease, taken when the record is missing or is `expected`."""
+    def failed_key(self, share: str) -> str:
+        return f"{self.prefix}:failed:{share}"
+
+    async def claim(self, share: str, holder: str, expected: str) -> tuple[str | None, bool, str | None]:
+        """The fleet's record; the lease, taken when the record is missing or is `expected`; and the fleet's
+        last failed login, if one is being held off on (then no lease)."""
         lease_ms = int(self.config.lease * 1000)
-        record, won = await self._call("claim", lambda: self._claim(
-            keys=[self.token_key(share), self.lease_key(share)], args=[holder, lease_ms, expected]))
-        return (record or None), bool(won)
+        record, won, failed = await self._call("claim", lambda: self._claim(
+            keys=[self.token_key(share), self.lease_key(share), self.failed_key(share)],
+            args=[holder, lease_ms, expected]))
+        return (record or None), bool(won), (failed or None)
+
+    async def fail(self, share: str, failure: str, hold: float, holder: str) -> None:
+        """Hold the fleet off logging in for `hold` seconds after a failed login, and let the lease go."""
+
+        await self._call("record a failure", lambda: self._redis.set(
+            self.failed_key(share), failure, px=max(1, int(hold * 1000))))
+        await self.release(share, holder)
 
     async def acquire(self, share: str, holder: str) -> bool:
         lease_ms = int(self.config.lease * 1000)
