@@ -6,6 +6,7 @@ what the fleet exists to save.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import concurrent.futures
 import os
@@ -231,29 +232,31 @@ def test_a_forced_refresh_storm_across_the_fleet_costs_one_login(
             fleet.start()
             before = fakes.fintech_studios.logins
             assert before == 1
-            # 200 clients over 5 daemons, connected beforehand, all asking within the fleet's min_refresh_interval
-            clients = [httpx.Client(base_url=d.url, headers={"X-Tokend-Request": "test"}, timeout=30)
-                       for d in fleet.daemons for _ in range(40)]
-            for client in clients:
-                assert client.get("/livez").status_code == 200
             time.sleep(5.2)  # past min_refresh_interval since the first login
-            go = threading.Barrier(len(clients))
-
-            def force(client: httpx.Client) -> tuple[int, str]:
-                go.wait()
-                answer = client.post("/token/fts/refresh")
-                return answer.status_code, answer.json().get("token", "")
-
-            with concurrent.futures.ThreadPoolExecutor(max_workers=len(clients)) as pool:
-                answers = list(pool.map(force, clients))
-            for client in clients:
-                client.close()
+            answers = asyncio.run(storm([d.url for d in fleet.daemons], per_daemon=40))
             assert {code for code, _ in answers} == {200}
             assert fakes.fintech_studios.logins == before + 1, "200 forced refreshes on 5 daemons: one login"
             assert len({token for _, token in answers}) == 1
             assert fleet.tokens("fts") == [answers[0][1]] * 5
         finally:
             fleet.stop()
+
+
+async def storm(urls: list[str], *, per_daemon: int) -> list[tuple[int, str]]:
+    """`per_daemon` clients on each daemon, connected first, then all forcing a refresh at once."""
+    limits = httpx.Limits(max_connections=per_daemon, max_keepalive_connections=per_daemon)
+    clients = [httpx.AsyncClient(base_url=url, headers={"X-Tokend-Request": "test"}, timeout=30, limits=limits)
+               for url in urls]
+    try:
+        await asyncio.gather(*(client.get("/livez") for client in clients for _ in range(per_daemon)))
+
+        async def force(client: httpx.AsyncClient) -> tuple[int, str]:
+            answer = await client.post("/token/fts/refresh")
+            return answer.status_code, answer.json().get("token", "")
+
+        return await asyncio.gather(*(force(client) for client in clients for _ in range(per_daemon)))
+    finally:
+        await asyncio.gather(*(client.aclose() for client in clients))
 
 
 def test_a_daemon_killed_while_holding_the_lease_costs_one_extra_login_and_no_503(
