@@ -170,7 +170,8 @@ def create_app(daemon: Daemon) -> ASGIApp:
         for name, state in providers.items():
             if sinks := daemon.sinks.status(name):
                 state["sinks"] = sinks
-        return {"version": __version__, "ready": manager.ready(providers), "providers": providers}
+        fleet = {} if daemon.fleet is None else {"fleet": daemon.fleet.status()}
+        return {"version": __version__, "ready": manager.ready(providers), "providers": providers, **fleet}
 
     for extension in daemon.extensions:
         if (router := extension.router()) is not None:
@@ -194,7 +195,8 @@ def create_app(daemon: Daemon) -> ASGIApp:
 
     requests: Tally[tuple[str, int]] = Tally()
     fast_path = TokenFastPath(_CountedRequests(app, requests), manager, guard, renderer)
-    metrics = Metrics(manager, requests=requests, fast_answers=lambda: fast_path.served)
+    metrics = Metrics(manager, requests=requests, fast_answers=lambda: fast_path.served,
+                      collectors=[] if daemon.fleet is None else [daemon.fleet.collector()])
     return fast_path
 
 

@@ -25,6 +25,7 @@ from pydantic_settings import (
 
 from tokend.errors import ConfigError
 from tokend.fields import Seconds, SocketMode, is_loopback_host
+from tokend.fleet.config import FleetConfig
 from tokend.providers import PROVIDER_KINDS, ProviderConfig
 from tokend.secrets import Secret, config_directory
 
@@ -123,6 +124,13 @@ class Settings(BaseSettings):
     upstream: UpstreamConfig = UpstreamConfig()
     providers: dict[ProviderName, ProviderConfig] = {}
     clients: dict[ProviderName, ClientConfig] = {}
+    fleet: FleetConfig | None = None  # share one login per provider with other daemons, through Redis
+
+    @model_validator(mode="after")
+    def _fleet_rotates_no_felloh_keys(self) -> Settings:
+        if self.fleet is not None and (refused := self.fleet.refused_rotations(self.providers)):
+            raise ValueError(refused)
+        return self
 
     @model_validator(mode="after")
     def _clients_name_providers(self) -> Settings:

@@ -37,6 +37,7 @@ class Credential:
     obtained_at: float = 0.0
     expiry_note: str | None = None  # set when the upstream's expiry made no sense and was corrected
     source: str = "login"  # "login": this daemon logged in; "fleet": adopted from another daemon of the fleet
+    renew_at: float | None = None  # fleet mode: when the fleet renews it (Unix time), the same on every daemon
 
     def expires_in(self, now: float) -> float | None:
         return None if self.expires_at is None else self.expires_at - now

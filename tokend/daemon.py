@@ -1,8 +1,8 @@
 """The composition root: builds tokend's parts from the settings, starts them in order and stops them in
 reverse. Everything else is handed what it needs; no part builds another.
 
-    upstream client -> scheduler -> manager (first logins start) -> file sinks -> secret-file watcher
-    -> extensions -> reloader (SIGHUP) -> systemd notifications -> frozen heap
+    upstream client -> scheduler -> fleet (with [fleet]) -> manager (first logins start) -> file sinks
+    -> secret-file watcher -> extensions -> reloader (SIGHUP) -> systemd notifications -> frozen heap
 
 The local API (tokend.api) and the listener (tokend.server) are built around a Daemon, not inside it.
 """
@@ -16,6 +16,7 @@ import random
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -31,6 +32,9 @@ from tokend.sdnotify import Notifier, StatusLine, describe
 from tokend.sinks import SinkWriter
 from tokend.upstream import build_client
 from tokend.watch import SecretFileWatcher
+
+if TYPE_CHECKING:
+    from tokend.fleet.logins import FleetLogins
 
 __all__ = ["Daemon"]
 
@@ -62,10 +66,17 @@ class Daemon:
         self.scheduler = Scheduler()
         self.direct_login = DirectLogin(self.client, self.redactor)
         self.login: Login = self.direct_login
+        self.fleet: FleetLogins | None = None
+        if settings.fleet is not None:  # only then is a Redis library imported
+            from tokend.fleet.logins import FleetLogins
+
+            self.redactor.add_secrets(secret.get() for secret in settings.fleet.secrets())
+            self.login = self.fleet = FleetLogins(self.direct_login, settings.fleet)
         self.manager = Manager(
             settings, login=self.login, scheduler=self.scheduler, redactor=self.redactor, rng=rng
         )
-        parts = DaemonParts(self.manager, self.scheduler, self.client, self.redactor, self.direct_login)
+        parts = DaemonParts(self.manager, self.scheduler, self.client, self.redactor, self.direct_login,
+                            fleet=self.fleet is not None)
         self.extensions: list[Extension] = [kind.extension(parts) for kind in KINDS if kind.extension is not None]
         self.sinks = SinkWriter(self.manager)
         self.watcher = SecretFileWatcher(self.manager, self.scheduler)
@@ -82,6 +93,8 @@ class Daemon:
         try:
             stack.push_async_callback(self.client.aclose)  # closed last, once no login can use it
             await stack.enter_async_context(self.scheduler)
+            if self.fleet is not None:  # listening to the fleet before the first logins ask it anything
+                await stack.enter_async_context(self.fleet)
             await stack.enter_async_context(self.manager)
             await stack.enter_async_context(self.sinks)
             self.watcher.start()

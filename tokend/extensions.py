@@ -30,6 +30,7 @@ class DaemonParts:
     client: httpx.AsyncClient  # the upstream client, for calls made with a provider's token
     redactor: Redactor
     direct_login: Login  # a login with the given settings, never shared through a fleet (a key pair's proof)
+    fleet: bool = False  # logins are shared with other daemons (fleet mode)
 
 
 class Extension(Protocol):

@@ -176,7 +176,14 @@ class Manager:
                 f"not attempted: {slot.name}'s newest token was refused too; a new login for a refused token "
                 f"is made at most once every {slot.config.min_refresh_interval:g}s", retry_after=wait,
             )
-        return await self._forced_login(slot, rejected)
+        replaced = await self._forced_login(slot, rejected)
+        if replaced.token == rejected:  # a shared cache answered the refused token: no login was allowed yet
+            raise RefreshThrottled(
+                slot.name, f"not attempted: {slot.name}'s newest token in the fleet is the refused one, and the fleet "
+                f"logged in less than {slot.config.min_refresh_interval:g}s ago",
+                retry_after=slot.config.min_refresh_interval,
+            )
+        return replaced
 
     async def _forced_login(self, slot: Slot, rejected: str | None) -> Credential:
         task = slot.inflight or self._start_login(slot, LoginReason.FORCED, rejected)
@@ -359,7 +366,10 @@ class Manager:
             self._unschedule(slot)
         else:
             first = slot.logins_ok == 1
-            self._schedule(slot, renewal_delay(credential.expires_at - self._clock.time(), self._rng, first=first))
+            delay = renewal_delay(credential.expires_at - self._clock.time(), self._rng, first=first)
+            if credential.renew_at is not None:  # the fleet's agreed time: the first daemon to fire renews for all
+                delay = max(0.0, credential.renew_at - self._clock.time())
+            self._schedule(slot, delay)
         self.announcements.announce(LoginEvent(slot.name, reason, "ok", duration, credential=credential))
         log.info(
             "login provider=%s outcome=ok expires_at=%s request_id=%s duration_ms=%d next_refresh_in=%s reason=%s "

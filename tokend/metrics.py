@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter as Tally
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -31,7 +31,12 @@ class Metrics:
     """The daemon's metrics, in a registry of their own (never prometheus-client's global one)."""
 
     def __init__(
-        self, manager: Manager, *, requests: Tally[tuple[str, int]], fast_answers: Callable[[], int] = lambda: 0
+        self,
+        manager: Manager,
+        *,
+        requests: Tally[tuple[str, int]],
+        fast_answers: Callable[[], int] = lambda: 0,
+        collectors: Iterable[Collector] = (),
     ) -> None:
         """`requests`: (route, status) -> count of the answers beyond the fast path, kept by the API;
         `fast_answers`: how many GET /token answers the fast path has given (counted there)."""
@@ -43,6 +48,8 @@ class Metrics:
                                     ["provider"], buckets=_LOGIN_BUCKETS, registry=self.registry)
         self.registry.register(_Present(manager, self.requests, fast_answers))
         manager.announcements.add_listener(self._observe_login)
+        for collector in collectors:  # a part's own metrics (fleet mode's adoptions, leases, Redis errors)
+            self.registry.register(collector)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -44,6 +44,7 @@ class ProviderBase(BaseModel):
     # A login answer larger than this once decoded fails the login (a decompression bomb, a runaway page).
     max_answer_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     sinks: tuple[SinkConfig, ...] = ()  # files each new credential is written to (tokend.sinks)
+    fleet: bool = True  # with [fleet]: share this provider's token with the fleet (false: log in alone)
 
     @property
     def url(self) -> str | None:

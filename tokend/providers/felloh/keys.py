@@ -21,6 +21,7 @@ from pydantic import SecretStr
 from tokend.credential import iso_utc
 from tokend.errors import OperationRefused, UpstreamError
 from tokend.extensions import DaemonParts
+from tokend.fleet.config import FLEET_ROTATION_REFUSED
 from tokend.logins import LoginCall, LoginReason
 from tokend.manager import Manager
 from tokend.providers.exchange import LoginRequest, exchange, limits
@@ -134,6 +135,8 @@ def other_users(manager: Manager, provider: str, key: ApiKey) -> list[str]:
 
 async def rotate(parts: DaemonParts, provider: str, organisation: str) -> RotationResult:
     """Replace the provider's key pair with a new one. See the module docstring for the guarantees."""
+    if parts.fleet and felloh_config(parts.manager, provider).fleet:
+        raise OperationRefused(FLEET_ROTATION_REFUSED)
     async with parts.manager.changing(provider):  # a scheduled and a manual rotation must not interleave
         return await _rotate(parts, provider, organisation)
 

@@ -1,0 +1,410 @@
+"""FleetLogins: a Login that shares one login per provider per token lifetime across a fleet of daemons.
+
+Whenever the daemon would log in, it first asks Redis for the fleet's current token for that provider and
+adopts it if it will do (see `_usable`). Otherwise it takes the provider's lease (SET NX PX with its own
+id), logs in through the daemon's own Login, publishes the new record and lets the lease go. The others
+wait on pub/sub for that record instead of polling. Redis failing or slow never stops a login: the daemon
+then logs in alone, says so, and tries Redis again `retry_after` seconds later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import random
+import secrets
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from tokend.credential import SERVE_MARGIN, Credential, iso_utc
+from tokend.errors import CredentialsRejected, UpstreamError
+from tokend.fleet.config import FleetConfig
+from tokend.fleet.envelope import FleetKey, RecordError, open_failure, open_record, seal, seal_failure
+from tokend.fleet.store import Store, StoreError
+from tokend.logins import Login, LoginCall, LoginReason
+from tokend.policy import RENEW_BEFORE_EXPIRY, renewal_delay
+from tokend.providers import ProviderConfig
+
+log = logging.getLogger("tokend")
+
+# After a failed login the fleet holds off this long (or as long as the provider's Retry-After asked) before
+# another daemon tries: each daemon's own backoff then applies on top.
+FAILURE_HOLD = 5.0
+REJECTED_HOLD = 60.0  # refused credentials need a person; the daemons' backoff is at least this too
+MAX_ALONE_JITTER = 2.0  # seconds: logging in alone after Redis failed, spread so a fleet does not do it at once
+_BACKSTOP = 1.0  # a waiter looks at Redis again this often, in case a pub/sub message was lost
+_KEY_SEEN_WITHIN = 86400.0  # another daemon's key id counts as in use if it wrote within this
+
+
+@dataclass
+class _Tally:
+    """One provider's fleet counters, for /status and /metrics."""
+
+    adoptions: int = 0
+    leases_won: int = 0
+    leases_lost: int = 0
+    logins_alone: int = 0
+    unreadable_records: int = 0
+    failures_shared: int = 0  # calls answered with the fleet's recent failed login instead of another try
+    last: str = "-"  # what the last login call did, in words
+
+
+class FleetLogins:
+    """Use as `async with FleetLogins(inner, config) as login:`, then call `login` like any Login."""
+
+    def __init__(self, inner: Login, config: FleetConfig, *, rng: random.Random | None = None) -> None:
+        self._inner = inner
+        self.config = config
+        self._keys = [FleetKey.of(key) for key in config.key_bytes()]
+        self._by_id = {key.id: key for key in self._keys}
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._store = Store(config)
+        self._rng = rng or random.Random()  # noqa: S311 (jitter, not cryptography)
+        self._tallies: dict[str, _Tally] = {}
+        self._shares: dict[str, tuple[ProviderConfig, list[str]]] = {}  # provider -> (its config, share keys)
+        self._latest: dict[str, str] = {}  # share key -> the last record seen on the channel
+        self._events: dict[str, asyncio.Event] = {}  # share key -> set at the next message for it
+        self._held: dict[str, tuple[str, str]] = {}  # share key -> (token, record) this daemon holds
+        self._down_until = -1.0
+        self._down_since: float | None = None
+        self._last_error: str | None = None
+        self._redis_errors = 0
+        self._foreign: dict[str, int] = {}  # key ids other daemons of the namespace write with
+        self._listener: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> FleetLogins:
+        self._listener = asyncio.create_task(self._listen(), name="tokend-fleet-listener")
+        log.info("fleet: sharing tokens through %s, namespace %s, key id %s",
+                 self._store.where, self.config.namespace, self._keys[0].id)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+        await self._store.close()
+
+    # --- the Login ---------------------------------------------------------------------------------------
+
+    async def __call__(self, call: LoginCall) -> Credential:
+        if (not call.config.fleet or call.config.url is None
+                or (call.current is not None and call.current.expires_at is None)):
+            return await self._inner(call)  # opted out, or a key that never expires: nothing to share
+        tally = self._tallies.setdefault(call.name, _Tally())
+        if time.monotonic() < self._down_until:
+            return await self._alone(call, tally, f"Redis is unavailable ({self._last_error})")
+        try:
+            return await self._shared(call, tally)
+        except StoreError as exc:
+            self._trouble(exc)
+            return await self._alone(call, tally, str(exc))
+
+    async def _shared(self, call: LoginCall, tally: _Tally) -> Credential:
+        shares = self._share_keys(call.name, call.config)
+        share = shares[0]
+        deadline = time.monotonic() + call.config.timeout + self.config.lease + 1.0
+        counted_loss = False
+        while True:
+            record, won, failed = await self._store.claim(share, self.holder, self._expected(share, call.current))
+            self._up()
+            sealed_for = share
+            if record is None and len(shares) > 1:
+                record, sealed_for = await self._old_key_record(shares)
+            # A lease won on our own record still gives way to it when it will do (a forced refresh within
+            # the fleet-wide min_refresh_interval).
+            if (credential := self._usable(call, tally, sealed_for, record)) is not None:
+                if won:
+                    await self._let_go(share)
+                return self._adopt(call, tally, share, record, credential)
+            if not won and record is not None and record != self._expected(share, call.current):
+                won = await self._store.acquire(share, self.holder)  # the claim did not try: not our record
+                # Published between our read and our lease? Then that is the token, and no login.
+                if (won and (again := await self._read(share)) != record
+                        and (fresh := self._usable(call, tally, share, again)) is not None):
+                    await self._let_go(share)
+                    return self._adopt(call, tally, share, again, fresh)
+            if won:
+                tally.leases_won += 1
+                return await self._log_in_for_fleet(call, tally, share)
+            if failed is not None and (error := self._failure(call, tally, share, failed)) is not None:
+                raise error
+            if not counted_loss:
+                tally.leases_lost += 1
+                counted_loss = True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return await self._alone(call, tally, "the daemon holding the lease published no token in time")
+            latest = await self._next_record(share, record, min(left, _BACKSTOP))
+            if latest is not None and (credential := self._usable(call, tally, share, latest)) is not None:
+                return self._adopt(call, tally, share, latest, credential)
+
+    async def _log_in_for_fleet(self, call: LoginCall, tally: _Tally, share: str) -> Credential:
+        keeper = asyncio.create_task(self._keep_lease(share, call.name))
+        try:
+            credential = await self._inner(call)
+        except UpstreamError as exc:
+            keeper.cancel()
+            await self._failed(call, tally, share, exc)
+            raise
+        except BaseException:
+            keeper.cancel()
+            await self._let_go(share)
+            raise
+        keeper.cancel()
+        expires_at = credential.expires_at
+        if expires_at is None:
+            await self._let_go(share)
+            return credential  # never expires: nothing the fleet renews together
+        now = time.time()
+        delay = renewal_delay(expires_at - now, self._rng, first=call.reason is LoginReason.FIRST)
+        credential = dataclasses.replace(credential, renew_at=now + delay)
+        record = seal(credential, self._keys[0], share, _secrets(call.config))
+        try:
+            await self._store.publish(share, record, expires_at, self._keys[0].id)
+            self._held[share] = (credential.token, record)
+            await self._store.release(share, self.holder)
+            await self._check_key_ids()
+        except StoreError as exc:
+            self._trouble(exc)  # the login stands; the others log in alone or find it later
+        tally.last = f"logged in for the fleet ({call.reason})"
+        return credential
+
+    async def _failed(self, call: LoginCall, tally: _Tally, share: str, error: UpstreamError) -> None:
+        """Tell the fleet this login failed, so that it holds off for a while instead of every daemon trying
+        in turn: what locks accounts is a burst of failed logins, most of all with refused credentials."""
+        tally.last = f"login for the fleet failed ({call.reason})"
+        hold = REJECTED_HOLD if isinstance(error, CredentialsRejected) else FAILURE_HOLD
+        hold = max(hold, error.retry_after or 0.0)
+        try:
+            await self._store.fail(share, seal_failure(error, self._keys[0], share), hold, self.holder)
+        except StoreError as exc:
+            self._trouble(exc)
+
+    def _failure(self, call: LoginCall, tally: _Tally, share: str, failed: str) -> UpstreamError | None:
+        """The fleet's recent failed login as this call's own error, or None to log in after all."""
+        try:
+            error = open_failure(failed, self._by_id, share, call.name)
+        except RecordError as exc:
+            log.warning("fleet provider=%s ignores the fleet's failure record: %s", call.name, exc)
+            return None
+        tally.failures_shared += 1
+        tally.last = f"the fleet's last login failed; holding off ({call.reason})"
+        return error
+
+    async def _alone(self, call: LoginCall, tally: _Tally, why: str) -> Credential:
+        tally.logins_alone += 1
+        tally.last = f"logged in alone ({call.reason}): {why}"
+        log.warning("fleet provider=%s logs in by itself: %s", call.name, why)
+        current = call.current
+        if current is not None and current.expires_at is not None and call.reason is not LoginReason.FORCED:
+            # A token still serves: spread the fleet's lone logins, so Redis failing is not a burst upstream.
+            left = current.expires_at - time.time() - RENEW_BEFORE_EXPIRY
+            if left > 0:
+                await asyncio.sleep(self._rng.uniform(0, min(MAX_ALONE_JITTER, left / 4)))
+        return await self._inner(call)
+
+    # --- deciding ----------------------------------------------------------------------------------------
+
+    def _usable(self, call: LoginCall, tally: _Tally, share: str, record: str | None) -> Credential | None:
+        """The fleet's credential if this call may take it instead of logging in, else None."""
+        if record is None:
+            return None
+        try:
+            credential = open_record(record, self._by_id, share, _secrets(call.config))
+        except RecordError as exc:
+            tally.unreadable_records += 1
+            log.warning("fleet provider=%s cannot use the fleet's token, logging in itself: %s", call.name, exc)
+            return None
+        now = time.time()
+        if credential.expires_at is None or not credential.is_fresh(now):
+            return None
+        if call.reason is LoginReason.FORCED:
+            if call.rejected is not None and credential.token != call.rejected:
+                return credential  # already replaced, by some daemon of the fleet
+            # The fleet-wide min_refresh_interval: a token this recent is as new as a forced refresh may make.
+            return credential if now - credential.obtained_at < call.config.min_refresh_interval else None
+        current = call.current
+        if current is not None:
+            if credential.token == current.token:
+                return None  # the very token being renewed
+            if current.expires_at is not None and credential.expires_at <= current.expires_at:
+                return None  # older than what this daemon has
+        return credential if credential.expires_at - now > RENEW_BEFORE_EXPIRY + SERVE_MARGIN else None
+
+    def _adopt(
+        self, call: LoginCall, tally: _Tally, share: str, record: str | None, credential: Credential
+    ) -> Credential:
+        tally.adoptions += 1
+        tally.last = f"adopted the fleet's token ({call.reason})"
+        if record is not None:
+            self._held[share] = (credential.token, record)
+        log.info("fleet provider=%s adopted the fleet's token (%s) request_id=%s expires_at=%s", call.name,
+                 call.reason, credential.request_id or "-", iso_utc(credential.expires_at))
+        return credential
+
+    def _expected(self, share: str, current: Credential | None) -> str:
+        """The record of the token this daemon holds, if it came from (or went to) the fleet; else ''."""
+        held = self._held.get(share)
+        return held[1] if held is not None and current is not None and held[0] == current.token else ""
+
+    def _share_keys(self, name: str, config: ProviderConfig) -> list[str]:
+        """The provider's share key under each key, the writing key's first; made again after a reload."""
+        cached = self._shares.get(name)
+        if cached is None or cached[0] is not config:
+            cached = self._shares[name] = (config, [key.share_key(config) for key in self._keys])
+        return cached[1]
+
+    # --- Redis -------------------------------------------------------------------------------------------
+
+    async def _read(self, share: str) -> str | None:
+        (record,) = await self._store.read([share])
+        if record is not None:
+            self._latest[share] = record
+        return record
+
+    async def _old_key_record(self, shares: list[str]) -> tuple[str | None, str]:
+        """During a key rotation: a record still written under an old key's share key, and that key."""
+        records = await self._store.read(shares[1:])
+        return next(((record, old) for record, old in zip(records, shares[1:], strict=True) if record is not None),
+                    (None, shares[0]))
+
+    async def _next_record(self, share: str, seen: str | None, timeout: float) -> str | None:
+        """Wait up to `timeout` for a message about `share`; the newest record seen then, if new."""
+        latest = self._latest.get(share)
+        if latest is not None and latest != seen:
+            return latest
+        event = self._events.setdefault(share, asyncio.Event())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+        latest = self._latest.get(share)
+        return latest if latest != seen else None
+
+    async def _keep_lease(self, share: str, name: str) -> None:
+        """Renew the lease every third of its life while the login runs: it must not lapse mid-login."""
+        while True:
+            await asyncio.sleep(self.config.lease / 3)
+            try:
+                if not await self._store.renew(share, self.holder):
+                    log.warning("fleet provider=%s lost its lease mid-login; another daemon may log in too", name)
+                    return
+            except StoreError:
+                return  # told by the login's own calls
+
+    async def _let_go(self, share: str) -> None:
+        try:
+            await self._store.release(share, self.holder)
+        except StoreError as exc:
+            self._trouble(exc)  # the lease expires on its own
+
+    async def _listen(self) -> None:
+        """Follow the channel for as long as the daemon runs; after a failure, subscribe again."""
+        while True:
+            try:
+                async for share, record in self._store.messages():
+                    if not share:
+                        self._up()
+                        await self._check_key_ids()
+                        continue
+                    if record is not None:
+                        self._latest[share] = record
+                    if (event := self._events.pop(share, None)) is not None:
+                        event.set()
+            except StoreError as exc:
+                self._trouble(exc)
+            await asyncio.sleep(self.config.retry_after * self._rng.uniform(0.5, 1.0))
+
+    async def _check_key_ids(self) -> None:
+        """Say so when another daemon of the namespace writes with a key this one lacks: their tokens can
+        never be shared with this daemon (a wrong or missing encryption_key)."""
+        try:
+            seen = await self._store.key_ids()
+        except StoreError:
+            return
+        now = time.time()
+        for kid, at in seen.items():
+            if kid not in self._by_id and now - at < _KEY_SEEN_WITHIN and kid not in self._foreign:
+                log.warning("fleet: another daemon of namespace %s writes with key id %s, which this daemon does "
+                            "not have (this one writes with %s): tokens are not shared between them; give every "
+                            "daemon the same encryption_key", self.config.namespace, kid, self._keys[0].id)
+            if kid not in self._by_id:
+                self._foreign[kid] = at
+
+    def _trouble(self, error: StoreError) -> None:
+        self._redis_errors += 1
+        self._last_error = str(error)
+        if time.monotonic() >= self._down_until and self._down_since is None:
+            log.warning("fleet: Redis failed (%s); logging in alone, trying Redis again in %gs",
+                        error, self.config.retry_after)
+            self._down_since = time.time()
+        self._down_until = time.monotonic() + self.config.retry_after
+
+    def _up(self) -> None:
+        self._down_until = -1.0
+        if self._down_since is not None:
+            log.info("fleet: Redis answers again at %s; sharing tokens again", self._store.where)
+            self._down_since = None
+
+    # --- /status and /metrics ----------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "redis": self._store.where,
+            "namespace": self.config.namespace,
+            "state": "ok" if self._down_since is None else "unavailable",
+            "unavailable_since": iso_utc(self._down_since),
+            "last_error": self._last_error,
+            "redis_errors": self._redis_errors,
+            "redis_calls": self._store.calls,
+            "key_id": self._keys[0].id,
+            "other_key_ids": sorted(self._foreign),
+            "providers": {name: dataclasses.asdict(tally) for name, tally in self._tallies.items()},
+        }
+
+    def collector(self) -> Collector:
+        return _FleetCollector(self)
+
+
+class _FleetCollector(Collector):
+    def __init__(self, fleet: FleetLogins) -> None:
+        self._fleet = fleet
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        fleet = self._fleet
+        adoptions = CounterMetricFamily("tokend_fleet_adoptions", "Tokens adopted from the fleet instead of a login.",
+                                        labels=["provider"])
+        leases = CounterMetricFamily("tokend_fleet_leases", "Login leases sought, by outcome (won, lost).",
+                                     labels=["provider", "outcome"])
+        alone = CounterMetricFamily("tokend_fleet_logins_alone", "Logins made without the fleet (Redis failing).",
+                                    labels=["provider"])
+        unreadable = CounterMetricFamily("tokend_fleet_unreadable_records",
+                                         "Fleet records refused: wrong key or tampered.", labels=["provider"])
+        for name, tally in fleet._tallies.items():
+            adoptions.add_metric([name], tally.adoptions)
+            leases.add_metric([name, "won"], tally.leases_won)
+            leases.add_metric([name, "lost"], tally.leases_lost)
+            alone.add_metric([name], tally.logins_alone)
+            unreadable.add_metric([name], tally.unreadable_records)
+        errors = CounterMetricFamily("tokend_fleet_redis_errors", "Redis calls that failed or timed out.")
+        errors.add_metric([], fleet._redis_errors)
+        calls = CounterMetricFamily("tokend_fleet_redis_calls", "Round trips to Redis (a pipeline or script is one).")
+        calls.add_metric([], fleet._store.calls)
+        up = GaugeMetricFamily("tokend_fleet_redis_up", "1 while the fleet's Redis answers.")
+        up.add_metric([], 0.0 if fleet._down_since is not None else 1.0)
+        yield from (adoptions, leases, alone, unreadable, errors, calls, up)
+
+
+def _secrets(config: ProviderConfig) -> dict[str, str]:
+    return {where: secret.get() for where, secret in config.secrets().items()}
