@@ -144,8 +144,8 @@ def test_without_a_fleet_table_no_redis_library_is_imported(tmp_path) -> None:  
     config.write_text('[providers.felloh]\nkind = "felloh"\nenvironment = "sandbox"\npublic_key = "p"\n'
                       'private_key = "s"\n')
     code = ("import sys; from pathlib import Path; import tokend.server, tokend.cli; "
-            "from tokend.config import Settings; from tokend.manager import Manager; "
-            "Manager(Settings.load(Path(sys.argv[1]))); "
+            "from tokend.config import Settings; from tokend.daemon import Daemon; "
+            "Daemon(Settings.load(Path(sys.argv[1]))); "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('redis', 'cryptography')))")
     out = subprocess.run([sys.executable, "-c", code, str(config)], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
