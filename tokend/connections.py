@@ -56,6 +56,7 @@ class _LimitedProtocol(HttpToolsProtocol):
         self._head_size: int | None = 0
         self._fields_size = self._header_count = 0  # the head's fields as httptools yields them
         self._too_large = False
+        self._in_request = False  # a request has begun and not yet arrived whole
         # When this connection began to wait for a request (or the rest of one); None while it is answered.
         self.waiting_since: float | None = None
 
@@ -86,27 +87,33 @@ class _LimitedProtocol(HttpToolsProtocol):
         super().data_received(data)
         if self._head_size is not None and self._head_size > MAX_HEAD_SIZE and not self.transport.is_closing():
             self._refuse_head()
-
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        if self._read_timer is None:  # for the first request, the clock started with the connection
-            self.waiting_since = self.loop.time()
+        elif self._in_request and self._read_timer is None:
+            # Armed only for a request left half-way: most arrive whole in one read, and cost no timer.
+            # For the first request, the clock started with the connection.
+            if self.waiting_since is None:
+                self.waiting_since = self.loop.time()
             self._arm_read_timer()
 
+    def on_message_begin(self) -> None:
+        self._in_request = True
+        super().on_message_begin()
+
     def on_url(self, url: bytes) -> None:
-        self._count_field(len(url))
+        self._fields_size += len(url)
+        if self._fields_size > MAX_HEAD_SIZE:
+            self._head_too_large()
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_count += 1
-        self._count_field(len(name) + len(value))
+        self._fields_size += len(name) + len(value)
+        if self._fields_size > MAX_HEAD_SIZE or self._header_count > MAX_HEADERS:
+            self._head_too_large()
         super().on_header(name, value)
 
-    def _count_field(self, size: int) -> None:
-        self._fields_size += size
-        if self._fields_size > MAX_HEAD_SIZE or self._header_count > MAX_HEADERS:
-            self._too_large = True
-            raise _HeadTooLarge  # stops the parser here, before the app sees the request: a parser error
+    def _head_too_large(self) -> None:
+        self._too_large = True
+        raise _HeadTooLarge  # stops the parser here, before the app sees the request: a parser error
 
     def on_headers_complete(self) -> None:
         self._head_size = None
@@ -114,6 +121,7 @@ class _LimitedProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._cancel_read_timer()
+        self._in_request = False
         self.waiting_since = None
         self._head_size = self._fields_size = self._header_count = 0  # what follows is the next request's head
         super().on_message_complete()
