@@ -112,24 +112,23 @@ class ClientKeyWatcher:
         self._clients: Mapping[str, ClientConfig] | None = None  # the clients whose files are in _seen
 
     def check(self) -> None:
-        clients = self._manager.settings.clients
+        clients: Mapping[str, ClientConfig] = self._manager.settings.clients
         files = {name: client.key.path for name, client in clients.items() if client.key.path is not None}
-        if clients is not self._clients:  # first look, a reload, or our own swap: note the files as they are
-            self._seen = {path: _fingerprint(path) for path in files.values()}
-            self._clients = clients
-            return
-        changed = [name for name, path in files.items() if _fingerprint(path) != self._seen[path]]
-        if changed:
-            self._use_new_keys(clients, changed)
+        # Taken before any file is read: a change made while it is read is seen the next time.
+        seen = {path: _fingerprint(path) for path in files.values()}
+        changed = [name for name, path in files.items() if seen[path] != self._seen.get(path)]
+        if clients is self._clients and changed:
+            clients = self._use_new_keys(clients, changed)
+        # First look, a reload, or a change: the files as they are now belong to these clients.
+        self._clients, self._seen = clients, seen
 
-    def _use_new_keys(self, clients: Mapping[str, ClientConfig], changed: list[str]) -> None:
-        settings = self._manager.settings
+    def _use_new_keys(self, clients: Mapping[str, ClientConfig], changed: list[str]) -> Mapping[str, ClientConfig]:
         new = dict(clients)
         for name in changed:
             new[name] = _reread_client(name, clients[name], others=[c for n, c in new.items() if n != name])
         # Swapped whole, as a reload does: the request guard sees new clients and builds their keys anew.
-        self._manager.settings = settings.model_copy(update={"clients": new})
-        self.check()  # note the files as they are now
+        self._manager.settings = self._manager.settings.model_copy(update={"clients": new})
+        return self._manager.settings.clients
 
 
 def _reread_client(name: str, client: ClientConfig, others: list[ClientConfig]) -> ClientConfig:
