@@ -400,3 +400,36 @@ def test_the_systemd_unit_leaves_room_for_every_connection() -> None:
     unit = (Path(__file__).parent.parent / "deploy" / "systemd" / "tokend.service").read_text()
     limits = [line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("LimitNOFILE=")]
     assert limits and int(limits[0]) >= MAX_CONNECTIONS + FD_RESERVE, limits
+
+
+def test_streamed_paths_are_checked_but_not_capped() -> None:
+    """For a route that passes bodies on as they come (a proxy), in-process: the checks, but no cap here."""
+    import asyncio
+
+    from tokend.config import ServerConfig
+    from tokend.guard import RequestGuard
+    from tokend.limits import BODY_LIMIT, RequestLimits
+
+    async def echo_size(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        size, more = 0, True
+        while more:
+            message = await receive()
+            size, more = size + len(message.get("body", b"")), message.get("more_body", False)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": str(size).encode()})
+
+    app = RequestLimits(echo_size, RequestGuard(ServerConfig()), streamed=("/proxy/",))
+
+    async def chunks():  # type: ignore[no-untyped-def]
+        for _ in range(4):
+            yield b"x" * BODY_LIMIT
+
+    async def post(path: str, headers: dict[str, str]) -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 1234))
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            return await client.post(path, content=chunks(), headers=headers)
+
+    streamed = asyncio.run(post("/proxy/api/upload", HEADERS))
+    assert streamed.status_code == 200 and streamed.text == str(4 * BODY_LIMIT)
+    assert asyncio.run(post("/felloh/felloh/keys", HEADERS)).status_code == 413
+    assert asyncio.run(post("/proxy/api/upload", {})).status_code == 403

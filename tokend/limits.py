@@ -25,12 +25,19 @@ OPEN_PATHS = frozenset({"/livez", "/readyz", "/metrics"})
 
 
 class RequestLimits:
-    """ASGI: the request checks on every path but the probes, then at most `body_limit` bytes of body."""
+    """ASGI: the request checks on every path but the probes, then at most `body_limit` bytes of body.
 
-    def __init__(self, app: ASGIApp, guard: RequestGuard, *, body_limit: int = BODY_LIMIT) -> None:
+    `streamed`: path prefixes whose routes pass bodies on as they come (a proxy) and bound them themselves:
+    checked the same, but not capped here.
+    """
+
+    def __init__(
+        self, app: ASGIApp, guard: RequestGuard, *, body_limit: int = BODY_LIMIT, streamed: tuple[str, ...] = ()
+    ) -> None:
         self._app = app
         self._guard = guard
         self._limit = body_limit
+        self._streamed = streamed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -40,7 +47,9 @@ class RequestLimits:
             await _refuse(send, denial.status, denial.code, denial.message)
             return
         length = _body_length(scope)
-        if length is None:  # chunked: counted as it comes
+        if length == 0 or scope["path"].startswith(self._streamed):
+            await self._app(scope, receive, send)
+        elif length is None:  # chunked: counted as it comes
             await _Capped(self._app, self._limit)(scope, receive, send)
         elif length > self._limit:
             await _refuse(send, 413, "too_large", f"A request body is at most {self._limit} bytes here.")
