@@ -1,7 +1,8 @@
 """The local HTTP API: create_app(daemon) -> an ASGI app.
 
-The routes are FastAPI's; in front of them sit two plain ASGI wrappers: the token fast path
-(tokend.fastpath), then a counter of answers for /metrics that also refuses CORS preflights.
+The routes are FastAPI's; in front of them sit three plain ASGI wrappers: the token fast path
+(tokend.fastpath), a counter of answers for /metrics that also refuses CORS preflights, then the request
+checks and the body limit for every route (tokend.limits).
 Provider kinds add routes of their own through their extensions (Felloh's key management).
 """
 
@@ -33,6 +34,7 @@ from tokend.errors import (
 )
 from tokend.fastpath import NO_STORE_HEADERS, Renderer, TokenFastPath
 from tokend.guard import NOT_ADMIN, NOT_YOURS, Caller, Denial, RequestGuard
+from tokend.limits import RequestLimits
 from tokend.metrics import CONTENT_TYPE, Metrics
 
 __all__ = ["create_app"]
@@ -95,7 +97,9 @@ def create_app(daemon: Daemon) -> ASGIApp:
     manager = daemon.manager
     guard = RequestGuard(manager.settings.server)
     renderer = Renderer()
-    app = FastAPI(title="tokend", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
+    # No redirect for a trailing slash: an answer before the request checks, with a Location built from Host.
+    app = FastAPI(title="tokend", version=__version__, docs_url=None, redoc_url=None, openapi_url=None,
+                  redirect_slashes=False)
     _add_error_handlers(app)
 
     def caller(request: Request) -> Caller:
@@ -194,7 +198,7 @@ def create_app(daemon: Daemon) -> ASGIApp:
         return JSONResponse({"ready": ready, "providers": states}, status_code=200 if ready else 503)
 
     requests: Tally[tuple[str, int]] = Tally()
-    fast_path = TokenFastPath(_CountedRequests(app, requests), manager, guard, renderer)
+    fast_path = TokenFastPath(_CountedRequests(RequestLimits(app, guard), requests), manager, guard, renderer)
     metrics = Metrics(manager, requests=requests, fast_answers=lambda: fast_path.served,
                       collectors=[] if daemon.fleet is None else [daemon.fleet.collector()])
     return fast_path

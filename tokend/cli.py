@@ -273,9 +273,13 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _client(args: argparse.Namespace) -> Any:
     from tokend.client import Client
-    from tokend.discovery import daemon_address, find_config
+    from tokend.discovery import check_key_destination, daemon_address, find_config
 
-    return Client(daemon_address(args.url, find_config(args.config)), client_key=_client_key(args))
+    config = find_config(args.config)
+    address, key = daemon_address(args.url, config), _client_key(args)
+    if key is not None:
+        check_key_destination(address, config)
+    return Client(address, client_key=key)
 
 
 def _client_key(args: argparse.Namespace) -> str | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tokend.errors import ConfigError
+from tokend.errors import ConfigError, TokendError
 
 CONFIG_CANDIDATES = (Path("tokend.toml"), Path("/etc/tokend/config.toml"))
 DEFAULT_HOST = "127.0.0.1"
@@ -54,7 +54,7 @@ def daemon_address(url: str | None, config: Path | None) -> Address:
             return Address(f"unix:{path}", path)
         return Address(url.rstrip("/"))
     server = _server_table(config)
-    socket = os.environ.get("TOKEND_SERVER__SOCKET") or server.get("socket")
+    socket = _configured_socket(server)
     if socket:
         return Address(f"unix:{socket}", str(socket))
     host = os.environ.get("TOKEND_SERVER__HOST") or server.get("host", DEFAULT_HOST)
@@ -63,6 +63,25 @@ def daemon_address(url: str | None, config: Path | None) -> Address:
         host = DEFAULT_HOST
     host = f"[{host}]" if ":" in str(host) else host
     return Address(f"http://{host}:{port}")
+
+
+def check_key_destination(address: Address, config: Path | None) -> None:
+    """Refuse to send a client key over TCP when the config says tokend listens on a unix socket.
+
+    Whatever holds a TCP port gets the key: a program that took the port while tokend was down (or one
+    never meant to be tokend, named by a stale --url or $TOKEND_URL) would collect it. A unix socket's path
+    and file mode say who may be behind it; a port says nothing.
+    """
+    if address.socket is None and (socket := _configured_socket(_server_table(config))):
+        raise TokendError(
+            f"the config says tokend listens on the unix socket {socket}, not at {address.url}: refusing to send "
+            "the client key there. Leave out --url and $TOKEND_URL, or name the socket: --url unix:PATH"
+        )
+
+
+def _configured_socket(server: dict[str, object]) -> str | None:
+    socket = os.environ.get("TOKEND_SERVER__SOCKET") or server.get("socket")
+    return str(socket) if socket else None
 
 
 def _server_table(config: Path | None) -> dict[str, object]:

@@ -24,6 +24,7 @@ import uvicorn
 from tokend.api import create_app
 from tokend.audit import audit, log_findings
 from tokend.config import ServerConfig, Settings
+from tokend.connections import connection_cap, limited_protocol
 from tokend.daemon import Daemon
 from tokend.errors import TokendError
 from tokend.logs import install_redaction
@@ -143,6 +144,8 @@ def serve(settings: Settings, sock: socket.socket | None = None, *, config_path:
         ws="none",
         server_header=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
+        # A header timeout, a connection cap and header limits, which uvicorn has not on its own.
+        http=limited_protocol(connection_cap()),
     )
     server = uvicorn.Server(config)
     log.info("tokend serving %d provider(s) on %s", len(settings.providers), where)

@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
+from collections.abc import Mapping
 from pathlib import Path
 
+from pydantic import SecretStr
+
+from tokend.config import ClientConfig
 from tokend.manager import Manager
 from tokend.providers import ProviderConfig
 from tokend.scheduler import Scheduler
-from tokend.secrets import reread_secret_files
+from tokend.secrets import SecretValue, reread_secret_files
 
 log = logging.getLogger("tokend")
 
@@ -33,14 +38,17 @@ class SecretFileWatcher:
         # Each provider's secret files, worked out once per config object: with a thousand providers,
         # walking every config every few seconds would cost more than the stat calls themselves.
         self._paths: dict[str, tuple[ProviderConfig, list[Path]]] = {}
+        self._client_keys = ClientKeyWatcher(manager)
 
     def start(self) -> None:
         """Note every secret file as it is now, then look again every WATCH_INTERVAL seconds."""
         for name in self._manager.names:
             self._changed_files(name)
+        self._client_keys.check()
         self._scheduler.every(WATCH_INTERVAL, self.check, "tokend-watch-secret-files")
 
     async def check(self) -> None:
+        self._client_keys.check()
         names = self._manager.names
         for gone in self._paths.keys() - set(names):  # removed by a reload
             del self._paths[gone]
@@ -91,3 +99,59 @@ def _fingerprint(path: Path) -> _Fingerprint:
     except OSError:
         return None
     return info.st_dev, info.st_ino, info.st_mtime_ns, info.st_size
+
+
+class ClientKeyWatcher:
+    """Client key files: a key rewritten on disk replaces the old one at once, so that rotating a leaked key
+    revokes it without a reload. A key file that can no longer be used locks its client out (a key nobody
+    knows) rather than leave the old key working, and never opens the API to callers without a key."""
+
+    def __init__(self, manager: Manager) -> None:
+        self._manager = manager
+        self._seen: dict[Path, _Fingerprint] = {}
+        self._clients: Mapping[str, ClientConfig] | None = None  # the clients whose files are in _seen
+
+    def check(self) -> None:
+        clients: Mapping[str, ClientConfig] = self._manager.settings.clients
+        files = {name: client.key.path for name, client in clients.items() if client.key.path is not None}
+        # Taken before any file is read: a change made while it is read is seen the next time.
+        seen = {path: _fingerprint(path) for path in files.values()}
+        changed = [name for name, path in files.items() if seen[path] != self._seen.get(path)]
+        if clients is self._clients and changed:
+            clients = self._use_new_keys(clients, changed)
+        # First look, a reload, or a change: the files as they are now belong to these clients.
+        self._clients, self._seen = clients, seen
+
+    def _use_new_keys(self, clients: Mapping[str, ClientConfig], changed: list[str]) -> Mapping[str, ClientConfig]:
+        new = dict(clients)
+        for name in changed:
+            new[name] = _reread_client(name, clients[name], others=[c for n, c in new.items() if n != name])
+        # Swapped whole, as a reload does: the request guard sees new clients and builds their keys anew.
+        self._manager.settings = self._manager.settings.model_copy(update={"clients": new})
+        return self._manager.settings.clients
+
+
+def _reread_client(name: str, client: ClientConfig, others: list[ClientConfig]) -> ClientConfig:
+    path = client.key.path
+    try:
+        fresh = reread_secret_files(client)
+        # Validated as the config's own are: the same length check, and a key no other client has.
+        fresh = ClientConfig.model_validate({field: getattr(fresh, field) for field in ClientConfig.model_fields})
+        if any(other.key.get() == fresh.key.get() for other in others):
+            raise ValueError("the same key as another client")
+    except ValueError as exc:
+        log.error("client=%s key file %s changed but cannot be used (%s); the client is locked out until it can",
+                  name, path, _reason(exc))
+        locked = SecretValue(SecretStr(secrets.token_urlsafe(32)), f"file {path}", path)
+        return client.model_copy(update={"key": locked})
+    log.info("client=%s key file %s changed; the old key is refused from now on", name, path)
+    return fresh
+
+
+def _reason(exc: ValueError) -> str:
+    # A pydantic error lists each problem after a header line; its messages never hold the value
+    # (secret references are resolved and checked without echoing them).
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        return "; ".join(str(error["msg"]).removeprefix("Value error, ") for error in errors(include_input=False))
+    return str(exc)

@@ -1,0 +1,170 @@
+"""What a connection may cost before it is a request: uvicorn's httptools protocol with limits.
+
+uvicorn sets none of these on its own: a connection that sends nothing, or half a request, stays open for
+ever (its keep-alive timer runs only between two requests, and any byte stops it); a header line may be of
+any length (httptools gathers it whole before handing it over) and a request may have any number of them;
+and each connection holds a file descriptor until the process has none left, when nobody is served. So:
+
+- A request must arrive whole (head and body) within READ_TIMEOUT of its first byte, or of the connection
+  itself; else the connection is closed. Local programs send theirs in microseconds.
+- A request head is at most MAX_HEAD_SIZE bytes and MAX_HEADERS header fields; beyond either, 431 and close.
+- At most `max_connections` are open at once (file descriptors: see connection_cap). One more closes the
+  connection that has waited longest for a request (idle, or half sent) as nginx reuses its idle ones,
+  so that a flood of idle or slow connections costs the others nothing, rather than waiting for the flood to
+  time out. A connection whose request is being answered is never closed for another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+__all__ = ["MAX_CONNECTIONS", "MAX_HEADERS", "MAX_HEAD_SIZE", "READ_TIMEOUT", "connection_cap", "limited_protocol"]
+
+READ_TIMEOUT = 10.0  # seconds for a whole request, from its first byte (or from the connection)
+MAX_HEAD_SIZE = 16 * 1024  # request line and headers, as Node's default: a client key and a token fit many times
+MAX_HEADERS = 100  # as Python's http.client
+MAX_CONNECTIONS = 1024  # local programs, each with a connection or a small pool: far more than they need
+# Descriptors kept for all else: upstream connections, secret files, the event loop's own, logging.
+FD_RESERVE = 128
+
+
+def connection_cap() -> int:
+    """How many connections may be open at once: MAX_CONNECTIONS, fewer if the open-files limit is lower
+    (systemd's default is 1024: the unit sets LimitNOFILE= to make room for all of them)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(16, min(MAX_CONNECTIONS, soft - FD_RESERVE))
+
+
+class _HeadTooLarge(Exception):
+    pass
+
+
+class _LimitedProtocol(HttpToolsProtocol):
+    max_connections = MAX_CONNECTIONS
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._read_timer: asyncio.TimerHandle | None = None
+        # Bytes of the request head received so far (None once it is whole): httptools holds a header until
+        # its line ends, so a head is measured as it comes in, not only by the fields it yields.
+        self._head_size: int | None = 0
+        self._fields_size = self._header_count = 0  # the head's fields as httptools yields them
+        self._too_large = False
+        self._in_request = False  # a request has begun and not yet arrived whole
+        # When this connection began to wait for a request (or the rest of one); None while it is answered.
+        self.waiting_since: float | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.waiting_since = self.loop.time()
+        self._arm_read_timer()
+        if len(self.connections) > self.max_connections:
+            self._make_room()
+
+    def _make_room(self) -> None:
+        """Close the connection that has waited longest for its request: this one, if all others are busy."""
+        waiting = [
+            other for other in self.connections
+            if isinstance(other, _LimitedProtocol) and other.waiting_since is not None
+            and not other.transport.is_closing()
+        ]
+        oldest = min(waiting, key=lambda other: other.waiting_since or 0.0)
+        oldest.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_read_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._head_size is not None:
+            self._head_size += len(data)
+        super().data_received(data)
+        if self._head_size is not None and self._head_size > MAX_HEAD_SIZE and not self.transport.is_closing():
+            self._refuse_head()
+        elif self._in_request and self._read_timer is None:
+            # Armed only for a request left half-way: most arrive whole in one read, and cost no timer.
+            # For the first request, the clock started with the connection.
+            if self.waiting_since is None:
+                self.waiting_since = self.loop.time()
+            self._arm_read_timer()
+
+    def on_message_begin(self) -> None:
+        self._in_request = True
+        super().on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        self._fields_size += len(url)
+        if self._fields_size > MAX_HEAD_SIZE:
+            self._head_too_large()
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        self._fields_size += len(name) + len(value)
+        if self._fields_size > MAX_HEAD_SIZE or self._header_count > MAX_HEADERS:
+            self._head_too_large()
+        super().on_header(name, value)
+
+    def _head_too_large(self) -> None:
+        self._too_large = True
+        raise _HeadTooLarge  # stops the parser here, before the app sees the request: a parser error
+
+    def on_headers_complete(self) -> None:
+        self._head_size = None
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._cancel_read_timer()
+        self._in_request = False
+        self.waiting_since = None
+        self._head_size = self._fields_size = self._header_count = 0  # what follows is the next request's head
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.cycle.response_complete:  # idle until the next request (not one started from the pipeline)
+            self.waiting_since = self.loop.time()
+
+    def send_400_response(self, msg: str) -> None:
+        if self._too_large:
+            self._refuse_head()
+        else:
+            super().send_400_response(msg)
+
+    def _refuse_head(self) -> None:
+        body = (f"A request head is at most {MAX_HEAD_SIZE} bytes and {MAX_HEADERS} header fields.").encode()
+        self.transport.write(
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+        )
+        self.transport.close()
+
+    def _arm_read_timer(self) -> None:
+        self._cancel_read_timer()
+        self._read_timer = self.loop.call_later(READ_TIMEOUT, self._read_timed_out)
+
+    def _cancel_read_timer(self) -> None:
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
+
+    def _read_timed_out(self) -> None:
+        self._read_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+
+def limited_protocol(max_connections: int) -> type[HttpToolsProtocol]:
+    """uvicorn's httptools protocol with the limits above, for `uvicorn.Config(http=...)`."""
+
+    class LimitedHttpToolsProtocol(_LimitedProtocol):
+        pass
+
+    LimitedHttpToolsProtocol.max_connections = max_connections
+    return LimitedHttpToolsProtocol
