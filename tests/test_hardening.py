@@ -317,6 +317,7 @@ def test_a_secret_echoed_escaped_never_reaches_status_or_a_503(tmp_path: Path, f
                                                                 daemon_factory: Callable[..., DaemonProcess]) -> None:
     fakes.fintech_studios.password = PASSWORD
     daemon = daemon_factory(min_refresh_interval=0.1)
+    time.sleep(0.3)  # past min_refresh_interval since the first login: the refresh logs in
     fakes.fintech_studios.fail(500, body=f"<p>bad password {__import__('html').escape(PASSWORD)}</p>")
     answer = daemon.post("/token/fts/refresh")
     assert answer.status_code == 502

@@ -45,7 +45,7 @@ def watch(client: Client, *, interval: float = 1.0, out: TextIO | None = None, r
 
 
 def _rows(data: dict[str, Any], now: float) -> list[tuple[str, ...]]:
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for name, provider in data["providers"].items():
         left = provider["expires_in"]
         rows.append((name, provider["state"], provider.get("source") or "-",

@@ -54,7 +54,7 @@ class DirectLogin:
     def __init__(self, client: httpx.AsyncClient, redactor: Redactor) -> None:
         self._client = client
         self._redactor = redactor
-        self._providers: dict[str, tuple[ProviderConfig, Provider[Any]]] = {}
+        self._providers: dict[str, tuple[ProviderConfig, Provider]] = {}
         self._gates: dict[str, asyncio.Semaphore] = {}
 
     async def __call__(self, call: LoginCall) -> Credential:
@@ -62,7 +62,7 @@ class DirectLogin:
         async with self._gate(call.config):  # queued here, before the login's own clock starts
             return await fetch_within_timeout(provider, call.config.timeout, self._client)
 
-    def _provider(self, name: str, config: ProviderConfig) -> Provider[Any]:
+    def _provider(self, name: str, config: ProviderConfig) -> Provider:
         known = self._providers.get(name)
         if known is None or known[0] is not config:  # new settings (a reload, a rotation): a new provider
             known = self._providers[name] = (config, build_provider(name, config, self._redactor))
@@ -81,7 +81,7 @@ class DirectLogin:
         return gate
 
 
-async def fetch_within_timeout(provider: Provider[Any], timeout: float, client: httpx.AsyncClient) -> Credential:
+async def fetch_within_timeout(provider: Provider, timeout: float, client: httpx.AsyncClient) -> Credential:
     """One login, bounded as a whole by the provider's `timeout` (httpx's own bound each step only)."""
     try:
         async with asyncio.timeout(timeout):

@@ -17,7 +17,7 @@ import random
 import time
 from collections.abc import Iterable
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 from tokend.changes import Changes
 from tokend.config import Settings
@@ -387,7 +387,7 @@ class Manager:
         slot.logins_failed += 1
         slot.last_error, slot.last_error_at = error, self._clock.time()
         slot.last_request_id = error.request_id or slot.last_request_id
-        outcome = "rejected" if isinstance(error, CredentialsRejected) else "error"
+        outcome: Literal["rejected", "error"] = "rejected" if isinstance(error, CredentialsRejected) else "error"
         if error.retry_after is not None:
             slot.quiet_until = self._clock.monotonic() + error.retry_after
         delay = self._retry_delay(slot, error)

@@ -26,5 +26,5 @@ else:
     ProviderConfig = Annotated[Union[tuple(kind.config for kind in KINDS)], Field(discriminator="kind")]  # noqa: UP007
 
 
-def build_provider(name: str, config: ProviderBase, redactor: Redactor) -> Provider[Any]:
+def build_provider(name: str, config: ProviderBase, redactor: Redactor) -> Provider:
     return _BY_NAME[config.kind].provider(name, config, redactor)

@@ -60,15 +60,15 @@ class ProviderBase(BaseModel):
 
 
 ConfigT = TypeVar("ConfigT", bound=ProviderBase)
-ConfigT_contra = TypeVar("ConfigT_contra", bound=ProviderBase, contravariant=True)
 
 
-class Provider(Protocol[ConfigT_contra]):
+class Provider(Protocol):
     """One configured provider's login. Built from its name and settings; the redactor scrubs what it reports."""
 
     name: str
 
-    def __init__(self, name: str, config: ConfigT_contra, redactor: Redactor) -> None: ...
+    # `config` is an instance of its kind's settings model (Kind.config); the registry pairs the two.
+    def __init__(self, name: str, config: Any, redactor: Redactor) -> None: ...
 
     async def fetch(self, client: httpx.AsyncClient) -> Credential:
         """Log in once and return the new credential, or raise UpstreamError."""
@@ -81,6 +81,6 @@ class Kind(Generic[ConfigT]):
 
     name: str
     config: type[ConfigT]
-    provider: type[Provider[Any]]
+    provider: type[Provider]
     # Built once per daemon when the daemon starts; it loops over the providers of its kind itself.
     extension: Callable[[DaemonParts], Extension] | None = None
