@@ -34,6 +34,7 @@ class Load:
     p99_ms: float
     non_2xx: int
     socket_errors: int
+    p50_ms: float | None = None
 
 
 def generator_name() -> str:
@@ -108,6 +109,7 @@ def parse_wrk(out: str) -> Load:
     requests = re.search(r"(\d+) requests in ([\d.]+)(\w+),", out)
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     p99 = re.search(r"^\s+99%\s+([\d.]+)(\w+)", out, re.MULTILINE)
+    p50 = re.search(r"^\s+50%\s+([\d.]+)(\w+)", out, re.MULTILINE)
     if not (requests and rps and p99):
         raise RuntimeError(f"cannot read wrk's output:\n{out}")
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -119,6 +121,7 @@ def parse_wrk(out: str) -> Load:
         p99_ms=float(p99[1]) * _TIME_UNITS_MS[p99[2]],
         non_2xx=int(non_2xx[1]) if non_2xx else 0,
         socket_errors=sum(int(n) for n in errors.groups()) if errors else 0,
+        p50_ms=float(p50[1]) * _TIME_UNITS_MS[p50[2]] if p50 else None,
     )
 
 
@@ -175,6 +178,7 @@ async def _load(url: str, connections: int, seconds: float, headers: list[str], 
         p99_ms=latencies[int(0.99 * (len(latencies) - 1))] * 1000,
         non_2xx=tally.non_2xx,
         socket_errors=tally.socket_errors,
+        p50_ms=latencies[int(0.5 * (len(latencies) - 1))] * 1000,
     )
 
 

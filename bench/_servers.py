@@ -4,6 +4,7 @@
     python bench/_servers.py fleet-fakes --lifetime S --record PATH  # prints URLs and credentials as JSON
     python bench/_servers.py daemon --fd FD --config PATH  # the real daemon, on the inherited socket FD
     python bench/_servers.py bare --fd FD --body-size N --graceful S  # the baseline: uvicorn alone
+    python bench/_servers.py nginx --conf PATH             # nginx in the foreground, for the proxy figures
 
 Each runs in its own process, so that the daemon's RSS counts the daemon alone and a server's CPU is its own.
 run.py binds the listening sockets and passes them down, so it knows every port before anything starts.
@@ -51,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     bare = _server_parser(roles, "bare", _bare, common)
     bare.add_argument("--body-size", type=int, required=True)
     bare.add_argument("--graceful", type=float, required=True, help="tokend.server.GRACEFUL_SHUTDOWN")
+    nginx = roles.add_parser("nginx", parents=[common])
+    nginx.add_argument("--conf", type=Path, required=True)
+    nginx.set_defaults(role=_nginx)
     return parser
 
 
@@ -133,6 +137,21 @@ def _bare_app(body: bytes) -> Any:
         await send(answer)
 
     return app
+
+
+def _nginx(args: argparse.Namespace) -> None:
+    import subprocess
+
+    from _proxy import nginx
+
+    binary = nginx()
+    assert binary is not None
+    process = subprocess.Popen([binary, "-p", str(args.conf.parent), "-c", str(args.conf)])
+    try:
+        sys.stdin.read()  # until run.py closes the pipe or dies
+    finally:
+        process.terminate()
+        process.wait(timeout=5)
 
 
 def _exit_with_stdin() -> None:

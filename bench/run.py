@@ -1,7 +1,7 @@
 """tokend's benchmark: one table of figures, each against a baseline measured in the same run.
 
-    /work/venv/bin/python bench/run.py           # under 3 minutes
-    /work/venv/bin/python bench/run.py --quick   # about a minute
+    /work/venv/bin/python bench/run.py           # about 4 minutes
+    /work/venv/bin/python bench/run.py --quick   # about two minutes
 
 The machine is shared and noisy, so each figure is read against a baseline measured seconds away from it:
 the daemon's req/s against a bare ASGI app under the same uvicorn set-up, `tokend get` against
@@ -38,6 +38,7 @@ from typing import Any
 
 import _fleet
 import _load
+import _proxy
 from _procs import HEADER, CpuSampler, Helpers, Server, get, wait_until_ok
 
 import tokend
@@ -85,6 +86,7 @@ class Measured:
     idle_cpu_percent: dict[str, float | None] = field(default_factory=dict)
     scale: dict[str, Any] = field(default_factory=dict)
     upstream: dict[str, Any] = field(default_factory=dict)
+    proxy: _proxy.ProxyMeasured = field(default_factory=_proxy.ProxyMeasured)
 
 
 # --- starting the servers ---------------------------------------------------------------------------------
@@ -282,6 +284,17 @@ def _quiet_phase(helpers: Helpers, tmp: Path, plan: Plan, cpus: Cpus, force_pyth
     return scale
 
 
+def _proxy_phase(helpers: Helpers, tmp: Path, plan: Plan, cpus: Cpus, force_python: bool) -> _proxy.ProxyMeasured:
+    """The proxy against nginx (bench/_proxy.py), while nothing else runs."""
+
+    def start_daemon(name: str, config: Path, sock: Any) -> Server:
+        daemon = _spawn_daemon(helpers, name, config, sock, cpus.measured)
+        _ready(helpers, daemon)
+        return daemon
+
+    return _proxy.measure(helpers, tmp, max(plan.rounds, 2), plan.load_seconds, cpus, force_python, start_daemon)
+
+
 # --- phase 2: logins under client load, and the 1,000 providers' renewals --------------------------------------
 
 
@@ -374,6 +387,7 @@ def _measure(helpers: Helpers, tmp: Path, plan: Plan, cpus: Cpus, force_python: 
     # Started first, as they idle until phase 2: so that their start does not fall in the quiet phase.
     m.upstream["fakes"] = _start_fleet_fakes(helpers, "upstream-fakes", UPSTREAM_LIFETIME,
                                              tmp / "upstream-logins.txt", cpus)
+    m.proxy = _proxy_phase(helpers, tmp, plan, cpus, force_python)
     scale = _quiet_phase(helpers, tmp, plan, cpus, force_python, m)
     _upstream_phase(helpers, tmp, plan, cpus, force_python, m)
     if scale is not None:
@@ -429,7 +443,7 @@ def _within(share: float) -> tuple[Target, Target]:
 
 
 def _rows(m: Measured) -> list[Row]:
-    return [*_http_rows(m), *_cli_rows(m), *_memory_rows(m), *_scale_rows(m), *_upstream_rows(m)]
+    return [*_http_rows(m), *_proxy_rows(m), *_cli_rows(m), *_memory_rows(m), *_scale_rows(m), *_upstream_rows(m)]
 
 
 def _http_rows(m: Measured) -> list[Row]:
@@ -441,6 +455,38 @@ def _http_rows(m: Measured) -> list[Row]:
             (Target("ratio", ">=", 0.85),)),
         Row(f"p99 latency at {CONNECTIONS} conns", "ms", best["daemon"].p99_ms, best["bare"].p99_ms, "bare ASGI app",
             (Target("value", "<", 2),)),
+    ]
+
+
+def _proxy_rows(m: Measured) -> list[Row]:
+    """tokend's proxy against nginx as a proxy, and the latency each adds over calling the upstream directly."""
+    p = m.proxy
+    best = {name: max(loads, key=lambda load: load["rps"]) for name, loads in p.loads.items()}
+    # The lowest p50 of the rounds: on a shared machine the quietest round is the truest.
+    p50 = {name: min(load["p50_ms"] for load in loads) for name, loads in p.single.items()}
+
+    def pick(table: dict[str, Any], name: str, key: str | None = None) -> float | None:
+        value = table.get(name)
+        return value if key is None or value is None else value[key]
+
+    def added(name: str) -> float | None:
+        return p50[name] - p50["direct"] if name in p50 and "direct" in p50 else None
+
+    s = p.stream
+    growth = (s["rss_peak_after_mib"], s["rss_peak_before_mib"]) if s else (None, None)
+    return [
+        Row(f"proxy req/s at {CONNECTIONS} conns", "req/s", pick(best, "tokend proxy", "rps"),
+            pick(best, "nginx proxy", "rps"), "nginx proxy", (Target("ratio", ">=", 0.3),)),
+        Row(f"proxy p99 at {CONNECTIONS} conns", "ms", pick(best, "tokend proxy", "p99_ms"),
+            pick(best, "nginx proxy", "p99_ms"), "nginx proxy", (Target("ratio", "<=", 1.5),)),
+        Row("proxy p50 added over direct, 1 conn", "ms", added("tokend proxy"), added("nginx proxy"),
+            "nginx proxy's", (Target("value", "<", 0.3),)),
+        Row(f"proxy peak RSS, {_proxy.BIG >> 30} GiB down + up", "MiB", growth[0], growth[1], "peak before",
+            (Target("growth", "<", 16),)),
+        Row(f"proxy {_proxy.BIG >> 30} GiB download", "s", s.get("download_proxy_s"), s.get("download_direct_s"),
+            "direct from nginx"),
+        Row(f"proxy {_proxy.BIG >> 30} GiB upload", "s", s.get("upload_proxy_s"), s.get("upload_direct_s"),
+            "direct to nginx"),
     ]
 
 
@@ -544,6 +590,7 @@ def _report(m: Measured, rows: list[Row], context: dict[str, object]) -> dict[st
         "idle_cpu_percent": m.idle_cpu_percent,
         "scale": m.scale,
         "upstream": m.upstream,
+        "proxy": asdict(m.proxy),
     }
 
 
@@ -592,13 +639,22 @@ def _footer(m: Measured, plan: Plan, context: dict[str, object]) -> str:
         f"CLI: median of {plan.cli_runs}, bytecode cached unless 'no .pyc'.\n{scale}\n"
         f"upstream: {len(u['idle']['per_provider'])} providers per daemon, logins/provider from their mean "
         f"interval; loaded with {u['load']['requests']:,} requests ({u['load']['non_2xx']} not 2xx).\n"
+        f"proxy: {m.proxy.skipped or _proxy_note(m)}\n"
         f"took {context['seconds']}s; git {context['git']}"
     )
 
 
+def _proxy_note(m: Measured) -> str:
+    single = {name: min(load["p50_ms"] for load in loads) for name, loads in m.proxy.single.items()}
+    direct = single.get("direct")
+    return (f"upstream and reference are nginx ({_proxy.nginx()}), one process each; p50 at 1 connection: direct "
+            f"{direct:.3f} ms, nginx proxy {single.get('nginx proxy', 0):.3f} ms, tokend proxy "
+            f"{single.get('tokend proxy', 0):.3f} ms" if direct is not None else "no load figures")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="shorter runs: about a minute in all")
+    parser.add_argument("--quick", action="store_true", help="shorter runs: about two minutes in all")
     parser.add_argument("--python-load", action="store_true", help="use the Python load generator even if wrk is there")
     args = parser.parse_args()
     if Path(tokend.__file__).resolve().parent.parent != ROOT:

@@ -106,3 +106,12 @@ def test_status_watch_redraws_in_place_on_a_terminal(daemon_factory: Callable[..
         os.close(fd)
     assert seen.count(b"\x1b[H\x1b[2J") >= 2 and b"fts" in seen
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_the_proxy_url_of_each_asked_provider_is_in_the_environment(daemon_factory: Callable[..., Daemon]) -> None:
+    daemon = daemon_factory(proxy=True)
+    shown = run_exec(daemon, "--provider", "fts", "--provider", "flotiq", "--", sys.executable, "-c",
+                     "import os; print(os.environ['TOKEND_PROXY_URL_FTS'], os.environ['TOKEND_PROXY_URL_FLOTIQ'])")
+    assert shown.stdout.split() == [f"{daemon.url}/proxy/fts", f"{daemon.url}/proxy/flotiq"], shown.stderr
+    proxied = daemon.get("/proxy/fts/v1/news")
+    assert proxied.status_code == 200, proxied.text

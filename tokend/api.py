@@ -33,9 +33,11 @@ from tokend.errors import (
     UpstreamError,
 )
 from tokend.fastpath import NO_STORE_HEADERS, Renderer, TokenFastPath
+from tokend.fields import shown_url
 from tokend.guard import NOT_ADMIN, NOT_YOURS, Caller, Denial, RequestGuard
 from tokend.limits import RequestLimits
 from tokend.metrics import CONTENT_TYPE, Metrics
+from tokend.proxy.router import Proxy
 
 __all__ = ["create_app"]
 
@@ -92,8 +94,9 @@ def _error(
 REFRESH_BODY_LIMIT = 64 * 1024  # a refresh body names one token: far less than this
 
 
-def create_app(daemon: Daemon) -> ASGIApp:
-    """The local API for a daemon's parts. The daemon is started and stopped by its owner (tokend.server)."""
+def create_app(daemon: Daemon, proxy: Proxy | None = None) -> ASGIApp:
+    """The local API for a daemon's parts. The daemon is started and stopped by its owner (tokend.server).
+    With `proxy`, the auth-injecting proxy sits in front (/proxy/... and the providers' own listeners)."""
     manager = daemon.manager
     guard = RequestGuard(manager.settings.server)
     renderer = Renderer()
@@ -174,6 +177,9 @@ def create_app(daemon: Daemon) -> ASGIApp:
         for name, state in providers.items():
             if sinks := daemon.sinks.status(name):
                 state["sinks"] = sinks
+            if (config := manager.provider_config(name)).proxy:
+                state["proxy"] = {"target": shown_url(config.proxy_target or ""),
+                                  "url": _proxy_url(daemon.where, name, config.proxy_listen)}
         fleet = {} if daemon.fleet is None else {"fleet": daemon.fleet.status()}
         return {"version": __version__, "ready": manager.ready(providers), "providers": providers, **fleet}
 
@@ -199,9 +205,18 @@ def create_app(daemon: Daemon) -> ASGIApp:
 
     requests: Tally[tuple[str, int]] = Tally()
     fast_path = TokenFastPath(_CountedRequests(RequestLimits(app, guard), requests), manager, guard, renderer)
+    collectors = [part.collector() for part in (daemon.fleet,) if part is not None]
     metrics = Metrics(manager, requests=requests, fast_answers=lambda: fast_path.served,
-                      collectors=[] if daemon.fleet is None else [daemon.fleet.collector()])
-    return fast_path
+                      collectors=[*collectors, *([proxy.stats] if proxy is not None else [])])
+    return proxy.wrap(fast_path) if proxy is not None else fast_path
+
+
+def _proxy_url(where: str, name: str, listen: object) -> str:
+    """Where a client sends a provider's proxied requests: its own listener, else /proxy/NAME on the API."""
+    if listen is not None:
+        text = str(listen)
+        return f"unix:{text}" if text.startswith("/") else f"http://{text}"
+    return f"{where}/proxy/{name}" if where.startswith("http") else f"unix:{where}/proxy/{name}"
 
 
 async def _rejected_token(request: Request) -> str | None:

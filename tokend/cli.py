@@ -198,6 +198,9 @@ def _check(args: argparse.Namespace) -> int:
         sources = ", ".join(f"{field} from {secret.source}" for field, secret in provider.secrets().items())
         login_url = f" at {provider.url}" if provider.url else ""
         print(f"  {name}: {provider.kind}{login_url} ({sources})")
+        if provider.proxy:
+            also = f", and on {provider.proxy_listen}" if provider.proxy_listen else ""
+            print(f"    proxy: /proxy/{name}/ -> {provider.proxy_target}{also}")
     listening = settings.server.socket or f"http://{settings.server.host}:{settings.server.port}"
     print(f"  serving on {listening}")
     for finding in findings:

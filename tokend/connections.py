@@ -47,6 +47,10 @@ class _HeadTooLarge(Exception):
 
 class _LimitedProtocol(HttpToolsProtocol):
     max_connections = MAX_CONNECTIONS
+    # Where request bodies stream on as they come (the proxy): there the read timeout bounds the silence
+    # between two pieces of a body, not the whole body, which may be a gigabyte upload.
+    streamed_prefix = b"/proxy/"
+    streamed_sockets: frozenset[object] = frozenset()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -57,11 +61,14 @@ class _LimitedProtocol(HttpToolsProtocol):
         self._fields_size = self._header_count = 0  # the head's fields as httptools yields them
         self._too_large = False
         self._in_request = False  # a request has begun and not yet arrived whole
+        self._streamed_connection = False  # a proxy listener's connection: every body streams
+        self._body_streams = False  # this request's body streams on: the timer bounds silence, not the whole
         # When this connection began to wait for a request (or the rest of one); None while it is answered.
         self.waiting_since: float | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._streamed_connection = transport.get_extra_info("sockname") in self.streamed_sockets
         self.waiting_since = self.loop.time()
         self._arm_read_timer()
         if len(self.connections) > self.max_connections:
@@ -87,7 +94,7 @@ class _LimitedProtocol(HttpToolsProtocol):
         super().data_received(data)
         if self._head_size is not None and self._head_size > MAX_HEAD_SIZE and not self.transport.is_closing():
             self._refuse_head()
-        elif self._in_request and self._read_timer is None:
+        elif self._in_request and (self._read_timer is None or self._body_streams):
             # Armed only for a request left half-way: most arrive whole in one read, and cost no timer.
             # For the first request, the clock started with the connection.
             if self.waiting_since is None:
@@ -99,6 +106,7 @@ class _LimitedProtocol(HttpToolsProtocol):
         super().on_message_begin()
 
     def on_url(self, url: bytes) -> None:
+        self._body_streams = self._streamed_connection or url.startswith(self.streamed_prefix)
         self._fields_size += len(url)
         if self._fields_size > MAX_HEAD_SIZE:
             self._head_too_large()
@@ -121,7 +129,7 @@ class _LimitedProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._cancel_read_timer()
-        self._in_request = False
+        self._in_request = self._body_streams = False
         self.waiting_since = None
         self._head_size = self._fields_size = self._header_count = 0  # what follows is the next request's head
         super().on_message_complete()
@@ -160,11 +168,15 @@ class _LimitedProtocol(HttpToolsProtocol):
             self.transport.close()
 
 
-def limited_protocol(max_connections: int) -> type[HttpToolsProtocol]:
-    """uvicorn's httptools protocol with the limits above, for `uvicorn.Config(http=...)`."""
+def limited_protocol(
+    max_connections: int, streamed_sockets: frozenset[object] = frozenset()
+) -> type[HttpToolsProtocol]:
+    """uvicorn's httptools protocol with the limits above, for `uvicorn.Config(http=...)`. `streamed_sockets`:
+    the addresses of listeners whose every request streams its body on (the proxy's own listeners)."""
 
     class LimitedHttpToolsProtocol(_LimitedProtocol):
         pass
 
     LimitedHttpToolsProtocol.max_connections = max_connections
+    LimitedHttpToolsProtocol.streamed_sockets = streamed_sockets
     return LimitedHttpToolsProtocol

@@ -85,7 +85,7 @@ class Daemon:
             else Reloader(self.manager, config_path, then=[extension.reloaded for extension in self.extensions])
         )
         self._notifier = notifier
-        self._where = where
+        self.where = where
         self._stack = contextlib.AsyncExitStack()
 
     async def __aenter__(self) -> Daemon:
@@ -104,7 +104,7 @@ class Daemon:
             if self.reloader is not None:
                 await stack.enter_async_context(self.reloader)
             if self._notifier is not None and self._notifier.enabled:
-                await stack.enter_async_context(_systemd(self.manager, self.scheduler, self._notifier, self._where))
+                await stack.enter_async_context(_systemd(self.manager, self.scheduler, self._notifier, self.where))
             await stack.enter_async_context(_frozen_heap(self.manager))
         except BaseException:
             await stack.aclose()

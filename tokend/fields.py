@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, PlainValidator
 
-__all__ = ["Duration", "Seconds", "SocketMode", "UpstreamURL", "is_loopback_host", "shown_url"]
+__all__ = ["Duration", "ProxyListen", "Seconds", "SocketMode", "UpstreamURL", "is_loopback_host", "shown_url"]
 
 
 
@@ -58,6 +58,22 @@ def _upstream_url(url: str) -> str:
 
 
 UpstreamURL = Annotated[str, PlainValidator(lambda v: _upstream_url(_expect_str(v)))]
+
+
+def _proxy_listen(value: Any) -> str:
+    """A proxy listener: "host:port" on a loopback address, or an absolute unix socket path."""
+    text = _expect_str(value)
+    if text.startswith("/"):
+        return text
+    host, _, port = text.rpartition(":")
+    if not port.isdigit() or not 1 <= int(port) <= 65535 or not host:
+        raise ValueError(f'{text!r} must be "127.0.0.1:PORT" or an absolute unix socket path')
+    if not is_loopback_host(host):
+        raise ValueError(f"{text!r} is not a loopback address; the proxy serves local programs only")
+    return text
+
+
+ProxyListen = Annotated[str, PlainValidator(_proxy_listen)]
 
 
 def _expect_str(value: Any) -> str:

@@ -27,8 +27,12 @@ from tokend.config import ServerConfig, Settings
 from tokend.connections import connection_cap, limited_protocol
 from tokend.daemon import Daemon
 from tokend.errors import TokendError
+from tokend.guard import RequestGuard
 from tokend.logs import install_redaction
+from tokend.proxy.listen import open_listeners, removed_at_exit
+from tokend.proxy.router import Proxy
 from tokend.sdnotify import Notifier
+from tokend.upstream import trust_store
 
 log = logging.getLogger("tokend")
 
@@ -133,8 +137,18 @@ def serve(settings: Settings, sock: socket.socket | None = None, *, config_path:
         sock.close()
         raise
     install_redaction(daemon.redactor)
+    try:
+        proxy_listeners = open_listeners(settings)
+    except BaseException:
+        sock.close()
+        raise
+    manager = daemon.manager
+    # The auth-injecting proxy, in front of the local API: /proxy/{name}/..., and the providers' own listeners.
+    proxy = Proxy(manager, RequestGuard(settings.server), clients=lambda: manager.settings.clients,
+                  listeners=proxy_listeners, tls=lambda: trust_store(manager.settings.upstream.ca_bundle))
+    streamed = frozenset(listener.sock.getsockname() for listener in proxy_listeners)
     config = uvicorn.Config(
-        create_app(daemon),
+        create_app(daemon, proxy),
         # Nothing in front of tokend is trusted to say who the client is: X-Forwarded-For is refused,
         # never believed (uvicorn would otherwise rewrite the peer address from it for 127.0.0.1).
         proxy_headers=False,
@@ -145,17 +159,19 @@ def serve(settings: Settings, sock: socket.socket | None = None, *, config_path:
         server_header=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
         # A header timeout, a connection cap and header limits, which uvicorn has not on its own.
-        http=limited_protocol(connection_cap()),
+        http=limited_protocol(connection_cap(), streamed),
     )
     server = uvicorn.Server(config)
     log.info("tokend serving %d provider(s) on %s", len(settings.providers), where)
+    for listener in proxy_listeners:
+        log.info("proxy for %s on %s", listener.provider, listener.where)
     log_findings(audit(settings, config_path))
 
     async def run() -> None:
-        async with daemon:
-            await server.serve(sockets=[sock])
+        async with daemon, proxy:
+            await server.serve(sockets=[sock, *(listener.sock for listener in proxy_listeners)])
 
-    with _unlink_at_exit(settings.server), sock, _stop_signals_end_cleanly(), \
+    with _unlink_at_exit(settings.server), removed_at_exit(proxy_listeners), sock, _stop_signals_end_cleanly(), \
             asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:  # uvloop where uvicorn would use it
         runner.run(run())
     return server.started

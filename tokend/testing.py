@@ -29,7 +29,8 @@ import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+import zlib
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -41,12 +42,13 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
 __all__ = [
     "ExpiryStyle",
+    "FakeAPI",
     "FakeFelloh",
     "FakeFintechStudios",
     "FakeFlotiq",
@@ -56,6 +58,7 @@ __all__ = [
     "FakeTokenAPI",
     "FakeUpstream",
     "FellohKey",
+    "pattern",
     "serve_fakes",
     "write_fake_config",
 ]
@@ -98,8 +101,10 @@ class FakeUpstream:
         self._tokens: dict[str, int] = {}  # token -> expiry, Unix seconds
         # Every token issued, expired ones too, for tests that sweep outputs for tokens (bounded for the demo).
         self.issued: collections.deque[str] = collections.deque(maxlen=10_000)
+        # The provider's API as the proxy reaches it: checks the credential as this kind wants it sent.
+        self.api = FakeAPI(self._api_authorised, self._error)
         self.app = Starlette(
-            routes=self._routes(), exception_handlers={HTTPException: self._on_http_exception}
+            routes=[*self._routes(), *self.api.routes()], exception_handlers={HTTPException: self._on_http_exception}
         )
 
     # -- switches, called from the test's thread ---------------------------------------------------------
@@ -182,6 +187,11 @@ class FakeUpstream:
 
     def _routes(self) -> list[Route]:
         raise NotImplementedError
+
+    def _api_authorised(self, request: Request) -> bool:
+        """Whether an API request carries a valid credential, sent as this provider's docs say."""
+        token = _bearer_token(request)
+        return token is not None and self.is_valid(token)
 
     def _error(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
         """The provider's own error answer."""
@@ -517,6 +527,10 @@ class FakeFintechStudios(FakeUpstream):
     def _api_key_ok(self, request: Request) -> bool:
         return _same(request.headers.get("x-api-key", ""), self.api_key)
 
+    def _api_authorised(self, request: Request) -> bool:
+        token = _bearer_token(request)
+        return self._api_key_ok(request) and token is not None and self._jwt_valid(token) and self.is_valid(token)
+
     def _sign(self, claims: dict[str, Any]) -> str:
         """An HS256 JWT, made by hand so that the fake needs no JWT library."""
         header = _b64url(_compact_json({"alg": "HS256", "typ": "JWT"}))
@@ -558,6 +572,10 @@ class FakeFlotiq(FakeUpstream):
 
     def _routes(self) -> list[Route]:
         return [Route("/api/v1/content/{content_type}", self._content, methods=["GET"])]
+
+    def _api_authorised(self, request: Request) -> bool:
+        key = request.headers.get("x-auth-token") or request.query_params.get("auth_token")
+        return key is not None and self.is_valid(key)
 
     async def _content(self, request: Request) -> Response:
         interfered = await self._interfere(request)
@@ -697,6 +715,10 @@ class FakeTokenAPI(FakeUpstream):
                 return expires - int(time.time())
         return expires
 
+    def _api_authorised(self, request: Request) -> bool:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        return scheme == "Session" and self.is_valid(token)
+
     async def _data(self, request: Request) -> Response:
         authorization = request.headers.get("authorization", "")
         scheme, _, token = authorization.partition(" ")
@@ -795,6 +817,122 @@ class FakeServer:
                 self.stop()
                 raise RuntimeError(f"the fake server at {self.url} did not start")
             time.sleep(0.01)
+
+
+class FakeAPI:
+    """A provider's API behind the proxy, with what the proxy tests need, on every fake's server:
+
+    - `ANY /echo/{path}`: answers what arrived (method, path, query, headers, body size and CRC-32), with
+      a Set-Cookie and an X-Upstream header, and `?status=N` answers N instead;
+    - `GET /bytes/{n}`: n bytes of `pattern()`, streamed (chunked; `?length=1` gives a Content-Length);
+    - `POST /upload`: reads the body as it streams in and answers its size and CRC-32;
+    - `GET /events`: server-sent events `?n=` of them; each after the first waits for `release()`;
+    - `GET /hold`: holds the request until the client hangs up (counted in `cancelled`);
+    - `GET /redirect`: a 302 to /echo/moved.
+
+    Each checks the credential first (401 in the provider's error shape, counted in `refused`), so that a
+    test sees whether the proxy sent it as the provider wants. `requests` counts requests by path kind.
+    """
+
+    def __init__(self, authorised: Any, error: Any) -> None:
+        self._authorised = authorised
+        self._error = error
+        self._lock = threading.Lock()
+        self._released = 0
+        self.requests: collections.Counter[str] = collections.Counter()
+        self.refused = 0
+        self.cancelled = 0
+        self.holding = 0
+
+    def release(self, events: int = 1) -> None:
+        """Let /events send `events` more events."""
+        with self._lock:
+            self._released += events
+
+    def routes(self) -> list[Route]:
+        every = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+        return [Route("/echo/{rest:path}", self._checked(self._echo), methods=every),
+                Route("/bytes/{size:int}", self._checked(self._bytes), methods=["GET"]),
+                Route("/upload", self._checked(self._upload), methods=["POST", "PUT"]),
+                Route("/events", self._checked(self._events), methods=["GET"]),
+                Route("/hold", self._checked(self._hold), methods=["GET"]),
+                Route("/redirect", self._checked(self._redirect), methods=["GET"])]
+
+    def _checked(self, endpoint: Any) -> Any:
+        async def checked(request: Request) -> Response:
+            with self._lock:
+                self.requests[request.url.path.split("/")[1]] += 1
+            if not self._authorised(request):
+                with self._lock:
+                    self.refused += 1
+                return self._error(401, "Unauthorized")  # type: ignore[no-any-return]
+            return await endpoint(request)  # type: ignore[no-any-return]
+
+        return checked
+
+    async def _echo(self, request: Request) -> Response:
+        size, crc = 0, 0
+        async for chunk in request.stream():
+            size, crc = size + len(chunk), zlib.crc32(chunk, crc)
+        answer = {"method": request.method, "path": request.scope["raw_path"].decode(),
+                  "query": request.scope["query_string"].decode(), "headers": request.headers.items(),
+                  "size": size, "crc32": crc}
+        status = int(request.query_params.get("status", "200"))
+        return JSONResponse(answer, status_code=status,
+                            headers={"Set-Cookie": "session=upstream", "X-Upstream": "fake"})
+
+    async def _bytes(self, request: Request) -> Response:
+        size = int(request.path_params["size"])
+        headers = {"Content-Length": str(size)} if request.query_params.get("length") else None
+        return StreamingResponse(pattern(size), headers=headers, media_type="application/octet-stream")
+
+    async def _upload(self, request: Request) -> Response:
+        size, crc = 0, 0
+        async for chunk in request.stream():
+            size, crc = size + len(chunk), zlib.crc32(chunk, crc)
+        return JSONResponse({"size": size, "crc32": crc})
+
+    async def _events(self, request: Request) -> Response:
+        count = int(request.query_params.get("n", "3"))
+
+        async def events() -> AsyncIterator[bytes]:
+            for number in range(count):
+                if number:
+                    await self._wait_release()
+                yield f"id: {number}\ndata: event {number}\n\n".encode()
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    async def _wait_release(self) -> None:
+        while True:
+            with self._lock:
+                if self._released:
+                    self._released -= 1
+                    return
+            await asyncio.sleep(0.01)
+
+    async def _hold(self, request: Request) -> Response:
+        with self._lock:
+            self.holding += 1
+        if not await _hold(request, 60.0):
+            with self._lock:
+                self.cancelled += 1
+            return Response(status_code=_CLIENT_GONE)
+        return JSONResponse({"held": True})
+
+    async def _redirect(self, request: Request) -> Response:
+        return Response(status_code=302, headers={"Location": "/echo/moved"})
+
+
+def pattern(size: int, chunk: int = 64 * 1024) -> Iterator[bytes]:
+    """`size` bytes in pieces of `chunk`, each starting with its number: a reordered or lost piece shows."""
+    block = bytes(range(256)) * (chunk // 256)
+    number = 0
+    while size > 0:
+        piece = (number.to_bytes(8, "big") + block[8:])[:size]
+        yield piece
+        size -= len(piece)
+        number += 1
 
 
 @dataclass

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tokend.credential import Credential
-from tokend.fields import Seconds
+from tokend.fields import ProxyListen, Seconds, UpstreamURL
 from tokend.redact import Redactor
 from tokend.secrets import SecretValue, collect_secrets
 from tokend.sinks import SinkConfig
@@ -44,12 +44,33 @@ class ProviderBase(BaseModel):
     # A login answer larger than this once decoded fails the login (a decompression bomb, a runaway page).
     max_answer_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     sinks: tuple[SinkConfig, ...] = ()  # files each new credential is written to (tokend.sinks)
+    # The auth-injecting proxy (tokend.proxy): off unless asked for; api_url defaults per kind.
+    proxy: bool = False
+    api_url: UpstreamURL | None = None
+    proxy_listen: ProxyListen | None = None  # "127.0.0.1:9101" or a unix socket path: a listener of its own
+    proxy_retry_body_limit: int = Field(default=1 << 20, ge=0)  # bodies up to this are buffered, so retried
     fleet: bool = True  # with [fleet]: share this provider's token with the fleet (false: log in alone)
 
     @property
     def url(self) -> str | None:
         """The login URL (None: a static key, no login); `tokend check` shows it, logins are gated by its host."""
         return None
+
+    @property
+    def proxy_target(self) -> str | None:
+        """Where the proxy forwards to: api_url, else the kind's documented API origin, else None."""
+        return self.api_url or self._default_api_url()
+
+    def _default_api_url(self) -> str | None:
+        return None
+
+    @model_validator(mode="after")
+    def _proxy_has_target(self) -> ProviderBase:
+        if self.proxy and self.proxy_target is None:
+            raise ValueError("proxy = true needs api_url, the API origin to forward to (this kind has no default)")
+        if self.proxy_listen is not None and not self.proxy:
+            raise ValueError("proxy_listen needs proxy = true")
+        return self
 
     def secrets(self) -> dict[str, SecretValue]:
         """Every secret in this provider's settings, by where it sits (`password`, `secrets.api_key`)."""

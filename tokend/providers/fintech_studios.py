@@ -48,6 +48,9 @@ class FintechStudiosConfig(ProviderBase):
     def url(self) -> str:
         return self.base_url
 
+    def _default_api_url(self) -> str:
+        return self.base_url
+
 
 class FintechStudios:
     def __init__(self, name: str, config: FintechStudiosConfig, redactor: Redactor) -> None:

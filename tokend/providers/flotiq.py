@@ -29,6 +29,9 @@ class FlotiqConfig(ProviderBase):
     def url(self) -> str:
         return self.base_url
 
+    def _default_api_url(self) -> str:
+        return self.base_url
+
 
 class Flotiq:
     def __init__(self, name: str, config: FlotiqConfig, redactor: Redactor) -> None:

@@ -56,6 +56,9 @@ class FellohConfig(ProviderBase):
     def url(self) -> str:
         return self.base_url or FELLOH_URLS[self.environment or "production"]
 
+    def _default_api_url(self) -> str:
+        return self.url  # Felloh's API is on the same host as its token endpoint
+
 
 def describe(body: Any) -> tuple[str | None, str | None]:
     """Felloh's `meta.request_id`, and the best sentence it gives about an error."""

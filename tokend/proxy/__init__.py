@@ -1,0 +1,51 @@
+"""The auth-injecting reverse proxy: `ANY /proxy/{name}/{path}` forwarded to the provider's API with the
+credential added, so that an app changes its base URL and never handles a token.
+
+    paths.py    the upstream URL from the config and the client's path; what could escape it is refused
+    headers.py  what is stripped each way
+    pool.py     a lean HTTP/1.1 upstream connection pool, keep-alive and TLS per origin
+    app.py      the ASGI app: checks, forwards, streams both ways, one retry after a 401
+    checks.py   the request checks (those of /token, plus the browser's Sec-Fetch headers)
+    stats.py    the figures for /metrics
+    listen.py   the optional listener of a provider's own
+    router.py   the proxy's parts for one daemon, and the ASGI wrapper that puts it in front of the local API
+
+Importing this package is cheap: the names below load when first used (the data path only once a
+request is proxied).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__all__ = ["Check", "Credentials", "Listener", "Pool", "Proxy", "ProxyApp", "ProxyRouter", "ProxyStats",
+           "open_listeners", "request_check"]
+
+_LAZY = {
+    "Check": "tokend.proxy.app",
+    "Credentials": "tokend.proxy.app",
+    "Listener": "tokend.proxy.listen",
+    "Pool": "tokend.proxy.pool",
+    "Proxy": "tokend.proxy.router",
+    "ProxyApp": "tokend.proxy.app",
+    "ProxyRouter": "tokend.proxy.router",
+    "ProxyStats": "tokend.proxy.stats",
+    "open_listeners": "tokend.proxy.listen",
+    "request_check": "tokend.proxy.checks",
+}
+
+if TYPE_CHECKING:
+    from tokend.proxy.app import Check, Credentials, ProxyApp
+    from tokend.proxy.checks import request_check
+    from tokend.proxy.listen import Listener, open_listeners
+    from tokend.proxy.pool import Pool
+    from tokend.proxy.router import Proxy, ProxyRouter
+    from tokend.proxy.stats import ProxyStats
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'tokend.proxy' has no attribute {name!r}")
