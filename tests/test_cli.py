@@ -244,3 +244,17 @@ def test_status_says_when_a_past_error_happened_and_that_it_recovered(daemon_fac
     recovered = tokend("status", "--url", daemon.url)
     row = next(line for line in recovered.stdout.splitlines() if line.startswith("felloh "))
     assert re.search(r"^felloh\s+felloh\s+ok\s.*login answered 503.*\(\d+ s ago, recovered\)$", row), row
+
+
+def test_check_warns_of_whitespace_around_a_secret_without_showing_it(tmp_path, fakes) -> None:  # type: ignore[no-untyped-def]
+    padded = tmp_path / "padded_key"
+    padded.write_text("flotiq-key-with-a-space \n")
+    padded.chmod(0o600)
+    extra = f'[providers.padded]\nkind = "flotiq"\napi_key = {{ file = "{padded}" }}\n'
+    config = write_config(tmp_path, fakes, extra=extra)
+    result = tokend("--config", str(config), "check")
+    assert result.returncode == 0, result.stderr
+    assert (f'warning: provider "padded", field "api_key": the secret from file {padded} has trailing whitespace'
+            in result.stdout), result.stdout
+    assert "flotiq-key-with-a-space" not in result.stdout + result.stderr
+    assert result.stdout.count("whitespace") == 1  # the fakes' own secret files are clean
