@@ -258,3 +258,64 @@ def test_check_warns_of_whitespace_around_a_secret_without_showing_it(tmp_path, 
             in result.stdout), result.stdout
     assert "flotiq-key-with-a-space" not in result.stdout + result.stderr
     assert result.stdout.count("whitespace (a space") == 1  # the fakes' own secret files are clean
+
+
+def test_the_readme_client_snippets_run_against_the_demo_as_printed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("<!-- client-snippets -->")[1].split("<!-- /client-snippets -->")[0]
+    blocks = dict(re.findall(r"```(sh|python|js)\n(.*?)```", section, re.S))
+    assert set(blocks) == {"sh", "python", "js"}
+    assert "status" in blocks["js"] and "answer.ok" in blocks["js"]  # the Node one checks tokend's answer
+    log = tmp_path / "demo.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(tokend_command("demo", "--port", "0", "--lifetime", "30"), stdout=out,
+                                   stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.monotonic() + 30
+        while not (found := re.search(r"^  export (.+)$", log.read_text(), re.M)):
+            assert time.monotonic() < deadline and process.poll() is None, log.read_text()
+            time.sleep(0.05)
+        exported = dict(pair.split("=", 1) for pair in found.group(1).split())
+        assert set(exported) == {"TOKEND_URL", "FELLOH_API", "FTS_API", "FLOTIQ_API"}
+        env = {**os.environ, **exported, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+        httpx_wait = time.monotonic() + 30
+        while httpx.get(f"{exported['TOKEND_URL']}/readyz").status_code != 200:
+            assert time.monotonic() < httpx_wait, log.read_text()
+            time.sleep(0.05)
+        (tmp_path / "posts.mjs").write_text(blocks["js"])
+        runs = {
+            "sh": ["bash", "-euo", "pipefail", "-c", blocks["sh"]],
+            "python": [sys.executable, "-c", blocks["python"]],
+            "js": ["node", str(tmp_path / "posts.mjs")],
+        }
+        expected = {"sh": "Demo Travel Ltd", "python": "Markets open higher", "js": "total_count"}
+        for language, command in runs.items():
+            result = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+            assert result.returncode == 0 and expected[language] in result.stdout, (language, result)
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=15)
+
+
+def test_the_demo_banner_says_when_tokens_are_renewed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    log = tmp_path / "demo.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(tokend_command("demo", "--port", "0", "--lifetime", "20", "--duration", "20"),
+                                   stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.monotonic() + 30
+        while log.read_text().count("login provider=") < 3:
+            assert time.monotonic() < deadline and process.poll() is None, log.read_text()
+            time.sleep(0.05)
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=15)
+    text = log.read_text()
+    # 20 s tokens: first renewals at a random 35-77 % of the lifetime (7-15.4 s), later ones at 57-77 %.
+    assert "renewed first at 7-15.4s (a random 35%-77% of its lifetime" in text, text
+    assert "then at 11.3-15.3s into each new token's life" in text, text
+    for delay in re.findall(r"login provider=(?:felloh|fts) outcome=ok .*next_refresh_in=([\d.]+)s", text):
+        # Whole-second expiries (as Felloh's) make a token up to 1 s shorter than its nominal lifetime.
+        assert 7 * 19 / 20 - 0.1 <= float(delay) <= 15.4 + 0.1, text
