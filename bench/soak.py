@@ -42,7 +42,7 @@ import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,15 @@ from typing import Any
 import httpx
 
 from tokend.policy import RENEW_AT
-from tokend.testing import FakeFelloh, FakeFintechStudios, FakeFlotiq, FakeOAuth2, FakeServer, FakeTokenAPI
+from tokend.testing import (
+    FakeFelloh,
+    FakeFintechStudios,
+    FakeFlotiq,
+    FakeOAuth2,
+    FakeServer,
+    FakeTokenAPI,
+    FakeUpstream,
+)
 
 LIFETIME = 8.0
 LOGIN_TIMEOUT = 3.0  # each provider's `timeout`
@@ -73,7 +81,7 @@ class Ledger:
         self.last_issued: dict[str, list[tuple[float, float]]] = defaultdict(list)  # provider -> (issued, expiry)
 
 
-def _ledgered(base: type, provider: str, ledger: Ledger) -> Any:
+def _ledgered(base: type[FakeUpstream], provider: str, ledger: Ledger) -> Any:
     """A subclass of fake `base` that writes each token it issues into `ledger` (the fake forgets revoked ones)."""
 
     def _issue(self: Any, token: str, expires: int) -> None:
@@ -257,16 +265,7 @@ def break_upstream(upstream: Upstream, rng: random.Random, stop: threading.Event
         # Short ones ride on the current token; long ones (past the 8 s lifetime) make it run out.
         duration = rng.choice([rng.uniform(1, 5), rng.uniform(9, 30)])
         retry_after = rng.randint(1, 6) if kind == "429" else 0
-        apply: dict[str, Callable[[], None]] = {
-            "5xx": lambda: fake.fail(rng.choice([500, 502, 503, 504])),
-            "429": lambda: fake.fail(429, retry_after=retry_after),
-            "hang": lambda: fake.hang(LOGIN_TIMEOUT + 3),
-            "refuse": upstream.server.stop,
-            "html200": lambda: fake.fail(200, body="<html><body>Down for maintenance</body></html>"),
-            "past": lambda: fake.report_expiry("past"),
-            "ms": lambda: fake.report_expiry("milliseconds"),
-        }
-        apply[kind]()
+        start_fault(upstream, kind, rng, retry_after)
         stop.wait(duration)
         if kind == "refuse":
             upstream.server.restart()
@@ -275,6 +274,22 @@ def break_upstream(upstream: Upstream, rng: random.Random, stop: threading.Event
         else:
             fake.recover()
         fault.end = time.time() + retry_after  # Retry-After asks for quiet beyond the last 429
+
+
+def start_fault(upstream: Upstream, kind: str, rng: random.Random, retry_after: int) -> None:
+    fake = upstream.fake
+    if kind == "5xx":
+        fake.fail(rng.choice([500, 502, 503, 504]))
+    elif kind == "429":
+        fake.fail(429, retry_after=retry_after)
+    elif kind == "hang":
+        fake.hang(LOGIN_TIMEOUT + 3)  # past the login timeout: tokend gives up on each attempt
+    elif kind == "refuse":
+        upstream.server.stop()
+    elif kind == "html200":
+        fake.fail(200, body="<html><body>Down for maintenance</body></html>")
+    else:
+        fake.report_expiry({"past": "past", "ms": "milliseconds"}[kind])
 
 
 # --- clients -------------------------------------------------------------------------------------------
