@@ -122,6 +122,7 @@ class Tally:
     garbled_expired: int = 0
     avoidable_503: list[str] = field(default_factory=list)
     refreshes: Counter[int] = field(default_factory=Counter)
+    throttled: Counter[str] = field(default_factory=Counter)  # why refreshes naming a token answered 429
     replaced: set[str] = field(default_factory=set)  # refused tokens a refresh replaced
     events: list[tuple[float, str, int]] = field(default_factory=list)  # (received, provider, status)
     client_errors: Counter[str] = field(default_factory=Counter)
@@ -367,6 +368,8 @@ def use(name: str, credential: dict[str, Any], upstream: Upstream, local: httpx.
     refreshed = local.post(f"/token/{name}/refresh", json={"rejected": token})
     with tally.lock:
         tally.refreshes[refreshed.status_code] += 1
+        if refreshed.status_code == 429:  # the reason, without its times: "not attempted: the provider asked..."
+            tally.throttled[" ".join(refreshed.json()["message"].split()[:8])] += 1
     if refreshed.status_code == 200:
         new = refreshed.json()["token"]
         with tally.lock:
@@ -480,6 +483,8 @@ def report(upstreams: dict[str, Upstream], tally: Tally, started: float, ended: 
     for label, items in (("invalid", tally.invalid), ("avoidable 503", tally.avoidable_503)):
         for item in items[:10]:
             print(f"{label}: {item}")
+    for reason, count in tally.throttled.most_common():
+        print(f"429 to a refresh naming a token, {count}x: {reason} ...")
     if other:
         print("other answers:", json.dumps({f"{name} {status}": count for (name, status), count in other.items()}))
     failed = (tally.invalid or tally.avoidable_503 or worst > RECOVERY_BOUND or usage[3] > usage[1] + 5

@@ -231,6 +231,8 @@ def test_an_unknown_provider_names_the_daemon_it_asked(daemon_factory) -> None: 
         result = tokend(*command, "--url", daemon.url)
         assert result.returncode == 6
         assert "No provider named 'nope'" in result.stderr and daemon.url in result.stderr, result.stderr
+    keys = tokend("felloh", "keys", "list", "--provider", "nope", "--organisation", "X1", "--url", daemon.url)
+    assert keys.returncode == 1 and f"(asked the daemon at {daemon.url})" in keys.stderr, keys.stderr
 
 
 def test_status_says_when_a_past_error_happened_and_that_it_recovered(daemon_factory, fakes) -> None:  # type: ignore[no-untyped-def]

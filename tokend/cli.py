@@ -495,9 +495,11 @@ def _admin(args: argparse.Namespace, method: str, path: str, body: Any = None) -
     from urllib.parse import quote, urlencode
 
     query = f"?{urlencode({'organisation': args.organisation})}" if args.organisation and body is None else ""
-    reply = _client(args).request(method, f"/felloh/{quote(args.provider, safe='')}{path}{query}", body)
+    client = _client(args)
+    reply = client.request(method, f"/felloh/{quote(args.provider, safe='')}{path}{query}", body)
     if reply.status not in (200, 201):
-        _err(f"tokend: {reply.error_message()}")
+        where = f" (asked the daemon at {client.address.url})" if reply.error_code == "unknown_provider" else ""
+        _err(f"tokend: {reply.error_message()}{where}")
         return None
     return reply.json()
 
