@@ -123,7 +123,8 @@ class Tally:
     avoidable_503: list[str] = field(default_factory=list)
     refreshes: Counter[int] = field(default_factory=Counter)
     throttled: Counter[str] = field(default_factory=Counter)  # why refreshes naming a token answered 429
-    replaced: set[str] = field(default_factory=set)  # refused tokens a refresh replaced
+    # Refused tokens a refresh replaced, with when its answer came: a GET sent after that must not get them.
+    replaced: dict[str, float] = field(default_factory=dict)
     events: list[tuple[float, str, int]] = field(default_factory=list)  # (received, provider, status)
     client_errors: Counter[str] = field(default_factory=Counter)
 
@@ -338,7 +339,7 @@ def judge_token(name: str, token: str, sent: float, ledger: Ledger, tally: Tally
                 tally.garbled_expired += 1
             else:
                 tally.invalid.append(f"{name}: a token {sent - issued[1]:.2f}s past its expiry when asked for")
-        elif token in tally.replaced:
+        elif token in tally.replaced and tally.replaced[token] < sent:
             tally.invalid.append(f"{name}: a refused token served again after a refresh had replaced it")
 
 
@@ -365,6 +366,7 @@ def use(name: str, credential: dict[str, Any], upstream: Upstream, local: httpx.
         return  # the upstream is down (a refused-connection fault): nothing learnt about the token
     if answer.status_code != 401:
         return
+    sent = time.time()
     refreshed = local.post(f"/token/{name}/refresh", json={"rejected": token})
     with tally.lock:
         tally.refreshes[refreshed.status_code] += 1
@@ -376,8 +378,8 @@ def use(name: str, credential: dict[str, Any], upstream: Upstream, local: httpx.
             if new == token:
                 tally.invalid.append(f"{name}: a refresh naming a refused token answered 200 with it")
             else:
-                tally.replaced.add(token)
-        judge_token(name, new, time.time(), ledger, tally)
+                tally.replaced.setdefault(token, time.time())
+        judge_token(name, new, sent, ledger, tally)
 
 
 # --- the run and its table -----------------------------------------------------------------------------
