@@ -148,3 +148,178 @@ def test_a_bad_proxy_variable_is_a_config_error_that_never_shows_its_url(tmp_pat
         assert result.returncode == 3, result.stderr
         assert "HTTPS_PROXY cannot be used" in result.stderr and "proxy-password-1" not in result.stderr
         assert "Traceback" not in result.stderr
+
+
+# --- issue 14: what a first-time user stumbles on -------------------------------------------------------
+
+
+def test_help_lists_every_exit_code() -> None:
+    from tokend.cli import Exit
+
+    result = tokend("--help")
+    assert result.returncode == 0
+    for code in Exit:
+        assert re.search(rf"^\s+{int(code)}\s+\S", result.stdout, re.M), (code, result.stdout)
+    assert re.search(r"^\s+8\s+.*throttled", result.stdout, re.M | re.I), result.stdout
+
+
+def test_refresh_says_whether_it_logged_in(daemon_factory, fakes) -> None:  # type: ignore[no-untyped-def]
+    daemon = daemon_factory(min_refresh_interval=30)
+    # Within min_refresh_interval of the first login: the current token, and a plain word that no login was made.
+    again = tokend("refresh", "felloh", "--url", daemon.url)
+    assert again.returncode == 0 and fakes.felloh.is_valid(again.stdout.strip())
+    assert "no new login" in again.stderr and "min_refresh_interval" in again.stderr, again.stderr
+
+
+def test_refresh_naming_a_rejected_token_from_a_file_or_stdin(daemon_factory, fakes, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    daemon = daemon_factory(min_refresh_interval=30)
+    token = daemon.get("/token/felloh?format=raw").text
+    rejected = tmp_path / "rejected"
+    rejected.write_text(token + "\n")
+    fresh = tokend("refresh", "felloh", "--url", daemon.url, "--rejected-file", str(rejected))
+    assert fresh.returncode == 0, fresh.stderr
+    new = fresh.stdout.strip()
+    assert new != token and fakes.felloh.is_valid(new) and "logged in" in fresh.stderr
+    # The same rejected token again: already replaced, so the new one comes back without a login.
+    replaced = subprocess.run(tokend_command("refresh", "felloh", "--url", daemon.url, "--rejected-file", "-"),
+                              input=token, capture_output=True, text=True, timeout=60)
+    assert (replaced.returncode, replaced.stdout.strip()) == (0, new)
+    assert "no new login" in replaced.stderr and "already been replaced" in replaced.stderr, replaced.stderr
+    assert token not in replaced.stderr + fresh.stderr and new not in replaced.stderr + fresh.stderr
+    # The new token refused too, at once: throttled, with its own exit code and the daemon's reason.
+    rejected.write_text(new)
+    throttled = tokend("refresh", "felloh", "--url", daemon.url, "--rejected-file", str(rejected))
+    assert throttled.returncode == 8, throttled.stderr
+    assert "not attempted" in throttled.stderr and re.search(r"try again in \d+s", throttled.stderr)
+    assert throttled.stdout == ""
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    assert tokend("refresh", "felloh", "--url", daemon.url, "--rejected-file", str(empty)).returncode == 2
+
+
+def test_a_closed_pipe_ends_every_command_quietly(daemon_factory) -> None:  # type: ignore[no-untyped-def]
+    daemon = daemon_factory()
+    for command in (["status", "--json"], ["get", "fts", "--format", "json"], ["refresh", "fts"], ["--help"]):
+        # `| head -c 10` that has already exited: the reading end is closed before anything is written.
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        args = [*command, "--url", daemon.url] if command[0] != "--help" else command
+        try:
+            result = subprocess.run(tokend_command(*args), stdout=write_end, stderr=subprocess.PIPE, text=True,
+                                    timeout=60)
+        finally:
+            os.close(write_end)
+        assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, (command, result.stderr)
+        assert result.returncode == 0, (command, result.returncode, result.stderr)
+
+
+def test_a_url_without_a_scheme_is_taken_as_http(daemon_factory) -> None:  # type: ignore[no-untyped-def]
+    daemon = daemon_factory()
+    bare = daemon.url.removeprefix("http://")
+    status = tokend("status", "--url", bare)
+    assert status.returncode == 0, status.stderr
+    assert tokend("get", "fts", env={"TOKEND_URL": bare}).returncode == 0
+    for bad in ("https://127.0.0.1:8765", "ftp://x", "http://127.0.0.1:99999"):
+        result = tokend("status", "--url", bad)
+        assert result.returncode == 2, (bad, result.stderr)
+        assert "--url" in result.stderr and "not reachable" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_unknown_provider_names_the_daemon_it_asked(daemon_factory) -> None:  # type: ignore[no-untyped-def]
+    daemon = daemon_factory()
+    for command in (["get", "nope"], ["refresh", "nope"]):
+        result = tokend(*command, "--url", daemon.url)
+        assert result.returncode == 6
+        assert "No provider named 'nope'" in result.stderr and daemon.url in result.stderr, result.stderr
+    keys = tokend("felloh", "keys", "list", "--provider", "nope", "--organisation", "X1", "--url", daemon.url)
+    assert keys.returncode == 1 and f"(asked the daemon at {daemon.url})" in keys.stderr, keys.stderr
+
+
+def test_status_says_when_a_past_error_happened_and_that_it_recovered(daemon_factory, fakes) -> None:  # type: ignore[no-untyped-def]
+    daemon = daemon_factory(min_refresh_interval=0.1)
+    fakes.felloh.fail(503, times=1)
+    # Within min_refresh_interval of the first login a refresh answers the current token and leaves the
+    # failure armed: the first refresh past it makes the login that fails.
+    daemon.wait_until(lambda: daemon.post("/token/felloh/refresh").status_code == 502, what="a failed login")
+    failing = tokend("status", "--url", daemon.url)
+    row = next(line for line in failing.stdout.splitlines() if line.startswith("felloh "))
+    assert re.search(r"login answered 503.*\(\d+ s ago\)$", row), row
+    daemon.wait_until(lambda: daemon.post("/token/felloh/refresh").status_code == 200, what="a login")
+    recovered = tokend("status", "--url", daemon.url)
+    row = next(line for line in recovered.stdout.splitlines() if line.startswith("felloh "))
+    assert re.search(r"^felloh\s+felloh\s+ok\s.*login answered 503.*\(\d+ s ago, recovered\)$", row), row
+
+
+def test_check_warns_of_whitespace_around_a_secret_without_showing_it(tmp_path, fakes) -> None:  # type: ignore[no-untyped-def]
+    padded = tmp_path / "padded_key"
+    padded.write_text("flotiq-key-with-a-space \n")
+    padded.chmod(0o600)
+    extra = f'[providers.padded]\nkind = "flotiq"\napi_key = {{ file = "{padded}" }}\n'
+    config = write_config(tmp_path, fakes, extra=extra)
+    result = tokend("--config", str(config), "check")
+    assert result.returncode == 0, result.stderr
+    assert (f'warning: provider "padded", field "api_key": the secret from file {padded} has trailing whitespace'
+            in result.stdout), result.stdout
+    assert "flotiq-key-with-a-space" not in result.stdout + result.stderr
+    assert result.stdout.count("whitespace (a space") == 1  # the fakes' own secret files are clean
+
+
+def test_the_readme_client_snippets_run_against_the_demo_as_printed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("<!-- client-snippets -->")[1].split("<!-- /client-snippets -->")[0]
+    blocks = dict(re.findall(r"```(sh|python|js)\n(.*?)```", section, re.S))
+    assert set(blocks) == {"sh", "python", "js"}
+    assert "status" in blocks["js"] and "answer.ok" in blocks["js"]  # the Node one checks tokend's answer
+    log = tmp_path / "demo.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(tokend_command("demo", "--port", "0", "--lifetime", "30"), stdout=out,
+                                   stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.monotonic() + 30
+        while not (found := re.search(r"^  export (.+)$", log.read_text(), re.M)):
+            assert time.monotonic() < deadline and process.poll() is None, log.read_text()
+            time.sleep(0.05)
+        exported = dict(pair.split("=", 1) for pair in found.group(1).split())
+        assert set(exported) == {"TOKEND_URL", "FELLOH_API", "FTS_API", "FLOTIQ_API"}
+        env = {**os.environ, **exported, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+        httpx_wait = time.monotonic() + 30
+        while httpx.get(f"{exported['TOKEND_URL']}/readyz").status_code != 200:
+            assert time.monotonic() < httpx_wait, log.read_text()
+            time.sleep(0.05)
+        (tmp_path / "posts.mjs").write_text(blocks["js"])
+        runs = {
+            "sh": ["bash", "-euo", "pipefail", "-c", blocks["sh"]],
+            "python": [sys.executable, "-c", blocks["python"]],
+            "js": ["node", str(tmp_path / "posts.mjs")],
+        }
+        expected = {"sh": "Demo Travel Ltd", "python": "Markets open higher", "js": "total_count"}
+        for language, command in runs.items():
+            result = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+            assert result.returncode == 0 and expected[language] in result.stdout, (language, result)
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=15)
+
+
+def test_the_demo_banner_says_when_tokens_are_renewed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    log = tmp_path / "demo.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(tokend_command("demo", "--port", "0", "--lifetime", "20", "--duration", "20"),
+                                   stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.monotonic() + 30
+        while log.read_text().count("login provider=") < 3:
+            assert time.monotonic() < deadline and process.poll() is None, log.read_text()
+            time.sleep(0.05)
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=15)
+    text = log.read_text()
+    # 20 s tokens: first renewals at a random 35-77 % of the lifetime (7-15.4 s), later ones at 57-77 %.
+    assert "renewed first at 7-15.4s (a random 35%-77% of its lifetime" in text, text
+    assert "then at 11.3-15.3s into each new token's life" in text, text
+    for delay in re.findall(r"login provider=(?:felloh|fts) outcome=ok .*next_refresh_in=([\d.]+)s", text):
+        # Whole-second expiries (as Felloh's) make a token up to 1 s shorter than its nominal lifetime.
+        assert 7 * 19 / 20 - 0.1 <= float(delay) <= 15.4 + 0.1, text

@@ -324,3 +324,13 @@ def test_a_secret_echoed_escaped_never_reaches_status_or_a_503(tmp_path: Path, f
     status = daemon.get("/status").text
     for form in (PASSWORD, json.dumps(PASSWORD)[1:-1], __import__("html").escape(PASSWORD)):
         assert form not in answer.text and form not in status and form not in daemon.log()
+
+
+def test_a_past_expiry_beside_a_jwt_with_a_future_exp_uses_the_exp() -> None:
+    import base64
+
+    exp = int(NOW) + 900
+    payload = base64.urlsafe_b64encode(json.dumps({"exp": exp}).encode()).rstrip(b"=").decode()
+    token = f"eyJhbGciOiJIUzI1NiJ9.{payload}.sig"
+    expires_at, note = resolve_expiry(NOW - 30, token, now=NOW, default_lifetime=3600, max_lifetime=86400)
+    assert expires_at == exp and note is not None and "exp" in note

@@ -240,3 +240,18 @@ def test_every_login_outcome_is_announced_once_with_its_reason() -> None:
         assert listened == seen and seen[1].credential is not None and seen[1].credential.token == "token-3"
 
     run(test, min_refresh_interval=10)
+
+
+def test_a_plain_refresh_soon_after_a_failed_login_says_it_did_not_try() -> None:
+    async def test(manager: Manager, login: FakeLogin, clock: FakeClock, scheduler: RecordingScheduler) -> None:
+        clock.advance(11)
+        login.failures.append(UpstreamError("p", "login answered 503", status=503))
+        with pytest.raises(UpstreamError):
+            await manager.refresh("p")  # a real attempt, which fails
+        clock.advance(2)
+        with pytest.raises(RefreshThrottled) as throttled:  # not the old error passed off as a new one
+            await manager.refresh("p")
+        assert throttled.value.message.startswith("not attempted: the last login failed 2s ago")
+        assert 7.9 < throttled.value.retry_after <= 8 and len(login.calls) == 2
+
+    run(test, min_refresh_interval=10)

@@ -7,8 +7,10 @@ import os
 import re
 import socket
 import subprocess
+from datetime import UTC, datetime
 
 import httpx
+import pytest
 
 from tests.daemon import Daemon, tokend_command, write_config
 from tokend.testing import FakeProviders
@@ -78,10 +80,38 @@ def test_json_logs_are_one_object_per_line(tmp_path, fakes: FakeProviders) -> No
         daemon.kill()
     entries = [json.loads(line) for line in daemon.log().splitlines()]
     assert {"time", "level", "logger", "message"} <= set(entries[0])
-    logins = [e for e in entries if e["message"].startswith("login provider=")]
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", e["time"]) for e in entries)
+    # The key=value pairs of tokend's lines are fields of their own, not words of the message.
+    logins = [e for e in entries if e["message"] == "login"]
     assert len(logins) == 3 and all(e["level"] == "info" and e["logger"] == "tokend" for e in logins)
+    assert {e["provider"] for e in logins} == {"felloh", "fts", "flotiq"}
+    assert all(e["outcome"] == "ok" and e["reason"] == "first" and "=" not in e["message"] for e in logins)
+    assert re.fullmatch(r"\d+\.\ds", next(e for e in logins if e["provider"] == "fts")["next_refresh_in"])
     assert {e["level"] for e in entries} <= {"debug", "info", "warning", "error"}
+    assert not [e for e in entries if e["logger"] == "uvicorn.error"]
     assert fakes.felloh.private_key not in daemon.log()
+
+
+def test_text_logs_are_in_utc_with_a_z_and_nothing_reads_as_an_error(
+    tmp_path, fakes: FakeProviders, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TZ", "Asia/Kolkata")  # +05:30: local time would be far from UTC
+    fakes.fintech_studios.fail(503, times=1)
+    config = write_config(tmp_path, fakes)
+    daemon = Daemon(config, log_path=tmp_path / "daemon.log")
+    try:
+        daemon.start()
+        daemon.wait_until(lambda: "outcome=error" in daemon.log(), what="the failed login's line")
+        assert daemon.terminate()[0] == 0
+    finally:
+        daemon.kill()
+    lines = daemon.log().splitlines()
+    stamped = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ (INFO|WARNING|ERROR) ")
+    assert lines and all(stamped.match(line) for line in lines), lines
+    stamp = datetime.strptime(lines[0][:20], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    assert abs((datetime.now(UTC) - stamp).total_seconds()) < 120  # UTC, not local time with a Z
+    assert "uvicorn.error" not in daemon.log()
+    assert not [line for line in lines if " ERROR " in line]
 
 
 def test_the_daemon_speaks_sd_notify_ready_watchdog_and_stopping(tmp_path, fakes: FakeProviders) -> None:

@@ -40,6 +40,7 @@ def audit(settings: Settings, config_path: Path | None = None) -> list[Finding]:
     found = [
         *_plain_secrets(settings),
         *_secret_files(settings),
+        *_padded_secrets(settings),
         *_config_file(settings, config_path),
         *_listener(settings),
         *_plain_http(settings),
@@ -77,6 +78,19 @@ def _secret_files(settings: Settings) -> Iterator[Finding]:
         seen.add(secret.path)
         if (finding := _readable_by_others(secret.path, f"{where}: secret file {secret.path}")) is not None:
             yield finding
+
+
+def _padded_secrets(settings: Settings) -> Iterator[Finding]:
+    """Spaces or tabs around a secret are sent with it: an editor's stray space makes a login fail with
+    `invalid_client` long after `check` passed. Said without the value, only where and what."""
+    for where, secret in _secrets(settings):
+        value = secret.get()
+        ends = [end for end, padded in (("leading", value[:1].isspace()), ("trailing", value[-1:].isspace()))
+                if padded]
+        if ends:
+            yield Finding("warning", f"{where}: the secret from {secret.source} has {' and '.join(ends)} "
+                                     "whitespace (a space or a tab), which is sent as part of it; remove it "
+                                     "unless the provider's secret really holds it")
 
 
 def _config_file(settings: Settings, path: Path | None) -> Iterator[Finding]:

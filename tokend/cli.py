@@ -30,12 +30,52 @@ class Exit(enum.IntEnum):
     UNAVAILABLE = 5  # the daemon runs but has no token to give, or a forced refresh failed
     UNKNOWN_PROVIDER = 6
     DENIED = 7  # the daemon refused the request: a missing, unknown or out-of-scope client key
+    THROTTLED = 8  # a forced refresh made no login now (Retry-After, refused credentials, a refused new token)
+
+
+# What `tokend --help` says of each exit code, so that a script's author need not read the source.
+_EXIT_MEANINGS = {
+    Exit.OK: "ok",
+    Exit.FAILURE: "anything else (the daemon failed to start, or answered something unexpected)",
+    Exit.USAGE: "bad command line",
+    Exit.CONFIG: "bad config file",
+    Exit.UNREACHABLE: "daemon not reachable (not running, or not at that address)",
+    Exit.UNAVAILABLE: "no token available, or a forced refresh failed",
+    Exit.UNKNOWN_PROVIDER: "unknown provider",
+    Exit.DENIED: "refused (no client key, an unknown one, or one not allowed that provider)",
+    Exit.THROTTLED: "refresh throttled: no login was attempted now (the message says why and when to retry)",
+}
+
+
+class _UsageError(Exception):
+    """A command line that parses but cannot be used (a --url that is no daemon's)."""
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # here, not at exit: a closed pipe is then caught below
+        return code
+    except BrokenPipeError:
+        # The reader went away (`| head`): what it did not read, it did not want. Point stdout at
+        # /dev/null so that the interpreter's own flush at exit does not complain either.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return Exit.OK
+
+
+def _main(argv: list[str] | None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or argparse's own usage error (2)
+        sys.stdout.flush()
+        return exc.code if isinstance(exc.code, int) else Exit.USAGE
     try:
         return int(args.handler(args))
+    except _UsageError as exc:
+        _err(f"tokend: {exc}")
+        return Exit.USAGE
     except ConfigError as exc:
         _err(f"tokend: {exc.message}")
         for problem in exc.problems if exc.problems != [exc.message] else []:
@@ -52,7 +92,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tokend", description="A loopback credential daemon.")
+    exit_codes = "\n".join(f"  {int(code)}  {meaning}" for code, meaning in _EXIT_MEANINGS.items())
+    parser = argparse.ArgumentParser(prog="tokend", description="A loopback credential daemon.",
+                                     epilog=f"exit codes:\n{exit_codes}",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"tokend {__version__}")
     parser.add_argument("--config", metavar="PATH", help="config file (default: $TOKEND_CONFIG, "
                         "./tokend.toml, /etc/tokend/config.toml)")
@@ -71,11 +114,15 @@ def _parser() -> argparse.ArgumentParser:
 
     for name, help_text, handler in (
         ("get", "print a provider's token (raw by default)", _get),
-        ("refresh", "force a new login now and print the token", _refresh),
+        ("refresh", "force a new login now and print the token; says on stderr whether a login was made", _refresh),
     ):
         command = commands.add_parser(name, help=help_text)
         command.add_argument("name", help="the provider's name in the config")
         command.add_argument("--format", choices=("raw", "json", "headers"), default="raw")
+        if name == "refresh":
+            command.add_argument("--rejected-file", metavar="FILE", help="a file holding the token the upstream "
+                                 "refused (- for stdin): tokend logs in at once if it is still the current one, "
+                                 "and answers the newer one without a login if not")
         _client_options(command)
         command.set_defaults(handler=handler)
 
@@ -276,13 +323,22 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _client(args: argparse.Namespace) -> Any:
     from tokend.client import Client
-    from tokend.discovery import check_key_destination, daemon_address, find_config
+    from tokend.discovery import address_problem, check_key_destination, daemon_address, find_config
 
     config = find_config(args.config)
     address, key = daemon_address(args.url, config), _client_key(args)
+    given = "--url" if args.url else "$TOKEND_URL"
+    if (args.url or _environ("TOKEND_URL")) and (problem := address_problem(address)):
+        raise _UsageError(f"{given} {address.url!r} {problem}")
     if key is not None:
         check_key_destination(address, config)
     return Client(address, client_key=key)
+
+
+def _environ(name: str) -> str | None:
+    import os
+
+    return os.environ.get(name) or None
 
 
 def _client_key(args: argparse.Namespace) -> str | None:
@@ -302,14 +358,17 @@ def _client_key(args: argparse.Namespace) -> str | None:
     return key
 
 
-def _token_command(args: argparse.Namespace, method: str, path: str) -> int:
+def _token_command(args: argparse.Namespace, method: str, path: str, body: Any = None) -> int:
     from urllib.parse import quote
 
     # The raw token is asked for as such: no JSON to parse, nor the json module to import, on the way.
     query = "?format=raw" if args.format == "raw" else ""
-    reply = _client(args).request(method, path.format(name=quote(args.name, safe="")) + query)
+    client = _client(args)
+    reply = client.request(method, path.format(name=quote(args.name, safe="")) + query, body)
     if reply.status != 200:
-        return _failed(reply)
+        return _failed(reply, client.address.url)
+    if method == "POST":
+        _say_how_refreshed(args.name, reply, named=body is not None)
     if args.format == "raw":
         print(reply.body.decode())
         return Exit.OK
@@ -329,15 +388,53 @@ def _get(args: argparse.Namespace) -> int:
 
 
 def _refresh(args: argparse.Namespace) -> int:
-    return _token_command(args, "POST", "/token/{name}/refresh")
+    body = None if args.rejected_file is None else {"rejected": _rejected_token(args.rejected_file)}
+    return _token_command(args, "POST", "/token/{name}/refresh", body)
 
 
-def _failed(reply: Any) -> int:
-    _err(f"tokend: {reply.error_message()}")
+def _rejected_token(path: str) -> str:
+    """The token named in --rejected-file (`-`: stdin), without the line ending a file or a pipe adds."""
+    try:
+        if path == "-":
+            token = sys.stdin.read()
+        else:
+            with open(path, encoding="utf-8") as file:
+                token = file.read()
+    except OSError as exc:
+        raise _UsageError(f"cannot read the rejected token from {path} ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise _UsageError(f"{path} does not hold a token (not UTF-8 text)") from None
+    token = token.strip()
+    if not token:
+        raise _UsageError(f"{'stdin' if path == '-' else path} is empty: --rejected-file needs the refused token")
+    return token
+
+
+def _say_how_refreshed(name: str, reply: Any, *, named: bool) -> None:
+    """On stderr (stdout holds the token): whether this refresh made a login, and if not, why."""
+    if reply.headers.get("x-tokend-new-login") == "no":
+        why = ("the token named as rejected had already been replaced" if named else
+               "the last login was within min_refresh_interval")
+        _err(f"tokend: {name}: no new login: {why}, so the current token was answered")
+    elif reply.headers.get("x-tokend-new-login") == "yes":
+        _err(f"tokend: {name}: logged in: a new token")
+
+
+def _failed(reply: Any, url: str | None = None) -> int:
     code = reply.error_code
+    if code == "refresh_throttled":
+        wait = reply.headers.get("retry-after")
+        _err(f"tokend: {reply.error_message()}" + (f"; try again in {wait}s" if wait else ""))
+        return Exit.THROTTLED
+    if code == "refresh_failed":
+        _err(f"tokend: the login failed: {reply.error_message()}")
+        return Exit.UNAVAILABLE
+    # The daemon asked may not be the one meant (`tokend demo` moves to another port when 8765 is taken).
+    where = f" (asked the daemon at {url})" if code == "unknown_provider" and url else ""
+    _err(f"tokend: {reply.error_message()}{where}")
     if code == "unknown_provider":
         return Exit.UNKNOWN_PROVIDER
-    if code in ("token_unavailable", "refresh_failed"):
+    if code == "token_unavailable":
         return Exit.UNAVAILABLE
     if code in ("unauthorized", "forbidden"):
         return Exit.DENIED
@@ -361,11 +458,11 @@ def _status(args: argparse.Namespace) -> int:
         return Exit.OK
     rows = [("PROVIDER", "KIND", "STATE", "EXPIRES IN", "NEXT REFRESH", "LAST ERROR")]
     for name, provider in data["providers"].items():
-        error = provider["last_error"]["message"] if provider["last_error"] else ""
         expires = "never" if provider["expires_at"] is None and provider["state"] == "ok" else (
             f"{provider['expires_in']}s" if provider["expires_in"] is not None else "-"
         )
-        rows.append((name, provider["kind"], provider["state"], expires, provider["next_refresh"] or "-", error))
+        rows.append((name, provider["kind"], provider["state"], expires, provider["next_refresh"] or "-",
+                     _last_error(provider["last_error"])))
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row[:5], widths, strict=True)), row[5])
@@ -373,7 +470,6 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _exec(args: argparse.Namespace) -> int:
-    from tokend.discovery import daemon_address, find_config
     from tokend.execute import Unrunnable, child_environment, run
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -387,16 +483,38 @@ def _exec(args: argparse.Namespace) -> int:
             _err(f"tokend exec: --env {pair}: expected NAME=VAR, the provider and the variable for its token")
             return Exit.USAGE
         tokens[name] = variable
-    address = daemon_address(args.url, find_config(args.config))
+    client = _client(args)  # the same checks as every client command: the address, where the key may go
     key = _client_key(args)
-    from tokend.client import Client
-
-    env = child_environment(Client(address, client_key=key), address.url, key, args.provider, tokens)
+    env = child_environment(client, client.address.url, key, args.provider, tokens)
     try:
         return run(command, env)
     except Unrunnable as exc:
         _err(f"tokend exec: {exc.message}")
         return exc.code
+
+
+def _last_error(error: dict[str, Any] | None) -> str:
+    """The last login error, with when it happened, and whether a login has succeeded since."""
+    if not error:
+        return ""
+    when = []
+    if error.get("at"):
+        when.append(f"{_ago(error['at'])} ago")
+    if error.get("since_last_success") is False:
+        when.append("recovered")
+    return f"{error['message']} ({', '.join(when)})" if when else error["message"]
+
+
+def _ago(stamp: str) -> str:
+    """`2026-11-30T10:02:13Z` as a rough age: `12 s`, `3 min`, `2 h`, `4 d`."""
+    import calendar
+    import time
+
+    seconds = max(0, int(time.time() - calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"))))
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} s"
 
 
 def _reload(args: argparse.Namespace) -> int:
@@ -425,9 +543,11 @@ def _admin(args: argparse.Namespace, method: str, path: str, body: Any = None) -
     from urllib.parse import quote, urlencode
 
     query = f"?{urlencode({'organisation': args.organisation})}" if args.organisation and body is None else ""
-    reply = _client(args).request(method, f"/felloh/{quote(args.provider, safe='')}{path}{query}", body)
+    client = _client(args)
+    reply = client.request(method, f"/felloh/{quote(args.provider, safe='')}{path}{query}", body)
     if reply.status not in (200, 201):
-        _err(f"tokend: {reply.error_message()}")
+        where = f" (asked the daemon at {client.address.url})" if reply.error_code == "unknown_provider" else ""
+        _err(f"tokend: {reply.error_message()}{where}")
         return None
     return reply.json()
 

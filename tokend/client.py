@@ -34,11 +34,12 @@ _HEX_DIGITS = b"0123456789abcdefABCDEF"
 class Reply:
     """The daemon's answer: its status and its whole body."""
 
-    __slots__ = ("body", "status")
+    __slots__ = ("body", "headers", "status")
 
-    def __init__(self, status: int, body: bytes) -> None:
+    def __init__(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
         self.status = status
         self.body = body
+        self.headers = headers or {}  # names in lower case
 
     def __repr__(self) -> str:
         return f"Reply(status={self.status!r}, body={self.body[:60]!r}{'...' if len(self.body) > 60 else ''})"
@@ -228,8 +229,8 @@ def _read_reply(stream: _Stream) -> Reply:
             raise _BadReply("a protocol switch (101) nobody asked for")
         status, headers = _read_head(stream)
     if status in _NO_BODY:
-        return Reply(status, b"")
-    return Reply(status, _read_body(stream, headers))
+        return Reply(status, b"", headers)
+    return Reply(status, _read_body(stream, headers), headers)
 
 
 def _read_head(stream: _Stream) -> tuple[int, dict[str, str]]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from tokend.config import Settings
 from tokend.discovery import DEFAULT_PORT
 from tokend.errors import TokendError
+from tokend.policy import FIRST_RENEW_WINDOW, RENEW_AT, RENEW_BEFORE_EXPIRY, RENEW_FLOOR, RENEW_JITTER, RENEW_LATEST
 from tokend.server import listen_tcp
 from tokend.testing import FakeProviders, serve_fakes, write_fake_config
 
@@ -56,9 +57,13 @@ def banner(config: Path, port: int, fakes: FakeProviders, lifetime: float) -> li
     base = f"http://127.0.0.1:{port}"
     header = "-H 'X-Tokend-Request: 1'"
     felloh_token = f"$(curl -s {header} '{base}/token/felloh?format=raw')"
+    first, later = (renewal_window(lifetime, *FIRST_RENEW_WINDOW),
+                    renewal_window(lifetime, RENEW_AT - RENEW_JITTER, RENEW_AT + RENEW_JITTER))
     return [
-        f"tokend demo: three fake providers whose tokens live {lifetime:g}s, renewed at about "
-        f"{lifetime * 2 / 3:.0f}s. Config: {config}",
+        f"tokend demo: three fake providers whose tokens live {lifetime:g}s. Each token is renewed first at "
+        f"{_span(*first)} (a random {FIRST_RENEW_WINDOW[0]:.0%}-{FIRST_RENEW_WINDOW[1]:.0%} of its "
+        f"lifetime, so that providers started together do not renew together), then at {_span(*later)} "
+        f"into each new token's life. Config: {config}",
         "",
         "Try, in another terminal:",
         f"  curl -s {header} {base}/token/felloh",
@@ -68,7 +73,24 @@ def banner(config: Path, port: int, fakes: FakeProviders, lifetime: float) -> li
         f"  tokend get felloh --url {base}",
         "Use a token against the fake Felloh API:",
         f'  curl -s -H "Authorization: Bearer {felloh_token}" {fakes.felloh_url}{fakes.felloh.protected_path}',
+        "The README's client snippets (curl, Python, Node) run against this demo after:",
+        f"  export TOKEND_URL={base} FELLOH_API={fakes.felloh_url} FTS_API={fakes.fintech_studios_url} "
+        f"FLOTIQ_API={fakes.flotiq_url}",
         "",
         "Each login and renewal shows below as a 'login provider=...' line. Press Ctrl-C to stop.",
         "",
     ]
+
+
+def _span(low: float, high: float) -> str:
+    return f"{low:g}s" if low == high else f"{low:g}-{high:g}s"
+
+
+def renewal_window(lifetime: float, low: float, high: float) -> tuple[float, float]:
+    """Seconds into a token's life between which a renewal drawn from [low, high] of it comes (policy's rule)."""
+    latest = min(RENEW_LATEST * lifetime, lifetime - RENEW_BEFORE_EXPIRY)
+
+    def bounded(share: float) -> float:
+        return round(max(RENEW_FLOOR, min(share * lifetime, latest)), 1)
+
+    return bounded(low), bounded(high)

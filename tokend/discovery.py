@@ -52,6 +52,8 @@ def daemon_address(url: str | None, config: Path | None) -> Address:
         if url.startswith("unix:"):
             path = url.removeprefix("unix:").removeprefix("//")
             return Address(f"unix:{path}", path)
+        if "://" not in url:  # `--url 127.0.0.1:8765`: the daemon speaks plain http, so say it for the user
+            url = f"http://{url}"
         return Address(url.rstrip("/"))
     server = _server_table(config)
     socket = _configured_socket(server)
@@ -82,6 +84,24 @@ def check_key_destination(address: Address, config: Path | None) -> None:
 def _configured_socket(server: dict[str, object]) -> str | None:
     socket = os.environ.get("TOKEND_SERVER__SOCKET") or server.get("socket")
     return str(socket) if socket else None
+
+
+def address_problem(address: Address) -> str | None:
+    """Why `address` cannot be a tokend daemon's (a sentence's end), or None when it may be."""
+    if address.socket is not None:
+        return None if address.socket else "names no socket path"
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address.url)
+    try:
+        port = parts.port
+    except ValueError:
+        return "has a port that is not a number from 1 to 65535"
+    if parts.scheme != "http":
+        return "is not an http:// URL: tokend serves plain http on loopback (or unix:/path for a socket)"
+    if not parts.hostname or port == 0:
+        return "names no host and port (e.g. http://127.0.0.1:8765)"
+    return None
 
 
 def _server_table(config: Path | None) -> dict[str, object]:

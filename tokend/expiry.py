@@ -53,6 +53,10 @@ def resolve_expiry(
     elif not exact and reported < _RELATIVE_BELOW:
         reported, note = now + reported, "expiry given as a lifetime in seconds, not a timestamp"
     if reported - now < MIN_SERVABLE_LIFETIME:
+        # The token may say better: a JWT's own exp (FinTech Studios' tokens are JWTs) beats a guess.
+        claimed = jwt_expiry(token)
+        if claimed is not None and math.isfinite(claimed) and claimed - now >= MIN_SERVABLE_LIFETIME:
+            return _capped(claimed, now, max_lifetime, "expiry given is past; the token's JWT exp claim used")
         return _past(now, max_lifetime)
     return _capped(reported, now, max_lifetime, note)
 

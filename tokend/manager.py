@@ -158,7 +158,14 @@ class Manager:
                         and slot.consecutive_failures == 0:
                     return slot.credential
                 if slot.last_error is not None:
-                    raise _again(slot.last_error)
+                    # Not the recorded error again as if it were new: say that no login was made, and why.
+                    since = self._clock.monotonic() - slot.last_attempt
+                    raise RefreshThrottled(
+                        slot.name, f"not attempted: the last login failed {since:.0f}s ago "
+                        f"({slot.last_error.message}); forced logins are made at most once every "
+                        f"{slot.config.min_refresh_interval:g}s",
+                        retry_after=slot.config.min_refresh_interval - since,
+                    )
         return await self._forced_login(slot, None)
 
     async def _replace_rejected(self, slot: Slot, rejected: str) -> Credential:
@@ -462,14 +469,6 @@ def _retrieve(task: asyncio.Task[Credential]) -> None:
     # A login nobody awaits (the first one, a scheduled one) has already logged its failure.
     if not task.cancelled():
         task.exception()
-
-
-def _again(error: UpstreamError) -> UpstreamError:
-    """A fresh copy of a recorded error, so re-raising it does not grow its traceback."""
-    return UpstreamError(
-        error.provider, error.message, status=error.status, request_id=error.request_id,
-        retryable=error.retryable, retry_after=error.retry_after,
-    )
 
 
 def _seconds(timestamp: float | None, now: float) -> str:
