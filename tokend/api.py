@@ -204,11 +204,17 @@ def create_app(daemon: Daemon, proxy: Proxy | None = None) -> ASGIApp:
         return JSONResponse({"ready": ready, "providers": states}, status_code=200 if ready else 503)
 
     requests: Tally[tuple[str, int]] = Tally()
-    fast_path = TokenFastPath(_CountedRequests(RequestLimits(app, guard), requests), manager, guard, renderer)
+    behind: ASGIApp = _CountedRequests(RequestLimits(app, guard), requests)
+    if proxy is not None:  # /proxy/... and the providers' own listeners, behind the token fast path
+        behind = proxy.wrap(behind)
+    # Outermost, so that GET /token costs no other wrapper's call; it answers nothing that came in on a
+    # provider's own proxy listener, where /token/... is a path of the provider's API.
+    fast_path = TokenFastPath(behind, manager, guard, renderer,
+                              elsewhere=proxy.own_addresses if proxy is not None else frozenset())
     collectors = [part.collector() for part in (daemon.fleet,) if part is not None]
     metrics = Metrics(manager, requests=requests, fast_answers=lambda: fast_path.served,
                       collectors=[*collectors, *([proxy.stats] if proxy is not None else [])])
-    return proxy.wrap(fast_path) if proxy is not None else fast_path
+    return fast_path
 
 
 def _proxy_url(where: str, name: str, listen: object) -> str:

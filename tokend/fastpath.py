@@ -82,9 +82,14 @@ class Renderer:
 class TokenFastPath:
     """ASGI: answers a plain, allowed `GET /token/{name}` whose credential is ready; passes all else to `app`."""
 
-    def __init__(self, app: ASGIApp, manager: Manager, guard: RequestGuard, renderer: Renderer) -> None:
+    def __init__(
+        self, app: ASGIApp, manager: Manager, guard: RequestGuard, renderer: Renderer,
+        *, elsewhere: frozenset[Any] = frozenset(),
+    ) -> None:
+        """`elsewhere`: server addresses whose requests are never tokend's own (the proxy's listeners)."""
         self._app = app
         self._manager, self._guard, self._renderer = manager, guard, renderer
+        self._elsewhere = elsewhere
         self.served = 0  # answers given here, for /metrics (an int: cheaper than a labelled counter)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -99,6 +104,8 @@ class TokenFastPath:
         """The answer to send, or None for the app behind to deal with. A plain method, not a coroutine:
         the hot path creates no coroutine of its own beyond the wrapper's call."""
         if scope["type"] != "http" or scope["method"] != "GET" or not scope["path"].startswith("/token/"):
+            return None
+        if self._elsewhere and scope.get("server") in self._elsewhere:
             return None
         query = scope["query_string"]
         raw = query == b"format=raw"

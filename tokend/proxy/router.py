@@ -60,8 +60,13 @@ class Proxy:
             self._apps = main, own
         return self._apps
 
+    @property
+    def own_addresses(self) -> frozenset[Any]:
+        """The addresses of the providers' own listeners, as ASGI's scope["server"] gives them."""
+        return frozenset(listener.address for listener in self._listeners)
+
     def wrap(self, app: ASGIApp) -> ProxyRouter:
-        return ProxyRouter(app, self, {listener.address for listener in self._listeners})
+        return ProxyRouter(app, self, set(self.own_addresses))
 
     async def __aenter__(self) -> Proxy:
         return self
