@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import grp
 import logging
 import os
 import signal
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import uvicorn
 
+from tokend.accounts import group_id
 from tokend.api import create_app
 from tokend.audit import audit, log_findings
 from tokend.config import ServerConfig, Settings
@@ -76,7 +76,7 @@ def _listen_unix(path: Path, mode: int = SOCKET_MODE, group: str | None = None) 
         os.umask(old_umask)
     try:
         if group is not None:
-            os.chown(path, -1, _group_id(group))  # before the mode opens it to the group: the right group
+            os.chown(path, -1, _group_id_or_refuse(group))  # before the mode opens it to the group: the right group
         os.chmod(path, mode)
     except (OSError, TokendError) as exc:
         sock.close()
@@ -87,13 +87,11 @@ def _listen_unix(path: Path, mode: int = SOCKET_MODE, group: str | None = None) 
     return sock
 
 
-def _group_id(group: str) -> int:
-    if group.isdigit():
-        return int(group)
+def _group_id_or_refuse(group: str) -> int:
     try:
-        return grp.getgrnam(group).gr_gid
-    except KeyError:
-        raise TokendError(f"no group is named {group!r}") from None
+        return group_id(group)
+    except LookupError as exc:
+        raise TokendError(str(exc)) from None
 
 
 def _remove_stale_socket(path: Path) -> None:

@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import grp
 import json
 import logging
 import os
-import pwd
 import signal
 import time
 from collections.abc import Sequence
@@ -31,6 +29,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, model_validator
 
+from tokend.accounts import group_id, user_id
 from tokend.credential import Credential, iso_utc
 from tokend.fields import Seconds
 
@@ -208,8 +207,7 @@ class SinkWriter:
 
 
 def _write_file(sink: SinkConfig, content: bytes) -> None:
-    uid = -1 if sink.owner is None else _user_id(sink.owner)
-    gid = -1 if sink.group is None else _group_id(sink.group)
+    uid, gid = _ids(sink)
     if not sink.atomic:  # a single-file bind mount: the file must stay the same inode
         descriptor = os.open(sink.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, sink.mode)
         try:
@@ -246,22 +244,13 @@ def _write_file(sink: SinkConfig, content: bytes) -> None:
         os.close(folder)
 
 
-def _user_id(owner: str) -> int:
-    if owner.isdigit():
-        return int(owner)
+def _ids(sink: SinkConfig) -> tuple[int, int]:
+    """The sink's owner and group as ids (-1: leave as is); OSError, as a write failure, when unknown."""
     try:
-        return pwd.getpwnam(owner).pw_uid
-    except KeyError:
-        raise OSError(f"no user is named {owner!r}") from None
-
-
-def _group_id(group: str) -> int:
-    if group.isdigit():
-        return int(group)
-    try:
-        return grp.getgrnam(group).gr_gid
-    except KeyError:
-        raise OSError(f"no group is named {group!r}") from None
+        return (-1 if sink.owner is None else user_id(sink.owner),
+                -1 if sink.group is None else group_id(sink.group))
+    except LookupError as exc:
+        raise OSError(str(exc)) from None
 
 
 async def _run(name: str, sink: SinkConfig) -> None:
