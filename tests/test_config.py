@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 from pathlib import Path
 
@@ -178,6 +179,11 @@ def test_the_example_config_is_valid(tmp_path, monkeypatch) -> None:  # type: ig
     client_key.write_text("a-billing-key-of-32-characters-x\n")
     client_key.chmod(0o600)
     generic = generic.replace("/etc/tokend/clients/billing-app", str(client_key))
+    for name, value in (("redis_url", "redis://127.0.0.1:6379/0"), ("fleet_key", base64.b64encode(b"k" * 32).decode())):
+        (tmp_path / name).write_text(value + "\n")
+        (tmp_path / name).chmod(0o600)
+        generic = generic.replace(f"/etc/tokend/{name}", str(tmp_path / name))
     uncommented = load(tmp_path, head + "#" + re.sub(r"(?m)^# (?=\[|[\w-]+ = )", "", generic))
     assert sorted(uncommented.providers) == ["billing", "felloh", "flotiq", "fts", "legacy", "maps"]
     assert sorted(uncommented.clients) == ["billing-app", "ops"] and uncommented.clients["ops"].admin
+    assert uncommented.fleet is not None and uncommented.fleet.namespace == "payments-prod"
