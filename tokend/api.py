@@ -37,7 +37,6 @@ from tokend.fields import shown_url
 from tokend.guard import NOT_ADMIN, NOT_YOURS, Caller, Denial, RequestGuard
 from tokend.limits import RequestLimits
 from tokend.metrics import CONTENT_TYPE, Metrics
-from tokend.proxy.router import Proxy
 
 __all__ = ["create_app"]
 
@@ -94,9 +93,9 @@ def _error(
 REFRESH_BODY_LIMIT = 64 * 1024  # a refresh body names one token: far less than this
 
 
-def create_app(daemon: Daemon, proxy: Proxy | None = None) -> ASGIApp:
-    """The local API for a daemon's parts. The daemon is started and stopped by its owner (tokend.server).
-    With `proxy`, the auth-injecting proxy sits in front (/proxy/... and the providers' own listeners)."""
+def create_app(daemon: Daemon) -> ASGIApp:
+    """The local API for a daemon's parts, the daemon's proxy included (/proxy/... and the providers' own
+    listeners). The daemon is started and stopped by its owner (tokend.server)."""
     manager = daemon.manager
     guard = RequestGuard(manager.settings.server)
     renderer = Renderer()
@@ -205,15 +204,15 @@ def create_app(daemon: Daemon, proxy: Proxy | None = None) -> ASGIApp:
 
     requests: Tally[tuple[str, int]] = Tally()
     behind: ASGIApp = _CountedRequests(RequestLimits(app, guard), requests)
-    if proxy is not None:  # /proxy/... and the providers' own listeners, behind the token fast path
-        behind = proxy.wrap(behind)
+    proxy = daemon.proxy
+    behind = proxy.wrap(behind)  # /proxy/... and the providers' own listeners, behind the token fast path
     # Outermost, so that GET /token costs no other wrapper's call; it answers nothing that came in on a
     # provider's own proxy listener, where /token/... is a path of the provider's API.
     fast_path = TokenFastPath(behind, manager, guard, renderer,
-                              elsewhere=proxy.own_addresses if proxy is not None else frozenset())
+                              elsewhere=proxy.own_addresses)
     collectors = [part.collector() for part in (daemon.fleet,) if part is not None]
     metrics = Metrics(manager, requests=requests, fast_answers=lambda: fast_path.served,
-                      collectors=[*collectors, *([proxy.stats] if proxy is not None else [])])
+                      collectors=[*collectors, proxy.stats])
     return fast_path
 
 

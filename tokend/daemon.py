@@ -2,7 +2,7 @@
 reverse. Everything else is handed what it needs; no part builds another.
 
     upstream client -> scheduler -> fleet (with [fleet]) -> manager (first logins start) -> file sinks
-    -> secret-file watcher -> extensions -> reloader (SIGHUP) -> systemd notifications -> frozen heap
+    -> proxy -> secret-file watcher -> extensions -> reloader (SIGHUP) -> systemd notifications -> frozen heap
 
 The local API (tokend.api) and the listener (tokend.server) are built around a Daemon, not inside it.
 """
@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import gc
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -22,15 +22,18 @@ import httpx
 
 from tokend.config import Settings
 from tokend.extensions import DaemonParts, Extension
+from tokend.guard import RequestGuard
 from tokend.logins import DirectLogin, Login
 from tokend.manager import Manager
 from tokend.providers import KINDS
+from tokend.proxy.listen import Listener
+from tokend.proxy.router import Proxy
 from tokend.redact import Redactor
 from tokend.reloading import Reloader
 from tokend.scheduler import Scheduler
 from tokend.sdnotify import Notifier, StatusLine, describe
 from tokend.sinks import SinkWriter
-from tokend.upstream import build_client
+from tokend.upstream import build_client, trust_store
 from tokend.watch import SecretFileWatcher
 
 if TYPE_CHECKING:
@@ -54,6 +57,7 @@ class Daemon:
         transport: httpx.AsyncBaseTransport | None = None,
         notifier: Notifier | None = None,
         where: str = "",
+        proxy_listeners: Sequence[Listener] = (),
         rng: random.Random | None = None,
     ) -> None:
         self.settings = settings
@@ -79,6 +83,11 @@ class Daemon:
                             fleet=self.fleet is not None)
         self.extensions: list[Extension] = [kind.extension(parts) for kind in KINDS if kind.extension is not None]
         self.sinks = SinkWriter(self.manager)
+        # The auth-injecting proxy: /proxy/{name}/... on the API, and the providers' own listeners (opened by
+        # tokend.server, which owns sockets). Its upstream pool is made on the first proxied request.
+        manager = self.manager
+        self.proxy = Proxy(manager, RequestGuard(settings.server), clients=lambda: manager.settings.clients,
+                           listeners=proxy_listeners, tls=lambda: trust_store(manager.settings.upstream.ca_bundle))
         self.watcher = SecretFileWatcher(self.manager, self.scheduler)
         self.reloader = (
             None if config_path is None
@@ -97,6 +106,7 @@ class Daemon:
                 await stack.enter_async_context(self.fleet)
             await stack.enter_async_context(self.manager)
             await stack.enter_async_context(self.sinks)
+            await stack.enter_async_context(self.proxy)
             self.watcher.start()
             for extension in self.extensions:
                 await extension.start()

@@ -27,12 +27,9 @@ from tokend.config import ServerConfig, Settings
 from tokend.connections import connection_cap, limited_protocol
 from tokend.daemon import Daemon
 from tokend.errors import TokendError
-from tokend.guard import RequestGuard
 from tokend.logs import install_redaction
 from tokend.proxy.listen import open_listeners, removed_at_exit
-from tokend.proxy.router import Proxy
 from tokend.sdnotify import Notifier
-from tokend.upstream import trust_store
 
 log = logging.getLogger("tokend")
 
@@ -129,24 +126,21 @@ def serve(settings: Settings, sock: socket.socket | None = None, *, config_path:
     host, port = sock.getsockname()[:2]
     where = settings.server.socket or (f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}")
     try:
-        # A bad proxy variable or trust store stops it here, before anything is served.
-        daemon = Daemon(settings, config_path=config_path, notifier=Notifier.from_environment(), where=str(where))
+        proxy_listeners = open_listeners(settings)  # the providers' own proxy listeners, if any
     except BaseException:
         sock.close()
         raise
-    install_redaction(daemon.redactor)
     try:
-        proxy_listeners = open_listeners(settings)
+        # A bad proxy variable or trust store stops it here, before anything is served.
+        daemon = Daemon(settings, config_path=config_path, notifier=Notifier.from_environment(), where=str(where),
+                        proxy_listeners=proxy_listeners)
     except BaseException:
-        sock.close()
-        raise
-    manager = daemon.manager
-    # The auth-injecting proxy, in front of the local API: /proxy/{name}/..., and the providers' own listeners.
-    proxy = Proxy(manager, RequestGuard(settings.server), clients=lambda: manager.settings.clients,
-                  listeners=proxy_listeners, tls=lambda: trust_store(manager.settings.upstream.ca_bundle))
+        with removed_at_exit(proxy_listeners), sock:
+            raise
+    install_redaction(daemon.redactor)
     streamed = frozenset(listener.sock.getsockname() for listener in proxy_listeners)
     config = uvicorn.Config(
-        create_app(daemon, proxy),
+        create_app(daemon),
         # Nothing in front of tokend is trusted to say who the client is: X-Forwarded-For is refused,
         # never believed (uvicorn would otherwise rewrite the peer address from it for 127.0.0.1).
         proxy_headers=False,
@@ -166,7 +160,7 @@ def serve(settings: Settings, sock: socket.socket | None = None, *, config_path:
     log_findings(audit(settings, config_path))
 
     async def run() -> None:
-        async with daemon, proxy:
+        async with daemon:
             await server.serve(sockets=[sock, *(listener.sock for listener in proxy_listeners)])
 
     with _unlink_at_exit(settings.server), removed_at_exit(proxy_listeners), sock, _stop_signals_end_cleanly(), \
