@@ -90,9 +90,6 @@ def _error(
     return JSONResponse({"error": code, "message": message, **extra}, status_code=status, headers=headers)
 
 
-REFRESH_BODY_LIMIT = 64 * 1024  # a refresh body names one token: far less than this
-
-
 def create_app(daemon: Daemon) -> ASGIApp:
     """The local API for a daemon's parts, the daemon's proxy included (/proxy/... and the providers' own
     listeners). The daemon is started and stopped by its owner (tokend.server)."""
@@ -225,14 +222,9 @@ def _proxy_url(where: str, name: str, listen: object) -> str:
 
 
 async def _rejected_token(request: Request) -> str | None:
-    """The token a refresh names as refused upstream (JSON `{"rejected": "..."}`), or None for a plain refresh."""
-    if request.headers.get("content-length") == "0":
-        return None
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > REFRESH_BODY_LIMIT:
-            raise StarletteHTTPException(413, f"a refresh body is at most {REFRESH_BODY_LIMIT} bytes")
+    """The token a refresh names as refused upstream (JSON `{"rejected": "..."}`), or None for a plain refresh.
+    The body is already bounded by RequestLimits, in front of every route."""
+    body = await request.body()
     if not body.strip():
         return None
     try:

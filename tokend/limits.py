@@ -15,6 +15,7 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tokend.fastpath import NO_STORE_HEADERS
 from tokend.guard import RequestGuard
 
 __all__ = ["BODY_LIMIT", "OPEN_PATHS", "RequestLimits"]
@@ -105,7 +106,7 @@ async def _refuse(send: Send, status: int, code: str, message: str) -> None:
     body = json.dumps({"error": code, "message": message}).encode()
     headers = [
         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-        (b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff"),
+        *((name.encode(), value.encode()) for name, value in NO_STORE_HEADERS.items()),
         # Whatever body follows is never read: closing is cheaper than reading it to find the next request.
         (b"connection", b"close"),
     ]

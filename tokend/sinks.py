@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, PlainValidator, model_validat
 
 from tokend.accounts import group_id, user_id
 from tokend.credential import Credential, iso_utc
+from tokend.errors import UnknownProvider
 from tokend.fields import Seconds
 
 if TYPE_CHECKING:
@@ -184,7 +185,7 @@ class SinkWriter:
     def _sinks(self, name: str) -> Sequence[SinkConfig]:
         try:
             return self._manager.provider_config(name).sinks
-        except Exception:  # removed by a reload meanwhile
+        except UnknownProvider:  # removed by a reload meanwhile
             return ()
 
     async def _listen(self, listener: Listener) -> None:
