@@ -8,9 +8,11 @@ and each connection holds a file descriptor until the process has none left, whe
 - A request must arrive whole (head and body) within READ_TIMEOUT of its first byte, or of the connection
   itself; else the connection is closed. Local programs send theirs in microseconds.
 - A request head is at most MAX_HEAD_SIZE bytes and MAX_HEADERS header fields; beyond either, 431 and close.
-- At most `max_connections` are open at once (file descriptors: see connection_cap). One more closes the
-  connection that has waited longest for a request (idle, or half sent) as nginx reuses its idle ones,
-  so that a flood of idle or slow connections costs the others nothing, rather than waiting for the flood to
+- Connections cost file descriptors, and both sides draw on one Budget of them (see connection_cap): the
+  clients' connections and the proxy's upstream ones, which may take at most a quarter of it. One more
+  client connection than the budget allows closes the connection that has waited longest for a request
+  (idle, or half sent) as nginx reuses its idle ones, else an idle upstream connection, so that a flood of
+  idle or slow connections, or a busy proxy, costs the others nothing, rather than waiting for the flood to
   time out. A connection whose request is being answered is never closed for another.
 """
 
@@ -18,11 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import resource
+from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-__all__ = ["MAX_CONNECTIONS", "MAX_HEADERS", "MAX_HEAD_SIZE", "READ_TIMEOUT", "connection_cap", "limited_protocol"]
+__all__ = ["MAX_CONNECTIONS", "MAX_HEADERS", "MAX_HEAD_SIZE", "READ_TIMEOUT", "Budget", "connection_cap",
+           "limited_protocol"]
 
 READ_TIMEOUT = 10.0  # seconds for a whole request, from its first byte (or from the connection)
 MAX_HEAD_SIZE = 16 * 1024  # request line and headers, as Node's default: a client key and a token fit many times
@@ -41,12 +45,36 @@ def connection_cap() -> int:
     return max(16, min(MAX_CONNECTIONS, soft - FD_RESERVE))
 
 
+class Budget:
+    """The connections one process may hold open, shared by its clients' and its upstream connections."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        # The proxy's share: however many upstream connections it wants, most of the budget stays the
+        # clients', and /token keeps answering.
+        self.upstream_limit = max(4, total // 4)
+        self.clients = 0
+        self.upstream = 0
+        # Closes one idle upstream connection, False when none is idle (set by the proxy's pool).
+        self.reclaim: Callable[[], bool] = lambda: False
+
+    @classmethod
+    def from_limit(cls) -> Budget:
+        return cls(connection_cap())
+
+    def over(self) -> bool:
+        return self.clients + self.upstream > self.total
+
+    def upstream_room(self) -> bool:
+        return self.upstream < self.upstream_limit and self.clients + self.upstream < self.total
+
+
 class _HeadTooLarge(Exception):
     pass
 
 
 class _LimitedProtocol(HttpToolsProtocol):
-    max_connections = MAX_CONNECTIONS
+    budget = Budget(MAX_CONNECTIONS)
     # Where request bodies stream on as they come (the proxy): there the read timeout bounds the silence
     # between two pieces of a body, not the whole body, which may be a gigabyte upload.
     streamed_prefix = b"/proxy/"
@@ -71,21 +99,26 @@ class _LimitedProtocol(HttpToolsProtocol):
         self._streamed_connection = transport.get_extra_info("sockname") in self.streamed_sockets
         self.waiting_since = self.loop.time()
         self._arm_read_timer()
-        if len(self.connections) > self.max_connections:
+        self.budget.clients += 1
+        if self.budget.over():
             self._make_room()
 
     def _make_room(self) -> None:
-        """Close the connection that has waited longest for its request: this one, if all others are busy."""
+        """Close the client connection that has waited longest for its request, else an idle upstream
+        connection, else this one (all others are busy)."""
         waiting = [
             other for other in self.connections
             if isinstance(other, _LimitedProtocol) and other.waiting_since is not None
-            and not other.transport.is_closing()
+            and not other.transport.is_closing() and other is not self
         ]
-        oldest = min(waiting, key=lambda other: other.waiting_since or 0.0)
-        oldest.transport.close()
+        if waiting:
+            min(waiting, key=lambda other: other.waiting_since or 0.0).transport.close()
+        elif not self.budget.reclaim():
+            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_read_timer()
+        self.budget.clients -= 1
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -169,7 +202,7 @@ class _LimitedProtocol(HttpToolsProtocol):
 
 
 def limited_protocol(
-    max_connections: int, streamed_sockets: frozenset[object] = frozenset()
+    budget: Budget, streamed_sockets: frozenset[object] = frozenset()
 ) -> type[HttpToolsProtocol]:
     """uvicorn's httptools protocol with the limits above, for `uvicorn.Config(http=...)`. `streamed_sockets`:
     the addresses of listeners whose every request streams its body on (the proxy's own listeners)."""
@@ -177,6 +210,6 @@ def limited_protocol(
     class LimitedHttpToolsProtocol(_LimitedProtocol):
         pass
 
-    LimitedHttpToolsProtocol.max_connections = max_connections
+    LimitedHttpToolsProtocol.budget = budget
     LimitedHttpToolsProtocol.streamed_sockets = streamed_sockets
     return LimitedHttpToolsProtocol

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from tokend.config import Settings
+from tokend.connections import Budget
 from tokend.extensions import DaemonParts, Extension
 from tokend.guard import RequestGuard
 from tokend.logins import DirectLogin, Login
@@ -86,8 +87,11 @@ class Daemon:
         # The auth-injecting proxy: /proxy/{name}/... on the API, and the providers' own listeners (opened by
         # tokend.server, which owns sockets). Its upstream pool is made on the first proxied request.
         manager = self.manager
+        # One budget of file descriptors for the clients' connections and the proxy's upstream ones.
+        self.budget = Budget.from_limit()
         self.proxy = Proxy(manager, RequestGuard(settings.server), clients=lambda: manager.settings.clients,
-                           listeners=proxy_listeners, tls=lambda: trust_store(manager.settings.upstream.ca_bundle))
+                           listeners=proxy_listeners, tls=lambda: trust_store(manager.settings.upstream.ca_bundle),
+                           budget=self.budget)
         self.watcher = SecretFileWatcher(self.manager, self.scheduler)
         self.reloader = (
             None if config_path is None

@@ -69,8 +69,9 @@ class Credentials(Protocol):
     def provider_config(self, name: str) -> ProxySettings: ...
 
 
-# The request checks of /token for one provider: None to let the request through, else why not.
-Check = Callable[[Scope, str], Denial | None]
+# The request checks of /token for one provider (None: before the provider is known): None to let the
+# request through, else why not.
+Check = Callable[[Scope, str | None], Denial | None]
 
 _NO_STORE = [(b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff")]
 
@@ -98,8 +99,24 @@ class _Prepared:
     """A credential's additions, encoded once: the header lines and the query parameters."""
 
     credential: Credential
+    origin: Origin
     head: bytes
     dropped: frozenset[bytes]  # the client's headers never forwarded with it
+    unsendable: str | None = None  # why this credential cannot go in a request head, if it cannot
+
+    @classmethod
+    def of(cls, name: str, credential: Credential, origin: Origin) -> _Prepared:
+        dropped = header_rules.never_out(credential.headers)
+        lines = [b"host: " + origin.host_header + b"\r\n"]
+        try:
+            # HTTP/1.1 field values are bytes, which the proxy writes as Latin-1: a token outside it (GET /token
+            # hands it over as JSON) has no byte form an upstream would read as the provider meant it.
+            lines += [f"{key}: {value}\r\n".encode("latin-1") for key, value in credential.headers.items()]
+        except UnicodeEncodeError:
+            reason = (f"The credential of {name} holds a character outside Latin-1, which a request header cannot "
+                      f"carry: the proxy cannot send it (GET /token/{name} still serves it).")
+            return cls(credential, origin, b"", dropped, reason)
+        return cls(credential, origin, b"".join(lines), dropped)
 
 
 class _Body:
@@ -177,7 +194,12 @@ class ProxyApp:
             return  # lifespan and websockets belong to the app around this one
         name, path = self._split(scope)
         if name is None:
-            await _error(send, 404, "not_found", "Proxy paths are /proxy/<provider>/<path>.")
+            # Checked first like any other: before the checks pass, no path says anything, not even 404.
+            denial = self._check(scope, None)
+            if denial is not None:
+                await _error(send, denial.status, denial.code, denial.message)
+            else:
+                await _error(send, 404, "not_found", "Proxy paths are /proxy/<provider>/<path>.")
             return
         answer = self._refusal(scope, name)
         if isinstance(answer, tuple):
@@ -197,6 +219,9 @@ class ProxyApp:
             return
         except UnknownProvider as exc:
             await _error(send, 404, "unknown_provider", exc.message, provider=name)
+            return
+        if (unsendable := self._prepare(name, credential, route).unsendable) is not None:
+            await _error(send, 503, "token_unavailable", unsendable, provider=name)
             return
         await self._forward(scope, receive, send, name, route, target, credential)
 
@@ -233,12 +258,11 @@ class ProxyApp:
 
     def _prepare(self, name: str, credential: Credential, route: _Route) -> _Prepared:
         prepared = self._prepared.get(name)
-        if prepared is None or prepared.credential is not credential:
+        if prepared is None or prepared.credential is not credential or prepared.origin != route.origin:
             assert route.origin is not None
-            lines = [b"host: " + route.origin.host_header + b"\r\n"]
-            lines += [f"{key}: {value}\r\n".encode("latin-1") for key, value in credential.headers.items()]
-            dropped = header_rules.never_out(credential.headers)
-            prepared = self._prepared[name] = _Prepared(credential, b"".join(lines), dropped)
+            prepared = self._prepared[name] = _Prepared.of(name, credential, route.origin)
+            if prepared.unsendable is not None:
+                log.warning("proxy: %s", prepared.unsendable)  # once per credential, not per request
         return prepared
 
     # --- the exchange -------------------------------------------------------------------------------------
@@ -290,12 +314,13 @@ class ProxyApp:
         for attempt in (1, 2):
             conn = await self._pool.connection(route.origin, route.connect_timeout)
             try:
+                conn.begin(method, route.read_timeout)
                 if body.replayable:
                     await conn.send(head + b"".join(body.first))
                 else:
                     await conn.send(head)
                     await body.send(conn)
-                answer = await conn.answer(method, route.read_timeout)
+                answer = await conn.answer(route.read_timeout)
             except UpstreamFailure as exc:
                 # A kept-alive connection the upstream closed meanwhile: once more on a new one, as HTTP
                 # clients do, for a kept body and an idempotent method only (RFC 9110 section 9.2.2).
@@ -356,8 +381,9 @@ class ProxyApp:
         try:
             await send({"type": "http.response.start", "status": answer.status,
                         "headers": header_rules.incoming(answer.headers)})
-            if answer.done:
-                await send({"type": "http.response.body", "body": answer.prefetched or b""})
+            first = answer.take()  # what came with the head: most API answers whole
+            if answer.done or first:
+                await send({"type": "http.response.body", "body": first, "more_body": not answer.done})
             while not answer.done:
                 try:
                     chunk = await answer.chunk()
