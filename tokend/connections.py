@@ -20,10 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import resource
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
+import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from tokend.proxy.cycle import ProxyCycle
 
 __all__ = ["MAX_CONNECTIONS", "MAX_HEADERS", "MAX_HEAD_SIZE", "READ_TIMEOUT", "Budget", "connection_cap",
            "limited_protocol"]
@@ -91,6 +95,7 @@ class _LimitedProtocol(HttpToolsProtocol):
         self._in_request = False  # a request has begun and not yet arrived whole
         self._streamed_connection = False  # a proxy listener's connection: every body streams
         self._body_streams = False  # this request's body streams on: the timer bounds silence, not the whole
+        self._last_read = 0.0  # when the last piece of a streamed body came
         # When this connection began to wait for a request (or the rest of one); None while it is answered.
         self.waiting_since: float | None = None
 
@@ -127,12 +132,17 @@ class _LimitedProtocol(HttpToolsProtocol):
         super().data_received(data)
         if self._head_size is not None and self._head_size > MAX_HEAD_SIZE and not self.transport.is_closing():
             self._refuse_head()
-        elif self._in_request and (self._read_timer is None or self._body_streams):
-            # Armed only for a request left half-way: most arrive whole in one read, and cost no timer.
-            # For the first request, the clock started with the connection.
-            if self.waiting_since is None:
-                self.waiting_since = self.loop.time()
-            self._arm_read_timer()
+        elif self._in_request:
+            if self._read_timer is None:
+                # Armed only for a request left half-way: most arrive whole in one read, and cost no timer.
+                # For the first request, the clock started with the connection.
+                if self.waiting_since is None:
+                    self.waiting_since = self.loop.time()
+                self._arm_read_timer()
+            elif self._body_streams:
+                # Not re-armed for every piece of a streamed body (a timer each, thousands a second): the
+                # timer looks at the time of the last piece when it fires.
+                self._last_read = self.loop.time()
 
     def on_message_begin(self) -> None:
         self._in_request = True
@@ -158,7 +168,45 @@ class _LimitedProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._head_size = None
-        super().on_headers_complete()
+        if self._body_streams and not self.parser.should_upgrade():
+            self._start_proxied()
+        else:
+            super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        cycle = self.cycle
+        if isinstance(cycle, ProxyCycle):
+            if not cycle.response_complete and cycle.add_body(body):
+                self.flow.pause_reading()
+        else:
+            super().on_body(body)
+
+    def _start_proxied(self) -> None:
+        """uvicorn's on_headers_complete for a proxied request, with the proxy's own cycle (ProxyCycle: each
+        answer's head and body in one write)."""
+        parser, scope = self.parser, self.scope
+        scope["method"] = parser.get_method().decode("ascii")
+        version = parser.get_http_version()
+        if version != "1.1":
+            scope["http_version"] = version
+        url = httptools.parse_url(self.url)
+        path = url.path.decode("ascii")
+        scope["path"] = self.root_path + (urllib.parse.unquote(path) if "%" in path else path)
+        scope["raw_path"] = self.root_path.encode("ascii") + url.path
+        scope["query_string"] = url.query or b""
+        existing = self.cycle
+        self.cycle = ProxyCycle(
+            scope=scope, transport=self.transport, flow=self.flow, logger=self.logger,
+            access_logger=self.access_logger, access_log=self.access_log,
+            default_headers=self.server_state.default_headers, message_event=asyncio.Event(),
+            expect_100_continue=self.expect_100_continue,
+            keep_alive=version != "1.0" and parser.should_keep_alive(), on_response=self.on_response_complete,
+        )
+        if existing is None or existing.response_complete:
+            self._start_asgi_task(self.cycle, self.app)
+        else:  # pipelined: after the one being answered, as uvicorn does
+            self.flow.pause_reading()
+            self.pipeline.appendleft((self.cycle, self.app))
 
     def on_message_complete(self) -> None:
         self._cancel_read_timer()
@@ -188,6 +236,7 @@ class _LimitedProtocol(HttpToolsProtocol):
 
     def _arm_read_timer(self) -> None:
         self._cancel_read_timer()
+        self._last_read = self.loop.time()
         self._read_timer = self.loop.call_later(READ_TIMEOUT, self._read_timed_out)
 
     def _cancel_read_timer(self) -> None:
@@ -197,6 +246,11 @@ class _LimitedProtocol(HttpToolsProtocol):
 
     def _read_timed_out(self) -> None:
         self._read_timer = None
+        if self._body_streams and self._in_request:
+            left = self._last_read + READ_TIMEOUT - self.loop.time()
+            if left > 0:
+                self._read_timer = self.loop.call_later(left, self._read_timed_out)
+                return
         if not self.transport.is_closing():
             self.transport.close()
 

@@ -144,7 +144,8 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self._answer: Answer | None = None  # the answer being read; None between exchanges
-        self._parser: httptools.HttpResponseParser | None = None
+        # One parser for the connection's life: llhttp reads answer after answer on a kept-alive connection.
+        self._parser = httptools.HttpResponseParser(self)
         self._expect_body = True  # False for a HEAD request: the answer ends with its head
         self._head_size = 0
         self._received = False  # a byte of the current answer has arrived
@@ -158,7 +159,7 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         answer, parser = self._answer, self._parser
-        if answer is None or parser is None or answer.complete:
+        if answer is None or answer.complete:
             # Bytes nobody asked for (while pooled, or after the answer's end): never anyone's answer.
             self._discard()
             return
@@ -185,7 +186,7 @@ class Connection(asyncio.Protocol):
         self._pool.closed(self)
         answer = self._answer
         if answer is not None and not answer.complete:
-            if self._parser is not None and answer.status and not self._framed_by_length():
+            if answer.status and not self._framed_by_length():
                 self._complete(answer)  # read until the upstream closes (RFC 9112 section 6.3, rule 8)
             else:
                 where = "before a byte of its answer" if not self._received else "mid-answer"
@@ -222,7 +223,7 @@ class Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         answer, parser = self._answer, self._parser
-        assert answer is not None and parser is not None
+        assert answer is not None
         status = parser.get_status_code()
         if 100 <= status < 200:  # an interim answer (100 Continue, 103 Early Hints): the real one follows
             answer.headers = []
@@ -262,7 +263,6 @@ class Connection(asyncio.Protocol):
     def begin(self, method: str, read_timeout: float) -> None:
         """Be ready for the answer to a request about to be sent (it may come while the body still goes)."""
         self._answer = Answer(self, read_timeout)
-        self._parser = httptools.HttpResponseParser(self)
         self._expect_body = method != "HEAD"
         self._head_size = 0
         self._received = False
@@ -273,6 +273,17 @@ class Connection(asyncio.Protocol):
         if self.closed or transport is None or transport.is_closing():
             raise self.failure("the upstream closed the connection", stale=not self._received)
         transport.write(data)
+        await self._drained()
+
+    async def send_chunk(self, chunk: bytes) -> None:
+        """One piece of a chunked body, framed without copying it."""
+        transport = self.transport
+        if self.closed or transport is None or transport.is_closing():
+            raise self.failure("the upstream closed the connection", stale=not self._received)
+        transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+        await self._drained()
+
+    async def _drained(self) -> None:
         waiter = self._write_waiter
         if waiter is not None and not waiter.done():
             await waiter
@@ -310,7 +321,7 @@ class Connection(asyncio.Protocol):
         return UpstreamFailure(f"the connection to {where} failed: {reason}", stale=stale)
 
     def release(self) -> None:
-        self._answer = self._parser = None
+        self._answer = None
         self._pool.release(self)
 
     def close(self) -> None:
