@@ -52,13 +52,16 @@ __all__ = [
     "FakeFelloh",
     "FakeFintechStudios",
     "FakeFlotiq",
+    "FakeGoogle",
     "FakeOAuth2",
     "FakeProviders",
     "FakeServer",
     "FakeTokenAPI",
     "FakeUpstream",
     "FellohKey",
+    "new_private_key",
     "pattern",
+    "self_signed_certificate",
     "serve_fakes",
     "write_fake_config",
 ]
@@ -1102,3 +1105,211 @@ def _b64url_decode(text: str) -> bytes:
         return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except ValueError:  # binascii.Error
         return b""
+
+
+# -- services that take a signed JWT (github_app, google_service_account, private_key_jwt, jwt_bearer) -----------
+#
+# Each verifies an assertion the way the real service does (the signature with the registered public key, the
+# key id or certificate thumbprint, iss, aud, the exp window, iat skew and, where the service keeps them, used
+# jti values) and refuses in its own words. `clock_offset` moves a fake's clock: a server whose clock is ahead
+# sees our assertion as issued in its past and expired, as a machine whose clock is behind causes. The keys are
+# made fresh per fake (cryptography and joserfc are imported only here and in tokend.signing).
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, error: str, description: str) -> None:
+        super().__init__(description)
+        self.status, self.error, self.description = status, error, description
+
+
+def new_private_key(kind: Literal["RSA", "EC"] = "RSA", *, bits: int = 2048, passphrase: str | None = None) -> str:
+    """A fresh private key as PKCS#8 PEM (encrypted when `passphrase` is given), for a fake and its config."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    key: Any = (rsa.generate_private_key(public_exponent=65537, key_size=bits) if kind == "RSA"
+                else ec.generate_private_key(ec.SECP256R1()))
+    encryption: Any = (serialization.BestAvailableEncryption(passphrase.encode()) if passphrase
+                       else serialization.NoEncryption())
+    text: bytes = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+    return text.decode()
+
+
+def self_signed_certificate(private_key_pem: str, common_name: str = "tokend test") -> str:
+    """A PEM certificate for `private_key_pem`, as `openssl req -x509` makes for an Entra ID app."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+
+    key: Any = serialization.load_pem_private_key(private_key_pem.encode(), password=None)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.now(UTC)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number()).not_valid_before(now)
+                   .not_valid_after(datetime.fromtimestamp(now.timestamp() + 86400 * 365, UTC))
+                   .sign(key, hashes.SHA256()))
+    return certificate.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def _public_jwk(private_key_pem: str) -> Any:
+    from joserfc.jwk import ECKey, RSAKey
+
+    from tokend.signing import load_key
+
+    key = load_key(private_key_pem)
+    public: Any = key.key.public_key()
+    return RSAKey.import_key(public) if key.type == "RSA" else ECKey.import_key(public)
+
+
+def _verified(assertion: str, keys: Mapping[str, Any], algorithms: list[str], key_id: Any) -> tuple[dict[str, Any],
+                                                                                                     dict[str, Any]]:
+    """(header, claims) of a JWS whose signature one of `keys` verifies; `key_id(header)` picks which (a kid,
+    an x5t#S256), None when the header names none. _Refused with `invalid signature` otherwise."""
+    from joserfc import jws
+    from joserfc.errors import JoseError
+
+    try:
+        header = json.loads(_b64url_decode(assertion.split(".")[0]))
+    except (ValueError, IndexError):
+        raise _Refused(400, "invalid_grant", "malformed JWT") from None
+    if not isinstance(header, dict) or header.get("alg") not in algorithms:
+        raise _Refused(400, "invalid_grant", f"unsupported alg {header.get('alg') if isinstance(header, dict) else ''}")
+    chosen = key_id(header)
+    candidates = [keys[chosen]] if chosen in keys else [] if chosen is not None else list(keys.values())
+    for key in candidates:
+        try:
+            payload = jws.deserialize_compact(assertion, key, algorithms=algorithms).payload
+        except JoseError:
+            continue
+        claims = json.loads(payload)
+        if isinstance(claims, dict):
+            return header, claims
+    raise _Refused(400, "invalid_grant", "invalid signature" if candidates else "unknown key id")
+
+
+def _check_times(claims: Mapping[str, Any], now: float, *, max_lifetime: float, leeway: float = 60.0) -> str | None:
+    """What is wrong with an assertion's iat and exp seen from a clock reading `now`, or None."""
+    iat, exp = claims.get("iat"), claims.get("exp")
+    if not isinstance(iat, int | float) or not isinstance(exp, int | float):
+        return "iat and exp are required"
+    if iat > now + leeway:
+        return "iat is in the future"
+    if exp <= now - leeway:
+        return "exp is in the past"
+    if exp - iat > max_lifetime:
+        return f"exp is more than {max_lifetime:g} seconds after iat"
+    return None
+
+
+class FakeGoogle(FakeUpstream):
+    """Google's OAuth 2.0 token endpoint for service accounts (the JWT bearer grant of RFC 7523).
+
+    POST /token, form `grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer&assertion=JWT`. The JWT must be
+    RS256, signed by the key its header's `kid` names (one of the account's keys; `rotate_key()` makes a new one
+    and deletes the old, as the console does), `iss` = the account's email, `aud` = the token URI, `exp` at most
+    an hour after `iat`. Answers `{"access_token": "ya29...", "expires_in", "token_type": "Bearer"}`, or for a
+    `target_audience` claim `{"id_token": JWT}` signed by Google's own key (`aud` = the audience). Refusals are
+    400 `invalid_grant` in Google's words. `key_file(token_uri)` is the account's JSON key file.
+    """
+
+    protected_path: ClassVar[str] = "/storage/v1/b"
+    _GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+
+    def __init__(self, *, client_email: str = "tokend-demo@demo-project.iam.gserviceaccount.com",
+                 lifetime: float = 3600.0) -> None:
+        self.client_email = client_email
+        self.clock_offset = 0.0
+        self.token_uri = ""  # set by whoever serves it: the `aud` this fake wants
+        self.private_key = new_private_key()
+        self.private_key_id = secrets.token_hex(20)
+        self._keys = {self.private_key_id: _public_jwk(self.private_key)}
+        self._google_key = new_private_key()  # signs the ID tokens
+        self.last_claims: dict[str, Any] = {}
+        self.last_header: dict[str, Any] = {}
+        super().__init__(lifetime=lifetime)
+
+    def key_file(self, token_uri: str | None = None) -> str:
+        """The service account's JSON key file, as the console's "Add key" downloads it."""
+        return json.dumps({
+            "type": "service_account", "project_id": "demo-project", "private_key_id": self.private_key_id,
+            "private_key": self.private_key, "client_email": self.client_email, "client_id": "1234567890",
+            "auth_uri": "https://accounts.google.com/o/oauth2/auth", "token_uri": token_uri or self.token_uri,
+        }, indent=2)
+
+    def rotate_key(self) -> None:
+        """A new key for the account; the old one is deleted (assertions it signs are refused from now on)."""
+        private_key, key_id = new_private_key(), secrets.token_hex(20)
+        with self._lock:
+            self.private_key, self.private_key_id = private_key, key_id
+            self._keys = {key_id: _public_jwk(private_key)}
+
+    def _routes(self) -> list[Route]:
+        return [Route("/token", self._token, methods=["POST"]),
+                Route(self.protected_path, self._buckets, methods=["GET"])]
+
+    async def _token(self, request: Request) -> Response:
+        interfered = await self._login_attempt(request)
+        if interfered is not None:
+            return interfered
+        form = dict(urllib.parse.parse_qsl((await request.body()).decode("utf-8", "replace")))
+        if form.get("grant_type") != self._GRANT:
+            return _oauth_error(400, "unsupported_grant_type", "Invalid grant_type: " + form.get("grant_type", ""))
+        try:
+            claims = self._checked(form.get("assertion", ""))
+        except _Refused as refused:
+            return _oauth_error(refused.status, refused.error, refused.description)
+        now = int(time.time())
+        if "target_audience" in claims:
+            token = self._id_token(str(claims["target_audience"]), now)
+            self._issue(token, self._expiry())
+            return JSONResponse({"id_token": token})
+        if not claims.get("scope"):
+            return _oauth_error(400, "invalid_scope", "Empty or missing scope not allowed.")
+        token = "ya29." + secrets.token_urlsafe(48)
+        expires = self._expiry()
+        self._issue(token, expires)
+        return JSONResponse({"access_token": token, "expires_in": expires - now, "token_type": "Bearer"})
+
+    def _checked(self, assertion: str) -> dict[str, Any]:
+        with self._lock:
+            keys = dict(self._keys)
+        try:
+            header, claims = _verified(assertion, keys, ["RS256"], lambda header: header.get("kid", ""))
+        except _Refused:
+            raise _Refused(400, "invalid_grant", "Invalid JWT Signature.") from None
+        with self._lock:
+            self.last_header, self.last_claims = header, claims
+        if claims.get("iss") != self.client_email:
+            raise _Refused(400, "invalid_grant", "Invalid grant: account not found")
+        if claims.get("aud") != self.token_uri:
+            raise _Refused(400, "invalid_grant", "Invalid JWT: Failed audience check.")
+        if _check_times(claims, time.time() + self.clock_offset, max_lifetime=3600) is not None:
+            raise _Refused(400, "invalid_grant", "Invalid JWT: Token must be a short-lived token (60 minutes) and "
+                           "in a reasonable timeframe. Check your iat and exp values in the JWT claim.")
+        return claims
+
+    def _id_token(self, audience: str, now: int) -> str:
+        from tokend.signing import load_key
+
+        claims = {"iss": "https://accounts.google.com", "aud": audience, "azp": self.client_email,
+                  "email": self.client_email, "email_verified": True, "sub": "1234567890", "iat": now,
+                  "exp": self._expiry()}
+        return load_key(self._google_key).sign(claims, alg="RS256", header={"kid": "google-1"})
+
+    async def _buckets(self, request: Request) -> Response:
+        if not self._api_authorised(request):
+            return _google_error(401, "Invalid Credentials")
+        return JSONResponse({"kind": "storage#buckets", "items": [{"name": "demo-bucket"}]})
+
+    def _error(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
+        return _google_error(status, message, headers)
+
+
+def _google_error(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
+    return JSONResponse({"error": {"code": status, "message": message, "errors": [{"message": message}]}},
+                        status_code=status, headers=headers)
+
+
+def _oauth_error(status: int, error: str, description: str) -> Response:
+    return JSONResponse({"error": error, "error_description": description}, status_code=status,
+                        headers={"Cache-Control": "no-store"})
