@@ -227,3 +227,224 @@ def test_google_key_file_problems_are_sentences_naming_provider_and_field(tmp_pa
         problem = caught.value.problems[0]
         assert problem.startswith('provider "gcs", field "key": ') and expected in problem, problem
         assert "PRIVATE KEY" not in problem and "MII" not in problem
+
+
+# --- github_app --------------------------------------------------------------------------------------------
+
+
+def github_config(**settings: Any) -> Any:
+    from tokend.providers.github_app import GitHubAppConfig
+
+    return GitHubAppConfig(kind="github_app", client_id="Iv23liABC", installation_id=42, private_key=_RSA,
+                           **settings)
+
+
+def test_github_app_sends_a_short_rs256_jwt_with_githubs_headers_and_reads_the_201() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(201, json={"token": "ghs_x", "expires_at": "2099-01-01T00:00:00Z",
+                                         "permissions": {"contents": "read"}})
+
+    before = int(time.time())
+    credential = fetch_with(provider_for(github_config(repositories=["demo"], permissions={"contents": "read"},
+                                                       max_lifetime=1e10)), handler)
+    request = seen[0]
+    assert str(request.url) == "https://api.github.com/app/installations/42/access_tokens"
+    assert request.headers["accept"] == "application/vnd.github+json"
+    assert request.headers["x-github-api-version"] == "2022-11-28"
+    assert request.headers["user-agent"].startswith("tokend/")
+    assert json.loads(request.content) == {"repositories": ["demo"], "permissions": {"contents": "read"}}
+    scheme, _, assertion = request.headers["authorization"].partition(" ")
+    token = decoded(assertion, _RSA)
+    assert scheme == "Bearer" and token.header["alg"] == "RS256"
+    claims = token.claims
+    assert claims["iss"] == "Iv23liABC" and before - 62 <= claims["iat"] <= before - 58
+    assert claims["exp"] <= time.time() + 600 and claims["jti"]
+    assert credential.token == "ghs_x" and credential.headers == {"Authorization": "Bearer ghs_x"}
+    assert credential.expires_at == 4070908800
+
+
+def test_github_app_without_narrowing_sends_no_body_and_app_id_is_the_issuer() -> None:
+    from tokend.providers.github_app import GitHubAppConfig
+
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(201, json={"token": "ghs_y", "expires_at": "2099-01-01T00:00:00Z"})
+
+    config = GitHubAppConfig(kind="github_app", app_id=1234, installation_id=5, private_key=_RSA,
+                             base_url="https://github.example.com/api/v3")
+    fetch_with(provider_for(config), handler)
+    assert seen[0].content == b"" and str(seen[0].url).startswith("https://github.example.com/api/v3/app/")
+    assert decoded(seen[0].headers["authorization"][7:], _RSA).claims["iss"] == "1234"
+    assert config.proxy_target == "https://github.example.com/api/v3"
+
+
+def test_github_404_names_the_installation_and_a_refused_jwt_names_the_clock_or_the_key() -> None:
+    provider = provider_for(github_config())
+
+    def missing(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(404, json={"message": "Not Found", "documentation_url": "https://docs.github.com"})
+
+    with pytest.raises(CredentialsRejected, match="GitHub has no installation 42 of app Iv23liABC"):
+        fetch_with(provider, missing)
+
+    def too_far(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(401, json={"message": "'Expiration time' claim ('exp') is too far in the future"})
+
+    with pytest.raises(CredentialsRejected, match="first check this machine's clock"):
+        fetch_with(provider, too_far)
+
+    def undecodable(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(401, json={"message": "A JSON web token could not be decoded"})
+
+    with pytest.raises(CredentialsRejected, match="is private_key this app's key"):
+        fetch_with(provider, undecodable)
+
+
+def test_github_app_config_wants_an_issuer_and_an_rsa_key(tmp_path: Path) -> None:
+    ec_key = new_private_key("EC")
+    (tmp_path / "ec.pem").write_text(ec_key)
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path, f'[providers.gh]\nkind = "github_app"\ninstallation_id = 1\n'
+                              f'private_key = {{ file = "{tmp_path / "ec.pem"}" }}\n')
+    problems = caught.value.problems
+    assert any(p.startswith('provider "gh", field "private_key": is not an RSA key') for p in problems), problems
+    (tmp_path / "rsa.pem").write_text(_RSA)
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path, f'[providers.gh]\nkind = "github_app"\ninstallation_id = 1\n'
+                              f'private_key = {{ file = "{tmp_path / "rsa.pem"}" }}\n')
+    assert caught.value.problems == ['provider "gh": client_id (or app_id) is required: the app\'s Client ID from '
+                                     'its settings page']
+
+
+# --- oauth2_client_credentials with private_key_jwt ------------------------------------------------------
+
+
+def private_key_jwt_config(key: str = _RSA, **settings: Any) -> Any:
+    from tokend.providers.oauth2 import OAuth2ClientCredentialsConfig
+
+    return OAuth2ClientCredentialsConfig(
+        kind="oauth2_client_credentials", token_url="https://login.example/tenant/oauth2/v2.0/token",
+        client_id="app-1", auth_method="private_key_jwt", client_assertion_key=key,
+        scope="https://graph.microsoft.com/.default", **settings)
+
+
+@pytest.mark.parametrize("alg", ["RS256", "PS256", "ES256"])
+def test_private_key_jwt_signs_rfc_7523_claims_and_sends_no_secret(tmp_path: Path, alg: str) -> None:
+    from tokend.testing import self_signed_certificate
+
+    key = new_private_key("EC") if alg == "ES256" else _RSA
+    certificate = tmp_path / "cert.pem"
+    certificate.write_text(self_signed_certificate(key))
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"access_token": "at-1", "expires_in": 3599, "token_type": "Bearer"})
+
+    config = private_key_jwt_config(key, client_assertion_alg=alg, client_certificate=certificate,
+                                    client_assertion_kid="kid-7")
+    credential = fetch_with(provider_for(config), handler)
+    form = dict(urllib.parse.parse_qsl(seen[0].content.decode()))
+    assert set(form) == {"grant_type", "scope", "client_id", "client_assertion_type", "client_assertion"}
+    assert form["grant_type"] == "client_credentials" and form["client_id"] == "app-1"
+    assert form["client_assertion_type"] == "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+    assert "authorization" not in seen[0].headers
+    token = decoded(form["client_assertion"], key)
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    cert = x509.load_pem_x509_certificate(certificate.read_bytes())
+    assert token.header["alg"] == alg and token.header["kid"] == "kid-7"
+    assert token.header["x5t#S256"] == base64.urlsafe_b64encode(cert.fingerprint(hashes.SHA256())).rstrip(b"=").decode()
+    assert token.header["x5t"] == base64.urlsafe_b64encode(cert.fingerprint(hashes.SHA1())).rstrip(b"=").decode()  # noqa: S303
+    claims = token.claims
+    assert claims["iss"] == claims["sub"] == "app-1" and claims["aud"] == config.token_url
+    assert claims["nbf"] == claims["iat"] and claims["exp"] - claims["iat"] == 300 and claims["jti"]
+    assert credential.token == "at-1"
+
+
+def test_private_key_jwt_settings_are_checked_together(tmp_path: Path) -> None:
+    from tokend.testing import self_signed_certificate
+
+    (tmp_path / "key.pem").write_text(_RSA)
+    (tmp_path / "other.pem").write_text(self_signed_certificate(new_private_key()))
+    head = ('[providers.entra]\nkind = "oauth2_client_credentials"\ntoken_url = "https://login.example/t"\n'
+            'client_id = "app"\n')
+    key = f'client_assertion_key = {{ file = "{tmp_path / "key.pem"}" }}\n'
+    cases = {
+        'auth_method = "private_key_jwt"\n': 'needs client_assertion_key',
+        'auth_method = "private_key_jwt"\nclient_secret = "s"\n' + key: 'sends no client secret',
+        key: "client_assertion_key need auth_method",
+        "": "client_secret is required",
+        'auth_method = "private_key_jwt"\nclient_assertion_alg = "ES256"\n' + key: "client_assertion_alg: ES256 "
+                                                                                   "needs an EC key",
+        f'auth_method = "private_key_jwt"\nclient_certificate = "{tmp_path / "other.pem"}"\n' + key:
+            "is the certificate of another key",
+    }
+    for table, expected in cases.items():
+        with pytest.raises(ConfigError) as caught:
+            load_config(tmp_path, head + table)
+        assert any(p.startswith('provider "entra"') and expected in p for p in caught.value.problems), (
+            table, caught.value.problems)
+
+
+def test_entra_style_refusals_are_refused_credentials_and_a_time_range_names_the_clock() -> None:
+    provider = provider_for(private_key_jwt_config())
+
+    def answer(description: str) -> Handler:
+        return lambda request: httpx.Response(401, json={"error": "invalid_client", "error_description": description})
+
+    with pytest.raises(CredentialsRejected, match="AADSTS700027"):
+        fetch_with(provider, answer("AADSTS700027: The certificate with identifier used to sign the client "
+                                    "assertion is not registered on application."))
+    with pytest.raises(CredentialsRejected, match=r"first check this machine's clock.*AADSTS700024"):
+        fetch_with(provider, answer("AADSTS700024: Client assertion is not within its valid time range."))
+
+
+# --- jwt_bearer -------------------------------------------------------------------------------------------
+
+
+def test_jwt_bearer_posts_the_grant_with_claims_and_uses_default_lifetime_without_expires_in() -> None:
+    from tokend.providers.jwt_bearer import JWTBearerConfig
+
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"access_token": "00Dabc", "instance_url": "https://x.my.salesforce.com",
+                                         "token_type": "Bearer"})
+
+    config = JWTBearerConfig(kind="jwt_bearer", token_url="https://login.salesforce.com/services/oauth2/token",
+                             private_key=_RSA, issuer="3MVG9key", subject="user@example.com",
+                             audience="https://login.salesforce.com", scope=["api", "refresh_token"],
+                             claims={"tenant": "t1"}, kid="k1", default_lifetime=7200)
+    before = time.time()
+    credential = fetch_with(provider_for(config), handler)
+    form = dict(urllib.parse.parse_qsl(seen[0].content.decode()))
+    assert form["grant_type"] == "urn:ietf:params:oauth:grant-type:jwt-bearer" and form["scope"] == "api refresh_token"
+    token = decoded(form["assertion"], _RSA)
+    assert token.header["kid"] == "k1"
+    claims = token.claims
+    assert (claims["iss"], claims["sub"], claims["aud"], claims["tenant"]) == (
+        "3MVG9key", "user@example.com", "https://login.salesforce.com", "t1")
+    assert claims["exp"] - claims["iat"] == 180 and claims["jti"]
+    assert 7190 < credential.expires_at - before <= 7201  # type: ignore[operator]
+    assert credential.expiry_note == "no expiry given; default_lifetime used"
+    default_aud = config.model_copy(update={"audience": None})
+    fetch_with(provider_for(default_aud), handler)
+    again = dict(urllib.parse.parse_qsl(seen[1].content.decode()))["assertion"]
+    assert decoded(again, _RSA).claims["aud"] == config.token_url
+
+
+def test_jwt_bearer_refuses_claims_it_sets_itself(tmp_path: Path) -> None:
+    (tmp_path / "key.pem").write_text(_RSA)
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path, f'[providers.sf]\nkind = "jwt_bearer"\ntoken_url = "https://login.example/token"\n'
+                              f'private_key = {{ file = "{tmp_path / "key.pem"}" }}\nissuer = "i"\nsubject = "s"\n'
+                              'claims = { exp = 1 }\n')
+    assert "claims must not set exp" in caught.value.problems[0]

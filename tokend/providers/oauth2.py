@@ -99,7 +99,7 @@ def signing_key(provider: str, field: str, key: SecretValue, passphrase: SecretV
     from tokend.signing import load_key
 
     try:
-        return load_key(key.get(), passphrase.get() if passphrase is not None else None)
+        return load_key(key.get(), optional_secret(passphrase))
     except ValueError as exc:
         raise UpstreamError(provider, f"{field} (from {key.source}) {exc}", retryable=False) from None
 
@@ -117,7 +117,7 @@ def describe_key(key: SecretValue, passphrase: SecretValue | None) -> str:
     from tokend.signing import load_key
 
     try:
-        return load_key(key.get(), passphrase.get() if passphrase is not None else None).describe()
+        return load_key(key.get(), optional_secret(passphrase)).describe()
     except ValueError as exc:  # rotated since the config was checked
         return f"unusable: {exc}"
 
@@ -128,7 +128,7 @@ def key_identity(key: SecretValue, passphrase: SecretValue | None) -> str:
     from tokend.signing import load_key
 
     try:
-        return load_key(key.get(), passphrase.get() if passphrase is not None else None).fingerprint
+        return load_key(key.get(), optional_secret(passphrase)).fingerprint
     except ValueError:
         import hashlib
 
@@ -175,13 +175,13 @@ class OAuth2ClientCredentialsConfig(ProviderBase):
     @model_validator(mode="after")
     def _authenticated_one_way(self) -> OAuth2ClientCredentialsConfig:
         if self.auth_method != "private_key_jwt":
-            if self.client_secret is None:
-                raise ValueError(f"client_secret is required with auth_method = {self.auth_method!r} (or use "
-                                 'auth_method = "private_key_jwt" with client_assertion_key)')
             signing = [name for name in ("client_assertion_key", "client_certificate", "client_assertion_kid")
                        if getattr(self, name) is not None]
             if signing:
                 raise ValueError(f'{", ".join(signing)} need auth_method = "private_key_jwt"')
+            if self.client_secret is None:
+                raise ValueError(f"client_secret is required with auth_method = {self.auth_method!r} (or use "
+                                 'auth_method = "private_key_jwt" with client_assertion_key)')
             return self
         if self.client_secret is not None:
             raise ValueError('auth_method = "private_key_jwt" sends no client secret: remove client_secret')
@@ -189,7 +189,7 @@ class OAuth2ClientCredentialsConfig(ProviderBase):
             raise ValueError('auth_method = "private_key_jwt" needs client_assertion_key (the PEM private key)')
         from tokend.signing import load_key
 
-        key = load_key(self.client_assertion_key.get(), _get(self.client_assertion_key_passphrase))
+        key = load_key(self.client_assertion_key.get(), optional_secret(self.client_assertion_key_passphrase))
         try:
             key.check_algorithm(self.client_assertion_alg)
         except ValueError as exc:
@@ -214,7 +214,7 @@ class OAuth2ClientCredentialsConfig(ProviderBase):
         return {"client_assertion_key": key_identity(self.client_assertion_key, self.client_assertion_key_passphrase)}
 
 
-def _get(secret: SecretValue | None) -> str | None:
+def optional_secret(secret: SecretValue | None) -> str | None:
     return None if secret is None else secret.get()
 
 
