@@ -133,7 +133,20 @@ async def chunked_and_length(reader: asyncio.StreamReader, writer: asyncio.Strea
     return True
 
 
+async def interim(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: bytes) -> bool:
+    writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n" + _ok(b"after the hints"))
+    await writer.drain()
+    return True
+
+
+async def switch(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: bytes) -> bool:
+    writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x81\x00")
+    await writer.drain()
+    return True
+
+
 BEHAVIOURS: dict[bytes, Handler] = {
+    b"/interim": interim, b"/switch": switch,
     b"/ok": ok, b"/second": ok, b"/slow": slow, b"/negative-length": negative_length,
     b"/negative-chunk": negative_chunk, b"/close-soon": close_soon, b"/two-answers": two_answers,
     b"/chunked-and-length": chunked_and_length,
@@ -229,6 +242,15 @@ def test_transfer_encoding_beside_content_length_is_refused(world: tuple[RawUpst
     assert (status, body.get("error")) == (502, "upstream_unreachable"), body
     assert "Content-Length can't be present with Transfer-Encoding" in body["message"]
     assert time.monotonic() - started < 5  # an answer, not a client left waiting for 95 more bytes
+    assert _proxied(daemon, "/ok")[0] == 200
+    _no_traceback(daemon)
+
+
+def test_interim_answers_are_skipped_and_a_protocol_switch_refused(world: tuple[RawUpstream, LimitedDaemon]) -> None:
+    _, daemon = world
+    assert _proxied(daemon, "/interim") == (200, {"text": "after the hints"})
+    status, body = _proxied(daemon, "/switch")
+    assert (status, body.get("error")) == (502, "upstream_unreachable"), body
     assert _proxied(daemon, "/ok")[0] == 200
     _no_traceback(daemon)
 
