@@ -438,21 +438,21 @@ class Pool:
                 conn.reused = True
                 return conn
         tls = self._context() if origin.tls else None
+        conn = Connection(self, origin)
         self._budget.upstream += 1  # the descriptor exists from the first connect attempt
         try:
             async with asyncio.timeout(max(0.0, deadline - loop.time())):
-                _, conn = await loop.create_connection(
-                    lambda: Connection(self, origin), origin.host, origin.port, ssl=tls,
-                    server_hostname=origin.host if tls else None,
-                )
-        except TimeoutError:
-            self._budget.upstream -= 1
-            raise UpstreamFailure(f"cannot connect to {where} within {connect_timeout:g}s") from None
-        except (OSError, ssl.SSLError) as exc:
-            self._budget.upstream -= 1
-            raise UpstreamFailure(f"cannot connect to {where}: {_reason(exc)}") from None
-        except BaseException:
-            self._budget.upstream -= 1
+                await loop.create_connection(lambda: conn, origin.host, origin.port, ssl=tls,
+                                             server_hostname=origin.host if tls else None)
+        except BaseException as exc:
+            if conn.transport is None:
+                self._budget.upstream -= 1  # else the connection gives it back when it is lost
+            else:
+                conn.close()
+            if isinstance(exc, TimeoutError):
+                raise UpstreamFailure(f"cannot connect to {where} within {connect_timeout:g}s") from None
+            if isinstance(exc, OSError | ssl.SSLError):
+                raise UpstreamFailure(f"cannot connect to {where}: {_reason(exc)}") from None
             raise
         self.opened += 1
         return conn
