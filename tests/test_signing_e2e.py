@@ -329,3 +329,16 @@ def test_the_verifying_fakes_refuse_a_replayed_or_foreign_assertion() -> None:
         assert refused.status_code == 401 and "AADSTS7000274" in refused.json()["error_description"]
         with_secret = httpx.post(entra.token_url, data={**form, "client_secret": "s"})
         assert "AADSTS50027" in with_secret.json()["error_description"]
+
+
+def test_the_signing_libraries_are_loaded_only_when_a_signing_kind_is_configured(
+    tmp_path: Path, start: Callable[..., Daemon], github: tuple[FakeGitHub, str]
+) -> None:
+    def mapped(daemon: Daemon) -> bool:  # cryptography's native library in the process's memory
+        assert daemon.process is not None
+        return "cryptography" in Path(f"/proc/{daemon.process.pid}/maps").read_text()
+
+    plain = start("")
+    assert not mapped(plain)
+    fake, url = github
+    assert mapped(start(github_table(tmp_path, fake, url)))
