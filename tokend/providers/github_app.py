@@ -23,7 +23,7 @@ from tokend.errors import CredentialsRejected, UpstreamError
 from tokend.fields import UpstreamURL
 from tokend.providers.base import Kind, ProviderBase
 from tokend.providers.exchange import LoginRequest, bearer_credential, exchange, limits, malformed
-from tokend.providers.oauth2 import checked_key, describe_key, key_identity, signing_key
+from tokend.providers.oauth2 import checked_key, describe_key, key_identity, masked, signing_key
 from tokend.redact import Redactor
 from tokend.secrets import Secret, SecretText, SecretValue
 from tokend.signing import clock_skew_hint
@@ -106,7 +106,7 @@ class GitHubApp:
             self._key = signing_key(self.name, "private_key", self.config.private_key,
                                     self.config.private_key_passphrase)
         claims = assertion_claims(JWT_LIFETIME, issued_before=JWT_ISSUED_BEFORE, iss=self.config.issuer)
-        return self._key.sign(claims, alg="RS256")
+        return masked(self._redactor, self.name, self._key.sign(claims, alg="RS256"))
 
     def _request(self) -> LoginRequest:
         config = self.config

@@ -29,6 +29,7 @@ from tokend.providers.oauth2 import (
     describe,
     describe_key,
     key_identity,
+    masked,
     signing_key,
     token_exchange,
 )
@@ -166,8 +167,8 @@ class GoogleServiceAccount:
             claims["scope"] = " ".join(scopes or self.config.scopes)
         from tokend.signing import assertion_claims
 
-        assertion = signer.sign(assertion_claims(ASSERTION_LIFETIME, **claims), alg="RS256",
-                                header={"kid": account.private_key_id})
+        assertion = masked(self._redactor, self.name, signer.sign(
+            assertion_claims(ASSERTION_LIFETIME, **claims), alg="RS256", header={"kid": account.private_key_id}))
         login = LoginRequest(
             provider=self.name, method="POST", url=account.token_uri, headers={"Accept": "application/json"},
             form={"grant_type": JWT_BEARER_GRANT, "assertion": assertion}, **limits(self.config),

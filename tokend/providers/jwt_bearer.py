@@ -24,6 +24,7 @@ from tokend.providers.oauth2 import (
     describe,
     describe_key,
     key_identity,
+    masked,
     optional_secret,
     signing_key,
     token_exchange,
@@ -101,8 +102,9 @@ class JWTBearer:
             self._key = signing_key(self.name, "private_key", config.private_key, config.private_key_passphrase)
         claims = assertion_claims(ASSERTION_LIFETIME, iss=config.issuer, sub=config.subject,
                                   aud=config.audience or config.token_url)
-        return self._key.sign({**config.claims, **claims}, alg=config.alg,
-                              header={"kid": config.kid} if config.kid else None)
+        header = {"kid": config.kid} if config.kid else None
+        return masked(self._redactor, self.name, self._key.sign({**config.claims, **claims}, alg=config.alg,
+                                                                header=header))
 
     async def fetch(self, client: httpx.AsyncClient) -> Credential:
         config = self.config

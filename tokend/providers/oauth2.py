@@ -104,6 +104,13 @@ def signing_key(provider: str, field: str, key: SecretValue, passphrase: SecretV
         raise UpstreamError(provider, f"{field} (from {key.source}) {exc}", retryable=False) from None
 
 
+def masked(redactor: Redactor, provider: str, assertion: str) -> str:
+    """`assertion`, which the redactor masks from now on: a signed assertion is a credential for minutes
+    (Google's for an hour), and an upstream that echoes the request in its error would echo it."""
+    redactor.set_tokens(f"{provider} (assertion)", [assertion])
+    return assertion
+
+
 def checked_key(key: SecretValue, info: ValidationInfo, passphrase_field: str) -> SecretValue:
     """A key field's validator: the key loads (with the passphrase validated before it) and is strong enough."""
     from tokend.signing import load_key
@@ -278,7 +285,7 @@ class OAuth2ClientCredentials:
         claims = assertion_claims(CLIENT_ASSERTION_LIFETIME, iss=config.client_id, sub=config.client_id,
                                   aud=config.token_url)
         claims["nbf"] = claims["iat"]
-        return key.sign(claims, alg=config.client_assertion_alg, header=header)
+        return masked(self._redactor, self.name, key.sign(claims, alg=config.client_assertion_alg, header=header))
 
     async def fetch(self, client: httpx.AsyncClient) -> Credential:
         body = await token_exchange(client, self._request(), assertion=self.config.auth_method == "private_key_jwt")
