@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -342,3 +343,62 @@ def test_the_signing_libraries_are_loaded_only_when_a_signing_kind_is_configured
     assert not mapped(plain)
     fake, url = github
     assert mapped(start(github_table(tmp_path, fake, url)))
+
+
+def test_exec_and_the_python_client_with_a_client_key_use_a_github_app_token(
+    tmp_path: Path, start: Callable[..., Daemon], github: tuple[FakeGitHub, str]
+) -> None:
+    fake, url = github
+    client_key = secret_file(tmp_path, "ci-key", "ci-client-key-of-32-characters-xx\n")
+    daemon = start(github_table(tmp_path, fake, url) +
+                   f'[clients.ci]\nkey = {{ file = "{client_key}" }}\nproviders = ["gh"]\n')
+    child = ("import os, httpx; print(os.environ['GH_TOKEN']); print(httpx.get(os.environ['TOKEND_PROXY_URL_GH'] + "
+             "'/installation/repositories', headers={'X-Tokend-Request': '1', 'Authorization': 'Bearer ' + "
+             "os.environ['TOKEND_CLIENT_KEY']}).json()['total_count'])")
+    shown = subprocess.run(tokend_command("--config", str(daemon.config), "exec", "--client-key-file", str(client_key),
+                                          "--provider", "gh", "--env", "gh=GH_TOKEN", "--", sys.executable, "-c",
+                                          child), capture_output=True, text=True, timeout=60)
+    token, count = shown.stdout.split()
+    assert shown.returncode == 0 and fake.is_valid(token) and count == "2", shown.stderr
+    from tokend_client import Client
+    from tokend_client.httpx import Auth
+
+    client = Client(daemon.url, client_key=client_key.read_text().strip())
+    with httpx.Client(base_url=url, auth=Auth("gh", client=client)) as api:
+        assert api.get(fake.protected_path).json()["total_count"] == 2
+
+
+@pytest.mark.parametrize("name", ["graph", "salesforce"])
+def test_check_login_works_for_private_key_jwt_and_jwt_bearer(tmp_path: Path, name: str) -> None:
+    entra, salesforce = FakeEntraID(), FakeSalesforce()
+    key = new_private_key("EC")
+    entra.register(key, kid="ec-1")
+    with FakeServer(entra.app) as entra_server, FakeServer(salesforce.app) as sf_server:
+        entra.token_url = entra_server.url + entra.token_path
+        config = tmp_path / "tokend.toml"
+        config.write_text(f"""[server]
+port = 8799
+[providers.graph]
+kind = "oauth2_client_credentials"
+token_url = "{entra.token_url}"
+client_id = "{entra.client_id}"
+scope = "api://billing/.default"
+auth_method = "private_key_jwt"
+client_assertion_alg = "ES256"
+client_assertion_kid = "ec-1"
+client_assertion_key = {{ file = "{secret_file(tmp_path, 'ec.pem', key)}" }}
+[providers.salesforce]
+kind = "jwt_bearer"
+token_url = "{sf_server.url}/services/oauth2/token"
+private_key = {{ file = "{secret_file(tmp_path, 'sf.pem', salesforce.private_key)}" }}
+issuer = "{salesforce.consumer_key}"
+subject = "{salesforce.username}"
+audience = "{salesforce.audience}"
+""")
+        config.chmod(0o600)
+        checked = subprocess.run(tokend_command("--config", str(config), "check", "--login", name),
+                                 capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"login OK: {name}" in checked.stdout and "PRIVATE KEY" not in checked.stdout + checked.stderr
+    assert "client_assertion_key: EC P-256, public key fingerprint SHA256:" in checked.stdout
+    assert "private_key: RSA 2048 bits, public key fingerprint SHA256:" in checked.stdout
