@@ -468,3 +468,19 @@ def test_an_upstream_echoing_the_signed_assertion_never_gets_it_into_an_error() 
         with pytest.raises(CredentialsRejected) as caught:
             fetch_with(provider_for(config), echo)
         assert "bad ***" in caught.value.message and "eyJ" not in caught.value.message, caught.value.message
+
+
+def test_google_delegation_applies_to_access_tokens_not_to_id_tokens() -> None:
+    fake = FakeGoogle()
+    id_token = load_key(_RSA).sign({"exp": int(time.time()) + 600}, alg="RS256")
+    seen: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(decoded(dict(urllib.parse.parse_qsl(request.content.decode()))["assertion"], fake.private_key)
+                    .claims)
+        return httpx.Response(200, json={"access_token": "ya29.a", "expires_in": 3599, "id_token": id_token})
+
+    provider = provider_for(google_config(fake, subject="admin@example.com"))
+    fetch_with(provider, handler, audience="https://iap.example")
+    fetch_with(provider, handler, scopes=["https://www.googleapis.com/auth/admin.directory.user.readonly"])
+    assert "sub" not in seen[0] and seen[1]["sub"] == "admin@example.com"

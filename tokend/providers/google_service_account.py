@@ -160,7 +160,9 @@ class GoogleServiceAccount:
         if scopes is not None and audience is not None:
             raise ValueError("ask for scopes or for an audience, not both")
         account, signer = self._key()
-        claims: dict[str, Any] = {"iss": account.client_email, "aud": account.token_uri, "sub": self.config.subject}
+        claims: dict[str, Any] = {"iss": account.client_email, "aud": account.token_uri}
+        if audience is None and self.config.subject is not None:
+            claims["sub"] = self.config.subject  # domain-wide delegation is for access tokens only
         if audience is not None:
             claims["target_audience"] = audience
         else:

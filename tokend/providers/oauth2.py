@@ -279,7 +279,9 @@ class OAuth2ClientCredentials:
                 try:
                     header |= certificate_thumbprints(_read_certificate(config.client_certificate), key)
                 except ValueError as exc:
-                    raise UpstreamError(self.name, f"client_certificate {exc}", retryable=False) from None
+                    # Retried soon: a key and its certificate replaced one after the other are a rotation
+                    # under way, and the certificate file is read again at the next try.
+                    raise UpstreamError(self.name, f"client_certificate {exc}") from None
             self._key = (key, header)
         key, header = self._key
         claims = assertion_claims(CLIENT_ASSERTION_LIFETIME, iss=config.client_id, sub=config.client_id,
