@@ -23,18 +23,10 @@ from tokend.expiry import jwt_expiry
 from tokend.fields import UpstreamURL
 from tokend.providers.base import Kind, ProviderBase
 from tokend.providers.exchange import LoginRequest, limits, login_credential, malformed
-from tokend.providers.oauth2 import (
-    JWT_BEARER_GRANT,
-    access_token_credential,
-    describe,
-    describe_key,
-    key_identity,
-    masked,
-    signing_key,
-    token_exchange,
-)
+from tokend.providers.oauth2 import JWT_BEARER_GRANT, access_token_credential, describe, token_exchange
 from tokend.redact import Redactor
 from tokend.secrets import SecretText, SecretValue
+from tokend.signing import describe_key, key_identity, login_key, masked
 
 if TYPE_CHECKING:
     from tokend.signing import SigningKey
@@ -199,7 +191,7 @@ class GoogleServiceAccount:
                 from tokend.errors import UpstreamError
 
                 raise UpstreamError(self.name, f"key (from {self.config.key.source}) {exc}", retryable=False) from None
-            self._signer = signing_key(self.name, "key's private_key", _key_secret(self.config.key), None)
+            self._signer = login_key(self.name, "key's private_key", _key_secret(self.config.key), None)
             self._account = account
         return self._account, self._signer
 
