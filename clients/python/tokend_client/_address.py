@@ -107,6 +107,11 @@ def _server_table(config: Path | None) -> dict[str, object]:
         raise TokendError(f"the config file {config} cannot be read ({exc.strerror})") from None
     except tomllib.TOMLDecodeError as exc:
         raise TokendError(f"{config} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise TokendError(f"{config} is not UTF-8 text (byte {exc.start + 1} is not); TOML files are UTF-8, "
+                          "comments included") from None
+    except RecursionError:
+        raise TokendError(f"{config} nests tables or arrays too deeply to be a tokend config") from None
     return server if isinstance(server, dict) else {}
 
 
