@@ -248,9 +248,10 @@ def test_a_sink_folder_swapped_for_a_symlink_is_not_written_through(
     folder, _ = as_root_with_a_reader(tmp_path)
     elsewhere = tmp_path / "etc"
     elsewhere.mkdir()
+    (elsewhere / "fts.token").write_text("root's own file\n")  # neither overwritten nor removed at exit
     inner = folder / "app"
     inner.mkdir()
-    daemon = daemon_factory(extra=sink("fts", inner / "fts.token"), min_refresh_interval=0.01)
+    daemon = daemon_factory(extra=sink("fts", inner / "fts.token", remove_on_exit=True), min_refresh_interval=0.01)
     eventually((inner / "fts.token").exists, "the first write")
     (inner / "fts.token").unlink()
     inner.rmdir()
@@ -258,7 +259,8 @@ def test_a_sink_folder_swapped_for_a_symlink_is_not_written_through(
     assert daemon.post("/token/fts/refresh").status_code == 200
     eventually(lambda: sink_error(daemon, "fts") is not None, "the refusal in /status")
     assert "its folder is a symbolic link" in str(sink_error(daemon, "fts"))
-    assert list(elsewhere.iterdir()) == []
+    assert daemon.terminate()[0] == 0
+    assert [(p.name, p.read_text()) for p in elsewhere.iterdir()] == [("fts.token", "root's own file\n")]
 
 
 def test_a_pid_file_naming_tokend_or_another_users_process_or_a_symlink_is_refused(

@@ -21,7 +21,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["send_signal", "write_sink_file"]
+__all__ = ["remove_sink_file", "send_signal", "write_sink_file"]
 
 _NO_FOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: opening a FIFO for writing would otherwise wait for a reader forever; a regular file ignores it.
@@ -38,6 +38,12 @@ def write_sink_file(path: Path, content: bytes, *, mode: int, uid: int, gid: int
         else:
             _overwrite(folder, path.name, content, mode, uid, gid)
         os.fsync(folder)  # the new entry (or the new size) survives a crash
+
+
+def remove_sink_file(path: Path) -> None:
+    """Remove `path` if it is there, from its folder as opened without following a link."""
+    with _folder(path) as folder, contextlib.suppress(FileNotFoundError):
+        os.unlink(path.name, dir_fd=folder)
 
 
 def send_signal(pid_file: Path, number: int) -> None:

@@ -32,7 +32,7 @@ from tokend.accounts import group_id, user_id
 from tokend.credential import Credential, iso_utc
 from tokend.errors import UnknownProvider
 from tokend.fields import Seconds
-from tokend.sinkfiles import send_signal, write_sink_file
+from tokend.sinkfiles import remove_sink_file, send_signal, write_sink_file
 
 if TYPE_CHECKING:
     from tokend.events import Listener
@@ -165,8 +165,11 @@ class SinkWriter:
         for name in self._manager.names:
             for sink in self._sinks(name):
                 if sink.remove_on_exit:
-                    with contextlib.suppress(FileNotFoundError):
-                        sink.path.unlink()
+                    try:
+                        remove_sink_file(sink.path)
+                    except OSError as exc:
+                        log.warning("sink provider=%s path=%s outcome=not_removed error=%s", name, sink.path,
+                                    exc.strerror or exc)
 
     def status(self, name: str) -> list[dict[str, Any]]:
         """What /status shows of a provider's sinks: never their content."""
