@@ -360,3 +360,30 @@ def test_one_providers_slow_command_does_not_hold_up_anothers_sinks(
     token = daemon.post("/token/felloh/refresh").json()["token"]
     eventually(lambda: other.read_text() == token, "the other provider's write", timeout=60)
     assert time.monotonic() - started < 6, "felloh's sink waited for fts's command"
+
+
+def test_a_pid_file_of_root_or_of_the_process_owner_is_signalled(
+    tmp_path: Path, daemon_factory: Callable[..., Daemon]
+) -> None:
+    folder, _ = as_root_with_a_reader(tmp_path)
+    hups = folder / "hups"
+    app = subprocess.Popen([sys.executable, "-c", (  # the reader's own process, as start-stop-daemon leaves it
+        "import signal, time\n"
+        f"signal.signal(signal.SIGHUP, lambda *a: open({str(hups)!r}, 'a').write('h'))\n"
+        f"open({str(hups)!r}, 'w').close()\n"
+        "while True: time.sleep(0.05)\n"
+    )], user=NOBODY, group=NOBODY)
+    try:
+        eventually(hups.exists, "the reader's process to install its handler")
+        by_root, by_reader = tmp_path / "root.pid", folder / "reader.pid"
+        by_root.write_text(f"{app.pid}\n")
+        by_reader.write_text(f"{app.pid}\n")
+        os.chown(by_reader, NOBODY, NOBODY)
+        extra = (sink("fts", tmp_path / "fts.token", signal="HUP", pid_file=str(by_root))
+                 + sink("felloh", tmp_path / "felloh.token", signal="HUP", pid_file=str(by_reader)))
+        daemon = daemon_factory(extra=extra)
+        eventually(lambda: hups.read_text() == "hh", "a SIGHUP through each pid file")
+        assert all(s["ok"] for p in ("fts", "felloh") for s in daemon.get("/status").json()["providers"][p]["sinks"])
+    finally:
+        app.kill()
+        app.wait(10)

@@ -49,9 +49,11 @@ def remove_sink_file(path: Path) -> None:
 def send_signal(pid_file: Path, number: int) -> None:
     """Send signal `number` to the process in `pid_file`, once it is shown to be safe to signal.
 
-    The file must be a regular file that only its owner may write, and the process it names must run as
-    that same owner: a pid file in a folder someone else can write, or one naming another user's process
-    (or tokend itself), is refused.
+    The file must be a regular file with one link that only its owner may write, and it must not name
+    tokend itself. A file of root's or tokend's own user may name any process (they could signal it
+    anyway, and start-stop-daemon writes the pid of a process that then drops to its own user); a file of
+    any other user only a process of that user: whoever can write a pid file may not aim tokend's signal
+    at a process they could not signal themselves.
     """
     pid, file_owner = _pid_in(pid_file)
     if pid == os.getpid():
@@ -64,7 +66,7 @@ def send_signal(pid_file: Path, number: int) -> None:
             owner = os.stat(f"/proc/{pid}").st_uid
         except FileNotFoundError:
             raise OSError(errno.ESRCH, f"the pid file names process {pid}, which is not running") from None
-        if owner != file_owner:
+        if file_owner not in (0, os.geteuid()) and owner != file_owner:
             raise _refused(f"the pid file names process {pid}, which does not run as the file's owner "
                            f"(uid {file_owner})")
         if process is None:
@@ -83,6 +85,8 @@ def _pid_in(pid_file: Path) -> tuple[int, int]:
         info = os.fstat(descriptor)
         if not stat.S_ISREG(info.st_mode):
             raise _refused("the pid file is not a regular file")
+        if info.st_nlink != 1:
+            raise _refused(f"the pid file has {info.st_nlink} links (a hard link to another file?)")
         if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
             raise _refused("the pid file may be written by others than its owner")
         words = os.read(descriptor, 64).split()
