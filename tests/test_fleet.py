@@ -163,7 +163,7 @@ def wait_for(condition: Callable[[], Any], *, timeout: float = 30.0, what: str =
 
 
 def fts_share_key(daemon: Daemon) -> str:
-    return FleetKey.of(base64.b64decode(KEY)).share_key(Settings.load(daemon.config).providers["fts"])
+    return FleetKey.of(base64.b64decode(KEY), "test").share_key(Settings.load(daemon.config).providers["fts"])
 
 
 def fleet_status(daemon: Daemon) -> dict[str, Any]:
