@@ -193,13 +193,11 @@ class Store:
         await self._call("publish", send)
 
     async def key_ids(self) -> dict[str, int]:
-        """Key id -> when last written with, for at most MAX_KEY_IDS of them (a sample, should a Redis writer
-        have filled the hash); entries that are not a key id and a time are skipped."""
-        raw = await self._call("key ids", lambda: self._redis.hrandfield(
-            f"{self.prefix}:keys", MAX_KEY_IDS, withvalues=True))
-        items = [str(item) for item in raw] if isinstance(raw, list) else []
-        return {kid: int(at) for kid, at in zip(items[::2], items[1::2], strict=False)
-                if _KEY_ID.fullmatch(kid) and at.isdigit() and len(at) <= 12}
+        """Key id -> when last written with, for at most MAX_KEY_IDS of them (one page of HSCAN, should a Redis
+        writer have filled the hash); entries that are not a key id and a time are skipped."""
+        _, raw = await self._call("key ids", lambda: self._redis.hscan(f"{self.prefix}:keys", 0, count=MAX_KEY_IDS))
+        pairs = [(str(kid), str(at)) for kid, at in raw.items()][:MAX_KEY_IDS] if isinstance(raw, dict) else []
+        return {kid: int(at) for kid, at in pairs if _KEY_ID.fullmatch(kid) and at.isdigit() and len(at) <= 12}
 
     async def messages(self) -> AsyncIterator[tuple[str, str | None]]:
         """(share key, record or None) for every message on the channel, until the connection fails
