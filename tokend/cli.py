@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from tokend import __version__
-from tokend.errors import ConfigError, DaemonUnavailable, TokendError
+from tokend.errors import ConfigError, DaemonUnavailable, TokendError, UnknownProvider
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing, ~2 ms of `tokend get`; mypy reads it alike
 if TYPE_CHECKING:
@@ -456,16 +456,20 @@ def _status(args: argparse.Namespace) -> int:
 
         print(json.dumps(data, indent=2))
         return Exit.OK
-    rows = [("PROVIDER", "KIND", "STATE", "EXPIRES IN", "NEXT REFRESH", "LAST ERROR")]
+    import time
+
+    from tokend.live import until
+
+    rows = [("PROVIDER", "KIND", "STATE", "SOURCE", "EXPIRES IN", "NEXT REFRESH", "LAST ERROR")]
     for name, provider in data["providers"].items():
         expires = "never" if provider["expires_at"] is None and provider["state"] == "ok" else (
             f"{provider['expires_in']}s" if provider["expires_in"] is not None else "-"
         )
-        rows.append((name, provider["kind"], provider["state"], expires, provider["next_refresh"] or "-",
-                     _last_error(provider["last_error"])))
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+        rows.append((name, provider["kind"], provider["state"], provider.get("source") or "-", expires,
+                     until(provider["next_refresh"], time.time()), _last_error(provider["last_error"])))
+    widths = [max(len(row[i]) for row in rows) for i in range(6)]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row[:5], widths, strict=True)), row[5])
+        print("  ".join(cell.ljust(width) for cell, width in zip(row[:6], widths, strict=True)), row[6])
     return Exit.OK if data["ready"] else Exit.UNAVAILABLE
 
 
@@ -485,7 +489,11 @@ def _exec(args: argparse.Namespace) -> int:
         tokens[name] = variable
     client = _client(args)  # the same checks as every client command: the address, where the key may go
     key = _client_key(args)
-    env = child_environment(client, client.address.url, key, args.provider, tokens)
+    try:
+        env = child_environment(client, client.address.url, key, args.provider, tokens)
+    except UnknownProvider as exc:  # as `tokend get` says it
+        _err(f"tokend exec: {exc.message}")
+        return Exit.UNKNOWN_PROVIDER
     try:
         return run(command, env)
     except Unrunnable as exc:

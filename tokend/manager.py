@@ -378,9 +378,12 @@ class Manager:
                 delay = max(0.0, credential.renew_at - self._clock.time())
             self._schedule(slot, delay)
         self.announcements.announce(LoginEvent(slot.name, reason, "ok", duration, credential=credential))
+        # A token adopted from the fleet is no login of this daemon's: said apart, so that counting the
+        # "login" lines of a fleet's logs counts the upstream's logins.
+        what = "adopt" if credential.source == "fleet" else "login"
         log.info(
-            "login provider=%s outcome=ok expires_at=%s request_id=%s duration_ms=%d next_refresh_in=%s reason=%s "
-            "source=%s", slot.name, iso_utc(credential.expires_at) or "never", credential.request_id or "-",
+            "%s provider=%s outcome=ok expires_at=%s request_id=%s duration_ms=%d next_refresh_in=%s reason=%s "
+            "source=%s", what, slot.name, iso_utc(credential.expires_at) or "never", credential.request_id or "-",
             duration * 1000, _seconds(slot.next_refresh_at, self._clock.time()), reason, credential.source,
         )
         if credential.expiry_note and credential.expiry_note != slot.last_expiry_note:

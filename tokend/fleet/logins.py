@@ -251,9 +251,7 @@ class FleetLogins:
         tally.last = f"adopted the fleet's token ({call.reason})"
         if record is not None:
             self._held[share] = (credential.token, record)
-        log.info("fleet provider=%s adopted the fleet's token (%s) request_id=%s expires_at=%s", call.name,
-                 call.reason, credential.request_id or "-", iso_utc(credential.expires_at))
-        return credential
+        return credential  # the manager logs it, as an adoption
 
     def _expected(self, share: str, current: Credential | None) -> str:
         """The record of the token this daemon holds, if it came from (or went to) the fleet; else ''."""
@@ -323,7 +321,12 @@ class FleetLogins:
                     if (event := self._events.pop(share, None)) is not None:
                         event.set()
             except StoreError as exc:
-                self._trouble(exc)
+                # Counted and told, but the logins are not sent alone for it: a restarted Redis answers
+                # again at once, and each login's own call finds out (in one fast round trip) if it does not.
+                self._redis_errors += 1
+                self._last_error = str(exc)
+                if self._down_since is None:
+                    log.info("fleet: the subscription to Redis failed (%s); subscribing again", exc)
             await asyncio.sleep(self.config.retry_after * self._rng.uniform(0.5, 1.0))
 
     async def _check_key_ids(self) -> None:

@@ -25,10 +25,6 @@ class FlotiqConfig(ProviderBase):
     api_key: Secret
     token_type: Literal["api_key"] = "api_key"
 
-    @property
-    def url(self) -> str:
-        return self.base_url
-
     def _default_api_url(self) -> str:
         return self.base_url
 
