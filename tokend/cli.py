@@ -273,13 +273,12 @@ def _check_login(settings: Settings, name: str) -> int:
     except UpstreamError as exc:
         _err(f"tokend: login to {name} failed: {exc.message}")
         return Exit.UNAVAILABLE
-    secrets = [secret.get() for secret in config.secrets().values()]
+    from tokend.redact import Redactor
+
+    redactor = Redactor(secret.get() for secret in config.secrets().values())
 
     def shown(value: str) -> str:
-        value = value.replace(credential.token, _cut(credential.token))
-        for secret in sorted(secrets, key=len, reverse=True):
-            value = value.replace(secret, "***")
-        return value
+        return redactor.scrub(value.replace(credential.token, _cut(credential.token)))
 
     print(f"login OK: {name} would serve")
     print(f"  token: {_cut(credential.token)} ({credential.token_type})")
