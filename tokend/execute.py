@@ -51,7 +51,8 @@ def child_environment(
         status = _json(client, "GET", "/status")["providers"]
         for name in providers:
             if name not in status:
-                raise UnknownProvider(name, f"the daemon at {url} has no provider named {name!r} (or the key may not read it)")
+                raise UnknownProvider(
+                    name, f"the daemon at {url} has no provider named {name!r} (or the key may not read it)")
             if (proxy := status[name].get("proxy")) is not None:
                 env[f"TOKEND_PROXY_URL_{_variable_part(name)}"] = proxy["url"]
     for name, variable in tokens.items():
@@ -96,7 +97,9 @@ def _json(client: Client, method: str, path: str, provider: str | None = None) -
     reply = client.request(method, path)
     if reply.status != 200:
         message = f"{method} {path}: {reply.error_message()}"
-        raise UnknownProvider(provider, message) if provider and reply.error_code == "unknown_provider" else TokendError(message)
+        if provider is not None and reply.error_code == "unknown_provider":
+            raise UnknownProvider(provider, message)
+        raise TokendError(message)
     return reply.json()
 
 
