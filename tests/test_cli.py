@@ -26,11 +26,13 @@ def test_version() -> None:
 
 
 def test_check_reports_the_config_without_secrets(tmp_path, fakes) -> None:  # type: ignore[no-untyped-def]
-    config = write_config(tmp_path, fakes, extra='[providers.plain]\nkind = "flotiq"\napi_key = "plain-key-123"\n')
+    config = write_config(tmp_path, fakes, extra='[providers.plain]\nkind = "flotiq"\napi_key = "plain-key-123"\n'
+                          f'[[providers.plain.sinks]]\npath = "{tmp_path / "plain.token"}"\nformat = "header"\n')
     config.chmod(0o600)
     result = tokend("--config", str(config), "check")
     assert result.returncode == 0, result.stderr
     assert "config OK: 4 provider(s), 0 client(s)" in result.stdout
+    assert f"    sink: {tmp_path / 'plain.token'} (header, mode 0600)" in result.stdout
     assert f"felloh: felloh at {fakes.felloh_url} (public_key from file" in result.stdout
     assert 'warning: provider "plain", field "api_key": a plain-string secret' in result.stdout
     assert 'warning: providers "felloh", "fts" log in over plain http' in result.stdout  # flotiq: a static key
@@ -54,6 +56,25 @@ def test_the_plain_http_warning_names_only_providers_that_log_in(tmp_path, fakes
     assert 'warning: provider "f" logs in over plain http to a loopback host' in result.stdout, result.stdout
     line = next(line for line in result.stdout.splitlines() if "plain http" in line)
     assert '"k"' not in line  # a static key never logs in
+
+
+def test_fleet_mode_without_its_extra_is_a_config_error_naming_it(tmp_path, fakes) -> None:  # type: ignore[no-untyped-def]
+    import base64
+
+    shadow = tmp_path / "shadow" / "redis"  # a redis that cannot be imported, ahead of the installed one
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text('raise ImportError("No module named \'redis\'")\n')
+    key = tmp_path / "fleet_key"
+    key.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
+    key.chmod(0o600)
+    config = write_config(tmp_path, fakes, extra=f'[fleet]\nredis_url = "redis://127.0.0.1:1"\n'
+                                                 f'encryption_key = {{ file = "{key}" }}\n')
+    env = {"PYTHONPATH": str(shadow.parent)}
+    for command in ("check", "run"):
+        result = tokend("--config", str(config), command, env=env)
+        assert result.returncode == 3, (command, result.stderr)
+        assert "[fleet] needs the fleet extra" in result.stderr and "pip install 'tokend[fleet]'" in result.stderr
+        assert "pip install '.[fleet]'" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_a_typo_in_a_setting_name_suggests_the_near_one(tmp_path) -> None:  # type: ignore[no-untyped-def]

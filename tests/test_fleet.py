@@ -362,6 +362,42 @@ def _restart_then_refresh(fleet: Fleet, redis_server: RedisServer) -> None:
     assert 'tokend_logins_total{outcome="ok",provider="fts"}' not in metrics
 
 
+def test_check_asks_redis_once_and_says_whether_the_key_is_the_fleets(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    def check(daemon: Daemon) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(tokend_command("--config", str(daemon.config), "check"), capture_output=True,
+                              text=True, timeout=60)
+
+    with serve_fakes(lifetime=3600) as fakes:
+        fleet = Fleet(tmp_path, fakes, redis_server)
+        try:
+            first, stranger = fleet.add(), fleet.add(key=OTHER_KEY)
+            before = check(first)
+            assert before.returncode == 0, before.stdout + before.stderr
+            assert f"  fleet: namespace test\n    Redis at {redis_server.url} answered in" in before.stdout
+            assert "no daemon of namespace test has written a token yet" in before.stdout
+            fleet.start([first])
+            ours = FleetKey.of(base64.b64decode(KEY)).id
+            after = check(first)
+            assert after.returncode == 0, after.stdout
+            assert f"key id {ours}: the fleet writes with it" in after.stdout
+            assert "fts: the fleet's current token opens with this key" in after.stdout
+            wrong = check(stranger)
+            assert wrong.returncode == 3, wrong.stdout
+            assert f"error: fleet: daemons of namespace test write with key id(s) {ours}, which this config's keys " \
+                   "are not" in wrong.stdout
+            redis_server.kill()
+            started = time.monotonic()
+            down = check(first)
+            assert down.returncode == 0 and time.monotonic() - started < 15, down.stdout
+            assert "warning: fleet: Redis did not answer" in down.stdout and "log in alone" in down.stdout
+            for result in (before, after, wrong, down):
+                assert KEY not in result.stdout + result.stderr and OTHER_KEY not in result.stdout + result.stderr
+        finally:
+            fleet.stop()
+
+
 def test_a_daemon_with_another_encryption_key_never_serves_the_fleets_token_and_says_why(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:

@@ -230,7 +230,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from tokend.audit import audit
+    from tokend.audit import Finding, audit
     from tokend.config import Settings
     from tokend.upstream import build_client
 
@@ -238,6 +238,11 @@ def _check(args: argparse.Namespace) -> int:
     settings = Settings.load(path)
     build_client(settings)  # the trust store and the proxy variables, as the daemon will use them
     findings = audit(settings, path)
+    fleet = _probe_fleet(settings)
+    if fleet is not None:
+        findings += [Finding("error", error) for error in fleet.errors]
+        findings += [Finding("warning", warning) for warning in fleet.warnings]
+        findings.sort(key=lambda finding: finding.level != "error")
     errors = sum(finding.level == "error" for finding in findings)
     print(f"config {'has ' + str(errors) + ' error(s)' if errors else 'OK'}: {len(settings.providers)} "
           f"provider(s), {len(settings.clients)} client(s)")
@@ -248,13 +253,32 @@ def _check(args: argparse.Namespace) -> int:
         if provider.proxy:
             also = f", and on {provider.proxy_listen}" if provider.proxy_listen else ""
             print(f"    proxy: /proxy/{name}/ -> {provider.proxy_target}{also}")
+        for sink in provider.sinks:
+            print(f"    sink: {sink.path} ({sink.format}, mode {sink.mode:04o})")
+        if settings.fleet is not None and not provider.fleet:
+            print("    fleet: off for this provider (fleet = false)")
     listening = settings.server.socket or f"http://{settings.server.host}:{settings.server.port}"
     print(f"  serving on {listening}")
+    if settings.fleet is not None and fleet is not None:
+        print(f"  fleet: namespace {settings.fleet.namespace}")
+        for line in fleet.lines:
+            print(f"    {line}")
     for finding in findings:
         print(finding)
     if errors:
         return Exit.CONFIG
     return _check_login(settings, args.login) if args.login else Exit.OK
+
+
+def _probe_fleet(settings: Settings) -> Any:
+    """One bounded look at the fleet's Redis (tokend.fleet.probe), or None without [fleet]."""
+    if settings.fleet is None:
+        return None
+    import asyncio
+
+    from tokend.fleet.probe import probe
+
+    return asyncio.run(probe(settings.fleet, settings.providers))
 
 
 def _check_login(settings: Settings, name: str) -> int:

@@ -26,7 +26,7 @@ from pydantic_settings import (
 
 from tokend.errors import ConfigError
 from tokend.fields import Seconds, SocketMode, is_loopback_host
-from tokend.fleet.config import FleetConfig
+from tokend.fleet.config import FleetConfig, missing_extra
 from tokend.providers import KINDS, PROVIDER_KINDS, ProviderConfig
 from tokend.secrets import Secret, config_directory
 
@@ -131,6 +131,14 @@ class Settings(BaseSettings):
     def _fleet_rotates_no_felloh_keys(self) -> Settings:
         if self.fleet is not None and (refused := self.fleet.refused_rotations(self.providers)):
             raise ValueError(refused)
+        return self
+
+    @model_validator(mode="after")
+    def _fleet_extra_installed(self) -> Settings:
+        # Here rather than when the daemon starts: `tokend check` says it too, and `tokend run` ends with
+        # this sentence, not with a traceback from deep inside the start.
+        if self.fleet is not None and (missing := missing_extra()):
+            raise ValueError(missing)
         return self
 
     @model_validator(mode="after")

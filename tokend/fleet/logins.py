@@ -43,7 +43,7 @@ FAILURE_HOLD = 5.0
 REJECTED_HOLD = 60.0  # refused credentials need a person; the daemons' backoff is at least this too
 MAX_ALONE_JITTER = 2.0  # seconds: logging in alone after Redis failed, spread so a fleet does not do it at once
 _BACKSTOP = 1.0  # a waiter looks at Redis again this often, in case a pub/sub message was lost
-_KEY_SEEN_WITHIN = 86400.0  # another daemon's key id counts as in use if it wrote within this
+KEY_SEEN_WITHIN = 86400.0  # another daemon's key id counts as in use if it wrote within this
 
 
 @dataclass
@@ -338,7 +338,7 @@ class FleetLogins:
             return
         now = time.time()
         for kid, at in seen.items():
-            if kid not in self._by_id and now - at < _KEY_SEEN_WITHIN and kid not in self._foreign:
+            if kid not in self._by_id and now - at < KEY_SEEN_WITHIN and kid not in self._foreign:
                 log.warning("fleet: another daemon of namespace %s writes with key id %s, which this daemon does "
                             "not have (this one writes with %s): tokens are not shared between them; give every "
                             "daemon the same encryption_key", self.config.namespace, kid, self._keys[0].id)

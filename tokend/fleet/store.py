@@ -123,6 +123,9 @@ class Store:
         except (RedisError, OSError) as exc:
             raise StoreError(f"{what}: {self.where}: {_reason(exc)}") from None
 
+    async def ping(self) -> None:
+        await self._call("ping", lambda: self._redis.ping())
+
     async def read(self, shares: list[str]) -> list[str | None]:
         keys = [self.token_key(share) for share in shares]
         values = await self._call("read", lambda: self._redis.mget(keys))
