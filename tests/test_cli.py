@@ -388,3 +388,100 @@ def test_the_demo_banner_says_when_tokens_are_renewed(tmp_path) -> None:  # type
     for delay in re.findall(r"login provider=(?:felloh|fts) outcome=ok .*next_refresh_in=([\d.]+)s", text):
         # Whole-second expiries (as Felloh's) make a token up to 1 s shorter than its nominal lifetime.
         assert 7 * 19 / 20 - 0.1 <= float(delay) <= 15.4 + 0.1, text
+
+
+def test_init_writes_a_starting_config_that_passes_check_once_its_variables_are_set(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tokend.starter import DEFAULT_KINDS
+
+    assert {"felloh", "fintech_studios", "flotiq", "oauth2_client_credentials", "http", "static"} <= set(DEFAULT_KINDS)
+    for kinds in [[kind] for kind in DEFAULT_KINDS] + [list(DEFAULT_KINDS)]:
+        output = tmp_path / f"{'-'.join(kinds)}.toml"
+        written = tokend("init", *kinds, "--output", str(output))
+        assert written.returncode == 0, written.stderr
+        assert output.stat().st_mode & 0o777 == 0o600
+        text = output.read_text()
+        live = "\n".join(line for line in text.splitlines() if not line.startswith("#"))
+        names = re.findall(r'\{ env = "(\w+)" \}', live)
+        assert names and f"set {', '.join(dict.fromkeys(names))}, then run" in written.stderr
+        checked = tokend("--config", str(output), "check", env={name: f"value-of-{name}" for name in names})
+        assert checked.returncode == 0 and "error:" not in checked.stdout, (kinds, checked.stdout, checked.stderr)
+        assert f"config OK: {len(kinds)} provider(s)" in checked.stdout
+    unset = tokend("--config", str(output), "check")  # the last one, every kind: its variables are named
+    assert unset.returncode == 3 and f"environment variable {names[0]} is not set" in unset.stderr
+
+    # With no kind: every kind's table commented out, which loads as it is (and serves nothing yet).
+    plain = tokend("init")
+    assert plain.returncode == 0 and "# [providers.felloh]" in plain.stdout and "\n[providers." not in plain.stdout
+    bare = tmp_path / "bare.toml"
+    bare.write_text(plain.stdout)
+    bare.chmod(0o600)
+    assert "no providers are configured" in tokend("--config", str(bare), "check").stdout
+
+    kept = tmp_path / "flotiq.toml"
+    before = kept.read_text()
+    refused = tokend("init", "felloh", "--output", str(kept))
+    assert refused.returncode == 1 and "never overwrites" in refused.stderr and kept.read_text() == before
+    unknown = tokend("init", "vault")
+    assert unknown.returncode == 2 and "no kind named 'vault'" in unknown.stderr
+
+
+def complete_in_bash(script: str, *words: str) -> list[str]:
+    """What bash offers for the last of `words` (the word being typed), with the script sourced."""
+    import shutil
+
+    driver = ('source "$1"; shift; COMP_WORDS=("$@"); COMP_CWORD=$(( $# - 1 )); _tokend; '
+              'printf "%s\\n" "${COMPREPLY[@]}"')
+    bash = shutil.which("bash") or "/bin/bash"
+    result = subprocess.run([bash, "--norc", "-c", driver, "_", script, "tokend", *words], capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    return [line for line in result.stdout.splitlines() if line]
+
+
+def test_bash_completion_is_generated_from_the_parser_and_completes_commands(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tokend.cli import _parser
+
+    script = tmp_path / "tokend.bash"
+    script.write_text(tokend("completion", "bash").stdout)
+    commands = next(action for action in _parser()._actions if action.dest == "command").choices
+    assert set(commands) <= set(complete_in_bash(str(script), "")), "every command of the parser is offered"
+    assert complete_in_bash(str(script), "st") == ["status"]
+    assert set(complete_in_bash(str(script), "felloh", "")) >= {"keys", "rotate"}
+    assert complete_in_bash(str(script), "felloh", "keys", "cr") == ["create"]
+    assert complete_in_bash(str(script), "run", "--log-level", "") == ["debug", "info", "warning", "error"]
+    assert complete_in_bash(str(script), "--config", "check.toml", "ch") == ["check"]  # a value is not a command
+    assert complete_in_bash(str(script), "init", "fl") == ["flotiq"]
+    assert complete_in_bash(str(script), "get", "--f") == ["--format"]
+    (tmp_path / "mine.toml").write_text("")
+    assert complete_in_bash(str(script), "check", "--config", str(tmp_path / "mi")) == [str(tmp_path / "mine.toml")]
+
+
+def test_zsh_and_fish_completion_come_from_the_same_table(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    import pytest
+
+    shells = {shell: shutil.which(shell) for shell in ("zsh", "fish")}
+    missing = [shell for shell, path in shells.items() if path is None]
+    if missing:
+        pytest.skip(f"{' and '.join(missing)} not installed (Debian: apt-get install {' '.join(missing)})")
+    zsh = tmp_path / "_tokend"
+    zsh.write_text(tokend("completion", "zsh").stdout)
+    probe = (f'autoload -Uz compinit && compinit -u -d {tmp_path}/zcompdump; source {zsh}; '
+             'print -r -- "$_comps[tokend]"; _tokend_words "felloh keys"; _tokend_value run --log-level')
+    result = subprocess.run([str(shells["zsh"]), "-f", "-c", probe], capture_output=True, text=True, timeout=30)
+    assert result.stdout.splitlines() == [
+        "_tokend", "list create delete -h --help --config", "debug info warning error"]
+    fish = tmp_path / "tokend.fish"
+    fish.write_text(tokend("completion", "fish").stdout)
+
+    def complete_in_fish(line: str) -> list[str]:
+        found = subprocess.run([str(shells["fish"]), "--no-config", "-c", f"source {fish}; complete -C '{line}'"],
+                               capture_output=True, text=True, timeout=30)
+        assert found.returncode == 0, found.stderr
+        return [candidate.split("\t")[0] for candidate in found.stdout.splitlines()]
+
+    assert complete_in_fish("tokend sta") == ["status"]
+    assert {"keys", "rotate"} <= set(complete_in_fish("tokend felloh "))
+    assert complete_in_fish("tokend run --log-level ") == ["debug", "error", "info", "warning"]
+    assert complete_in_fish("tokend --config x.toml ch") == ["check"]

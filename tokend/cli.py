@@ -91,7 +91,9 @@ def _main(argv: list[str] | None) -> int:
         return Exit.OK
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(kinds: tuple[str, ...] | None = None) -> argparse.ArgumentParser:
+    """tokend's command line. `kinds`: the provider kinds, for `init`'s completion; left out otherwise, so that
+    a client command does not import the provider models just to parse its arguments."""
     exit_codes = "\n".join(f"  {int(code)}  {meaning}" for code, meaning in _EXIT_MEANINGS.items())
     parser = argparse.ArgumentParser(prog="tokend", description="A loopback credential daemon.",
                                      epilog=f"exit codes:\n{exit_codes}",
@@ -156,6 +158,18 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--lifetime", type=float, default=30.0, help="seconds each fake token lives (default 30)")
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     demo.set_defaults(handler=_demo)
+
+    init = commands.add_parser("init", help="write a commented starting config for the kinds asked for",
+                               description="Print (or write to a new file, mode 0600) a starting config with a "
+                               "provider table for each KIND; with none, every kind's table commented out.")
+    init.add_argument("kinds", nargs="*", metavar="KIND", choices=kinds,
+                      help="provider kinds: felloh, fintech_studios, flotiq, oauth2_client_credentials, ...")
+    init.add_argument("--output", metavar="FILE", help="write to FILE, which must not exist yet (default: stdout)")
+    init.set_defaults(handler=_init)
+
+    completion = commands.add_parser("completion", help="print a shell completion script (bash, zsh or fish)")
+    completion.add_argument("shell", choices=("bash", "zsh", "fish"))
+    completion.set_defaults(handler=_completion)
     _config_after_command(commands)
     return parser
 
@@ -339,6 +353,39 @@ def _demo(args: argparse.Namespace) -> int:
             timer.daemon = True
             timer.start()
         return Exit.OK if serve(demo.settings, demo.sock, config_path=demo.config_path) else Exit.FAILURE
+
+
+def _init(args: argparse.Namespace) -> int:
+    from tokend.secretfile import write_new_secret_file
+    from tokend.starter import environment_variables, starter_config
+
+    try:
+        text = starter_config(args.kinds)
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
+    if args.output is None:
+        print(text, end="")
+        return Exit.OK
+    try:
+        write_new_secret_file(Path(args.output), text.removesuffix("\n"))
+    except FileExistsError:
+        _err(f"tokend: {args.output} exists; tokend init never overwrites a file: remove it or give another --output")
+        return Exit.FAILURE
+    except OSError as exc:
+        _err(f"tokend: cannot write {args.output} ({exc.strerror})")
+        return Exit.FAILURE
+    needs = environment_variables(text)
+    then = f"set {', '.join(needs)}, then run" if needs else "uncomment the providers you use, then run"
+    _err(f"tokend: wrote {args.output} (mode 0600); {then} `tokend check --config {args.output}`")
+    return Exit.OK
+
+
+def _completion(args: argparse.Namespace) -> int:
+    from tokend.completion import completion_script
+    from tokend.starter import DEFAULT_KINDS
+
+    print(completion_script(_parser(kinds=DEFAULT_KINDS), args.shell), end="")
+    return Exit.OK
 
 
 # --- client commands ------------------------------------------------------------------------------------

@@ -41,4 +41,10 @@ class Flotiq:
         )
 
 
-KIND = Kind("flotiq", FlotiqConfig, Flotiq)
+EXAMPLE = """\
+[providers.flotiq]
+kind = "flotiq"
+api_key = { env = "FLOTIQ_API_KEY" }       # a key made in the Flotiq panel (read-only is best); no login
+"""
+
+KIND = Kind("flotiq", FlotiqConfig, Flotiq, example=EXAMPLE)
