@@ -73,20 +73,15 @@ def _posix_tables(prog: str, table: dict[str, _Command]) -> str:
             f'    case "$1|$2" in\n{values}    esac\n}}\n')
 
 
-def _bash(prog: str, table: dict[str, _Command]) -> str:
+def _posix_walk(prog: str, words: str, current: str, commands: str) -> str:
+    """The loop bash and zsh share: from the words typed before the cursor (`words`, up to index `current`), the
+    command path, skipping each option's value; then `value`: what the word before the cursor takes."""
     name = _function_name(prog)
     return f"""\
-# bash completion for {prog}, generated from its own command line by `{prog} completion bash`.
-# Load it with `source <({prog} completion bash)` in ~/.bashrc, or save it as
-# ~/.local/share/bash-completion/completions/{prog}.
-{_posix_tables(prog, table)}
-_{name}() {{
-    local cur="${{COMP_WORDS[COMP_CWORD]}}" cmdpath="" word value i=1
-    COMPREPLY=()
-    while (( i < COMP_CWORD )); do
-        word="${{COMP_WORDS[i]}}"
+    while (( i < {current} )); do
+        word="${{{words}[i]}}"
         if [[ "$word" == "--" ]]; then  # `{prog} exec -- COMMAND`: a command of the system's
-            COMPREPLY=($(compgen -c -- "$cur"))
+            {commands}
             return
         fi
         value="$(_{name}_value "$cmdpath" "$word")"
@@ -99,8 +94,21 @@ _{name}() {{
         fi
         (( i += 1 ))
     done
-    value="$(_{name}_value "$cmdpath" "${{COMP_WORDS[COMP_CWORD-1]}}")"
-    case "$value" in
+    value="$(_{name}_value "$cmdpath" "${{{words}[{current}-1]}}")"
+"""
+
+
+def _bash(prog: str, table: dict[str, _Command]) -> str:
+    name = _function_name(prog)
+    return f"""\
+# bash completion for {prog}, generated from its own command line by `{prog} completion bash`.
+# Load it with `source <({prog} completion bash)` in ~/.bashrc, or save it as
+# ~/.local/share/bash-completion/completions/{prog}.
+{_posix_tables(prog, table)}
+_{name}() {{
+    local cur="${{COMP_WORDS[COMP_CWORD]}}" cmdpath="" word value i=1
+    COMPREPLY=()
+{_posix_walk(prog, "COMP_WORDS", "COMP_CWORD", 'COMPREPLY=($(compgen -c -- "$cur"))')}    case "$value" in
         "") COMPREPLY=($(compgen -W "$(_{name}_words "$cmdpath")" -- "$cur")) ;;
         {_FILE}) COMPREPLY=($(compgen -f -- "$cur")) ;;
         {_ANY}) ;;
@@ -122,24 +130,7 @@ def _zsh(prog: str, table: dict[str, _Command]) -> str:
 _{name}() {{
     local cur="${{words[CURRENT]}}" cmdpath="" word value
     local -i i=2
-    while (( i < CURRENT )); do
-        word="${{words[i]}}"
-        if [[ "$word" == "--" ]]; then  # `{prog} exec -- COMMAND`: a command of the system's
-            _command_names -e
-            return
-        fi
-        value="$(_{name}_value "$cmdpath" "$word")"
-        if [[ -n "$value" ]]; then
-            (( i += 2 ))  # an option and its value
-            continue
-        fi
-        if [[ " $(_{name}_commands "$cmdpath") " == *" $word "* ]]; then
-            cmdpath="${{cmdpath:+$cmdpath }}$word"
-        fi
-        (( i += 1 ))
-    done
-    value="$(_{name}_value "$cmdpath" "${{words[CURRENT-1]}}")"
-    case "$value" in
+{_posix_walk(prog, "words", "CURRENT", "_command_names -e")}    case "$value" in
         "") compadd -- ${{=$(_{name}_words "$cmdpath")}} ;;
         {_FILE}) _files ;;
         {_ANY}) _message "a value" ;;
