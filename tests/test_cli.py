@@ -329,11 +329,11 @@ def test_check_warns_of_whitespace_around_a_secret_without_showing_it(tmp_path, 
     assert result.stdout.count("whitespace (a space") == 1  # the fakes' own secret files are clean
 
 
-def test_the_readme_client_snippets_run_against_the_demo_as_printed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_the_getting_started_client_snippets_run_against_the_demo_as_printed(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from pathlib import Path
 
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    section = readme.split("<!-- client-snippets -->")[1].split("<!-- /client-snippets -->")[0]
+    page = (Path(__file__).parent.parent / "docs" / "index.md").read_text()
+    section = page.split("<!-- client-snippets -->")[1].split("<!-- /client-snippets -->")[0]
     blocks = dict(re.findall(r"```(sh|python|js)\n(.*?)```", section, re.S))
     assert set(blocks) == {"sh", "python", "js"}
     assert "status" in blocks["js"] and "answer.ok" in blocks["js"]  # the Node one checks tokend's answer
@@ -390,23 +390,42 @@ def test_the_demo_banner_says_when_tokens_are_renewed(tmp_path) -> None:  # type
         assert 7 * 19 / 20 - 0.1 <= float(delay) <= 15.4 + 0.1, text
 
 
-def test_init_writes_a_starting_config_that_passes_check_once_its_variables_are_set(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from tokend.starter import DEFAULT_KINDS
+def test_init_writes_a_starting_config_that_passes_check_once_its_variables_are_set(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import json
 
-    assert {"felloh", "fintech_studios", "flotiq", "oauth2_client_credentials", "http", "static"} <= set(DEFAULT_KINDS)
-    for kinds in [[kind] for kind in DEFAULT_KINDS] + [list(DEFAULT_KINDS)]:
-        output = tmp_path / f"{'-'.join(kinds)}.toml"
-        written = tokend("init", *kinds, "--output", str(output))
-        assert written.returncode == 0, written.stderr
-        assert output.stat().st_mode & 0o777 == 0o600
-        text = output.read_text()
-        live = "\n".join(line for line in text.splitlines() if not line.startswith("#"))
-        names = re.findall(r'\{ env = "(\w+)" \}', live)
-        assert names and f"set {', '.join(dict.fromkeys(names))}, then run" in written.stderr
-        checked = tokend("--config", str(output), "check", env={name: f"value-of-{name}" for name in names})
-        assert checked.returncode == 0 and "error:" not in checked.stdout, (kinds, checked.stdout, checked.stderr)
-        assert f"config OK: {len(kinds)} provider(s)" in checked.stdout
-    unset = tokend("--config", str(output), "check")  # the last one, every kind: its variables are named
+    from tokend.audit import audit
+    from tokend.config import Settings
+    from tokend.providers import PROVIDER_KINDS
+    from tokend.starter import DEFAULT_KINDS, environment_variables, starter_config
+
+    assert set(DEFAULT_KINDS) == set(PROVIDER_KINDS), "every kind has a starting table"
+    pem = _rsa_pem()
+    values = {"GITHUB_APP_PRIVATE_KEY": pem, "SALESFORCE_PRIVATE_KEY": pem, "GOOGLE_SERVICE_ACCOUNT_KEY": json.dumps({
+        "type": "service_account", "client_email": "tokend@project.iam.gserviceaccount.com", "private_key": pem,
+        "private_key_id": "1a2b3c", "token_uri": "https://oauth2.googleapis.com/token"})}
+    for kind in DEFAULT_KINDS:  # each kind's table alone loads, and check finds nothing wrong with it
+        single = tmp_path / f"{kind}.toml"
+        single.write_text(starter_config([kind]))
+        single.chmod(0o600)
+        for name in environment_variables(single.read_text()):
+            monkeypatch.setenv(name, values.get(name, f"value-of-{name}"))
+        settings = Settings.load(single)
+        assert [config.kind for config in settings.providers.values()] == [kind]
+        assert [finding for finding in audit(settings, single) if finding.level == "error"] == [], kind
+
+    # All of them, through the command line: a new file, mode 0600; check passes once the variables are set.
+    output = tmp_path / "all.toml"
+    written = tokend("init", *DEFAULT_KINDS, "--output", str(output))
+    assert written.returncode == 0, written.stderr
+    assert output.stat().st_mode & 0o777 == 0o600
+    names = environment_variables(output.read_text())
+    assert len(names) >= len(DEFAULT_KINDS) and f"set {', '.join(names)}, then run" in written.stderr
+    checked = tokend("--config", str(output), "check")  # the variables are set in this process's environment
+    assert checked.returncode == 0 and "error:" not in checked.stdout, (checked.stdout, checked.stderr)
+    assert f"config OK: {len(DEFAULT_KINDS)} provider(s)" in checked.stdout
+    for name in names:
+        monkeypatch.delenv(name)
+    unset = tokend("--config", str(output), "check")
     assert unset.returncode == 3 and f"environment variable {names[0]} is not set" in unset.stderr
 
     # With no kind: every kind's table commented out, which loads as it is (and serves nothing yet).
@@ -417,12 +436,20 @@ def test_init_writes_a_starting_config_that_passes_check_once_its_variables_are_
     bare.chmod(0o600)
     assert "no providers are configured" in tokend("--config", str(bare), "check").stdout
 
-    kept = tmp_path / "flotiq.toml"
-    before = kept.read_text()
-    refused = tokend("init", "felloh", "--output", str(kept))
-    assert refused.returncode == 1 and "never overwrites" in refused.stderr and kept.read_text() == before
+    before = output.read_text()
+    refused = tokend("init", "felloh", "--output", str(output))
+    assert refused.returncode == 1 and "never overwrites" in refused.stderr and output.read_text() == before
     unknown = tokend("init", "vault")
-    assert unknown.returncode == 2 and "no kind named 'vault'" in unknown.stderr
+    assert unknown.returncode == 2 and "'vault' is not a provider kind" in unknown.stderr
+
+
+def _rsa_pem() -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()).decode()
 
 
 def complete_in_bash(script: str, *words: str) -> list[str]:

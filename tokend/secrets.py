@@ -21,8 +21,18 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, PlainValidator, SecretStr
 
-__all__ = ["Secret", "SecretValue", "collect_secrets", "config_directory", "reread_secret_files", "reread_secrets",
-           "resolve_secret"]
+__all__ = [
+    "Secret",
+    "SecretText",
+    "SecretValue",
+    "collect_secrets",
+    "config_directory",
+    "config_relative",
+    "reread_secret_files",
+    "reread_secrets",
+    "resolve_secret",
+    "resolve_secret_text",
+]
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -53,6 +63,8 @@ class SecretValue:
     value: SecretStr
     source: str
     path: Path | None = None
+    # A PEM key or a JSON key file spans lines, and is never sent as a header: line breaks are its own.
+    multiline: bool = False
     # How to read it anew where that may give another value (a command run again, the keyring asked again).
     again: Callable[[], SecretValue] | None = field(default=None, compare=False, repr=False)
 
@@ -64,16 +76,23 @@ class SecretValue:
         return self.value.get_secret_value()
 
 
-def _checked(value: str, where: str) -> str:
+def _checked(value: str, where: str, *, multiline: bool = False) -> str:
     """`value`, or ValueError if it holds a control character: a secret is sent inside HTTP headers and
     bodies, where a line break or a NUL breaks the request, and the HTTP library's error would then quote
     the header, secret and all. The message names the character, never the value."""
     for char in value:
+        if multiline and char in "\n\r\t":
+            continue
         if ord(char) < 0x20 or ord(char) == 0x7F:
             name = _CONTROL_NAMES.get(char, f"the control character U+{ord(char):04X}")
             raise ValueError(f"{where} holds {name} inside the secret or after it (only one final line break "
                              "is taken off); remove it")
     return value
+
+
+def config_relative(path: Path) -> Path:
+    """`path` made absolute as a secret file's is: relative to the config file's folder."""
+    return _absolute(path)
 
 
 def _absolute(path: Path) -> Path:
@@ -82,7 +101,7 @@ def _absolute(path: Path) -> Path:
     return (_CONFIG_DIRECTORY.get() or Path.cwd().absolute()) / path
 
 
-def _read_secret_file(path: Path, what: str) -> SecretValue:
+def _read_secret_file(path: Path, what: str, *, multiline: bool = False) -> SecretValue:
     path = _absolute(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -95,19 +114,21 @@ def _read_secret_file(path: Path, what: str) -> SecretValue:
     value = text.removesuffix("\n").removesuffix("\r")
     if not value:
         raise ValueError(f"{what} {path} is empty")
-    return SecretValue(SecretStr(_checked(value, f"{what} {path}")), f"file {path}", path)
+    checked = _checked(value, f"{what} {path}", multiline=multiline)
+    return SecretValue(SecretStr(checked), f"file {path}", path, multiline)
 
 
-def _secret_from_env(name: str) -> SecretValue:
+def _secret_from_env(name: str, *, multiline: bool = False) -> SecretValue:
     value = os.environ.get(name)
     if value is None:
         raise ValueError(f"environment variable {name} is not set")
     if not value:
         raise ValueError(f"environment variable {name} is empty")
-    return SecretValue(SecretStr(_checked(value, f"environment variable {name}")), f"env {name}")
+    checked = _checked(value, f"environment variable {name}", multiline=multiline)
+    return SecretValue(SecretStr(checked), f"env {name}", multiline=multiline)
 
 
-def _secret_from_credential(name: str) -> SecretValue:
+def _secret_from_credential(name: str, *, multiline: bool = False) -> SecretValue:
     directory = os.environ.get("CREDENTIALS_DIRECTORY")
     if not directory:
         raise ValueError(
@@ -116,12 +137,13 @@ def _secret_from_credential(name: str) -> SecretValue:
         )
     if "/" in name or name in ("", ".", ".."):
         raise ValueError(f"credential name {name!r} must be a plain file name")
-    return _read_secret_file(Path(directory) / name, "credential file")
+    return _read_secret_file(Path(directory) / name, "credential file", multiline=multiline)
 
 
-def _secret_from_command(argv: list[str], timeout: float) -> SecretValue:
-    """The first line `argv` prints, run without a shell. What it writes to stderr is never shown: a password
-    manager may print the value there, or more than the value."""
+def _secret_from_command(argv: list[str], timeout: float, *, multiline: bool = False) -> SecretValue:
+    """The first line `argv` prints (all it prints, but one final line break, for a secret that spans lines: a
+    PEM key), run without a shell. What it writes to stderr is never shown: a password manager may print the
+    value there, or more than the value."""
     what = f"command {argv[0]}"
     code, output = _run(argv, timeout, what)
     if code != 0:
@@ -132,10 +154,12 @@ def _secret_from_command(argv: list[str], timeout: float) -> SecretValue:
         text = output.decode()
     except UnicodeDecodeError:
         raise ValueError(f"{what} printed something that is not UTF-8 text") from None
-    value = text.split("\n", 1)[0].removesuffix("\r")
+    value = text.removesuffix("\n") if multiline else text.split("\n", 1)[0]
+    value = value.removesuffix("\r")
     if not value:
-        raise ValueError(f"{what} printed nothing on its first line")
-    return SecretValue(SecretStr(_checked(value, what)), what, again=lambda: _secret_from_command(argv, timeout))
+        raise ValueError(f"{what} printed nothing" + ("" if multiline else " on its first line"))
+    return SecretValue(SecretStr(_checked(value, what, multiline=multiline)), what, multiline=multiline,
+                       again=lambda: _secret_from_command(argv, timeout, multiline=multiline))
 
 
 def _run(argv: list[str], timeout: float, what: str) -> tuple[int, bytes]:
@@ -161,7 +185,7 @@ def _run(argv: list[str], timeout: float, what: str) -> tuple[int, bytes]:
     return child.returncode, output
 
 
-def _command(raw: dict[str, Any]) -> SecretValue:
+def _command(raw: dict[str, Any], *, multiline: bool = False) -> SecretValue:
     argv, timeout = raw.get("command"), raw.get("timeout", COMMAND_TIMEOUT)
     if set(raw) - {"command", "timeout"}:
         raise ValueError("{ command = [...] } takes only timeout beside it")
@@ -170,10 +194,10 @@ def _command(raw: dict[str, Any]) -> SecretValue:
                          '{ command = ["op", "read", "op://vault/item/field"] }')
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < math.inf:
         raise ValueError("the command's timeout must be a number of seconds above 0")
-    return _secret_from_command(argv, float(timeout))
+    return _secret_from_command(argv, float(timeout), multiline=multiline)
 
 
-def _secret_from_keyring(where: str) -> SecretValue:
+def _secret_from_keyring(where: str, *, multiline: bool = False) -> SecretValue:
     """The OS keyring's password for `service/username` (split at the last `/`: a service may be a URL)."""
     service, slash, username = where.rpartition("/")
     if not slash or not service or not username:
@@ -192,33 +216,41 @@ def _secret_from_keyring(where: str) -> SecretValue:
         backend = type(keyring.get_keyring()).__name__
         raise ValueError(f"keyring {where}: no password for service {service!r}, username {username!r} in the "
                          f"keyring ({backend})")
-    return SecretValue(SecretStr(_checked(value, f"keyring {where}")), f"keyring {where}",
-                       again=lambda: _secret_from_keyring(where))
+    checked = _checked(value, f"keyring {where}", multiline=multiline)
+    return SecretValue(SecretStr(checked), f"keyring {where}", multiline=multiline,
+                       again=lambda: _secret_from_keyring(where, multiline=multiline))
 
 
 _SECRET_SOURCES = {"env": _secret_from_env, "credential": _secret_from_credential, "keyring": _secret_from_keyring}
 
 
-def resolve_secret(raw: Any) -> SecretValue:
+def resolve_secret(raw: Any, *, multiline: bool = False) -> SecretValue:
     if isinstance(raw, SecretValue):
         return raw
     if isinstance(raw, str):
         if not raw:
             raise ValueError("is empty")
-        return SecretValue(SecretStr(_checked(raw, "the string")), "plain string")
+        return SecretValue(SecretStr(_checked(raw, "the string", multiline=multiline)), "plain string",
+                           multiline=multiline)
     if isinstance(raw, dict) and "command" in raw:
-        return _command(raw)
+        return _command(raw, multiline=multiline)
     if isinstance(raw, dict) and len(raw) == 1:
         (how, where), = raw.items()
         if how == "file" and isinstance(where, str) and where:
-            return _read_secret_file(Path(where), "secret file")
+            return _read_secret_file(Path(where), "secret file", multiline=multiline)
         if how in _SECRET_SOURCES and isinstance(where, str) and where:
-            return _SECRET_SOURCES[how](where)
+            return _SECRET_SOURCES[how](where, multiline=multiline)
     raise ValueError('must be { env = "NAME" }, { file = "/path" }, { credential = "name" }, { command = [...] }, '
                      '{ keyring = "service/username" } or a string')
 
 
+def resolve_secret_text(raw: Any) -> SecretValue:
+    """A secret that may span lines (a PEM private key, a service account's JSON key file)."""
+    return resolve_secret(raw, multiline=True)
+
+
 Secret = Annotated[SecretValue, PlainValidator(resolve_secret)]
+SecretText = Annotated[SecretValue, PlainValidator(resolve_secret_text)]
 
 
 def reread_secret_files(config: ModelT) -> ModelT:
@@ -240,7 +272,7 @@ def reread_secrets(config: ModelT) -> ModelT:
 def _reread(value: Any, *, every: bool) -> Any:
     if isinstance(value, SecretValue):
         if value.path is not None:
-            return _read_secret_file(value.path, "secret file")
+            return _read_secret_file(value.path, "secret file", multiline=value.multiline)
         return value.again() if every and value.again is not None else value
     if isinstance(value, BaseModel):
         return value.model_copy(

@@ -40,7 +40,9 @@ def starter_config(kinds: Sequence[str] = ()) -> str:
     examples = {kind.name: kind.example for kind in KINDS if kind.example}
     unknown = [name for name in kinds if name not in examples]
     if unknown:
-        raise ValueError(f"no kind named {unknown[0]!r}; tokend init knows {', '.join(examples)}")
+        known = {kind.name for kind in KINDS}
+        what = "has no starting table yet" if unknown[0] in known else "is not a provider kind"
+        raise ValueError(f"{unknown[0]!r} {what}; tokend init knows {', '.join(examples)}")
     if kinds:
         tables = [examples[name] for name in dict.fromkeys(kinds)]
         names = environment_variables("".join(tables))
