@@ -184,3 +184,11 @@ def test_a_keyring_secret_without_the_extra_names_it(tmp_path: Path) -> None:
                             text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(shadow.parent)})
     assert result.returncode == 3 and "Traceback" not in result.stderr
     assert "{ keyring } needs the keyring extra" in result.stderr and "pip install '.[keyring]'" in result.stderr
+
+
+def test_a_command_for_a_secret_that_spans_lines_gives_all_it_prints(tmp_path: Path) -> None:
+    from tokend.secrets import resolve_secret_text
+
+    pem = "-----BEGIN PRIVATE KEY-----\nMIIB\nVQIB\n-----END PRIVATE KEY-----"
+    vault = script(tmp_path, "vault", f"printf '%s\\n' '{pem}'\n")
+    assert resolve_secret_text({"command": [str(vault)]}).get() == pem
