@@ -65,7 +65,7 @@ def until(iso: str | None, now: float) -> str:
 
 
 def _table(rows: list[tuple[str, ...]]) -> str:
-    header = ("PROVIDER", "STATE", "SOURCE", "EXPIRES IN", "NEXT RENEWAL")
+    header = ("PROVIDER", "STATE", "SOURCE", "EXPIRES IN", "NEXT REFRESH")
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
                      for row in [header, *rows])
