@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from tokend.config import Settings
+    from tokend.fleet.probe import FleetReport
 
 
 class Exit(enum.IntEnum):
@@ -260,6 +261,16 @@ def _check(args: argparse.Namespace) -> int:
     errors = sum(finding.level == "error" for finding in findings)
     print(f"config {'has ' + str(errors) + ' error(s)' if errors else 'OK'}: {len(settings.providers)} "
           f"provider(s), {len(settings.clients)} client(s)")
+    _print_parts(settings, fleet)
+    for finding in findings:
+        print(finding)
+    if errors:
+        return Exit.CONFIG
+    return _check_login(settings, args.login) if args.login else Exit.OK
+
+
+def _print_parts(settings: Settings, fleet: FleetReport | None) -> None:
+    """What `tokend check` lists: each provider with its secrets' sources, proxy and sinks; the listener; the fleet."""
     for name, provider in settings.providers.items():
         sources = ", ".join(f"{field} from {secret.source}" for field, secret in provider.secrets().items())
         login_url = f" at {provider.url}" if provider.url else ""
@@ -279,14 +290,9 @@ def _check(args: argparse.Namespace) -> int:
         print(f"  fleet: namespace {settings.fleet.namespace}")
         for line in fleet.lines:
             print(f"    {line}")
-    for finding in findings:
-        print(finding)
-    if errors:
-        return Exit.CONFIG
-    return _check_login(settings, args.login) if args.login else Exit.OK
 
 
-def _probe_fleet(settings: Settings) -> Any:
+def _probe_fleet(settings: Settings) -> FleetReport | None:
     """One bounded look at the fleet's Redis (tokend.fleet.probe), or None without [fleet]."""
     if settings.fleet is None:
         return None
