@@ -186,8 +186,10 @@ def test_demo_serves_tokens_from_the_fake_providers_and_stops_cleanly(tmp_path) 
                 seen.add(answer.json()["token"])
             assert time.monotonic() < deadline + 30, log.read_text()
             time.sleep(0.1)
+        github = httpx.get(f"{base}/proxy/github/installation/repositories", headers=HEADERS)
+        assert github.status_code == 200 and github.json()["total_count"] == 2, github.text  # a signed login
         reloaded = httpx.post(f"{base}/reload", headers=HEADERS)  # the demo's config file can be reloaded too
-        assert reloaded.status_code == 200 and len(reloaded.json()["unchanged"]) == 3, reloaded.text
+        assert reloaded.status_code == 200 and len(reloaded.json()["unchanged"]) == 4, reloaded.text
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=15) == 0
     finally:

@@ -185,7 +185,25 @@ def test_the_example_config_is_valid(tmp_path, monkeypatch) -> None:  # type: ig
         (tmp_path / name).write_text(value + "\n")
         (tmp_path / name).chmod(0o600)
         generic = generic.replace(f"/etc/tokend/{name}", str(tmp_path / name))
+    generic = _with_signing_keys(tmp_path, generic)
     uncommented = load(tmp_path, head + "#" + re.sub(r"(?m)^# (?=\[|[\w-]+ = )", "", generic))
-    assert sorted(uncommented.providers) == ["billing", "felloh", "flotiq", "fts", "legacy", "maps"]
+    assert sorted(uncommented.providers) == ["billing", "felloh", "flotiq", "fts", "gcs", "github", "graph", "legacy",
+                                             "maps", "salesforce"]
+    assert uncommented.providers["salesforce"].default_lifetime == 7200
     assert sorted(uncommented.clients) == ["billing-app", "ops"] and uncommented.clients["ops"].admin
     assert uncommented.fleet is not None and uncommented.fleet.namespace == "payments-prod"
+
+
+def _with_signing_keys(directory: Path, example: str) -> str:
+    """The example's key files made real (fresh keys, a certificate, a service account's JSON key file)."""
+    from tokend.testing import FakeGoogle, new_private_key, self_signed_certificate
+
+    entra_key = new_private_key()
+    files = {"github-app.pem": new_private_key(), "entra.pem": entra_key, "salesforce.pem": new_private_key(),
+             "entra.crt": self_signed_certificate(entra_key),
+             "gcs-key.json": FakeGoogle().key_file("https://oauth2.googleapis.com/token")}
+    for name, content in files.items():
+        (directory / name).write_text(content)
+        (directory / name).chmod(0o600)
+        example = example.replace(f"/etc/tokend/{name}", str(directory / name))
+    return example

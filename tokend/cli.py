@@ -552,7 +552,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _exec(args: argparse.Namespace) -> int:
-    from tokend.execute import Unrunnable, child_environment, run
+    from tokend.execute import Unrunnable, child_environment, run, unsafe_variable
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
@@ -563,6 +563,9 @@ def _exec(args: argparse.Namespace) -> int:
         name, equals, variable = pair.partition("=")
         if not equals or not name or not variable:
             _err(f"tokend exec: --env {pair}: expected NAME=VAR, the provider and the variable for its token")
+            return Exit.USAGE
+        if (why := unsafe_variable(variable)) is not None:
+            _err(f"tokend exec: --env {pair}: refusing to put a token in {variable}: {why}")
             return Exit.USAGE
         tokens[name] = variable
     client = _client(args)  # the same checks as every client command: the address, where the key may go

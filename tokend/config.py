@@ -24,6 +24,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from tokend.discovery import unreadable_config
 from tokend.errors import ConfigError
 from tokend.fields import Seconds, SocketMode, is_loopback_host
 from tokend.fleet.config import FleetConfig, missing_extra
@@ -177,15 +178,8 @@ class Settings(BaseSettings):
         try:
             with config_directory(path.parent):
                 return _FromFile()
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start + 1} is not); TOML files are UTF-8, "
-                              "comments included") from None
-        except RecursionError:
-            raise ConfigError(f"{path} nests tables or arrays too deeply to be a tokend config") from None
-        except OSError as exc:
-            raise ConfigError(f"config file {path} cannot be read ({exc.strerror})") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError, OSError) as exc:
+            raise unreadable_config(path, exc) from None
         except SettingsError as exc:
             raise ConfigError(_environment_problem(exc)) from None
         except ValidationError as exc:

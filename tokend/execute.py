@@ -12,6 +12,7 @@ nothing is printed on its streams.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import signal
@@ -26,13 +27,45 @@ if TYPE_CHECKING:
 
     from tokend.client import Client
 
-__all__ = ["Unrunnable", "child_environment", "run"]
+__all__ = ["Unrunnable", "child_environment", "run", "unsafe_variable"]
 
 # What a shell would do: 127 for a command not found, 126 for one that cannot be run.
 NOT_FOUND, NOT_EXECUTABLE = 127, 126
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
               signal.SIGWINCH)
 _VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Variables that change how the child runs rather than what it is told: a token put in one of them would
+# be taken as a library to preload, a file to run, a place to find programs or tokend itself.
+_UNSAFE_PREFIXES = {
+    "LD_": "the dynamic loader reads it (LD_PRELOAD, LD_LIBRARY_PATH: code loaded into the command)",
+    "DYLD_": "the macOS dynamic loader reads it (code loaded into the command)",
+    "PYTHON": "the Python interpreter reads it (PYTHONPATH, PYTHONSTARTUP: code the command would run)",
+    "TOKEND_": "tokend's own settings: the command's clients would look for tokend, or a key, elsewhere",
+    "BASH_FUNC_": "bash imports it as a shell function",
+}
+_UNSAFE_NAMES = {
+    "PATH": "it decides which program each command name runs",
+    "IFS": "it changes how a shell splits words",
+    "ENV": "a POSIX shell runs the file it names at start",
+    "BASH_ENV": "bash runs the file it names at start",
+    "SHELLOPTS": "it changes how bash runs", "BASHOPTS": "it changes how bash runs",
+    "PS4": "bash evaluates it when tracing", "PROMPT_COMMAND": "bash runs it",
+    "NODE_OPTIONS": "Node.js reads it (--require: code the command would run)",
+    "NODE_PATH": "Node.js loads modules from it",
+    "PERL5OPT": "perl reads options from it", "PERL5LIB": "perl loads modules from it",
+    "RUBYOPT": "ruby reads options from it", "RUBYLIB": "ruby loads libraries from it",
+    "JAVA_TOOL_OPTIONS": "the JVM reads options from it (-javaagent: code the command would run)",
+    "_JAVA_OPTIONS": "the JVM reads options from it",
+    "GCONV_PATH": "the C library loads modules from it",
+}
+
+
+def unsafe_variable(variable: str) -> str | None:
+    """Why a token must not be put in `variable` (the end of a sentence), or None when it may."""
+    name = variable.upper()
+    if name in _UNSAFE_NAMES:
+        return _UNSAFE_NAMES[name]
+    return next((why for prefix, why in _UNSAFE_PREFIXES.items() if name.startswith(prefix)), None)
 
 
 def child_environment(
@@ -58,6 +91,8 @@ def child_environment(
     for name, variable in tokens.items():
         if not _VARIABLE.match(variable):
             raise TokendError(f"--env {name}={variable}: {variable!r} is not an environment variable name")
+        if (why := unsafe_variable(variable)) is not None:
+            raise TokendError(f"--env {name}={variable}: refusing to put a token in {variable}: {why}")
         env[variable] = _json(client, "GET", f"/token/{_quoted(name)}", name)["token"]
     return env
 
@@ -71,6 +106,12 @@ def run(command: Sequence[str], env: Mapping[str, str]) -> int:
         raise Unrunnable(NOT_FOUND, f"command not found: {command[0]}") from None
     except PermissionError:
         raise Unrunnable(NOT_EXECUTABLE, f"cannot run {command[0]}: permission denied") from None
+    except OSError as exc:
+        # ENOEXEC: a file with no #! line and no binary format the kernel knows (a shell would try it as a
+        # script; tokend runs no shell). Anything else the kernel refuses is unrunnable alike.
+        why = ("not a program this system can start (a script needs a #! line)" if exc.errno == errno.ENOEXEC
+               else exc.strerror or str(exc))
+        raise Unrunnable(NOT_EXECUTABLE, f"cannot run {command[0]}: {why}") from None
     previous = {sig: signal.signal(sig, lambda number, frame: _forward(child, number)) for sig in _FORWARDED}
     try:
         code = child.wait()
