@@ -46,6 +46,10 @@ def demo_environment(*, port: int | None, lifetime: float) -> Iterator[Demo]:
         config_path = write_fake_config(Path(tmp), fakes, actual_port, extra=extra)
         settings = Settings.load(config_path)
         lines = banner(config_path, actual_port, fakes, lifetime)
+        if port is None and actual_port != DEFAULT_PORT:
+            # Else a `tokend get` without --url would ask whatever holds 8765, and be puzzled by its answer.
+            lines[:0] = [f"tokend demo: port {DEFAULT_PORT} is in use (another tokend?), so this demo listens on "
+                         f"port {actual_port}: give clients --url http://127.0.0.1:{actual_port}, as below.", ""]
         yield Demo(settings, sock, lines, config_path)
 
 

@@ -160,4 +160,15 @@ def _iso_timestamp(value: Any) -> float | None:
     return when.timestamp() if when.tzinfo is not None else None
 
 
-KIND = Kind("github_app", GitHubAppConfig, GitHubApp)
+EXAMPLE = """\
+[providers.github]
+kind = "github_app"
+client_id = "Iv23liEXAMPLE"                # the app's client ID (or app_id = 123456)
+installation_id = 12345678
+private_key = { env = "GITHUB_APP_PRIVATE_KEY" }   # the app's PEM key; or { file = "/etc/tokend/github-app.pem" }
+# repositories = ["my-repo"]               # narrow the token to these repositories
+# permissions = { contents = "read" }
+# base_url = "https://github.example.com/api/v3"   # GitHub Enterprise Server
+"""
+
+KIND = Kind("github_app", GitHubAppConfig, GitHubApp, example=EXAMPLE)

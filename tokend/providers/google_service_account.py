@@ -196,4 +196,13 @@ class GoogleServiceAccount:
         return self._account, self._signer
 
 
-KIND = Kind("google_service_account", GoogleServiceAccountConfig, GoogleServiceAccount)
+EXAMPLE = """\
+[providers.gcp]
+kind = "google_service_account"
+key = { env = "GOOGLE_SERVICE_ACCOUNT_KEY" }   # the JSON key file; or { file = "/etc/tokend/gcp-key.json" }
+scopes = ["https://www.googleapis.com/auth/cloud-platform"]
+# subject = "admin@example.com"            # a user to act as (domain-wide delegation)
+# target_audience = "https://service.example.com"   # serve an ID token for it instead
+"""
+
+KIND = Kind("google_service_account", GoogleServiceAccountConfig, GoogleServiceAccount, example=EXAMPLE)

@@ -107,4 +107,14 @@ class JWTBearer:
         return access_token_credential(config, self.name, await token_exchange(client, login, assertion=True))
 
 
-KIND = Kind("jwt_bearer", JWTBearerConfig, JWTBearer)
+EXAMPLE = """\
+[providers.salesforce]
+kind = "jwt_bearer"                        # RFC 7523 section 2.1
+token_url = "https://login.salesforce.com/services/oauth2/token"
+private_key = { env = "SALESFORCE_PRIVATE_KEY" }   # PEM; or { file = "/etc/tokend/salesforce.pem" }
+issuer = "3MVG9-the-connected-apps-consumer-key"
+subject = "integration@example.com"        # the user to act as
+audience = "https://login.salesforce.com"
+"""
+
+KIND = Kind("jwt_bearer", JWTBearerConfig, JWTBearer, example=EXAMPLE)

@@ -247,4 +247,15 @@ def _secret(config: OAuth2ClientCredentialsConfig) -> str:
     return config.client_secret.get()
 
 
-KIND = Kind("oauth2_client_credentials", OAuth2ClientCredentialsConfig, OAuth2ClientCredentials)
+EXAMPLE = """\
+[providers.billing]
+kind = "oauth2_client_credentials"         # RFC 6749 section 4.4
+token_url = "https://auth.example.com/oauth/token"
+client_id = "my-client"
+client_secret = { env = "BILLING_CLIENT_SECRET" }
+# scope = ["invoices:read"]                # a list, or one space-separated string
+# audience = "https://billing.example.com"
+# auth_method = "client_secret_post"       # the default is client_secret_basic
+"""
+
+KIND = Kind("oauth2_client_credentials", OAuth2ClientCredentialsConfig, OAuth2ClientCredentials, example=EXAMPLE)
