@@ -49,7 +49,9 @@ def test_exit_statuses_are_passed_through_as_a_shell_would(daemon_factory: Calla
     missing = run_exec(daemon, "--", "no-such-command-anywhere")
     assert missing.returncode == 127 and "command not found: no-such-command-anywhere" in missing.stderr
     unknown = run_exec(daemon, "--provider", "nope", "--", sys.executable, "-c", "print('ran')")
-    assert unknown.returncode != 0 and "nope" in unknown.stderr and "ran" not in unknown.stdout
+    assert unknown.returncode == 6 and "nope" in unknown.stderr and "ran" not in unknown.stdout  # as `get` exits
+    unknown_env = run_exec(daemon, "--env", "nope=TOKEN", "--", sys.executable, "-c", "print('ran')")
+    assert unknown_env.returncode == 6 and "nope" in unknown_env.stderr and "ran" not in unknown_env.stdout
     assert run_exec(daemon, "--env", "fts", "--", "true").returncode == 2
     assert run_exec(daemon).returncode == 2
 

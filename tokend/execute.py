@@ -18,7 +18,7 @@ import re
 import signal
 import subprocess
 
-from tokend.errors import TokendError
+from tokend.errors import TokendError, UnknownProvider
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -73,8 +73,8 @@ def child_environment(
 ) -> dict[str, str]:
     """The child's environment: ours, plus tokend's address and key, proxy URLs and the asked-for tokens.
 
-    `tokens` maps a provider to the variable its token goes in. Raises TokendError (nothing is run) when a
-    provider is unknown, not readable with the key, or has no token to give.
+    `tokens` maps a provider to the variable its token goes in. Raises UnknownProvider (nothing is run) for a
+    provider the daemon does not have, TokendError when one is not readable with the key or has no token.
     """
     env = dict(os.environ)
     env["TOKEND_URL"] = url
@@ -84,7 +84,8 @@ def child_environment(
         status = _json(client, "GET", "/status")["providers"]
         for name in providers:
             if name not in status:
-                raise TokendError(f"the daemon at {url} has no provider named {name!r} (or the key may not read it)")
+                raise UnknownProvider(
+                    name, f"the daemon at {url} has no provider named {name!r} (or the key may not read it)")
             if (proxy := status[name].get("proxy")) is not None:
                 env[f"TOKEND_PROXY_URL_{_variable_part(name)}"] = proxy["url"]
     for name, variable in tokens.items():
@@ -92,7 +93,7 @@ def child_environment(
             raise TokendError(f"--env {name}={variable}: {variable!r} is not an environment variable name")
         if (why := unsafe_variable(variable)) is not None:
             raise TokendError(f"--env {name}={variable}: refusing to put a token in {variable}: {why}")
-        env[variable] = _json(client, "GET", f"/token/{_quoted(name)}")["token"]
+        env[variable] = _json(client, "GET", f"/token/{_quoted(name)}", name)["token"]
     return env
 
 
@@ -133,11 +134,15 @@ def _forward(child: subprocess.Popen[bytes], number: int) -> None:
         child.send_signal(number)
 
 
-def _json(client: Client, method: str, path: str) -> Any:
+def _json(client: Client, method: str, path: str, provider: str | None = None) -> Any:
     reply = client.request(method, path)
     if reply.status != 200:
-        raise TokendError(f"{method} {path}: {reply.error_message()}")
+        message = f"{method} {path}: {reply.error_message()}"
+        if provider is not None and reply.error_code == "unknown_provider":
+            raise UnknownProvider(provider, message)
+        raise TokendError(message)
     return reply.json()
+
 
 
 def _quoted(name: str) -> str:
