@@ -175,11 +175,14 @@ class Manager:
             await self._shared(slot, slot.inflight)
             slot = self._slot(slot.name)
         current = slot.credential
-        if current is not None and current.token != rejected and current.is_fresh(self._clock.time()):
+        if current is None or not current.is_fresh(self._clock.time()):
+            # Nothing served that the name could be: a made-up name must cost no more than a plain refresh.
+            return await self.refresh(slot.name)
+        if current.token != rejected:
             return current  # already replaced
         self._check_not_quiet(slot)
         wait = slot.last_forced + slot.config.min_refresh_interval - self._clock.monotonic()
-        if current is not None and current.token == rejected and wait > 0:
+        if wait > 0:
             raise RefreshThrottled(
                 slot.name,
                 f"not attempted: {slot.name}'s newest token was refused too; a new login for a refused token "
