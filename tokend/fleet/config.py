@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -12,22 +10,10 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tokend.fields import Seconds
+from tokend.sealing import KEY_BYTES, decode_key
 from tokend.secrets import Secret, SecretValue
 
-KEY_BYTES = 32  # AES-256-GCM
-
-
-def decode_key(secret: SecretValue, where: str) -> bytes:
-    """32 random bytes, given as standard or url-safe base64 (`openssl rand -base64 32`)."""
-    text = secret.get().strip()
-    try:
-        raw = base64.b64decode(text.replace("-", "+").replace("_", "/") + "=" * (-len(text) % 4), validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError(f"{where} is not base64: make one with `openssl rand -base64 32`") from None
-    if len(raw) != KEY_BYTES:
-        raise ValueError(f"{where} must be {KEY_BYTES} bytes (it is {len(raw)}): "
-                         "make one with `openssl rand -base64 32`")
-    return raw
+__all__ = ["KEY_BYTES", "FleetConfig", "decode_key"]
 
 
 class FleetConfig(BaseModel):
