@@ -39,7 +39,8 @@ def secret_file(directory: Path, name: str, value: str) -> Path:
 
 
 def user_config(directory: Path, url: str, *, refresh_token: str | None, key: str = KEY, state: bool = True,
-                provider: str = "", extra: str = "", port: int | None = None, name: str = "user") -> Path:
+                provider: str = "", extra: str = "", port: int | None = None, name: str = "user",
+                min_refresh_interval: float = 0.01) -> Path:
     """A config with one oauth2_refresh_token provider named `name` and (by default) a [state] folder."""
     directory.mkdir(parents=True, exist_ok=True)
     lines = ["[server]", 'host = "127.0.0.1"', f"port = {port or free_port()}", ""]
@@ -50,7 +51,7 @@ def user_config(directory: Path, url: str, *, refresh_token: str | None, key: st
               'client_id = "demo-user-app"',
               f'client_secret = {{ file = "{secret_file(directory, "client_secret", "user-app-secret-123")}" }}',
               f'device_authorization_url = "{url}/oauth/device"', f'revocation_url = "{url}/oauth/revoke"',
-              'scope = "openid offline_access"', "min_refresh_interval = 0.01"]
+              'scope = "openid offline_access"', f"min_refresh_interval = {min_refresh_interval}"]
     if refresh_token is not None:
         lines.append(f'refresh_token = {{ file = "{secret_file(directory, "refresh_token", refresh_token)}" }}')
     config = directory / "tokend.toml"
@@ -272,3 +273,50 @@ def test_the_sign_in_routes_take_the_same_request_checks(tmp_path, server) -> No
         assert fake.revocations == 0 and fake.pending_user_codes() == []
     finally:
         stop(daemon)
+
+
+def test_a_fleet_shares_one_refresh_token_under_the_lease_and_never_spends_one_twice(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tests.fleet_redis import RedisServer
+
+    fake = FakeAuthorizationServer(client_secret="user-app-secret-123", lifetime=4)
+    redis = RedisServer(tmp_path / "redis").start()
+    daemons: list[Daemon] = []
+    try:
+        with FakeServer(fake.app) as running:
+            first = fake.sign_in()
+            for index in range(3):
+                directory = tmp_path / f"daemon-{index}"
+                fleet = (f'[fleet]\nredis_url = "{redis.url}"\nnamespace = "users"\nlease = 2\ntimeout = 0.5\n'
+                         f'encryption_key = {{ file = "{secret_file(directory.parent, "fleet_key", KEY)}" }}\n')
+                config = user_config(directory, running.url, refresh_token=first, extra=fleet,
+                                     min_refresh_interval=1)
+                daemons.append(started(config))
+            started_at = time.monotonic()
+            assert all(fake.is_valid(token(daemon)) for daemon in daemons)
+
+            def storm(daemon: Daemon) -> list[int]:
+                return [daemon.post("/token/user/refresh").status_code for _ in range(10)]
+
+            with concurrent.futures.ThreadPoolExecutor(6) as pool:
+                codes = [code for codes in pool.map(storm, daemons * 2) for code in codes]
+            assert set(codes) == {200}
+            # Renewals every few seconds on three daemons, one of them restarted meanwhile.
+            stop(daemons[1])
+            time.sleep(5)
+            daemons[1] = started(daemons[1].config)
+            time.sleep(5)
+            for daemon in daemons:
+                assert fake.is_valid(token(daemon)), daemon.log()
+            assert fake.reuse_detected == 0, [daemon.log() for daemon in daemons]
+            # The fleet renews together: about one login per two thirds of a lifetime, plus the forced ones
+            # (at most one per min_refresh_interval fleet-wide), never one per daemon.
+            elapsed = time.monotonic() - started_at
+            assert fake.logins <= 3 + elapsed / 2 + elapsed / 1, (fake.logins, elapsed)
+            assert len(fake.live_refresh_tokens()) == 1
+            sealed = "".join(redis.everything().values())
+            for secret in (first, *fake.refresh_tokens_issued(), *fake.issued):
+                assert secret not in sealed
+    finally:
+        for daemon in daemons:
+            daemon.kill()
+        redis.kill()
