@@ -20,6 +20,7 @@ import collections
 import contextlib
 import hashlib
 import hmac
+import html
 import json
 import math
 import secrets
@@ -1117,8 +1118,24 @@ class FakeAuthorizationServer(FakeUpstream):
             Route("/oauth/token", self._token, methods=["POST"]),
             Route("/oauth/device", self._device_authorization, methods=["POST"]),
             Route("/oauth/revoke", self._revoke, methods=["POST"]),
+            Route("/activate", self._activate, methods=["GET", "POST"]),
             Route(self.protected_path, self._me, methods=["GET"]),
         ]
+
+    async def _activate(self, request: Request) -> Response:
+        """The verification page a person opens (`tokend demo`): GET shows the code's form, POST approves
+        (or, with `deny=1`, refuses) `user_code`."""
+        if request.method == "GET":
+            code = html.escape(request.query_params.get("user_code", ""))
+            return Response(f"<!doctype html><title>Fake sign-in</title><form method=post>"
+                            f"<p>Code: <input name=user_code value='{code}'></p><button>Approve</button> "
+                            f"<button name=deny value=1>Deny</button></form>", media_type="text/html")
+        form = dict(urllib.parse.parse_qsl((await request.body()).decode("utf-8", "replace")))
+        try:
+            self._set_device(form.get("user_code", "").strip().upper(), "denied" if form.get("deny") else "approved")
+        except LookupError:
+            return Response("No sign-in is waiting for that code.\n", status_code=404, media_type="text/plain")
+        return Response("Done: go back to your terminal.\n", media_type="text/plain")
 
     async def _token(self, request: Request) -> Response:
         form = dict(urllib.parse.parse_qsl((await request.body()).decode("utf-8", "replace")))
