@@ -136,6 +136,7 @@ def test_a_storm_of_forced_refreshes_never_spends_a_refresh_token_twice(tmp_path
 def test_a_refused_refresh_token_says_the_user_must_sign_in_and_how(tmp_path, server) -> None:  # type: ignore[no-untyped-def]
     fake, url = server
     daemon = started(user_config(tmp_path, url, refresh_token="not-a-token-this-server-issued"), ready=False)
+    assert fake.sign_in() not in daemon.log()
     try:
         daemon.wait_until(lambda: daemon.get("/status").json()["providers"]["user"]["sign_in"] is not None,
                           what="the sign-in hint")

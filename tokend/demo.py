@@ -87,7 +87,8 @@ def banner(config: Path, port: int, fakes: FakeProviders, lifetime: float, *, us
     first, later = (renewal_window(lifetime, *FIRST_RENEW_WINDOW),
                     renewal_window(lifetime, RENEW_AT - RENEW_JITTER, RENEW_AT + RENEW_JITTER))
     return [
-        f"tokend demo: three fake providers and a user token, whose tokens live {lifetime:g}s. Each token is renewed first at "
+        f"tokend demo: three fake providers and a user token, whose tokens live {lifetime:g}s. Each token is "
+        f"renewed first at "
         f"{_span(*first)} (a random {FIRST_RENEW_WINDOW[0]:.0%}-{FIRST_RENEW_WINDOW[1]:.0%} of its "
         f"lifetime, so that providers started together do not renew together), then at {_span(*later)} "
         f"into each new token's life. Config: {config}",
