@@ -8,14 +8,26 @@ from typing import TYPE_CHECKING, Annotated, Any, Union
 
 from pydantic import Field
 
-from tokend.providers import felloh, fintech_studios, flotiq, http, oauth2, oauth2_refresh_token, static
+from tokend.providers import (
+    felloh,
+    fintech_studios,
+    flotiq,
+    github_app,
+    google_service_account,
+    http,
+    jwt_bearer,
+    oauth2,
+    oauth2_refresh_token,
+    static,
+)
 from tokend.providers.base import Kind, Provider, ProviderBase
 from tokend.redact import Redactor
 
 __all__ = ["KINDS", "PROVIDER_KINDS", "Kind", "Provider", "ProviderBase", "ProviderConfig", "build_provider"]
 
 KINDS: tuple[Kind[Any], ...] = (
-    felloh.KIND, fintech_studios.KIND, flotiq.KIND, oauth2.KIND, http.KIND, static.KIND, oauth2_refresh_token.KIND,
+    felloh.KIND, fintech_studios.KIND, flotiq.KIND, oauth2.KIND, http.KIND, static.KIND,
+    github_app.KIND, google_service_account.KIND, jwt_bearer.KIND, oauth2_refresh_token.KIND,
 )
 PROVIDER_KINDS = tuple(kind.name for kind in KINDS)
 _BY_NAME = {kind.name: kind for kind in KINDS}
