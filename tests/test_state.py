@@ -144,3 +144,15 @@ def test_bad_config_is_a_sentence_and_exit_3(tmp_path: Path, table: str, expecte
                             timeout=60)
     assert result.returncode == 3, result.stdout + result.stderr
     assert expected in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_check_shows_the_state_folder_and_warns_of_a_plain_string_key(tmp_path: Path) -> None:
+    config = tmp_path / "tokend.toml"
+    config.write_text(f'[state]\npath = "{tmp_path / "kept"}"\nencryption_key = "{KEY}"\n')
+    config.chmod(0o600)
+    result = subprocess.run(tokend_command("--config", str(config), "check"), capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"state folder: {tmp_path / 'kept'} (encryption_key from plain string)" in result.stdout
+    assert 'field "state.encryption_key": a plain-string secret' in result.stdout
+    assert KEY not in result.stdout + result.stderr

@@ -263,6 +263,8 @@ def _check(args: argparse.Namespace) -> int:
             print(f"    proxy: /proxy/{name}/ -> {provider.proxy_target}{also}")
     listening = settings.server.socket or f"http://{settings.server.host}:{settings.server.port}"
     print(f"  serving on {listening}")
+    if settings.state is not None:
+        print(f"  state folder: {settings.state.folder} (encryption_key from {settings.state.encryption_key.source})")
     for finding in findings:
         print(finding)
     if errors:
