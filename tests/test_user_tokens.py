@@ -321,3 +321,26 @@ def test_a_fleet_shares_one_refresh_token_under_the_lease_and_never_spends_one_t
         for daemon in daemons:
             daemon.kill()
         redis.kill()
+
+
+def test_a_reload_that_leaves_the_login_alone_keeps_the_rotated_refresh_token_without_state(tmp_path, server) -> None:  # type: ignore[no-untyped-def]
+    fake, url = server
+    config = user_config(tmp_path, url, refresh_token=fake.sign_in(), state=False)
+    daemon = started(config)
+    try:
+        refresh(daemon)  # rotated: the configured refresh token is spent
+        config.write_text(config.read_text().replace("min_refresh_interval = 0.01", "min_refresh_interval = 0.02"))
+        reloaded = daemon.post("/reload")
+        assert reloaded.status_code == 200 and reloaded.json()["changed"] == ["user"], reloaded.text
+        daemon.wait_until(lambda: daemon.get("/status").json()["providers"]["user"]["logins"]["ok"] == 1,
+                          what="the changed provider's first login")
+        assert fake.is_valid(token(daemon)) and fake.reuse_detected == 0
+
+        # A change of the login itself (another scope) never hands the held refresh token over.
+        config.write_text(config.read_text().replace('scope = "openid offline_access"', 'scope = "openid"'))
+        assert daemon.post("/reload").json()["changed"] == ["user"]
+        daemon.wait_until(lambda: daemon.get("/status").json()["providers"]["user"]["last_error"] is not None,
+                          what="the login with the configured (spent) refresh token")
+        assert fake.last_form["scope"] == "openid" and fake.reuse_detected == 1
+    finally:
+        stop(daemon)

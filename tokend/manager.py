@@ -274,10 +274,11 @@ class Manager:
             part for part in type(settings).model_fields
             if part not in _APPLIED_LIVE and getattr(settings, part) != getattr(self.settings, part)
         ]
+        inherited = {name: self._inheritance(self._slots[name], settings.providers[name]) for name in changes.changed}
         for name in (*changes.removed, *changes.changed):
             self._retire(self._slots.pop(name))
         for name in (*changes.added, *changes.changed):
-            self._add_slot(name, settings.providers[name])
+            self._add_slot(name, settings.providers[name], inherited.get(name))
         kept = {part: getattr(self.settings, part) for part in changes.restart_needed}
         self.settings = settings.model_copy(update=kept)
         return changes
@@ -319,17 +320,34 @@ class Manager:
             raise UnknownProvider(name)
         return slot
 
-    def _add_slot(self, name: str, config: ProviderConfig) -> None:
+    def _add_slot(self, name: str, config: ProviderConfig, inherited: Credential | None = None) -> None:
         self.redactor.add_secrets(secret.get() for secret in config.secrets().values())
         slot = self._slots[name] = Slot(name, config)
         if self._started:
-            self._first_login(slot)
+            self._first_login(slot, inherited)
 
-    def _first_login(self, slot: Slot) -> None:
+    @staticmethod
+    def _inheritance(slot: Slot, config: ProviderConfig) -> Credential | None:
+        """What a provider changed by a reload keeps from its old slot: a user token's refresh token, when
+        the change leaves the login itself alone (a timeout, an interval). It is the only live one once the
+        configured one has been spent; a change of server, client or scope never sees it."""
+        from tokend.sealing import login_identity
+
+        held = slot.credential or slot.carried
+        if held is None or held.refresh_token is None or login_identity(slot.config) != login_identity(config):
+            return None
+        return held
+
+    def _first_login(self, slot: Slot, inherited: Credential | None = None) -> None:
         """A first login, unless a credential kept from an earlier run still serves; a kept one that does
-        not (an expired access token) still lends its refresh token to that login."""
+        not (an expired access token) still lends its refresh token to that login, as does one `inherited`
+        from the slot a reload replaced (never served: the settings changed)."""
         kept = None if self._restore is None else self._restore(slot.name, slot.config)
         now = self._clock.time()
+        if kept is None and inherited is not None:
+            slot.carried = inherited
+            self._start_login(slot, LoginReason.FIRST)
+            return
         if kept is not None and kept.expires_at is not None \
                 and kept.expires_at - now > RENEW_BEFORE_EXPIRY + SERVE_MARGIN:
             slot.credential = kept
