@@ -117,7 +117,7 @@ class DeviceLogins:
             await self._polled(sign_in, config, provider)
         except TokendError as exc:
             sign_in.phase, sign_in.message = "failed", exc.message
-        except Exception as exc:
+        except Exception as exc:  # a bug ends as a failed sign-in that says so, not as a silent task
             log.exception("sign-in provider=%s failed", sign_in.name)
             sign_in.phase, sign_in.message = "failed", f"unexpected {type(exc).__name__}"
         if sign_in.phase != "signed_in":
