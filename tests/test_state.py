@@ -156,3 +156,32 @@ def test_check_shows_the_state_folder_and_warns_of_a_plain_string_key(tmp_path: 
     assert f"state folder: {tmp_path / 'kept'} (encryption_key from plain string)" in result.stdout
     assert 'field "state.encryption_key": a plain-string secret' in result.stdout
     assert KEY not in result.stdout + result.stderr
+
+
+def test_machine_credentials_survive_a_restart_too_and_static_keys_are_never_stored(tmp_path, fakes) -> None:  # type: ignore[no-untyped-def]
+    from tests.daemon import Daemon, write_config
+
+    (tmp_path / "state_key").write_text(KEY + "\n")
+    (tmp_path / "state_key").chmod(0o600)
+    config = write_config(tmp_path, fakes, extra=f'[state]\npath = "{tmp_path / "kept"}"\n'
+                          f'encryption_key = {{ file = "{tmp_path / "state_key"}" }}\n')
+    served: dict[str, dict[str, object]] = {}
+    for run in range(2):
+        daemon = Daemon(config, log_path=tmp_path / f"daemon-{run}.log")
+        daemon.start()
+        try:
+            answers = {name: daemon.get(f"/token/{name}").json() for name in ("felloh", "fts", "flotiq")}
+        finally:
+            code, _ = daemon.terminate()
+            daemon.client.close()
+        assert code == 0
+        if run == 0:
+            served = answers
+    assert answers == {**served, **{name: {**served[name], "expires_in": answers[name]["expires_in"]}
+                                    for name in ("felloh", "fts")}}  # the same tokens and headers, x-api-key too
+    assert fakes.felloh.logins == 1 and fakes.fintech_studios.logins == 1
+    assert sorted(path.name for path in (tmp_path / "kept").iterdir()) == ["felloh.record", "fts.record"]
+    sealed = "".join(path.read_text() for path in (tmp_path / "kept").iterdir())
+    for secret in (fakes.fintech_studios.api_key, fakes.fintech_studios.password, fakes.felloh.private_key,
+                   *(answer["token"] for answer in answers.values())):
+        assert str(secret) not in sealed

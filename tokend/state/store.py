@@ -126,13 +126,20 @@ class StateStore:
             return
         try:
             if event.outcome == "ok" and event.credential is not None:
-                self.write(event.name, config, event.credential)
+                if _worth_keeping(config, event.credential):
+                    self.write(event.name, config, event.credential)
             elif isinstance(event.error, SignInNeeded):
                 self.forget(event.name)  # a refused refresh token, or a logout: nothing left worth keeping
         except OSError as exc:
             self.write_errors += 1
             log.warning("state provider=%s: cannot write %s (%s); the credential is served but will not "
                         "survive a restart", event.name, self.path(event.name), exc.strerror)
+
+
+def _worth_keeping(config: ProviderConfig, credential: Credential) -> bool:
+    """A credential that expires, and is not itself a secret of the config (Flotiq's key is its token): a
+    key that never expires costs no login to serve again, and a secret is never written down."""
+    return credential.expires_at is not None and credential.token not in _secrets(config).values()
 
 
 def _secrets(config: ProviderConfig) -> dict[str, str]:
