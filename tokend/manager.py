@@ -343,26 +343,25 @@ class Manager:
         not (an expired access token) still lends its refresh token to that login, as does one `inherited`
         from the slot a reload replaced (never served: the settings changed)."""
         kept = None if self._restore is None else self._restore(slot.name, slot.config)
-        now = self._clock.time()
-        if kept is None and inherited is not None:
-            slot.carried = inherited
-            self._start_login(slot, LoginReason.FIRST)
-            return
         if kept is not None and kept.expires_at is not None \
-                and kept.expires_at - now > RENEW_BEFORE_EXPIRY + SERVE_MARGIN:
-            slot.credential = kept
-            self.redactor.set_tokens(slot.name, [kept.token, kept.refresh_token or ""])
-            lifetime = kept.expires_at - kept.obtained_at
-            # Renewed when it would have been had the daemon not stopped (two thirds into its life, jittered).
-            due = kept.obtained_at + renewal_delay(lifetime, self._rng) - now
-            self._schedule(slot, max(0.0, min(due, kept.expires_at - now - RENEW_BEFORE_EXPIRY)))
-            log.info("restored provider=%s expires_at=%s next_refresh_in=%s source=state", slot.name,
-                     iso_utc(kept.expires_at), _seconds(slot.next_refresh_at, now))
+                and kept.expires_at - self._clock.time() > RENEW_BEFORE_EXPIRY + SERVE_MARGIN:
+            self._restored(slot, kept)
             return
-        slot.carried = kept
-        if kept is not None:
-            self.redactor.set_tokens(slot.name, [kept.refresh_token or ""])
+        slot.carried = kept or inherited
+        if slot.carried is not None:
+            self.redactor.set_tokens(slot.name, [slot.carried.refresh_token or ""])
         self._start_login(slot, LoginReason.FIRST)
+
+    def _restored(self, slot: Slot, kept: Credential) -> None:
+        assert kept.expires_at is not None
+        now = self._clock.time()
+        slot.credential, slot.last_success_at = kept, kept.obtained_at
+        self.redactor.set_tokens(slot.name, [kept.token, kept.refresh_token or ""])
+        # Renewed when it would have been had the daemon not stopped (two thirds into its life, jittered).
+        due = kept.obtained_at + renewal_delay(kept.expires_at - kept.obtained_at, self._rng) - now
+        self._schedule(slot, max(0.0, min(due, kept.expires_at - now - RENEW_BEFORE_EXPIRY)))
+        log.info("restored provider=%s expires_at=%s next_refresh_in=%s source=state", slot.name,
+                 iso_utc(kept.expires_at), _seconds(slot.next_refresh_at, now))
 
     async def forget(self, name: str, error: SignInNeeded) -> None:
         """Drop the provider's credential (a sign-out): nothing is served or renewed until a new sign-in.
