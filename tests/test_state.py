@@ -47,9 +47,16 @@ def credential(refresh: str = "rotated-refresh-token-1") -> Credential:
                       refresh_token=refresh)
 
 
+_open: list[StateStore] = []
+
+
 def store(loaded: Settings) -> StateStore:
+    """The folder's store; the one opened before is closed first (one store holds a folder at a time)."""
     assert loaded.state is not None
-    return StateStore(loaded.state).open()
+    while _open:
+        _open.pop().close()
+    _open.append(StateStore(loaded.state).open())
+    return _open[-1]
 
 
 def test_a_record_opens_for_its_provider_and_settings_only(tmp_path: Path) -> None:
@@ -103,7 +110,8 @@ def test_writes_are_atomic_and_private(tmp_path: Path) -> None:
     kept = store(loaded)
     for index in range(5):
         kept.write("user", loaded.providers["user"], credential(f"rotated-{index}"))
-    assert [path.name for path in kept.folder.iterdir()] == ["user.record"]  # no temporary file left behind
+    # No temporary file left behind (.lock is the folder's lock, see below).
+    assert sorted(path.name for path in kept.folder.iterdir()) == [".lock", "user.record"]
     assert stat.S_IMODE(kept.folder.stat().st_mode) == 0o700
     assert stat.S_IMODE(kept.path("user").stat().st_mode) == 0o600
     opened = kept.restore("user", loaded.providers["user"])
@@ -180,8 +188,19 @@ def test_machine_credentials_survive_a_restart_too_and_static_keys_are_never_sto
     assert answers == {**served, **{name: {**served[name], "expires_in": answers[name]["expires_in"]}
                                     for name in ("felloh", "fts")}}  # the same tokens and headers, x-api-key too
     assert fakes.felloh.logins == 1 and fakes.fintech_studios.logins == 1
-    assert sorted(path.name for path in (tmp_path / "kept").iterdir()) == ["felloh.record", "fts.record"]
-    sealed = "".join(path.read_text() for path in (tmp_path / "kept").iterdir())
+    assert sorted(path.name for path in (tmp_path / "kept").glob("*.record")) == ["felloh.record", "fts.record"]
+    sealed = "".join(path.read_text() for path in (tmp_path / "kept").glob("*.record"))
     for secret in (fakes.fintech_studios.api_key, fakes.fintech_studios.password, fakes.felloh.private_key,
                    *(answer["token"] for answer in answers.values())):
         assert str(secret) not in sealed
+
+
+def test_one_daemon_per_state_folder(tmp_path: Path) -> None:
+    first = settings(tmp_path)
+    held = store(first)
+    config = tmp_path / "tokend.toml"
+    config.chmod(0o600)
+    result = subprocess.run(tokend_command("--config", str(config), "run"), capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert f"state: another tokend uses the state folder {held.folder}" in result.stderr

@@ -256,7 +256,7 @@ def test_persist_false_keeps_nothing(tmp_path, server) -> None:  # type: ignore[
     daemon = started(config)
     try:
         token(daemon)
-        assert list((tmp_path / "state").iterdir()) == []
+        assert list((tmp_path / "state").glob("*.record")) == []
     finally:
         stop(daemon)
 

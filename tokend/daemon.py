@@ -113,8 +113,9 @@ class Daemon:
             await stack.enter_async_context(self.scheduler)
             if self.fleet is not None:  # listening to the fleet before the first logins ask it anything
                 await stack.enter_async_context(self.fleet)
-            if self.state is not None:  # the folder exists before the first restore reads it
+            if self.state is not None:  # the folder exists (and is ours) before the first restore reads it
                 self.state.open()
+                stack.callback(self.state.close)
             await stack.enter_async_context(self.manager)
             await stack.enter_async_context(self.sinks)
             await stack.enter_async_context(self.proxy)

@@ -50,6 +50,7 @@ class StateStore:
         self._manager: Manager | None = None
         self.writes = 0
         self.write_errors = 0
+        self._lock_descriptor: int | None = None
 
     def open(self) -> StateStore:
         """Create the folder (0700) if need be, and tighten one that others could read."""
@@ -65,7 +66,27 @@ class StateStore:
                               "[state] path to a folder tokend's user may write") from None
         if not self.folder.is_dir():
             raise ConfigError(f"state: {self.folder} is not a folder; set [state] path to one")
+        self._lock()
         return self
+
+    def _lock(self) -> None:
+        """One daemon per folder: two would each spend a user token's refresh token, which the server takes
+        for theft. The lock dies with the process (a crash leaves no stale lock)."""
+        import fcntl
+
+        descriptor = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            raise ConfigError(f"state: another tokend uses the state folder {self.folder}; give each daemon a "
+                              "folder of its own (or share tokens through [fleet])") from None
+        self._lock_descriptor = descriptor
+
+    def close(self) -> None:
+        if self._lock_descriptor is not None:
+            os.close(self._lock_descriptor)  # and with it the lock
+            self._lock_descriptor = None
 
     def follow(self, manager: Manager) -> None:
         """Write each new credential as the manager announces it, before any client can be served it (the
