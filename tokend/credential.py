@@ -36,8 +36,8 @@ class Credential:
     request_id: str | None = None  # the upstream's id for the login that issued it
     obtained_at: float = 0.0
     expiry_note: str | None = None  # set when the upstream's expiry made no sense and was corrected
-    # "login": this daemon logged in; "fleet": adopted from another daemon of the fleet; "state": read back
-    # from the state folder after a restart
+    # "login": this daemon logged in; "fleet": adopted from another daemon of the fleet; "static": a key that
+    # needs no login (served as configured); "state": read back from the state folder after a restart
     source: str = "login"
     renew_at: float | None = None  # fleet mode: when the fleet renews it (Unix time), the same on every daemon
     # A user token's refresh token as the last answer left it: the next login spends it. Never served.

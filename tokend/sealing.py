@@ -17,7 +17,6 @@ Keys, passwords and private keys therefore never reach a record, even encrypted.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import json
@@ -27,41 +26,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tokend.credential import Credential
-from tokend.secrets import SecretValue
 
 if TYPE_CHECKING:
     from tokend.providers import ProviderConfig
 
-__all__ = ["KEY_BYTES", "RecordError", "RecordKey", "decode_key", "from_template", "login_identity",
-           "open_record", "seal", "to_template"]
+__all__ = ["RecordError", "RecordKey", "from_template", "login_identity", "open_record", "seal", "to_template"]
 
 VERSION = "v1"
-KEY_BYTES = 32  # AES-256-GCM
 _NONCE = 12
-
-# Settings that change when or how often a login happens, not what it logs in as: two configs that
-# differ only here log in alike. Everything else (kind, URL, identity, secrets) is part of the login.
-_NOT_IDENTITY = frozenset({
-    "timeout", "connect_timeout", "read_timeout", "min_refresh_interval", "max_retry_delay", "default_lifetime",
-    "max_lifetime", "fleet", "rotate_every", "organisation", "persist",
-})
-
 
 class RecordError(Exception):
     """A record that cannot be served: wrong key, tampered, or not one of ours. Says which, never the content."""
-
-
-def decode_key(secret: SecretValue, where: str) -> bytes:
-    """32 random bytes, given as standard or url-safe base64 (`openssl rand -base64 32`)."""
-    text = secret.get().strip()
-    try:
-        raw = base64.b64decode(text.replace("-", "+").replace("_", "/") + "=" * (-len(text) % 4), validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError(f"{where} is not base64: make one with `openssl rand -base64 32`") from None
-    if len(raw) != KEY_BYTES:
-        raise ValueError(f"{where} must be {KEY_BYTES} bytes (it is {len(raw)}): "
-                         "make one with `openssl rand -base64 32`")
-    return raw
 
 
 @dataclass(frozen=True)
@@ -88,14 +63,18 @@ class RecordKey:
 
 
 def login_identity(config: ProviderConfig) -> dict[str, Any]:
-    """What makes a provider's logins the same: every setting but the timing ones, and the secrets by value
-    (not by where they are read from: the same password in another file is the same login), a private key
-    by its public key's fingerprint. The secrets only ever enter a keyed hash."""
+    """What makes a provider's logins the same: every setting but those its kind names as no part of the
+    login (NOT_LOGIN: timing, sinks, the proxy), and the secrets by value (not by where they are read from:
+    the same password in another file is the same login), a private key by its public key's fingerprint.
+    The secrets only ever enter a keyed hash."""
     secrets = config.secrets()
     secret_fields = {where.split(".")[0].split("[")[0] for where in secrets}
     identity: dict[str, Any] = {"kind": config.kind, "url": config.url}
+    # An unset optional secret (a key's passphrase) is skipped too: set or not, it is no part of the identity
+    # (the key it opens is, by its fingerprint).
     skipped = {name for name, field in type(config).model_fields.items()
-               if name in _NOT_IDENTITY or (field.alias or name) in secret_fields}
+               if name in config.NOT_LOGIN or (field.alias or name) in secret_fields
+               or (getattr(config, name) is None and "SecretValue" in str(field.annotation))}
     identity.update(config.model_dump(by_alias=True, mode="json", exclude=skipped))
     identity.update({f"secret:{where}": value for where, value in config.login_secrets().items()})
     return identity

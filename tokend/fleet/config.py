@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import importlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -10,10 +13,39 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tokend.fields import Seconds
-from tokend.sealing import KEY_BYTES, decode_key
 from tokend.secrets import Secret, SecretValue
 
-__all__ = ["KEY_BYTES", "FleetConfig", "decode_key"]
+KEY_BYTES = 32  # AES-256-GCM
+
+
+def decode_key(secret: SecretValue, where: str) -> bytes:
+    """32 random bytes, given as standard or url-safe base64 (`openssl rand -base64 32`)."""
+    text = secret.get().strip()
+    try:
+        raw = base64.b64decode(text.replace("-", "+").replace("_", "/") + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{where} is not base64: make one with `openssl rand -base64 32`") from None
+    if len(raw) != KEY_BYTES:
+        raise ValueError(f"{where} must be {KEY_BYTES} bytes (it is {len(raw)}): "
+                         "make one with `openssl rand -base64 32`")
+    return raw
+
+
+# What fleet mode imports, from the `fleet` extra: not installed with tokend itself.
+_EXTRA_MODULES = ("redis.asyncio", "cryptography.hazmat.primitives.ciphers.aead")
+
+
+def missing_extra() -> str | None:
+    """Why fleet mode cannot run here (its extra is not installed), or None. Imports what it checks: a
+    module that is present but broken fails only then."""
+    for module in _EXTRA_MODULES:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            return (f"[fleet] needs the fleet extra (the redis and cryptography packages), and "
+                    f"{module.split('.')[0]} cannot be imported ({exc}): install it with "
+                    "`pip install 'tokend[fleet]'`, or from a checkout of tokend `pip install '.[fleet]'`")
+    return None
 
 
 class FleetConfig(BaseModel):

@@ -1,72 +1,166 @@
-"""What the fleet keeps in Redis: credential records in tokend.sealing's format, bound to a share key, and
-the fleet's failed logins, sealed alike.
+"""What the fleet keeps in Redis, and the keys it keeps it under.
 
-The share key binds a record to where it is stored (it is the associated data), so a record copied under
-another provider's key fails to decrypt. A refresh token travels inside the record: the daemon that wins
-the next lease logs in with the fleet's latest one, never with an older one of its own.
+A record is a credential with its secrets taken out, encrypted and authenticated with AES-256-GCM:
+
+    v1.<key id>.<base64 of nonce + ciphertext>
+
+The key id (8 bytes of an HMAC of the key, in hex) says which key wrote it, so a key can be rotated: the
+old one stays accepted for reading. The namespace and the share key bind the record to where it is stored
+(they are the associated data), so a record copied under another provider's key, or into another
+namespace, fails to decrypt.
+
+Inside, the token appears once; the served headers and query are templates in which the token, and any of
+the provider's secrets (FinTech Studios serves its static x-api-key), are placeholders that each daemon
+fills from its own config. Keys, passwords and private keys therefore never reach Redis, even encrypted.
+A user token's refresh token travels inside too: the daemon that wins the next lease spends the fleet's
+latest one, never an older one of its own. The templates and what makes two logins the same are
+tokend.sealing's, shared with the state folder.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
+import os
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from tokend.credential import Credential
 from tokend.errors import CredentialsRejected, UpstreamError
 from tokend.providers import ProviderConfig
-from tokend.sealing import (
-    RecordError,
-    RecordKey,
-    from_template,
-    key_id,
-    login_identity,
-    open_json,
-    seal,
-    seal_json,
-    to_template,
-)
-from tokend.sealing import open_record as _open_record
+from tokend.sealing import RecordError, from_template, login_identity, to_template
 
 __all__ = ["FleetKey", "RecordError", "from_template", "key_id", "login_identity", "open_failure", "open_record",
            "seal", "seal_failure", "to_template"]
 
+VERSION = "v2"  # v2: the namespace is part of the associated data
+_NONCE = 12
+MAX_FAILURE_HOLD = 600.0  # seconds: the longest a failed login holds the fleet off, whatever Retry-After said
+CLOCK_SKEW = 60.0  # seconds: how far ahead another daemon's clock may be and its failure still count
 
-class FleetKey(RecordKey):
-    """A fleet encryption key and its derived keys; the share key names a login, whatever the provider's name."""
+def _derive(key: bytes, purpose: bytes) -> bytes:
+    return hmac.new(key, b"tokend fleet " + purpose, hashlib.sha256).digest()
+
+
+@dataclass(frozen=True)
+class FleetKey:
+    """One encryption key and what is derived from it: separate keys for encryption and for share keys;
+    and the namespace the records it seals belong to."""
+
+    id: str
+    encryption: bytes
+    sharing: bytes
+    namespace: str
 
     @classmethod
-    def of(cls, key: bytes) -> FleetKey:
-        derived = RecordKey.derive(key, b"tokend fleet ")
-        return cls(derived.id, derived.encryption, derived.binding)
-
-    @property
-    def sharing(self) -> bytes:
-        return self.binding
+    def of(cls, key: bytes, namespace: str) -> FleetKey:
+        return cls(_derive(key, b"key id").hex()[:16], _derive(key, b"encryption"), _derive(key, b"share key"),
+                   namespace)
 
     def share_key(self, config: ProviderConfig) -> str:
         """A keyed hash of how the provider logs in: kind, login URL, identity and secrets. Two configs that
         would log in differently never get the same one, and Redis learns nothing from it."""
-        return self.bind(login_identity(config))
+        described = json.dumps(login_identity(config), sort_keys=True, separators=(",", ":"), default=str)
+        return hmac.new(self.sharing, described.encode(), hashlib.sha256).hexdigest()
 
 
-def open_record(record: str, keys: Mapping[str, RecordKey], share_key: str, secrets: Mapping[str, str]) -> Credential:
-    return _open_record(record, keys, share_key, secrets, source="fleet")
+# --- sealing and opening -------------------------------------------------------------------------------------
 
 
-def seal_failure(error: UpstreamError, key: RecordKey, share_key: str) -> str:
-    """A failed login, for the fleet to hold off on: encrypted like a record, since an upstream's error
-    text is not ours to show Redis."""
+def seal(credential: Credential, key: FleetKey, share_key: str, secrets: Mapping[str, str]) -> str:
+    """The record for `credential`, encrypted with `key`, bound to `share_key`."""
+    token = credential.token
+    body: dict[str, Any] = {
+        "token": token, "token_type": credential.token_type, "expires_at": credential.expires_at,
+        "obtained_at": credential.obtained_at, "request_id": credential.request_id,
+        "renew_at": credential.renew_at,
+        "headers": {name: to_template(value, token, secrets) for name, value in credential.headers.items()},
+        "query": {name: to_template(value, token, secrets) for name, value in credential.query.items()},
+    }
+    if credential.refresh_token is not None:  # a user token's: the fleet's next login spends it
+        body["refresh_token"] = to_template(credential.refresh_token, token, secrets)
+    nonce = os.urandom(_NONCE)
+    sealed = AESGCM(key.encryption).encrypt(nonce, json.dumps(body).encode(), _associated(key, share_key))
+    return f"{VERSION}.{key.id}.{base64.b64encode(nonce + sealed).decode()}"
+
+
+def key_id(record: str) -> str | None:
+    parts = record.split(".", 2)
+    return parts[1] if len(parts) == 3 and parts[0] == VERSION else None
+
+
+def open_record(record: str, keys: Mapping[str, FleetKey], share_key: str, secrets: Mapping[str, str]) -> Credential:
+    """The credential in `record`, as this daemon serves it; RecordError when it must not be served."""
+    version, _, rest = record.partition(".")
+    kid, _, data = rest.partition(".")
+    if version != VERSION or not data:
+        raise RecordError("the record is not in a format this tokend reads")
+    key = keys.get(kid)
+    if key is None:
+        raise RecordError(f"the record was written with key id {kid}, which is not among this daemon's keys")
+    try:
+        raw = base64.b64decode(data, validate=True)
+        plain = AESGCM(key.encryption).decrypt(raw[:_NONCE], raw[_NONCE:], _associated(key, share_key))
+        body = json.loads(plain)
+    except (InvalidTag, ValueError):
+        raise RecordError(f"the record does not decrypt with key id {kid}: it was tampered with") from None
+    token = body["token"]
+    return Credential(
+        token=token, token_type=body["token_type"], expires_at=body["expires_at"],
+        headers={name: from_template(parts, token, secrets) for name, parts in body["headers"].items()},
+        query={name: from_template(parts, token, secrets) for name, parts in body["query"].items()},
+        request_id=body["request_id"], obtained_at=body["obtained_at"], renew_at=body.get("renew_at"),
+        source="fleet", refresh_token=None if (refresh := body.get("refresh_token")) is None
+        else from_template(refresh, token, secrets),
+    )
+
+
+def seal_failure(error: UpstreamError, key: FleetKey, share_key: str, hold: float) -> str:
+    """A failed login, for the fleet to hold off on for `hold` seconds: encrypted like a record, since an
+    upstream's error text is not ours to show Redis. The hold is inside, not only Redis's expiry, so that
+    a record put back after its time holds no one off."""
+    now = time.time()
     body = {"message": error.message, "status": error.status, "request_id": error.request_id,
-            "retryable": error.retryable, "rejected": isinstance(error, CredentialsRejected), "at": time.time()}
-    return seal_json(body, key, "failed " + share_key)
+            "retryable": error.retryable, "rejected": isinstance(error, CredentialsRejected), "at": now,
+            "until": now + min(hold, MAX_FAILURE_HOLD)}
+    nonce = os.urandom(_NONCE)
+    associated = _associated(key, "failed " + share_key)
+    sealed = AESGCM(key.encryption).encrypt(nonce, json.dumps(body).encode(), associated)
+    return f"{VERSION}.{key.id}.{base64.b64encode(nonce + sealed).decode()}"
 
 
-def open_failure(record: str, keys: Mapping[str, RecordKey], share_key: str, provider: str) -> UpstreamError:
+def open_failure(record: str, keys: Mapping[str, FleetKey], share_key: str, provider: str) -> UpstreamError:
     """The fleet's failed login as this daemon's own error; RecordError when it cannot be read."""
-    body = open_json(record, keys, "failed " + share_key, what="failure record")
-    age = max(0, int(time.time() - body["at"]))
+    _, _, rest = record.partition(".")
+    kid, _, data = rest.partition(".")
+    key = keys.get(kid)
+    if key is None:
+        raise RecordError(f"the failure was written with key id {kid}, which is not among this daemon's keys")
+    try:
+        raw = base64.b64decode(data, validate=True)
+        body = json.loads(AESGCM(key.encryption).decrypt(raw[:_NONCE], raw[_NONCE:],
+                                                         _associated(key, "failed " + share_key)))
+    except (InvalidTag, ValueError):
+        raise RecordError(f"the failure record does not decrypt with key id {kid}: it was tampered with") from None
+    now = time.time()
+    at, until = body.get("at"), body.get("until")
+    if not isinstance(at, float) or not isinstance(until, float) or not at - CLOCK_SKEW <= now < until \
+            or until - at > MAX_FAILURE_HOLD:
+        raise RecordError("the failure record is out of its time (replayed, or from a clock far off): ignored")
+    age = max(0, int(now - at))
     message = f"another daemon of the fleet tried this login {age}s ago and failed: {body['message']}"
     if body["rejected"]:
         return CredentialsRejected(provider, message, status=body["status"] or 401, request_id=body["request_id"])
     return UpstreamError(provider, message, status=body["status"], request_id=body["request_id"],
                          retryable=body["retryable"])
+
+
+def _associated(key: FleetKey, share_key: str) -> bytes:
+    return f"{VERSION}.{key.id}.{key.namespace}.{share_key}".encode()

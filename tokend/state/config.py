@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from tokend.sealing import decode_key
+from tokend.fleet.config import decode_key
 from tokend.secrets import Secret, SecretValue
 
 __all__ = ["StateConfig", "default_state_path"]
