@@ -64,6 +64,8 @@ def _secrets(settings: Settings) -> Iterator[tuple[str, SecretValue]]:
     for name, client in settings.clients.items():
         if client.key is not None:
             yield f'client "{name}", field "key"', client.key
+    if settings.state is not None:
+        yield 'field "state.encryption_key"', settings.state.encryption_key
 
 
 def _plain_secrets(settings: Settings) -> Iterator[Finding]:

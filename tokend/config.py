@@ -32,6 +32,7 @@ from tokend.fields import Seconds, SocketMode, is_loopback_host
 from tokend.fleet.config import FleetConfig, missing_extra
 from tokend.providers import KINDS, PROVIDER_KINDS, ProviderConfig
 from tokend.secrets import Secret, config_directory
+from tokend.state.config import StateConfig
 
 __all__ = ["ClientConfig", "ServerConfig", "Settings", "UpstreamConfig"]
 
@@ -162,6 +163,7 @@ class Settings(BaseSettings):
     providers: dict[ProviderName, ProviderConfig] = {}
     clients: dict[ProviderName, ClientConfig] = {}
     fleet: FleetConfig | None = None  # share one login per provider with other daemons, through Redis
+    state: StateConfig | None = None  # keep credentials across restarts, sealed in a folder
 
     @model_validator(mode="after")
     def _fleet_rotates_no_felloh_keys(self) -> Settings:

@@ -12,6 +12,9 @@ namespace, fails to decrypt.
 Inside, the token appears once; the served headers and query are templates in which the token, and any of
 the provider's secrets (FinTech Studios serves its static x-api-key), are placeholders that each daemon
 fills from its own config. Keys, passwords and private keys therefore never reach Redis, even encrypted.
+A user token's refresh token travels inside too: the daemon that wins the next lease spends the fleet's
+latest one, never an older one of its own. The templates and what makes two logins the same are
+tokend.sealing's, shared with the state folder.
 """
 
 from __future__ import annotations
@@ -32,15 +35,15 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from tokend.credential import Credential
 from tokend.errors import CredentialsRejected, UpstreamError
 from tokend.providers import ProviderConfig
+from tokend.sealing import RecordError, from_template, login_identity, to_template
+
+__all__ = ["FleetKey", "RecordError", "from_template", "key_id", "login_identity", "open_failure", "open_record",
+           "seal", "seal_failure", "to_template"]
 
 VERSION = "v2"  # v2: the namespace is part of the associated data
 _NONCE = 12
 MAX_FAILURE_HOLD = 600.0  # seconds: the longest a failed login holds the fleet off, whatever Retry-After said
 CLOCK_SKEW = 60.0  # seconds: how far ahead another daemon's clock may be and its failure still count
-
-class RecordError(Exception):
-    """A record that cannot be served: wrong key, tampered, or not one of ours. Says which, never the content."""
-
 
 def _derive(key: bytes, purpose: bytes) -> bytes:
     return hmac.new(key, b"tokend fleet " + purpose, hashlib.sha256).digest()
@@ -68,79 +71,21 @@ class FleetKey:
         return hmac.new(self.sharing, described.encode(), hashlib.sha256).hexdigest()
 
 
-def login_identity(config: ProviderConfig) -> dict[str, Any]:
-    """What makes a provider's logins the same: every setting but those its kind names as no part of the
-    login (NOT_LOGIN: timing, sinks, the proxy), and the secrets by value (not by where they are read from:
-    the same password in another file is the same login), a private key by its public key's fingerprint.
-    The secrets only ever enter the keyed hash."""
-    secrets = config.secrets()
-    secret_fields = {where.split(".")[0].split("[")[0] for where in secrets}
-    identity: dict[str, Any] = {"kind": config.kind, "url": config.url}
-    # An unset optional secret (a key's passphrase) is skipped too: set or not, it is no part of the identity
-    # (the key it opens is, by its fingerprint).
-    skipped = {name for name, field in type(config).model_fields.items()
-               if name in config.NOT_LOGIN or (field.alias or name) in secret_fields
-               or (getattr(config, name) is None and "SecretValue" in str(field.annotation))}
-    identity.update(config.model_dump(by_alias=True, mode="json", exclude=skipped))
-    identity.update({f"secret:{where}": value for where, value in config.login_secrets().items()})
-    return identity
-
-
-# --- templates -----------------------------------------------------------------------------------------------
-
-# A template is a list of parts: a plain string, {"t": 1} for the token, {"s": "field"} for a config secret.
-Part = str | dict[str, Any]
-
-
-def to_template(value: str, token: str, secrets: Mapping[str, str]) -> list[Part]:
-    needles: list[tuple[str, Part]] = [(token, {"t": 1}), *((text, {"s": name}) for name, text in secrets.items())]
-    needles.sort(key=lambda pair: -len(pair[0]))
-    parts: list[Part] = [value]
-    for needle, placeholder in needles:
-        if not needle:
-            continue
-        split: list[Part] = []
-        for part in parts:
-            if not isinstance(part, str):
-                split.append(part)
-                continue
-            pieces = part.split(needle)
-            for index, piece in enumerate(pieces):
-                if index:
-                    split.append(placeholder)
-                if piece:
-                    split.append(piece)
-        parts = split
-    return parts
-
-
-def from_template(parts: list[Part], token: str, secrets: Mapping[str, str]) -> str:
-    out = []
-    for part in parts:
-        if isinstance(part, str):
-            out.append(part)
-        elif part.get("t") == 1:
-            out.append(token)
-        elif isinstance(name := part.get("s"), str) and name in secrets:
-            out.append(secrets[name])
-        else:
-            raise RecordError(f"the record names a secret ({name}) this daemon's config does not have")
-    return "".join(out)
-
-
 # --- sealing and opening -------------------------------------------------------------------------------------
 
 
 def seal(credential: Credential, key: FleetKey, share_key: str, secrets: Mapping[str, str]) -> str:
     """The record for `credential`, encrypted with `key`, bound to `share_key`."""
     token = credential.token
-    body = {
+    body: dict[str, Any] = {
         "token": token, "token_type": credential.token_type, "expires_at": credential.expires_at,
         "obtained_at": credential.obtained_at, "request_id": credential.request_id,
         "renew_at": credential.renew_at,
         "headers": {name: to_template(value, token, secrets) for name, value in credential.headers.items()},
         "query": {name: to_template(value, token, secrets) for name, value in credential.query.items()},
     }
+    if credential.refresh_token is not None:  # a user token's: the fleet's next login spends it
+        body["refresh_token"] = to_template(credential.refresh_token, token, secrets)
     nonce = os.urandom(_NONCE)
     sealed = AESGCM(key.encryption).encrypt(nonce, json.dumps(body).encode(), _associated(key, share_key))
     return f"{VERSION}.{key.id}.{base64.b64encode(nonce + sealed).decode()}"
@@ -172,7 +117,8 @@ def open_record(record: str, keys: Mapping[str, FleetKey], share_key: str, secre
         headers={name: from_template(parts, token, secrets) for name, parts in body["headers"].items()},
         query={name: from_template(parts, token, secrets) for name, parts in body["query"].items()},
         request_id=body["request_id"], obtained_at=body["obtained_at"], renew_at=body.get("renew_at"),
-        source="fleet",
+        source="fleet", refresh_token=None if (refresh := body.get("refresh_token")) is None
+        else from_template(refresh, token, secrets),
     )
 
 

@@ -52,6 +52,9 @@ REJECTED_HOLD = 60.0  # refused credentials need a person; the daemons' backoff 
 MAX_ALONE_JITTER = 2.0  # seconds: logging in alone after Redis failed, spread so a fleet does not do it at once
 _BACKSTOP = 1.0  # a waiter looks at Redis again this often, in case a pub/sub message was lost
 KEY_SEEN_WITHIN = 86400.0  # another daemon's key id counts as in use if it wrote within this
+# A record holding a refresh token outlives its access token in Redis: the refresh token is what the next
+# login spends, however long after (a fleet stopped over a weekend).
+REFRESH_KEPT = 90 * 86400.0
 
 
 @dataclass
@@ -151,7 +154,8 @@ class FleetLogins:
                     return self._adopt(call, tally, share, again, fresh)
             if won:
                 tally.leases_won += 1
-                return await self._log_in_for_fleet(call, tally, share)
+                call, base = self._continued(call, share, record)
+                return await self._log_in_for_fleet(call, tally, share, base)
             if not counted_loss:
                 tally.leases_lost += 1
                 counted_loss = True
@@ -162,7 +166,25 @@ class FleetLogins:
             if latest is not None and (credential := self._usable(call, tally, share, latest)) is not None:
                 return self._adopt(call, tally, share, latest, credential)
 
-    async def _log_in_for_fleet(self, call: LoginCall, tally: _Tally, share: str) -> Credential:
+    def _continued(self, call: LoginCall, share: str, record: str | None) -> tuple[LoginCall, str | None]:
+        """The call to log in with under the lease, and the record it continues from (for a user token).
+
+        A user token's refresh token lives in the fleet's record: whoever holds the lease spends the fleet's
+        latest one (even from a record whose access token has expired), never an older one of its own, which
+        the server would take for a stolen one. None: not a user token, nothing to compare and set."""
+        if record is None:
+            return call, None if call.current is None or call.current.refresh_token is None else ""
+        try:
+            fleets = open_record(record, self._by_id, share, _secrets(call.config))
+        except RecordError:
+            return call, None
+        if fleets.refresh_token is None:
+            return call, None
+        return dataclasses.replace(call, current=fleets), record
+
+    async def _log_in_for_fleet(
+        self, call: LoginCall, tally: _Tally, share: str, base: str | None = None
+    ) -> Credential:
         keeper = asyncio.create_task(self._keep_lease(share, call.name))
         try:
             credential = await self._inner(call)
@@ -184,7 +206,12 @@ class FleetLogins:
         credential = dataclasses.replace(credential, renew_at=now + delay)
         record = seal(credential, self._keys[0], share, _secrets(call.config))
         try:
-            await self._store.publish(share, record, expires_at, self._keys[0].id)
+            if credential.refresh_token is None:
+                await self._store.publish(share, record, expires_at, self._keys[0].id)
+            elif not await self._store.replace(share, record, max(expires_at, now + REFRESH_KEPT), self._keys[0].id,
+                                               base or ""):
+                log.warning("fleet provider=%s: another daemon replaced the fleet's refresh token during this login; "
+                            "the fleet keeps the other one", call.name)
             self._held[share] = (credential.token, record)
             await self._store.release(share, self.holder)
             await self._check_key_ids()

@@ -2,6 +2,7 @@
 
 Keys, under the namespace `ns`:
     tokend:{ns}:token:{share key}   the provider's current record (tokend.fleet.envelope), expiring with the token
+                                    (a user token's, holding its refresh token, lives longer: see REFRESH_KEPT)
     tokend:{ns}:lease:{share key}   the id of the daemon logging in for the fleet; expires unless renewed
     tokend:{ns}:failed:{share key}  the fleet's last failed login, encrypted, while the fleet holds off retrying
     tokend:{ns}:keys                key id -> Unix time last written with (a wrong key on a daemon shows up here)
@@ -83,6 +84,20 @@ end
 return {{record or '', won and 1 or 0, ''}}
 """
 
+# Compare and set: replace the record only if it is still ARGV[3] ('' for none), then tell the others. A user
+# token's record holds its refresh token: replacing one that another daemon has replaced meanwhile would
+# hand the fleet a refresh token the server has already seen spent.
+_REPLACE = """
+local current = redis.call('GET', KEYS[1])
+if (current or '') ~= ARGV[3] then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('PUBLISH', KEYS[2], ARGV[4] .. ' ' .. ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[5], ARGV[6])
+return 1
+"""
+
 
 class StoreError(Exception):
     """Redis failed, refused or did not answer in time. The text names no secret (never the URL)."""
@@ -118,6 +133,7 @@ class Store:
         self._renew = self._redis.register_script(_RENEW)
         self._claim = self._redis.register_script(_CLAIM)
         self._acquire = self._redis.register_script(_ACQUIRE)
+        self._replace = self._redis.register_script(_REPLACE)
         self.calls = 0  # round trips to Redis so far (a pipeline or a script is one), for /metrics
 
     def token_key(self, share: str) -> str:
@@ -197,6 +213,13 @@ class Store:
                 await pipe.execute()
 
         await self._call("publish", send)
+
+    async def replace(self, share: str, record: str, keep_until: float, key_id: str, expected: str) -> bool:
+        """Publish `record` only if the fleet's record is still `expected` ('' for none): False if not."""
+        ttl_ms = max(1, int((keep_until - time.time()) * 1000))
+        return bool(await self._call("replace", lambda: self._replace(
+            keys=[self.token_key(share), self.channel, f"{self.prefix}:keys"],
+            args=[record, ttl_ms, expected, share, key_id, int(time.time())])))
 
     async def key_ids(self) -> dict[str, int]:
         """Key id -> when last written with, for at most MAX_KEY_IDS of them (one page of HSCAN, should a Redis

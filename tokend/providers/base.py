@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -23,7 +23,7 @@ from tokend.sinks import SinkConfig
 if TYPE_CHECKING:
     from tokend.extensions import DaemonParts, Extension
 
-__all__ = ["Kind", "Provider", "ProviderBase"]
+__all__ = ["Continuing", "Kind", "Provider", "ProviderBase"]
 
 
 class ProviderBase(BaseModel):
@@ -59,6 +59,7 @@ class ProviderBase(BaseModel):
     proxy_listen: ProxyListen | None = None  # "127.0.0.1:9101" or a unix socket path: a listener of its own
     proxy_retry_body_limit: int = Field(default=1 << 20, ge=0)  # bodies up to this are buffered, so retried
     fleet: bool = True  # with [fleet]: share this provider's token with the fleet (false: log in alone)
+    persist: bool = True  # with [state]: keep this provider's credential across restarts (false: never stored)
 
     @property
     def url(self) -> str | None:
@@ -113,6 +114,14 @@ class Provider(Protocol):
     async def fetch(self, client: httpx.AsyncClient) -> Credential:
         """Log in once and return the new credential, or raise UpstreamError."""
         ...
+
+
+@runtime_checkable
+class Continuing(Protocol):
+    """A login that continues from the credential held (a user token spends the refresh token the last
+    answer left); the one place that logs in hands that credential in."""
+
+    async def fetch_from(self, client: httpx.AsyncClient, current: Credential | None) -> Credential: ...
 
 
 @dataclass(frozen=True)
