@@ -37,6 +37,7 @@ from tokend.fields import shown_url
 from tokend.guard import NOT_ADMIN, NOT_YOURS, Caller, Denial, RequestGuard
 from tokend.limits import RequestLimits
 from tokend.metrics import CONTENT_TYPE, Metrics
+from tokend.providers import ProviderConfig
 
 __all__ = ["create_app"]
 
@@ -176,6 +177,7 @@ def create_app(daemon: Daemon) -> ASGIApp:
             if (config := manager.provider_config(name)).proxy:
                 state["proxy"] = {"target": shown_url(config.proxy_target or ""),
                                   "url": _proxy_url(daemon.where, name, config.proxy_listen)}
+            state.update(_tool_settings(config))
         fleet = {} if daemon.fleet is None else {"fleet": daemon.fleet.status()}
         return {"version": __version__, "ready": manager.ready(providers), "providers": providers, **fleet}
 
@@ -211,6 +213,16 @@ def create_app(daemon: Daemon) -> ASGIApp:
     metrics = Metrics(manager, requests=requests, fast_answers=lambda: fast_path.served,
                       collectors=[*collectors, proxy.stats])
     return fast_path
+
+
+def _tool_settings(config: ProviderConfig) -> dict[str, Any]:
+    """What the git and Docker credential helpers match a request against (tokend.outputs)."""
+    shown: dict[str, Any] = {}
+    if config.git_hosts or config.git_user:
+        shown["git"] = {"hosts": list(config.git_hosts), "username": config.git_user}
+    if config.docker_registries:
+        shown["docker"] = {"registries": list(config.docker_registries), "username": config.registry_user}
+    return shown
 
 
 def _proxy_url(where: str, name: str, listen: object) -> str:
