@@ -6,44 +6,23 @@ from __future__ import annotations
 import base64
 import os
 import subprocess
-import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from tests.tools import ThreadedHTTPServer
 
-class GitServer:
+
+class GitServer(ThreadedHTTPServer):
     """Serves the bare repositories under `root` at http://127.0.0.1:PORT/NAME.git."""
 
     def __init__(self, root: Path, backend: str, accepts: Callable[[str, str], bool]) -> None:
         self.root = root
         self.refused: list[str] = []  # the passwords refused, in order
         self.users: list[str] = []  # the user names of the requests let in
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                server._handle(self, backend, accepts)
-
-            def do_POST(self) -> None:
-                server._handle(self, backend, accepts)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self._http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.host = f"127.0.0.1:{self._http.server_address[1]}"
+        super().__init__(lambda request: self._handle(request, backend, accepts))
         self.url = f"http://{self.host}"
-        self._thread = threading.Thread(target=self._http.serve_forever, daemon=True)
-
-    def __enter__(self) -> GitServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._http.shutdown()
-        self._http.server_close()
 
     def _handle(self, request: BaseHTTPRequestHandler, backend: str, accepts: Callable[[str, str], bool]) -> None:
         user, password = _basic(request.headers.get("Authorization", ""))
