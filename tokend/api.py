@@ -181,6 +181,12 @@ def create_app(daemon: Daemon) -> ASGIApp:
         fleet = {} if daemon.fleet is None else {"fleet": daemon.fleet.status()}
         return {"version": __version__, "ready": manager.ready(providers), "providers": providers, **fleet}
 
+    @app.get("/metadata/environment")
+    async def metadata_environment(who: Caller = asking) -> JSONResponse:
+        # For `tokend exec`: the metadata endpoints' variables, Azure's secret only to a caller that may
+        # read every provider it serves.
+        return JSONResponse({"environment": daemon.metadata.environment(who.may_read)}, headers=NO_STORE_HEADERS)
+
     for extension in daemon.extensions:
         if (router := extension.router()) is not None:
             # An extension's answers may carry secrets (a created key): the same checks and no-store as a token.
@@ -205,10 +211,11 @@ def create_app(daemon: Daemon) -> ASGIApp:
     behind: ASGIApp = _CountedRequests(RequestLimits(app, guard), requests)
     proxy = daemon.proxy
     behind = proxy.wrap(behind)  # /proxy/... and the providers' own listeners, behind the token fast path
+    behind = daemon.metadata.wrap(behind)  # the metadata listeners, by the address a request came in on
     # Outermost, so that GET /token costs no other wrapper's call; it answers nothing that came in on a
-    # provider's own proxy listener, where /token/... is a path of the provider's API.
+    # provider's own proxy listener or a metadata listener, where /token/... is not tokend's route.
     fast_path = TokenFastPath(behind, manager, guard, renderer,
-                              elsewhere=proxy.own_addresses)
+                              elsewhere=proxy.own_addresses | daemon.metadata.addresses)
     collectors = [part.collector() for part in (daemon.fleet,) if part is not None]
     metrics = Metrics(manager, requests=requests, fast_answers=lambda: fast_path.served,
                       collectors=[*collectors, proxy.stats])

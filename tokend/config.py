@@ -26,6 +26,7 @@ from pydantic_settings import (
 from tokend.errors import ConfigError
 from tokend.fields import Seconds, SocketMode, is_loopback_host
 from tokend.fleet.config import FleetConfig
+from tokend.outputs.metadata import MetadataConfig
 from tokend.providers import PROVIDER_KINDS, ProviderConfig
 from tokend.secrets import Secret, config_directory
 
@@ -125,6 +126,13 @@ class Settings(BaseSettings):
     providers: dict[ProviderName, ProviderConfig] = {}
     clients: dict[ProviderName, ClientConfig] = {}
     fleet: FleetConfig | None = None  # share one login per provider with other daemons, through Redis
+    metadata: MetadataConfig = MetadataConfig()  # cloud SDKs' metadata endpoints (tokend.outputs)
+
+    @model_validator(mode="after")
+    def _metadata_names_providers(self) -> Settings:
+        if (problem := self.metadata.problem(self.providers)) is not None:
+            raise ValueError(problem)
+        return self
 
     @model_validator(mode="after")
     def _fleet_rotates_no_felloh_keys(self) -> Settings:

@@ -4,7 +4,8 @@
     tokend exec --env fts=FTS_TOKEN -- ./short-script.sh
 
 The child gets `TOKEND_URL` (and `TOKEND_CLIENT_KEY` when one was given), so the client libraries work
-with no settings; per `--provider` whose proxy is on, `TOKEND_PROXY_URL_<NAME>`; and only with `--env`, a
+with no settings, and the cloud SDKs' variables for the metadata endpoints that are on (tokend.outputs);
+per `--provider` whose proxy is on, `TOKEND_PROXY_URL_<NAME>`; and only with `--env`, a
 token itself, which cannot be renewed once in an environment (for short commands). Like aws-vault exec,
 tokend then stays out of the way: signals are passed on to the child, its exit status is passed back, and
 nothing is printed on its streams.
@@ -18,6 +19,7 @@ import signal
 import subprocess
 
 from tokend.errors import TokendError
+from tokend.outputs.environment import metadata_environment
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -45,6 +47,7 @@ def child_environment(
     """
     env = dict(os.environ)
     env["TOKEND_URL"] = url
+    env.update(metadata_environment(client))
     if client_key is not None:
         env["TOKEND_CLIENT_KEY"] = client_key
     if providers:
