@@ -264,11 +264,11 @@ def test_check_warns_of_whitespace_around_a_secret_without_showing_it(tmp_path, 
     assert result.stdout.count("whitespace (a space") == 1  # the fakes' own secret files are clean
 
 
-def test_the_readme_client_snippets_run_against_the_demo_as_printed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_the_getting_started_client_snippets_run_against_the_demo_as_printed(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from pathlib import Path
 
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    section = readme.split("<!-- client-snippets -->")[1].split("<!-- /client-snippets -->")[0]
+    page = (Path(__file__).parent.parent / "docs" / "index.md").read_text()
+    section = page.split("<!-- client-snippets -->")[1].split("<!-- /client-snippets -->")[0]
     blocks = dict(re.findall(r"```(sh|python|js)\n(.*?)```", section, re.S))
     assert set(blocks) == {"sh", "python", "js"}
     assert "status" in blocks["js"] and "answer.ok" in blocks["js"]  # the Node one checks tokend's answer

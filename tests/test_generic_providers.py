@@ -23,7 +23,7 @@ from tokend.providers.http import HttpConfig
 from tokend.providers.oauth2 import OAuth2ClientCredentialsConfig
 from tokend.testing import FakeOAuth2, FakeServer, FakeTokenAPI
 
-README = Path(__file__).parent.parent / "README.md"
+HTTP_PAGE = Path(__file__).parent.parent / "docs" / "providers" / "http.md"
 
 
 @pytest.fixture
@@ -143,12 +143,12 @@ def test_static_keys_serve_header_scheme_and_query() -> None:
 
 
 def seeds_as_config() -> str:
-    text = README.read_text()
+    text = HTTP_PAGE.read_text()
     section = text.split("<!-- seeds-as-config -->")[1].split("<!-- /seeds-as-config -->")[0]
     return "\n".join(re.findall(r"```toml\n(.*?)```", section, re.S))
 
 
-def test_the_readme_s_re_expressed_seed_providers_behave_like_the_built_in_ones(tmp_path, fakes, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_the_docs_re_expressed_seed_providers_behave_like_the_built_in_ones(tmp_path, fakes, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     for name, value in {"FELLOH_PUBLIC_KEY": fakes.felloh.public_key, "FELLOH_PRIVATE_KEY": fakes.felloh.private_key,
                         "FTS_API_KEY": fakes.fintech_studios.api_key, "FTS_PASSWORD": fakes.fintech_studios.password,
                         "FLOTIQ_API_KEY": sorted(fakes.flotiq.api_keys)[0]}.items():

@@ -73,7 +73,7 @@ def banner(config: Path, port: int, fakes: FakeProviders, lifetime: float) -> li
         f"  tokend get felloh --url {base}",
         "Use a token against the fake Felloh API:",
         f'  curl -s -H "Authorization: Bearer {felloh_token}" {fakes.felloh_url}{fakes.felloh.protected_path}',
-        "The README's client snippets (curl, Python, Node) run against this demo after:",
+        "The client snippets in docs/index.md (curl, Python, Node) run against this demo after:",
         f"  export TOKEND_URL={base} FELLOH_API={fakes.felloh_url} FTS_API={fakes.fintech_studios_url} "
         f"FLOTIQ_API={fakes.flotiq_url}",
         "",

@@ -2,7 +2,7 @@
 
 Values in the request (headers, JSON or form body) are secret references or templates over the
 provider's `secrets`; what is served (`serve_headers`, `serve_query`) are templates over the same
-secrets and `{token}`. See HttpConfig for the settings and README for worked examples.
+secrets and `{token}`. See HttpConfig for the settings and docs/providers/http.md for worked examples.
 """
 
 from __future__ import annotations
