@@ -24,7 +24,8 @@ def daemon(tmp_path: Path, fakes: FakeProviders) -> Iterator[Daemon]:
     config = add_settings(write_config(tmp_path, fakes), {
         "felloh": 'docker_registries = ["registry.example.com:5000", "https://index.docker.io/v1/"]\n'
                   'registry_username = "robot"',
-        "fts": 'docker_registries = ["ghcr.io"]\nregistry_username = "x-access-token"',
+        "fts": 'docker_registries = ["ghcr.io"]\nregistry_username = "x-access-token"\n'
+               'git_hosts = ["git.example.com"]\ngit_username = "bot"',
     })
     started = Daemon(config, log_path=tmp_path / "daemon.log")
     started.start()
@@ -114,3 +115,29 @@ def test_registries_without_a_user_name_are_a_config_error(tmp_path: Path, fakes
     assert checked.returncode == 3
     assert 'provider "fts"' in checked.stderr and "docker_registries needs registry_username" in checked.stderr
     assert "Traceback" not in checked.stderr
+
+
+HEAVY = ("fastapi", "starlette", "pydantic", "httpx", "uvicorn", "apscheduler", "asyncio", "ssl", "http.client")
+
+
+@pytest.mark.parametrize("helper", [
+    ("tokend.cli", "docker_credential_main", ["get"], "ghcr.io"),
+    ("tokend.cli", "main", ["git-credential", "get"], "protocol=https\nhost=git.example.com\n"),
+    ("tokend.cli", "main", ["kube-credential", "fts"], ""),
+])
+def test_the_helpers_import_no_web_framework(daemon: Daemon, helper: tuple[str, str, list[str], str]) -> None:
+    module, function, argv, stdin = helper
+    probe = (f"import sys; from {module} import {function}; code = {function}({argv!r}); "
+             f"heavy = sorted(m for m in {HEAVY!r} if m in sys.modules); print(heavy, code, file=sys.stderr)")
+    result = subprocess.run([sys.executable, "-c", probe], input=stdin, capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "TOKEND_CONFIG": str(daemon.config)}, check=False)
+    assert result.stderr.strip().splitlines()[-1] == "[] 0", result.stderr
+    assert daemon.get("/token/fts").json()["token"] in result.stdout
+
+
+def test_check_shows_what_each_helper_answers(daemon: Daemon) -> None:
+    checked = subprocess.run(tokend_command("--config", str(daemon.config), "check"), capture_output=True, text=True,
+                             timeout=60, check=False)
+    assert checked.returncode == 0, checked.stderr
+    assert "    docker: ghcr.io as x-access-token\n" in checked.stdout
+    assert "    git: git.example.com as bot\n" in checked.stdout

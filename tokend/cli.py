@@ -267,8 +267,14 @@ def _check(args: argparse.Namespace) -> int:
         if provider.proxy:
             also = f", and on {provider.proxy_listen}" if provider.proxy_listen else ""
             print(f"    proxy: /proxy/{name}/ -> {provider.proxy_target}{also}")
+        for tool, hosts in (("git", provider.git_hosts), ("docker", provider.docker_registries)):
+            if hosts:
+                user = provider.git_user if tool == "git" else provider.registry_user
+                print(f"    {tool}: {', '.join(hosts)} as {user}")
     listening = settings.server.socket or f"http://{settings.server.host}:{settings.server.port}"
     print(f"  serving on {listening}")
+    for protocol, listen in settings.metadata.listening().items():
+        print(f"  metadata endpoint {protocol} on http://{listen}")
     for finding in findings:
         print(finding)
     if errors:
