@@ -39,8 +39,8 @@ print(json.dumps({{"kind": type(credentials).__module__, "project": project, "to
 
 
 @pytest.fixture
-def google() -> Iterator[FakeGoogle]:
-    fake = FakeGoogle(lifetime=LIFETIME)
+def google(request: pytest.FixtureRequest) -> Iterator[FakeGoogle]:
+    fake = FakeGoogle(lifetime=getattr(request, "param", LIFETIME))
     with FakeServer(fake.app) as server:
         fake.token_uri = f"{server.url}/token"
         yield fake
@@ -143,3 +143,18 @@ def test_the_provider_must_be_a_google_service_account(tmp_path: Path, fakes: Fa
 
     config = write_config(tmp_path, fakes, extra='[metadata.gce]\nlisten = "127.0.0.1:8771"\nprovider = "fts"\n')
     assert main(["--config", str(config), "check"]) == 3
+
+
+@pytest.mark.parametrize("google", [3600.0], indirect=True)  # no renewal of the provider's own token meanwhile
+def test_endless_new_audiences_cost_a_bounded_number_of_logins(gce: tuple[Daemon, str], google: FakeGoogle) -> None:
+    from tokend.outputs.gce import MAX_MINTED
+
+    _, url = gce
+    identity = f"{url}/computeMetadata/v1/instance/service-accounts/default/identity"
+    logins = google.logins
+    with httpx.Client(headers={"Metadata-Flavor": "Google"}, timeout=30) as client:
+        answers = [client.get(identity, params={"audience": f"aud-{n}"}).status_code for n in range(MAX_MINTED + 5)]
+        assert answers == [200] * MAX_MINTED + [503] * 5
+        assert google.logins - logins == MAX_MINTED
+        # One already held is still answered.
+        assert client.get(identity, params={"audience": "aud-0"}).status_code == 200

@@ -44,10 +44,11 @@ if TYPE_CHECKING:
     from tokend.manager import Manager
     from tokend.redact import Redactor
 
-__all__ = ["ACCOUNT_KIND", "GceConfig", "GoogleAccount", "GoogleMetadataServer"]
+__all__ = ["ACCOUNT_KIND", "MAX_MINTED", "GceConfig", "GoogleAccount", "GoogleMetadataServer"]
 
 ACCOUNT_KIND = "google_service_account"
 _ROOT = "/computeMetadata/v1/"
+MAX_MINTED = 64  # audiences and scope sets held at once, beside the provider's own token
 _ACCOUNTS = f"{_ROOT}instance/service-accounts/"
 
 
@@ -143,6 +144,13 @@ class GoogleMetadataServer:
         return await self._minted_token(account, ("scopes", *sorted(scopes or account.scopes)))
 
     async def _minted_token(self, account: GoogleAccount, key: tuple[str, ...]) -> Credential:
+        if key not in self._minting and len(self._minting) >= MAX_MINTED:
+            self._forget_expired()
+            if len(self._minting) >= MAX_MINTED:
+                # Each new audience or scope set is a login to Google: a local process asking for endless
+                # new ones must not turn tokend into a flood of logins, nor grow its memory without end.
+                raise TokendError(f"tokend already holds tokens for {MAX_MINTED} other audiences and scope sets; "
+                                  "ask again once some have expired")
         async with self._minting.setdefault(key, asyncio.Lock()):  # many processes asking at once: one login
             now = time.time()
             held = self._minted.get(key)
@@ -155,6 +163,14 @@ class GoogleMetadataServer:
                 credential = await account.mint(self._client, scopes=list(key[1:]))
             self._minted[key] = credential
             return credential
+
+    def _forget_expired(self) -> None:
+        now = time.time()
+        for key, lock in list(self._minting.items()):
+            held = self._minted.get(key)
+            if (held is None or not held.is_fresh(now)) and not lock.locked():  # expired, or its login failed
+                self._minted.pop(key, None)
+                del self._minting[key]
 
     def _config(self) -> GceConfig:
         config = self._manager.settings.metadata.gce
@@ -171,6 +187,7 @@ class GoogleMetadataServer:
                 raise TokendError(f"provider {self._config().provider} is not a {ACCOUNT_KIND}")
             self._account = config, provider
             self._minted.clear()
+            self._minting.clear()
         return self._account[1]
 
 
