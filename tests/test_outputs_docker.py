@@ -84,6 +84,8 @@ def test_list_store_and_erase(daemon: Daemon, tmp_path: Path) -> None:
 def test_a_daemon_that_is_not_running_is_said_on_stdout(tmp_path: Path) -> None:
     answer = docker_asks("get", "ghcr.io", env={"TOKEND_URL": "http://127.0.0.1:9"})
     assert answer.returncode == 1 and "not running" in answer.stdout
+    garbled = docker_asks("get", "ghcr.io", env={"TOKEND_URL": "ftp://127.0.0.1:9"})
+    assert garbled.returncode == 1 and "TOKEND_URL" in garbled.stdout and "Traceback" not in garbled.stderr
     assert docker_asks("frobnicate", "", env={}).returncode == 2
 
 

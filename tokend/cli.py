@@ -557,6 +557,9 @@ def docker_credential_main(argv: list[str] | None = None) -> int:
     args = _argparse.Namespace(config=None, url=None, client_key_file=None)  # Docker passes no options
     try:
         return _docker_credential(operation[0], args)
+    except _UsageError as exc:  # a $TOKEND_URL that is no daemon's
+        print(f"tokend: {exc}")
+        return Exit.FAILURE
     except TokendError as exc:
         print(f"tokend: {exc.message}")
         return Exit.FAILURE
