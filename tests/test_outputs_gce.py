@@ -18,7 +18,7 @@ import pytest
 from tests.daemon import Daemon, free_port, tokend_command, write_config
 from tokend.testing import FakeGoogle, FakeProviders, FakeServer
 
-LIFETIME = 6.0
+LIFETIME = 12.0  # renewed at about two thirds: well after a busy machine's google-auth run
 READ_ONLY = "https://www.googleapis.com/auth/devstorage.read_only"
 ASK = f"""
 import json, sys
@@ -89,10 +89,12 @@ def test_google_auth_gets_tokens_id_tokens_and_after_a_renewal_the_new_one(
     gce: tuple[Daemon, str], google: FakeGoogle, tmp_path: Path
 ) -> None:
     daemon, _ = gce
+    before = daemon.get("/token/gcp").json()["token"]
     answer = _google_auth(daemon, tmp_path)
+    after = daemon.get("/token/gcp").json()["token"]  # a renewal may come in between on a busy machine
     assert answer["kind"] == "google.auth.compute_engine.credentials"
     assert (answer["project"], answer["email"]) == ("demo-project", google.client_email)
-    assert answer["token"] == daemon.get("/token/gcp").json()["token"] and google.is_valid(answer["token"])
+    assert answer["token"] in (before, after) and google.is_valid(answer["token"])
     # Other scopes and an ID token are minted for the asker.
     assert answer["scoped"] != answer["token"] and google.is_valid(answer["scoped"])
     claims = _claims(answer["id_token"])
