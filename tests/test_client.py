@@ -17,6 +17,7 @@ import pytest
 from starlette.types import Receive, Scope, Send
 
 from tests.daemon import free_port, tokend_command, write_config
+from tokend import signed
 from tokend.client import Client, Reply
 from tokend.discovery import Address
 from tokend.errors import DaemonUnavailable, TokendError
@@ -159,8 +160,14 @@ def test_the_request_on_the_wire(serve_bytes) -> None:  # type: ignore[no-untype
     assert lines[0] == "POST /felloh/f/keys HTTP/1.1"
     port = server.address.url.rsplit(":", 1)[1]
     assert {f"Host: 127.0.0.1:{port}", "X-Tokend-Request: cli", "Connection: close",
-            "Authorization: Bearer ck-123", "Content-Type: application/json", "Content-Length: 13"} <= set(lines)
+            "Content-Type: application/json", "Content-Length: 13"} <= set(lines)
     assert body == b'{"name": "n"}'
+    # The key signs the request and is never sent: whoever answered learns a signature for this request.
+    assert b"ck-123" not in server.request
+    (authorization,) = [line for line in lines if line.startswith("Authorization: ")]
+    request = signed.parse(authorization.removeprefix("Authorization: Tokend-HMAC ").encode())
+    assert request is not None and request.client == signed.key_id("ck-123")
+    assert request.valid("ck-123", "POST", "/felloh/f/keys", time.time())
 
 
 def test_no_authorization_without_a_client_key(serve_bytes) -> None:  # type: ignore[no-untyped-def]
@@ -314,3 +321,17 @@ def _wait_until(condition: Callable[[], bool], process: subprocess.Popen[bytes],
         assert process.poll() is None, f"tokend exited with {process.returncode}"
         assert time.monotonic() < deadline, "tokend did not become ready"
         time.sleep(0.05)
+
+
+def test_a_config_that_is_not_utf8_is_the_same_sentence_for_every_command(tmp_path: Path) -> None:
+    config = tmp_path / "tokend.toml"
+    config.write_bytes(b"# caf\xe9\n[server]\nport = 9000\n")
+    said = {}
+    for command in (["check"], ["get", "fts"], ["status"], ["reload"], ["refresh", "fts"]):
+        result = subprocess.run(tokend_command("--config", str(config), *command), capture_output=True, text=True,
+                                timeout=60)
+        assert (result.returncode, result.stdout) == (3, ""), (command, result)
+        assert "Traceback" not in result.stderr
+        said[command[0]] = result.stderr
+    assert set(said.values()) == {f"tokend: {config} is not UTF-8 text (byte 6 is not); TOML files are UTF-8, "
+                                  "comments included\n"}

@@ -8,11 +8,14 @@ a missing variable or an unreadable file is refused at start, with the provider 
 
 from __future__ import annotations
 
+import difflib
+import grp
 import os
+import pwd
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import (
@@ -23,11 +26,12 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from tokend.discovery import unreadable_config
 from tokend.errors import ConfigError
 from tokend.fields import Seconds, SocketMode, is_loopback_host
-from tokend.fleet.config import FleetConfig
+from tokend.fleet.config import FleetConfig, missing_extra
 from tokend.outputs.metadata import MetadataConfig
-from tokend.providers import PROVIDER_KINDS, ProviderConfig
+from tokend.providers import KINDS, PROVIDER_KINDS, ProviderConfig
 from tokend.secrets import Secret, config_directory
 
 __all__ = ["ClientConfig", "ServerConfig", "Settings", "UpstreamConfig"]
@@ -96,22 +100,55 @@ MIN_CLIENT_KEY_LENGTH = 16  # ~96 bits as url-safe base64: not guessable over a 
 
 
 class ClientConfig(BaseModel):
-    """A local program allowed to read some providers' tokens, known by its key (scoped like Flotiq's
-    user-defined keys). Once any client is defined, every token and status request needs a key."""
+    """A local program allowed to read some providers' tokens (scoped like Flotiq's user-defined keys), known
+    by its key, by the Unix user or group it runs as (on the unix socket), or by both. Once any client is
+    defined, every token and status request must be matched to one."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    key: Secret
+    key: Secret | None = None
+    # Who the peer of the unix socket is (SO_PEERCRED), by name or number; over TCP it cannot be known.
+    unix_user: str | None = None
+    unix_group: str | None = None
+    # Whether the bare key is taken (`Authorization: Bearer`, for curl); false: only signed requests.
+    allow_bearer: bool = True
     providers: tuple[ProviderName, ...] = Field(min_length=1)
     # May also use its providers' admin endpoints (Felloh key management) and POST /reload.
     admin: bool = False
 
     @model_validator(mode="after")
-    def _long_enough(self) -> ClientConfig:
-        if len(self.key.get()) < MIN_CLIENT_KEY_LENGTH:
+    def _known_somehow(self) -> ClientConfig:
+        if self.key is None and self.unix_user is None and self.unix_group is None:
+            raise ValueError("set key, unix_user or unix_group: how this client is told from the others")
+        if self.key is not None and len(self.key.get()) < MIN_CLIENT_KEY_LENGTH:
             raise ValueError(f"key must be at least {MIN_CLIENT_KEY_LENGTH} characters: make one with "
                              "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
+        self.uid()
+        self.group()
         return self
+
+    def uid(self) -> int | None:
+        """unix_user as a user id; ValueError naming it when this machine has no such user."""
+        if self.unix_user is None:
+            return None
+        if self.unix_user.isdigit():
+            return int(self.unix_user)
+        try:
+            return pwd.getpwnam(self.unix_user).pw_uid
+        except KeyError:
+            raise ValueError(f"unix_user {self.unix_user!r} is not a user on this machine") from None
+
+    def group(self) -> tuple[int, frozenset[str]] | None:
+        """unix_group as (group id, the names of its members); ValueError when there is no such group."""
+        if self.unix_group is None:
+            return None
+        try:
+            entry = grp.getgrgid(int(self.unix_group)) if self.unix_group.isdigit() else grp.getgrnam(self.unix_group)
+        except KeyError:
+            if self.unix_group.isdigit():
+                return int(self.unix_group), frozenset()
+            raise ValueError(f"unix_group {self.unix_group!r} is not a group on this machine") from None
+        return entry.gr_gid, frozenset(entry.gr_mem)
 
 
 class Settings(BaseSettings):
@@ -141,13 +178,21 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _fleet_extra_installed(self) -> Settings:
+        # Here rather than when the daemon starts: `tokend check` says it too, and `tokend run` ends with
+        # this sentence, not with a traceback from deep inside the start.
+        if self.fleet is not None and (missing := missing_extra()):
+            raise ValueError(missing)
+        return self
+
+    @model_validator(mode="after")
     def _clients_name_providers(self) -> Settings:
         seen: dict[str, str] = {}
         for name, client in self.clients.items():
             for provider in client.providers:
                 if provider not in self.providers:
                     raise ValueError(f'client "{name}", field "providers": no provider is named "{provider}"')
-            if (other := seen.setdefault(client.key.get(), name)) != name:
+            if client.key is not None and (other := seen.setdefault(client.key.get(), name)) != name:
                 raise ValueError(f'client "{name}", field "key": the same key as client "{other}"; '
                                  "each client needs its own")
         return self
@@ -176,15 +221,8 @@ class Settings(BaseSettings):
         try:
             with config_directory(path.parent):
                 return _FromFile()
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start + 1} is not); TOML files are UTF-8, "
-                              "comments included") from None
-        except RecursionError:
-            raise ConfigError(f"{path} nests tables or arrays too deeply to be a tokend config") from None
-        except OSError as exc:
-            raise ConfigError(f"config file {path} cannot be read ({exc.strerror})") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError, OSError) as exc:
+            raise unreadable_config(path, exc) from None
         except SettingsError as exc:
             raise ConfigError(_environment_problem(exc)) from None
         except ValidationError as exc:
@@ -249,6 +287,39 @@ def _describe(error: Any) -> str:
     return f"{where}: {_message(error)}"
 
 
+def _known_settings(loc: tuple[str, ...] | list[str]) -> list[str]:
+    """The setting names the table holding `loc`'s last part accepts, to suggest the near one to a typo."""
+    parts = [str(part) for part in loc[:-1]]
+    model: type[BaseModel] | None = Settings
+    if parts[:1] == ["providers"] and len(parts) >= 3:
+        model, parts = _KIND_MODELS.get(parts[2]), parts[3:]
+    elif parts[:1] == ["clients"] and len(parts) >= 2:
+        model, parts = ClientConfig, parts[2:]
+    for part in parts:
+        if model is None:
+            break
+        if part.isdigit():
+            continue  # a position in a list of tables ([[providers.x.sinks]])
+        field = model.model_fields.get(part)
+        model = None if field is None else _model_in(field.annotation)
+    if model is None:
+        return []
+    return [field.alias or name for name, field in model.model_fields.items()]
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The settings model inside a field's type (`FleetConfig | None`, `tuple[SinkConfig, ...]`), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for argument in get_args(annotation):
+        if (model := _model_in(argument)) is not None:
+            return model
+    return None
+
+
+_KIND_MODELS: dict[str, type[BaseModel]] = {kind.name: kind.config for kind in KINDS}
+
+
 def _message(error: Any) -> str:
     kinds = ", ".join(f'"{k}"' for k in PROVIDER_KINDS)
     match error["type"]:
@@ -259,6 +330,7 @@ def _message(error: Any) -> str:
         case "missing":
             return "is required but missing"
         case "extra_forbidden":
-            return "is not a known setting (a typo?)"
+            near = difflib.get_close_matches(str(error["loc"][-1]), _known_settings(error["loc"]), n=1)
+            return f"is not a known setting; did you mean {near[0]}?" if near else "is not a known setting (a typo?)"
     message = str(error["msg"])
     return message.removeprefix("Value error, ")

@@ -18,9 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import resource
+import socket
+import struct
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from tokend.guard import PEER_EXTENSION
 
 __all__ = ["MAX_CONNECTIONS", "MAX_HEADERS", "MAX_HEAD_SIZE", "READ_TIMEOUT", "connection_cap", "limited_protocol"]
 
@@ -65,9 +69,11 @@ class _LimitedProtocol(HttpToolsProtocol):
         self._body_streams = False  # this request's body streams on: the timer bounds silence, not the whole
         # When this connection began to wait for a request (or the rest of one); None while it is answered.
         self.waiting_since: float | None = None
+        self._peer: dict[str, int] | None = None  # the unix socket peer's pid, uid and gid
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._peer = _peer_credentials(transport)
         self._streamed_connection = transport.get_extra_info("sockname") in self.streamed_sockets
         self.waiting_since = self.loop.time()
         self._arm_read_timer()
@@ -104,6 +110,8 @@ class _LimitedProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         self._in_request = True
         super().on_message_begin()
+        if self._peer is not None:
+            self.scope["extensions"] = {PEER_EXTENSION: dict(self._peer)}  # type: ignore[dict-item]
 
     def on_url(self, url: bytes) -> None:
         self._body_streams = self._streamed_connection or url.startswith(self.streamed_prefix)
@@ -166,6 +174,20 @@ class _LimitedProtocol(HttpToolsProtocol):
         self._read_timer = None
         if not self.transport.is_closing():
             self.transport.close()
+
+
+def _peer_credentials(transport: asyncio.BaseTransport) -> dict[str, int] | None:
+    """Who is at the other end of a unix socket connection (SO_PEERCRED: the kernel's word, taken when it
+    connected); None over TCP, where nobody can be known that way."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.family != socket.AF_UNIX or not hasattr(socket, "SO_PEERCRED"):
+        return None
+    try:
+        pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                             struct.calcsize("3i")))
+    except OSError:
+        return None
+    return {"pid": pid, "uid": uid, "gid": gid}
 
 
 def limited_protocol(

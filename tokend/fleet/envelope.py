@@ -5,8 +5,9 @@ A record is a credential with its secrets taken out, encrypted and authenticated
     v1.<key id>.<base64 of nonce + ciphertext>
 
 The key id (8 bytes of an HMAC of the key, in hex) says which key wrote it, so a key can be rotated: the
-old one stays accepted for reading. The share key binds the record to where it is stored (it is the
-associated data), so a record copied under another provider's key fails to decrypt.
+old one stays accepted for reading. The namespace and the share key bind the record to where it is stored
+(they are the associated data), so a record copied under another provider's key, or into another
+namespace, fails to decrypt.
 
 Inside, the token appears once; the served headers and query are templates in which the token, and any of
 the provider's secrets (FinTech Studios serves its static x-api-key), are placeholders that each daemon
@@ -32,16 +33,10 @@ from tokend.credential import Credential
 from tokend.errors import CredentialsRejected, UpstreamError
 from tokend.providers import ProviderConfig
 
-VERSION = "v1"
+VERSION = "v2"  # v2: the namespace is part of the associated data
 _NONCE = 12
-
-# Settings that change when or how often a login happens, not what it logs in as: two daemons that
-# differ only here still share. Everything else (kind, URL, identity, secrets) goes into the share key.
-_NOT_IDENTITY = frozenset({
-    "timeout", "connect_timeout", "read_timeout", "min_refresh_interval", "max_retry_delay", "default_lifetime",
-    "max_lifetime", "fleet", "rotate_every", "organisation",
-})
-
+MAX_FAILURE_HOLD = 600.0  # seconds: the longest a failed login holds the fleet off, whatever Retry-After said
+CLOCK_SKEW = 60.0  # seconds: how far ahead another daemon's clock may be and its failure still count
 
 class RecordError(Exception):
     """A record that cannot be served: wrong key, tampered, or not one of ours. Says which, never the content."""
@@ -53,15 +48,18 @@ def _derive(key: bytes, purpose: bytes) -> bytes:
 
 @dataclass(frozen=True)
 class FleetKey:
-    """One encryption key and what is derived from it: separate keys for encryption and for share keys."""
+    """One encryption key and what is derived from it: separate keys for encryption and for share keys;
+    and the namespace the records it seals belong to."""
 
     id: str
     encryption: bytes
     sharing: bytes
+    namespace: str
 
     @classmethod
-    def of(cls, key: bytes) -> FleetKey:
-        return cls(_derive(key, b"key id").hex()[:16], _derive(key, b"encryption"), _derive(key, b"share key"))
+    def of(cls, key: bytes, namespace: str) -> FleetKey:
+        return cls(_derive(key, b"key id").hex()[:16], _derive(key, b"encryption"), _derive(key, b"share key"),
+                   namespace)
 
     def share_key(self, config: ProviderConfig) -> str:
         """A keyed hash of how the provider logs in: kind, login URL, identity and secrets. Two configs that
@@ -71,14 +69,18 @@ class FleetKey:
 
 
 def login_identity(config: ProviderConfig) -> dict[str, Any]:
-    """What makes a provider's logins the same: every setting but the timing ones, and the secrets by value
-    (not by where they are read from: the same password in another file is the same login), a private key
-    by its public key's fingerprint. The secrets only ever enter the keyed hash."""
+    """What makes a provider's logins the same: every setting but those its kind names as no part of the
+    login (NOT_LOGIN: timing, sinks, the proxy), and the secrets by value (not by where they are read from:
+    the same password in another file is the same login), a private key by its public key's fingerprint.
+    The secrets only ever enter the keyed hash."""
     secrets = config.secrets()
     secret_fields = {where.split(".")[0].split("[")[0] for where in secrets}
     identity: dict[str, Any] = {"kind": config.kind, "url": config.url}
+    # An unset optional secret (a key's passphrase) is skipped too: set or not, it is no part of the identity
+    # (the key it opens is, by its fingerprint).
     skipped = {name for name, field in type(config).model_fields.items()
-               if name in _NOT_IDENTITY or (field.alias or name) in secret_fields}
+               if name in config.NOT_LOGIN or (field.alias or name) in secret_fields
+               or (getattr(config, name) is None and "SecretValue" in str(field.annotation))}
     identity.update(config.model_dump(by_alias=True, mode="json", exclude=skipped))
     identity.update({f"secret:{where}": value for where, value in config.login_secrets().items()})
     return identity
@@ -140,7 +142,7 @@ def seal(credential: Credential, key: FleetKey, share_key: str, secrets: Mapping
         "query": {name: to_template(value, token, secrets) for name, value in credential.query.items()},
     }
     nonce = os.urandom(_NONCE)
-    sealed = AESGCM(key.encryption).encrypt(nonce, json.dumps(body).encode(), _associated(key.id, share_key))
+    sealed = AESGCM(key.encryption).encrypt(nonce, json.dumps(body).encode(), _associated(key, share_key))
     return f"{VERSION}.{key.id}.{base64.b64encode(nonce + sealed).decode()}"
 
 
@@ -160,7 +162,7 @@ def open_record(record: str, keys: Mapping[str, FleetKey], share_key: str, secre
         raise RecordError(f"the record was written with key id {kid}, which is not among this daemon's keys")
     try:
         raw = base64.b64decode(data, validate=True)
-        plain = AESGCM(key.encryption).decrypt(raw[:_NONCE], raw[_NONCE:], _associated(kid, share_key))
+        plain = AESGCM(key.encryption).decrypt(raw[:_NONCE], raw[_NONCE:], _associated(key, share_key))
         body = json.loads(plain)
     except (InvalidTag, ValueError):
         raise RecordError(f"the record does not decrypt with key id {kid}: it was tampered with") from None
@@ -174,13 +176,16 @@ def open_record(record: str, keys: Mapping[str, FleetKey], share_key: str, secre
     )
 
 
-def seal_failure(error: UpstreamError, key: FleetKey, share_key: str) -> str:
-    """A failed login, for the fleet to hold off on: encrypted like a record, since an upstream's error
-    text is not ours to show Redis."""
+def seal_failure(error: UpstreamError, key: FleetKey, share_key: str, hold: float) -> str:
+    """A failed login, for the fleet to hold off on for `hold` seconds: encrypted like a record, since an
+    upstream's error text is not ours to show Redis. The hold is inside, not only Redis's expiry, so that
+    a record put back after its time holds no one off."""
+    now = time.time()
     body = {"message": error.message, "status": error.status, "request_id": error.request_id,
-            "retryable": error.retryable, "rejected": isinstance(error, CredentialsRejected), "at": time.time()}
+            "retryable": error.retryable, "rejected": isinstance(error, CredentialsRejected), "at": now,
+            "until": now + min(hold, MAX_FAILURE_HOLD)}
     nonce = os.urandom(_NONCE)
-    associated = _associated(key.id, "failed " + share_key)
+    associated = _associated(key, "failed " + share_key)
     sealed = AESGCM(key.encryption).encrypt(nonce, json.dumps(body).encode(), associated)
     return f"{VERSION}.{key.id}.{base64.b64encode(nonce + sealed).decode()}"
 
@@ -195,10 +200,15 @@ def open_failure(record: str, keys: Mapping[str, FleetKey], share_key: str, prov
     try:
         raw = base64.b64decode(data, validate=True)
         body = json.loads(AESGCM(key.encryption).decrypt(raw[:_NONCE], raw[_NONCE:],
-                                                         _associated(kid, "failed " + share_key)))
+                                                         _associated(key, "failed " + share_key)))
     except (InvalidTag, ValueError):
         raise RecordError(f"the failure record does not decrypt with key id {kid}: it was tampered with") from None
-    age = max(0, int(time.time() - body["at"]))
+    now = time.time()
+    at, until = body.get("at"), body.get("until")
+    if not isinstance(at, float) or not isinstance(until, float) or not at - CLOCK_SKEW <= now < until \
+            or until - at > MAX_FAILURE_HOLD:
+        raise RecordError("the failure record is out of its time (replayed, or from a clock far off): ignored")
+    age = max(0, int(now - at))
     message = f"another daemon of the fleet tried this login {age}s ago and failed: {body['message']}"
     if body["rejected"]:
         return CredentialsRejected(provider, message, status=body["status"] or 401, request_id=body["request_id"])
@@ -206,5 +216,5 @@ def open_failure(record: str, keys: Mapping[str, FleetKey], share_key: str, prov
                          retryable=body["retryable"])
 
 
-def _associated(kid: str, share_key: str) -> bytes:
-    return f"{VERSION}.{kid}.{share_key}".encode()
+def _associated(key: FleetKey, share_key: str) -> bytes:
+    return f"{VERSION}.{key.id}.{key.namespace}.{share_key}".encode()

@@ -29,8 +29,16 @@ from prometheus_client.registry import Collector
 from tokend.credential import SERVE_MARGIN, Credential, iso_utc
 from tokend.errors import CredentialsRejected, UpstreamError
 from tokend.fleet.config import FleetConfig
-from tokend.fleet.envelope import FleetKey, RecordError, open_failure, open_record, seal, seal_failure
-from tokend.fleet.store import Store, StoreError
+from tokend.fleet.envelope import (
+    MAX_FAILURE_HOLD,
+    FleetKey,
+    RecordError,
+    open_failure,
+    open_record,
+    seal,
+    seal_failure,
+)
+from tokend.fleet.store import MAX_KEY_IDS, Store, StoreError
 from tokend.logins import Login, LoginCall, LoginReason
 from tokend.policy import RENEW_BEFORE_EXPIRY, renewal_delay
 from tokend.providers import ProviderConfig
@@ -43,7 +51,7 @@ FAILURE_HOLD = 5.0
 REJECTED_HOLD = 60.0  # refused credentials need a person; the daemons' backoff is at least this too
 MAX_ALONE_JITTER = 2.0  # seconds: logging in alone after Redis failed, spread so a fleet does not do it at once
 _BACKSTOP = 1.0  # a waiter looks at Redis again this often, in case a pub/sub message was lost
-_KEY_SEEN_WITHIN = 86400.0  # another daemon's key id counts as in use if it wrote within this
+KEY_SEEN_WITHIN = 86400.0  # another daemon's key id counts as in use if it wrote within this
 
 
 @dataclass
@@ -65,13 +73,14 @@ class FleetLogins:
     def __init__(self, inner: Login, config: FleetConfig, *, rng: random.Random | None = None) -> None:
         self._inner = inner
         self.config = config
-        self._keys = [FleetKey.of(key) for key in config.key_bytes()]
+        self._keys = [FleetKey.of(key, config.namespace) for key in config.key_bytes()]
         self._by_id = {key.id: key for key in self._keys}
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._store = Store(config)
         self._rng = rng or random.Random()  # noqa: S311 (jitter, not cryptography)
         self._tallies: dict[str, _Tally] = {}
         self._shares: dict[str, tuple[ProviderConfig, list[str]]] = {}  # provider -> (its config, share keys)
+        self._known: set[str] = set()  # the share keys of this daemon's providers: the only ones listened for
         self._latest: dict[str, str] = {}  # share key -> the last record seen on the channel
         self._events: dict[str, asyncio.Event] = {}  # share key -> set at the next message for it
         self._held: dict[str, tuple[str, str]] = {}  # share key -> (token, record) this daemon holds
@@ -129,7 +138,11 @@ class FleetLogins:
                 if won:
                     await self._let_go(share)
                 return self._adopt(call, tally, share, record, credential)
-            if not won and record is not None and record != self._expected(share, call.current):
+            if failed is not None:
+                if (error := self._failure(call, tally, share, failed)) is not None:
+                    raise error
+                won = await self._store.acquire(share, self.holder)  # a failure record that holds no one off
+            elif not won and record is not None and record != self._expected(share, call.current):
                 won = await self._store.acquire(share, self.holder)  # the claim did not try: not our record
                 # Published between our read and our lease? Then that is the token, and no login.
                 if (won and (again := await self._read(share)) != record
@@ -139,8 +152,6 @@ class FleetLogins:
             if won:
                 tally.leases_won += 1
                 return await self._log_in_for_fleet(call, tally, share)
-            if failed is not None and (error := self._failure(call, tally, share, failed)) is not None:
-                raise error
             if not counted_loss:
                 tally.leases_lost += 1
                 counted_loss = True
@@ -187,9 +198,9 @@ class FleetLogins:
         in turn: what locks accounts is a burst of failed logins, most of all with refused credentials."""
         tally.last = f"login for the fleet failed ({call.reason})"
         hold = REJECTED_HOLD if isinstance(error, CredentialsRejected) else FAILURE_HOLD
-        hold = max(hold, error.retry_after or 0.0)
+        hold = min(max(hold, error.retry_after or 0.0), MAX_FAILURE_HOLD)
         try:
-            await self._store.fail(share, seal_failure(error, self._keys[0], share), hold, self.holder)
+            await self._store.fail(share, seal_failure(error, self._keys[0], share, hold), hold, self.holder)
         except StoreError as exc:
             self._trouble(exc)
 
@@ -231,17 +242,19 @@ class FleetLogins:
         now = time.time()
         if credential.expires_at is None or not credential.is_fresh(now):
             return None
+        current = call.current
+        if (current is not None and current.expires_at is not None and credential.token != current.token
+                and credential.expires_at <= current.expires_at):
+            # Expiring no later than what this daemon has: an old record put back (by a Redis writer) never
+            # turns a daemon back to a token it has moved on from.
+            return None
         if call.reason is LoginReason.FORCED:
             if call.rejected is not None and credential.token != call.rejected:
                 return credential  # already replaced, by some daemon of the fleet
             # The fleet-wide min_refresh_interval: a token this recent is as new as a forced refresh may make.
             return credential if now - credential.obtained_at < call.config.min_refresh_interval else None
-        current = call.current
-        if current is not None:
-            if credential.token == current.token:
-                return None  # the very token being renewed
-            if current.expires_at is not None and credential.expires_at <= current.expires_at:
-                return None  # older than what this daemon has
+        if current is not None and credential.token == current.token:
+            return None  # the very token being renewed
         return credential if credential.expires_at - now > RENEW_BEFORE_EXPIRY + SERVE_MARGIN else None
 
     def _adopt(
@@ -251,9 +264,7 @@ class FleetLogins:
         tally.last = f"adopted the fleet's token ({call.reason})"
         if record is not None:
             self._held[share] = (credential.token, record)
-        log.info("fleet provider=%s adopted the fleet's token (%s) request_id=%s expires_at=%s", call.name,
-                 call.reason, credential.request_id or "-", iso_utc(credential.expires_at))
-        return credential
+        return credential  # the manager logs it, as an adoption
 
     def _expected(self, share: str, current: Credential | None) -> str:
         """The record of the token this daemon holds, if it came from (or went to) the fleet; else ''."""
@@ -265,6 +276,7 @@ class FleetLogins:
         cached = self._shares.get(name)
         if cached is None or cached[0] is not config:
             cached = self._shares[name] = (config, [key.share_key(config) for key in self._keys])
+            self._known = {share for _, shares in self._shares.values() for share in shares}
         return cached[1]
 
     # --- Redis -------------------------------------------------------------------------------------------
@@ -318,12 +330,19 @@ class FleetLogins:
                         self._up()
                         await self._check_key_ids()
                         continue
+                    if share not in self._known:
+                        continue  # not a provider of this daemon: remembering it would let a publisher fill memory
                     if record is not None:
                         self._latest[share] = record
                     if (event := self._events.pop(share, None)) is not None:
                         event.set()
             except StoreError as exc:
-                self._trouble(exc)
+                # Counted and told, but the logins are not sent alone for it: a restarted Redis answers
+                # again at once, and each login's own call finds out (in one fast round trip) if it does not.
+                self._redis_errors += 1
+                self._last_error = str(exc)
+                if self._down_since is None:
+                    log.info("fleet: the subscription to Redis failed (%s); subscribing again", exc)
             await asyncio.sleep(self.config.retry_after * self._rng.uniform(0.5, 1.0))
 
     async def _check_key_ids(self) -> None:
@@ -335,12 +354,13 @@ class FleetLogins:
             return
         now = time.time()
         for kid, at in seen.items():
-            if kid not in self._by_id and now - at < _KEY_SEEN_WITHIN and kid not in self._foreign:
+            if kid in self._by_id or (kid not in self._foreign and len(self._foreign) >= MAX_KEY_IDS):
+                continue  # bounded: a Redis writer could fill the hash with made-up ids
+            if now - at < KEY_SEEN_WITHIN and kid not in self._foreign:
                 log.warning("fleet: another daemon of namespace %s writes with key id %s, which this daemon does "
                             "not have (this one writes with %s): tokens are not shared between them; give every "
                             "daemon the same encryption_key", self.config.namespace, kid, self._keys[0].id)
-            if kid not in self._by_id:
-                self._foreign[kid] = at
+            self._foreign[kid] = at
 
     def _trouble(self, error: StoreError) -> None:
         self._redis_errors += 1

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -24,6 +25,7 @@ from urllib.parse import urlsplit
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from tokend.fleet.config import FleetConfig
@@ -31,6 +33,9 @@ from tokend.fleet.config import FleetConfig
 log = logging.getLogger("tokend")
 
 T = TypeVar("T")
+
+MAX_KEY_IDS = 64  # key ids read from the fleet's hash: a rotation has two or three
+_KEY_ID = re.compile(r"[0-9a-f]{16}")
 
 # Let go of a lease only if this daemon still holds it, and tell the waiters.
 _RELEASE = """
@@ -48,19 +53,34 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+# A lease no daemon of ours set (no expiry, or one far beyond the lease length: a Redis writer's) is cut to
+# the normal lease length, so that it lapses like a crashed holder's instead of stalling every login.
+_REPAIR = "local ttl = redis.call('PTTL', KEYS[2]) " \
+          "if ttl == -1 or ttl > tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[2], ARGV[2]) end"
+# Take the lease if it is free.
+_ACQUIRE = f"""
+local won = redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2])
+if not won then
+  {_REPAIR}
+end
+return won and 1 or 0
+"""
 # One round trip for the common question at a renewal: the fleet's record, and, if it is still the one
 # this daemon holds (ARGV[3]; '' if none), the lease to replace it, unless a login just failed (KEYS[3]).
-_CLAIM = """
+_CLAIM = f"""
 local record = redis.call('GET', KEYS[1])
 if record and record ~= ARGV[3] then
-  return {record, 0, ''}
+  return {{record, 0, ''}}
 end
 local failed = redis.call('GET', KEYS[3])
 if failed then
-  return {record or '', 0, failed}
+  return {{record or '', 0, failed}}
 end
 local won = redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2])
-return {record or '', won and 1 or 0, ''}
+if not won then
+  {_REPAIR}
+end
+return {{record or '', won and 1 or 0, ''}}
 """
 
 
@@ -78,8 +98,10 @@ class Store:
         self.channel = f"{self.prefix}:published"
         options: dict[str, Any] = {
             "socket_connect_timeout": config.connect_timeout,
-            # No retries inside redis-py: a failed call is answered by logging in alone, at once.
-            "retry": Retry(NoBackoff(), 0),
+            # One retry, at once, and only for a connection that failed: after Redis restarts, every pooled
+            # connection is dead, and the first call on one would otherwise fail and cost `retry_after` seconds
+            # of logging in alone. A timeout is not retried: it is answered by logging in alone, at once.
+            "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
             "health_check_interval": 0,  # no PINGs while idle
             "decode_responses": True,
         }
@@ -95,6 +117,7 @@ class Store:
         self._release = self._redis.register_script(_RELEASE)
         self._renew = self._redis.register_script(_RENEW)
         self._claim = self._redis.register_script(_CLAIM)
+        self._acquire = self._redis.register_script(_ACQUIRE)
         self.calls = 0  # round trips to Redis so far (a pipeline or a script is one), for /metrics
 
     def token_key(self, share: str) -> str:
@@ -119,6 +142,9 @@ class Store:
             raise StoreError(f"{what}: no answer from {self.where} within {bound:g}s") from None
         except (RedisError, OSError) as exc:
             raise StoreError(f"{what}: {self.where}: {_reason(exc)}") from None
+
+    async def ping(self) -> None:
+        await self._call("ping", lambda: self._redis.ping())
 
     async def read(self, shares: list[str]) -> list[str | None]:
         keys = [self.token_key(share) for share in shares]
@@ -146,8 +172,9 @@ class Store:
 
     async def acquire(self, share: str, holder: str) -> bool:
         lease_ms = int(self.config.lease * 1000)
-        return bool(await self._call("lease", lambda: self._redis.set(
-            self.lease_key(share), holder, nx=True, px=lease_ms)))
+        # KEYS[2], as in _CLAIM, so that both share _REPAIR.
+        return bool(await self._call("lease", lambda: self._acquire(
+            keys=[self.token_key(share), self.lease_key(share)], args=[holder, lease_ms])))
 
     async def renew(self, share: str, holder: str) -> bool:
         lease_ms = int(self.config.lease * 1000)
@@ -164,6 +191,7 @@ class Store:
         async def send() -> None:
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.set(self.token_key(share), record, px=ttl_ms)
+                pipe.delete(self.failed_key(share))  # a login that worked holds no one off
                 pipe.publish(self.channel, f"{share} {record}")
                 pipe.hset(f"{self.prefix}:keys", key_id, int(time.time()))
                 await pipe.execute()
@@ -171,8 +199,11 @@ class Store:
         await self._call("publish", send)
 
     async def key_ids(self) -> dict[str, int]:
-        raw = await self._call("key ids", lambda: self._redis.hgetall(f"{self.prefix}:keys"))
-        return {str(kid): int(at) for kid, at in raw.items()}
+        """Key id -> when last written with, for at most MAX_KEY_IDS of them (one page of HSCAN, should a Redis
+        writer have filled the hash); entries that are not a key id and a time are skipped."""
+        _, raw = await self._call("key ids", lambda: self._redis.hscan(f"{self.prefix}:keys", 0, count=MAX_KEY_IDS))
+        pairs = [(str(kid), str(at)) for kid, at in raw.items()][:MAX_KEY_IDS] if isinstance(raw, dict) else []
+        return {kid: int(at) for kid, at in pairs if _KEY_ID.fullmatch(kid) and at.isdigit() and len(at) <= 12}
 
     async def messages(self) -> AsyncIterator[tuple[str, str | None]]:
         """(share key, record or None) for every message on the channel, until the connection fails

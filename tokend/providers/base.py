@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -30,6 +30,15 @@ class ProviderBase(BaseModel):
     """The settings every kind has. A kind's model adds its own and names itself in `kind`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # The settings that change when a login happens, how long its answer is kept, or where the token goes
+    # afterwards, but never what a login sends or gets back: fleet mode shares one login between daemons
+    # that differ only in these. Every other setting is part of the login. A kind adds its own with `|`.
+    NOT_LOGIN: ClassVar[frozenset[str]] = frozenset({
+        "timeout", "connect_timeout", "read_timeout", "min_refresh_interval", "max_retry_delay",
+        "expired_retry_delay", "default_lifetime", "max_lifetime", "max_answer_bytes", "sinks", "proxy", "api_url",
+        "proxy_listen", "proxy_retry_body_limit", "fleet",
+    })
 
     kind: str
     timeout: Seconds = 10.0  # a whole login, every step included
@@ -150,3 +159,6 @@ class Kind(Generic[ConfigT]):
     provider: type[Provider]
     # Built once per daemon when the daemon starts; it loops over the providers of its kind itself.
     extension: Callable[[DaemonParts], Extension] | None = None
+    # The kind's table for `tokend init`: a working starting point, its secrets as { env } references
+    # named after the table, so that it passes `tokend check` once they are set.
+    example: str = ""

@@ -12,9 +12,10 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 from urllib.parse import quote
 
-from tokend_client._address import Address, find_address, find_client_key
+from tokend_client._address import Address, check_key_destination, find_address, find_client_key
 from tokend_client._credential import Credential
 from tokend_client._errors import DaemonUnreachable, TokendError, error_from_answer
+from tokend_client._signed import authorization
 
 __all__ = ["Client", "default_client"]
 
@@ -75,7 +76,9 @@ class Client:
     may be `http://127.0.0.1:8765`, `unix:/run/tokend/tokend.sock` or `http+unix://%2Frun%2Ftokend%2Ftokend.sock`.
 
     When tokend has `[clients]`, the client key comes from `client_key`, else the file `client_key_file`,
-    else `$TOKEND_CLIENT_KEY`, else the file named by `$TOKEND_CLIENT_KEY_FILE`.
+    else `$TOKEND_CLIENT_KEY`, else the file named by `$TOKEND_CLIENT_KEY_FILE`. A key is sent only to a
+    loopback address (or anywhere with `allow_remote=True` or `$TOKEND_ALLOW_REMOTE=1`), and never over
+    TCP when the config says tokend listens on a unix socket: TokendError at construction otherwise.
 
     A credential is kept in this process until shortly before it expires (and at most `max_age` seconds),
     so that asking for a ready one costs no request to tokend. One client is safe to share between threads
@@ -92,15 +95,16 @@ class Client:
         client_key_file: str | os.PathLike[str] | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         max_age: float = DEFAULT_MAX_AGE,
+        allow_remote: bool = False,
     ) -> None:
         self.address: Address = find_address(url, config)
         self.timeout = timeout
         self.max_age = max_age
         self._headers = {"Accept": "application/json", "User-Agent": f"tokend-client/{__version__}",
                          "X-Tokend-Request": "tokend-client"}
-        key = find_client_key(client_key, client_key_file)
-        if key is not None:
-            self._headers["Authorization"] = f"Bearer {key}"
+        self._key = find_client_key(client_key, client_key_file)  # signs each request; never sent
+        if self._key is not None:
+            check_key_destination(self.address, config, allow_remote=allow_remote)
         self._lock = threading.Lock()  # guards the three below
         self._cache: dict[str, _Entry] = {}
         self._flights: dict[tuple[str, str, str | None], _Flight] = {}
@@ -248,6 +252,8 @@ class Client:
             payload = json.dumps(body).encode()
             headers = {**headers, "Content-Type": "application/json"}
         for attempt in (1, 2):
+            if self._key is not None:  # signed anew for each try: tokend takes a signature once
+                headers = {**headers, "Authorization": authorization(self._key, method, path)}
             connection, reused = self._checkout()
             try:
                 connection.request(method, path, body=payload, headers=headers)  # a bodiless POST: length 0
