@@ -30,6 +30,17 @@ def write_config(directory: Path, fakes: FakeProviders, *, extra: str = "", **op
     return write_fake_config(directory, fakes, free_port(), extra=extra, **options)
 
 
+def add_settings(config: Path, settings: dict[str, str]) -> Path:
+    """Put TOML lines in providers' tables of a written config: {"felloh": 'git_hosts = ["h"]'}."""
+    text = config.read_text()
+    for name, lines in settings.items():
+        header = f"[providers.{name}]\n"
+        assert header in text, f"no provider {name} in {config}"
+        text = text.replace(header, f"{header}{lines}\n", 1)
+    config.write_text(text)
+    return config
+
+
 def accepting(path: Path) -> bool:
     """Whether a unix socket accepts connections; probed with a socket of our own, because httpcore
     leaks its socket when a unix connect fails."""

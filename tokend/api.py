@@ -37,6 +37,7 @@ from tokend.fields import shown_url
 from tokend.guard import NOT_ADMIN, NOT_YOURS, Caller, Denial, RequestGuard
 from tokend.limits import RequestLimits
 from tokend.metrics import CONTENT_TYPE, Metrics
+from tokend.providers import ProviderConfig
 
 __all__ = ["create_app"]
 
@@ -176,8 +177,15 @@ def create_app(daemon: Daemon) -> ASGIApp:
             if (config := manager.provider_config(name)).proxy:
                 state["proxy"] = {"target": shown_url(config.proxy_target or ""),
                                   "url": _proxy_url(daemon.where, name, config.proxy_listen)}
+            state.update(_tool_settings(config))
         fleet = {} if daemon.fleet is None else {"fleet": daemon.fleet.status()}
         return {"version": __version__, "ready": manager.ready(providers), "providers": providers, **fleet}
+
+    @app.get("/metadata/environment")
+    async def metadata_environment(who: Caller = asking) -> JSONResponse:
+        # For `tokend exec`: the metadata endpoints' variables, Azure's secret only to a caller that may
+        # read every provider it serves.
+        return JSONResponse({"environment": daemon.metadata.environment(who.may_read)}, headers=NO_STORE_HEADERS)
 
     for extension in daemon.extensions:
         if (router := extension.router()) is not None:
@@ -203,14 +211,25 @@ def create_app(daemon: Daemon) -> ASGIApp:
     behind: ASGIApp = _CountedRequests(RequestLimits(app, guard), requests)
     proxy = daemon.proxy
     behind = proxy.wrap(behind)  # /proxy/... and the providers' own listeners, behind the token fast path
+    behind = daemon.metadata.wrap(behind)  # the metadata listeners, by the address a request came in on
     # Outermost, so that GET /token costs no other wrapper's call; it answers nothing that came in on a
-    # provider's own proxy listener, where /token/... is a path of the provider's API.
+    # provider's own proxy listener or a metadata listener, where /token/... is not tokend's route.
     fast_path = TokenFastPath(behind, manager, guard, renderer,
-                              elsewhere=proxy.own_addresses)
+                              elsewhere=proxy.own_addresses | daemon.metadata.addresses)
     collectors = [part.collector() for part in (daemon.fleet,) if part is not None]
     metrics = Metrics(manager, requests=requests, fast_answers=lambda: fast_path.served,
                       collectors=[*collectors, proxy.stats])
     return fast_path
+
+
+def _tool_settings(config: ProviderConfig) -> dict[str, Any]:
+    """What the git and Docker credential helpers match a request against (tokend.outputs)."""
+    shown: dict[str, Any] = {}
+    if config.git_hosts or config.git_user:
+        shown["git"] = {"hosts": list(config.git_hosts), "username": config.git_user}
+    if config.docker_registries:
+        shown["docker"] = {"registries": list(config.docker_registries), "username": config.registry_user}
+    return shown
 
 
 def _proxy_url(where: str, name: str, listen: object) -> str:

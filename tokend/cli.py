@@ -161,6 +161,22 @@ def _parser(kinds: tuple[str, ...] | None = None) -> argparse.ArgumentParser:
         command.add_argument("name", help="the provider's name in the config")
         _client_options(command)
         command.set_defaults(handler=handler)
+    git = commands.add_parser("git-credential", help="git's credential helper: the token of the provider whose "
+                              "git_hosts lists the host git asks for",
+                              description="git's credential helper protocol on stdin and stdout. Set up with: "
+                              "git config --global credential.https://HOST.helper 'tokend git-credential'")
+    git.add_argument("--provider", metavar="NAME", help="answer with this provider, whatever the host")
+    git.add_argument("operation", choices=("get", "store", "erase"), help="what git asks (it says which)")
+    _client_options(git)
+    git.set_defaults(handler=_git_credential)
+
+    kube = commands.add_parser("kube-credential", help="kubectl's exec plugin: an ExecCredential with the token",
+                               description="Print an ExecCredential holding provider NAME's token, in the "
+                               "apiVersion $KUBERNETES_EXEC_INFO asks for (client.authentication.k8s.io/v1 "
+                               "by default).")
+    kube.add_argument("name", help="the provider's name in the config")
+    _client_options(kube)
+    kube.set_defaults(handler=_kube_credential)
 
     _felloh_commands(commands)
 
@@ -281,7 +297,8 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _print_parts(settings: Settings, fleet: FleetReport | None) -> None:
-    """What `tokend check` lists: each provider with its secrets' sources, proxy and sinks; the listener; the fleet."""
+    """What `tokend check` lists: each provider with its secrets' sources, proxy, git and Docker matches and sinks;
+    the listeners; the fleet."""
     for name, provider in settings.providers.items():
         sources = ", ".join(f"{field} from {secret.source}" for field, secret in provider.secrets().items())
         login_url = f" at {provider.url}" if provider.url else ""
@@ -291,6 +308,10 @@ def _print_parts(settings: Settings, fleet: FleetReport | None) -> None:
         if provider.proxy:
             also = f", and on {provider.proxy_listen}" if provider.proxy_listen else ""
             print(f"    proxy: /proxy/{name}/ -> {provider.proxy_target}{also}")
+        for tool, hosts in (("git", provider.git_hosts), ("docker", provider.docker_registries)):
+            if hosts:
+                user = provider.git_user if tool == "git" else provider.registry_user
+                print(f"    {tool}: {', '.join(hosts)} as {user}")
         for sink in provider.sinks:
             print(f"    sink: {sink.path} ({sink.format}, mode {sink.mode:04o})")
         if settings.fleet is not None and not provider.fleet:
@@ -299,6 +320,8 @@ def _print_parts(settings: Settings, fleet: FleetReport | None) -> None:
     print(f"  serving on {listening}")
     if settings.state is not None:
         print(f"  state folder: {settings.state.folder} (encryption_key from {settings.state.encryption_key.source})")
+    for protocol, listen in settings.metadata.listening().items():
+        print(f"  metadata endpoint {protocol} on http://{listen}")
     if settings.fleet is not None and fleet is not None:
         print(f"  fleet: namespace {settings.fleet.namespace}")
         for line in fleet.lines:
@@ -597,6 +620,73 @@ def _exec(args: argparse.Namespace) -> int:
     except Unrunnable as exc:
         _err(f"tokend exec: {exc.message}")
         return exc.code
+
+
+def _git_credential(args: argparse.Namespace) -> int:
+    from tokend.outputs import git
+
+    attributes = git.parse(sys.stdin.read())
+    if args.operation == "store":
+        return Exit.OK  # nothing to keep: the daemon renews its tokens itself
+    client = _client(args)
+    if args.operation == "erase":
+        git.erase(client, attributes, args.provider)
+        return Exit.OK
+    credential = git.get(client, attributes, args.provider)
+    if credential is not None:  # else no answer at all: git asks its next helper, or the user
+        sys.stdout.write(git.unparse(credential))
+    return Exit.OK
+
+
+def _kube_credential(args: argparse.Namespace) -> int:
+    import json
+    import os
+
+    from tokend.outputs.kube import exec_credential
+
+    credential = exec_credential(_client(args), args.name, os.environ.get("KUBERNETES_EXEC_INFO"))
+    print(json.dumps(credential))
+    return Exit.OK
+
+
+def docker_credential_main(argv: list[str] | None = None) -> int:
+    """`docker-credential-tokend OPERATION`: Docker's credential helper. Docker shows what is on stdout when
+    the exit status is not 0, so errors go there too."""
+    import argparse as _argparse
+
+    operation = (sys.argv[1:] if argv is None else argv)[:1]
+    if operation not in (["get"], ["list"], ["store"], ["erase"]):
+        print("usage: docker-credential-tokend get|list|store|erase (run by Docker, not by hand)")
+        return Exit.USAGE
+    args = _argparse.Namespace(config=None, url=None, client_key_file=None)  # Docker passes no options
+    try:
+        return _docker_credential(operation[0], args)
+    except _UsageError as exc:  # a $TOKEND_URL that is no daemon's
+        print(f"tokend: {exc}")
+        return Exit.FAILURE
+    except TokendError as exc:
+        print(f"tokend: {exc.message}")
+        return Exit.FAILURE
+
+
+def _docker_credential(operation: str, args: argparse.Namespace) -> int:
+    import json
+
+    from tokend.outputs import docker
+
+    request = sys.stdin.read()
+    if operation in ("store", "erase"):
+        return Exit.OK  # docker login and logout: the daemon's tokens are its own to renew
+    client = _client(args)
+    if operation == "list":
+        print(json.dumps(docker.listing(client)))
+        return Exit.OK
+    credential = docker.get(client, request)
+    if credential is None:
+        print(docker.NOT_FOUND)
+        return Exit.FAILURE
+    print(json.dumps(credential))
+    return Exit.OK
 
 
 def _last_error(error: dict[str, Any] | None) -> str:

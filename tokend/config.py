@@ -30,6 +30,7 @@ from tokend.discovery import unreadable_config
 from tokend.errors import ConfigError
 from tokend.fields import Seconds, SocketMode, is_loopback_host
 from tokend.fleet.config import FleetConfig, missing_extra
+from tokend.outputs.metadata import MetadataConfig
 from tokend.providers import KINDS, PROVIDER_KINDS, ProviderConfig
 from tokend.secrets import Secret, config_directory
 from tokend.state.config import StateConfig
@@ -164,6 +165,13 @@ class Settings(BaseSettings):
     clients: dict[ProviderName, ClientConfig] = {}
     fleet: FleetConfig | None = None  # share one login per provider with other daemons, through Redis
     state: StateConfig | None = None  # keep credentials across restarts, sealed in a folder
+    metadata: MetadataConfig = MetadataConfig()  # cloud SDKs' metadata endpoints (tokend.outputs)
+
+    @model_validator(mode="after")
+    def _metadata_names_providers(self) -> Settings:
+        if (problem := self.metadata.problem(self.providers)) is not None:
+            raise ValueError(problem)
+        return self
 
     @model_validator(mode="after")
     def _fleet_rotates_no_felloh_keys(self) -> Settings:

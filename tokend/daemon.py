@@ -5,6 +5,8 @@ reverse. Everything else is handed what it needs; no part builds another.
     credentials restored, other first logins start) -> file sinks
     -> proxy -> secret-file watcher -> extensions -> reloader (SIGHUP) -> systemd notifications -> frozen heap
 
+The metadata endpoints (tokend.outputs) have no lifecycle of their own: they only answer requests.
+
 The local API (tokend.api) and the listener (tokend.server) are built around a Daemon, not inside it.
 """
 
@@ -27,6 +29,7 @@ from tokend.extensions import DaemonParts, Extension
 from tokend.guard import RequestGuard
 from tokend.logins import DirectLogin, Login
 from tokend.manager import Manager
+from tokend.outputs.metadata import Metadata, MetadataListener
 from tokend.providers import KINDS
 from tokend.proxy.listen import Listener
 from tokend.proxy.router import Proxy
@@ -61,6 +64,7 @@ class Daemon:
         notifier: Notifier | None = None,
         where: str = "",
         proxy_listeners: Sequence[Listener] = (),
+        metadata_listeners: Sequence[MetadataListener] = (),
         rng: random.Random | None = None,
     ) -> None:
         self.settings = settings
@@ -101,6 +105,9 @@ class Daemon:
         self.proxy = Proxy(manager, RequestGuard(settings.server), clients=lambda: manager.settings.clients,
                            listeners=proxy_listeners, tls=lambda: trust_store(manager.settings.upstream.ca_bundle),
                            budget=self.budget)
+        # Cloud SDKs' metadata endpoints, on their own listeners (opened by tokend.server like the proxy's).
+        self.metadata = Metadata(self.manager, self.client, self.redactor, metadata_listeners)
+        self.redactor.add_secrets([self.metadata.identity_header])
         self.watcher = SecretFileWatcher(self.manager, self.scheduler)
         self.reloader = (
             None if config_path is None

@@ -4,7 +4,8 @@
     tokend exec --env fts=FTS_TOKEN -- ./short-script.sh
 
 The child gets `TOKEND_URL` (and `TOKEND_CLIENT_KEY` when one was given), so the client libraries work
-with no settings; per `--provider` whose proxy is on, `TOKEND_PROXY_URL_<NAME>`; and only with `--env`, a
+with no settings, and the cloud SDKs' variables for the metadata endpoints that are on (tokend.outputs);
+per `--provider` whose proxy is on, `TOKEND_PROXY_URL_<NAME>`; and only with `--env`, a
 token itself, which cannot be renewed once in an environment (for short commands). Like aws-vault exec,
 tokend then stays out of the way: signals are passed on to the child, its exit status is passed back, and
 nothing is printed on its streams.
@@ -19,6 +20,7 @@ import signal
 import subprocess
 
 from tokend.errors import TokendError, UnknownProvider
+from tokend.outputs.environment import metadata_environment
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -94,6 +96,8 @@ def child_environment(
         if (why := unsafe_variable(variable)) is not None:
             raise TokendError(f"--env {name}={variable}: refusing to put a token in {variable}: {why}")
         env[variable] = _json(client, "GET", f"/token/{_quoted(name)}", name)["token"]
+    # The metadata endpoints' variables last (the asked-for ones are checked before the daemon is asked anything).
+    env.update({key: value for key, value in metadata_environment(client).items() if key not in tokens.values()})
     return env
 
 

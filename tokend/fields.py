@@ -10,7 +10,10 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, PlainValidator
 
-__all__ = ["Duration", "ProxyListen", "Seconds", "SocketMode", "UpstreamURL", "is_loopback_host", "shown_url"]
+from tokend.outputs.docker import registry_key
+
+__all__ = ["Duration", "GitHost", "LoopbackListen", "ProxyListen", "Registry", "Seconds", "SocketMode", "UpstreamURL",
+           "is_loopback_host", "shown_url"]
 
 
 
@@ -63,17 +66,48 @@ UpstreamURL = Annotated[str, PlainValidator(lambda v: _upstream_url(_expect_str(
 def _proxy_listen(value: Any) -> str:
     """A proxy listener: "host:port" on a loopback address, or an absolute unix socket path."""
     text = _expect_str(value)
-    if text.startswith("/"):
-        return text
-    host, _, port = text.rpartition(":")
-    if not port.isdigit() or not 1 <= int(port) <= 65535 or not host:
-        raise ValueError(f'{text!r} must be "127.0.0.1:PORT" or an absolute unix socket path')
-    if not is_loopback_host(host):
-        raise ValueError(f"{text!r} is not a loopback address; the proxy serves local programs only")
-    return text
+    return text if text.startswith("/") else _loopback_listen(text, " or an absolute unix socket path")
 
 
 ProxyListen = Annotated[str, PlainValidator(_proxy_listen)]
+
+
+def _git_host(value: Any) -> str:
+    """A host as git's credential helpers are told it: a name, and `:port` when the remote URL has one."""
+    text = _expect_str(value).strip().lower()
+    host, colon, port = text.rpartition(":") if not text.endswith("]") else (text, "", "")
+    if colon and not (port.isdigit() and 1 <= int(port) <= 65535):
+        raise ValueError(f"{text!r} is not a host or host:port (git gives the port only when the URL has one)")
+    if not (host if colon else text) or "/" in text or any(char.isspace() for char in text):
+        raise ValueError(f"{text!r} is not a host or host:port, such as \"github.com\" or \"git.example.com:8443\"")
+    return text
+
+
+GitHost = Annotated[str, PlainValidator(_git_host)]
+
+
+def _registry(value: Any) -> str:
+    text = registry_key(_expect_str(value))
+    if not text or any(char.isspace() for char in text):
+        raise ValueError(f"{value!r} is not a registry, such as \"ghcr.io\" or \"europe-docker.pkg.dev\"")
+    return text
+
+
+Registry = Annotated[str, PlainValidator(_registry)]
+
+
+def _loopback_listen(value: Any, alternative: str = "") -> str:
+    """A listener other programs reach over TCP: "host:port" on a loopback address."""
+    text = _expect_str(value)
+    host, _, port = text.rpartition(":")
+    if not port.isdigit() or not 1 <= int(port) <= 65535 or not host:
+        raise ValueError(f'{text!r} must be "127.0.0.1:PORT"{alternative}')
+    if not is_loopback_host(host):
+        raise ValueError(f"{text!r} is not a loopback address; tokend serves local programs only")
+    return text
+
+
+LoopbackListen = Annotated[str, PlainValidator(_loopback_listen)]
 
 
 def _expect_str(value: Any) -> str:

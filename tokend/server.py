@@ -15,8 +15,9 @@ import signal
 import socket
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import uvicorn
 
@@ -28,12 +29,14 @@ from tokend.connections import limited_protocol
 from tokend.daemon import Daemon
 from tokend.errors import TokendError
 from tokend.logs import install_redaction
+from tokend.outputs.metadata import closed_at_exit, open_metadata_listeners
 from tokend.proxy.listen import open_listeners, removed_at_exit
 from tokend.sdnotify import Notifier
 
 log = logging.getLogger("tokend")
 
 SOCKET_MODE = 0o600
+T = TypeVar("T")
 GRACEFUL_SHUTDOWN = 3  # seconds for in-flight local requests after SIGTERM
 
 
@@ -42,6 +45,19 @@ def listen(server: ServerConfig) -> socket.socket:
     if server.socket is not None:
         return _listen_unix(server.socket, server.socket_mode, server.socket_group)
     return listen_tcp(server.host, server.port)
+
+
+def listen_each(wanted: Iterable[tuple[T, ServerConfig]]) -> list[tuple[T, socket.socket]]:
+    """A listening socket for each (tag, address); TokendError, with all those opened closed, if one fails."""
+    opened: list[tuple[T, socket.socket]] = []
+    try:
+        for tag, server in wanted:
+            opened.append((tag, listen(server)))
+    except BaseException:
+        for _, sock in opened:
+            sock.close()
+        raise
+    return opened
 
 
 def listen_tcp(host: str, port: int) -> socket.socket:
@@ -131,11 +147,16 @@ def serve(settings: Settings, sock: socket.socket | None = None, *, config_path:
         sock.close()
         raise
     try:
-        # A bad proxy variable or trust store stops it here, before anything is served.
-        daemon = Daemon(settings, config_path=config_path, notifier=Notifier.from_environment(), where=str(where),
-                        proxy_listeners=proxy_listeners)
+        metadata_listeners = open_metadata_listeners(settings.metadata)
     except BaseException:
         with removed_at_exit(proxy_listeners), sock:
+            raise
+    try:
+        # A bad proxy variable or trust store stops it here, before anything is served.
+        daemon = Daemon(settings, config_path=config_path, notifier=Notifier.from_environment(), where=str(where),
+                        proxy_listeners=proxy_listeners, metadata_listeners=metadata_listeners)
+    except BaseException:
+        with removed_at_exit(proxy_listeners), closed_at_exit(metadata_listeners), sock:
             raise
     install_redaction(daemon.redactor)
     streamed = frozenset(listener.sock.getsockname() for listener in proxy_listeners)
@@ -157,13 +178,17 @@ def serve(settings: Settings, sock: socket.socket | None = None, *, config_path:
     log.info("tokend serving %d provider(s) on %s", len(settings.providers), where)
     for listener in proxy_listeners:
         log.info("proxy for %s on %s", listener.provider, listener.where)
+    for protocol, address in settings.metadata.listening().items():
+        log.info("metadata endpoint %s on %s", protocol, address)
     log_findings(audit(settings, config_path))
 
     async def run() -> None:
         async with daemon:
-            await server.serve(sockets=[sock, *(listener.sock for listener in proxy_listeners)])
+            await server.serve(sockets=[sock, *(listener.sock for listener in proxy_listeners),
+                                        *(listener.sock for listener in metadata_listeners)])
 
-    with _unlink_at_exit(settings.server), removed_at_exit(proxy_listeners), sock, _stop_signals_end_cleanly(), \
+    with _unlink_at_exit(settings.server), removed_at_exit(proxy_listeners), closed_at_exit(metadata_listeners), sock, \
+            _stop_signals_end_cleanly(), \
             asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:  # uvloop where uvicorn would use it
         runner.run(run())
     return server.started

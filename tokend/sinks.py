@@ -2,7 +2,7 @@
 
     [[providers.fts.sinks]]
     path = "/run/app/fts.token"
-    format = "raw"            # raw | json | header | env
+    format = "raw"            # raw | json | header | env | template (with template = "...")
     command = ["systemctl", "reload", "app"]   # or: signal = "HUP", pid_file = "/run/app.pid"
 
 The sink writer listens to the manager's announcements (never called from the login code). For each new
@@ -26,12 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, model_validator
 
 from tokend.accounts import group_id, user_id
 from tokend.credential import Credential, iso_utc
 from tokend.errors import UnknownProvider
 from tokend.fields import Seconds
+from tokend.outputs import templated
 from tokend.sinkfiles import remove_sink_file, send_signal, write_sink_file
 
 if TYPE_CHECKING:
@@ -67,7 +68,8 @@ class SinkConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     path: Path
-    format: Literal["raw", "json", "header", "env"] = "raw"
+    format: Literal["raw", "json", "header", "env", "template"] = "raw"
+    template: Annotated[str, AfterValidator(templated.check)] | None = None  # format = "template" only
     mode: Annotated[int, PlainValidator(_file_mode)] = 0o600
     owner: str | None = None
     group: str | None = None
@@ -87,6 +89,8 @@ class SinkConfig(BaseModel):
             raise ValueError("set command or signal (with pid_file), not both")
         if (self.signal is None) != (self.pid_file is None):
             raise ValueError("signal and pid_file go together: the signal is sent to the process in pid_file")
+        if (self.format == "template") != (self.template is not None):
+            raise ValueError('format = "template" and template go together: the template is what the file holds')
         return self
 
 
@@ -94,6 +98,8 @@ def render(name: str, credential: Credential, sink: SinkConfig) -> bytes:
     """The bytes a sink holds for a credential."""
     if sink.format == "raw":
         return credential.token.encode()
+    if sink.template is not None:
+        return templated.render(sink.template, credential)
     if sink.format == "json":
         return (json.dumps({
             "provider": name, "token": credential.token, "token_type": credential.token_type,

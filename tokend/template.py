@@ -1,7 +1,8 @@
 """Templates for declarative providers: `"Bearer {token}"`, `"{api_key}"`.
 
 Only `{name}` substitution (and `{{` / `}}` for literal braces): no attribute access, no format specs,
-so a template in a config file can never reach anything but the values it is given.
+so a template in a config file can never reach anything but the values it is given. A name may be
+qualified, `{header:Authorization}`, where a family of values is keyed by names of another syntax.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 
-_FIELD = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}|[{}]")
+_FIELD = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*(?::[A-Za-z0-9_.-]+)?)\}|[{}]")
 
 
 def names(template: str) -> set[str]:

@@ -15,7 +15,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tokend.credential import Credential
-from tokend.fields import ProxyListen, Seconds, UpstreamURL
+from tokend.fields import GitHost, ProxyListen, Registry, Seconds, UpstreamURL
 from tokend.redact import Redactor
 from tokend.secrets import SecretValue, collect_secrets
 from tokend.sinks import SinkConfig
@@ -37,7 +37,8 @@ class ProviderBase(BaseModel):
     NOT_LOGIN: ClassVar[frozenset[str]] = frozenset({
         "timeout", "connect_timeout", "read_timeout", "min_refresh_interval", "max_retry_delay",
         "expired_retry_delay", "default_lifetime", "max_lifetime", "max_answer_bytes", "sinks", "proxy", "api_url",
-        "proxy_listen", "proxy_retry_body_limit", "fleet",
+        "proxy_listen", "proxy_retry_body_limit", "fleet", "persist", "git_hosts", "git_username",
+        "docker_registries", "registry_username",
     })
 
     kind: str
@@ -60,6 +61,13 @@ class ProviderBase(BaseModel):
     proxy_retry_body_limit: int = Field(default=1 << 20, ge=0)  # bodies up to this are buffered, so retried
     fleet: bool = True  # with [fleet]: share this provider's token with the fleet (false: log in alone)
     persist: bool = True  # with [state]: keep this provider's credential across restarts (false: never stored)
+    # Which requests of other tools' own protocols this provider answers (tokend.outputs): git's credential
+    # helper asks by host (with the port git gives), Docker's by registry; each is answered with a user name
+    # beside the token, a default per kind where the service names one.
+    git_hosts: tuple[GitHost, ...] = ()
+    git_username: str | None = Field(default=None, min_length=1)
+    docker_registries: tuple[Registry, ...] = ()
+    registry_username: str | None = Field(default=None, min_length=1)
 
     @property
     def url(self) -> str | None:
@@ -74,12 +82,40 @@ class ProviderBase(BaseModel):
     def _default_api_url(self) -> str | None:
         return None
 
+    @property
+    def git_user(self) -> str | None:
+        """The user name git sends with the token: git_username, else the kind's default."""
+        return self.git_username or self._default_git_username()
+
+    @property
+    def registry_user(self) -> str | None:
+        """The user name Docker sends with the token: registry_username, else the kind's default."""
+        return self.registry_username or self._default_registry_username()
+
+    def _default_git_username(self) -> str | None:
+        return None
+
+    def _default_registry_username(self) -> str | None:
+        return None
+
     @model_validator(mode="after")
     def _proxy_has_target(self) -> ProviderBase:
         if self.proxy and self.proxy_target is None:
             raise ValueError("proxy = true needs api_url, the API origin to forward to (this kind has no default)")
         if self.proxy_listen is not None and not self.proxy:
             raise ValueError("proxy_listen needs proxy = true")
+        return self
+
+    @model_validator(mode="after")
+    def _tools_have_user_names(self) -> ProviderBase:
+        # Asked here rather than when git or Docker asks: a helper that answers no user name makes git
+        # prompt for one, and Docker send an empty one.
+        if self.git_hosts and self.git_user is None:
+            raise ValueError("git_hosts needs git_username, the user name git sends with the token "
+                             f"(kind {self.kind} has no default; the server's documentation names it)")
+        if self.docker_registries and self.registry_user is None:
+            raise ValueError("docker_registries needs registry_username, the user name Docker sends with the "
+                             f"token (kind {self.kind} has no default; the registry's documentation names it)")
         return self
 
     def key_descriptions(self) -> dict[str, str]:

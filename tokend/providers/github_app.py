@@ -67,6 +67,12 @@ class GitHubAppConfig(ProviderBase):
     def _default_api_url(self) -> str:
         return self.base_url
 
+    def _default_git_username(self) -> str:
+        return "x-access-token"  # GitHub's user name for an installation token, over git and ghcr.io alike
+
+    def _default_registry_username(self) -> str:
+        return "x-access-token"
+
     @field_validator("private_key")
     @classmethod
     def _usable_key(cls, key: SecretValue, info: ValidationInfo) -> SecretValue:

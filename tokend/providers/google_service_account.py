@@ -107,6 +107,9 @@ class GoogleServiceAccountConfig(ProviderBase):
     def url(self) -> str:
         return self.account.token_uri
 
+    def _default_registry_username(self) -> str:
+        return "oauth2accesstoken"  # Artifact Registry's and Container Registry's user name for an access token
+
     def key_descriptions(self) -> dict[str, str]:
         return {"key": describe_key(_key_secret(self.key), None) + f" (client_email {self.client_email}, "
                 f"private_key_id {self.account.private_key_id})"}

@@ -37,19 +37,12 @@ class Listener:
 
 def open_listeners(settings: Settings) -> list[Listener]:
     """A listening socket for every provider with proxy_listen; TokendError (all closed) if one fails."""
-    from tokend.server import listen  # here: tokend.server imports the app, which imports this package
+    from tokend.server import listen_each  # here: tokend.server imports the app, which imports this package
 
-    opened: list[Listener] = []
-    try:
-        for name, config in settings.providers.items():
-            if config.proxy and config.proxy_listen is not None:
-                server = _server_config(config.proxy_listen)
-                opened.append(Listener(name, listen(server), server))
-    except BaseException:
-        for listener in opened:
-            listener.sock.close()
-        raise
-    return opened
+    wanted = [((name, server), server) for name, config in settings.providers.items()
+              if config.proxy and config.proxy_listen is not None
+              for server in (_server_config(config.proxy_listen),)]
+    return [Listener(name, sock, server) for (name, server), sock in listen_each(wanted)]
 
 
 @contextlib.contextmanager

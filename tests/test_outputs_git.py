@@ -1,0 +1,170 @@
+"""`tokend git-credential`: real git (ls-remote, clone) against `git http-backend` behind a server that
+takes only the provider's live tokens, with the real daemon as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.daemon import Daemon, add_settings, tokend_command, write_config
+from tests.git_server import GitServer
+from tests.tools import require
+from tokend.testing import FakeProviders
+
+USER = "tokend-bot"
+
+
+@pytest.fixture
+def git() -> str:
+    return require("git", "apt-get install git")
+
+
+@pytest.fixture
+def server(tmp_path: Path, fakes: FakeProviders, git: str) -> Iterator[GitServer]:
+    backend = require("/usr/lib/git-core/git-http-backend", "it comes with git: apt-get install git")
+    root = tmp_path / "served"
+    root.mkdir()
+    work = tmp_path / "work"
+    _git(git, "init", "-q", "-b", "main", str(work), home=tmp_path)
+    (work / "README").write_text("served through tokend\n")
+    _git(git, "-C", str(work), "add", "README", home=tmp_path)
+    _git(git, "-C", str(work), "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "first",
+         home=tmp_path)
+    _git(git, "clone", "-q", "--bare", str(work), str(root / "repo.git"), home=tmp_path)
+
+    def accepts(user: str, password: str) -> bool:
+        return user == USER and fakes.felloh.is_valid(password)
+
+    with GitServer(root, backend, accepts) as served:
+        yield served
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, fakes: FakeProviders, server: GitServer) -> Iterator[Daemon]:
+    config = add_settings(write_config(tmp_path, fakes), {
+        "felloh": f'git_hosts = ["{server.host}"]\ngit_username = "{USER}"',
+        "fts": 'git_hosts = ["git.example.com"]\ngit_username = "someone"',
+    })
+    started = Daemon(config, log_path=tmp_path / "daemon.log")
+    started.start()
+    yield started
+    started.kill()
+
+
+def _environment(home: Path, daemon: Daemon | None = None) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("GIT_", "TOKEND_"))}
+    env.update(HOME=str(home), GIT_CONFIG_NOSYSTEM="1", GIT_TERMINAL_PROMPT="0", GIT_ASKPASS="", SSH_ASKPASS="")
+    if daemon is not None:
+        env["TOKEND_CONFIG"] = str(daemon.config)  # found as `tokend get` finds it: git passes no options
+    return env
+
+
+def _git(git: str, *args: str, home: Path, daemon: Daemon | None = None) -> subprocess.CompletedProcess[str]:
+    helper = "!" + shlex.join([sys.executable, "-m", "tokend", "git-credential"])
+    # An empty helper first clears any configured before ours.
+    return subprocess.run([git, "-c", "credential.helper=", "-c", f"credential.helper={helper}", *args],
+                          capture_output=True, text=True, timeout=60, env=_environment(home, daemon), check=False)
+
+
+def _helper(daemon: Daemon, operation: str, text: str, *options: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(tokend_command("--config", str(daemon.config), "git-credential", *options, operation),
+                          input=text, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_ls_remote_and_clone_get_the_providers_token(
+    git: str, server: GitServer, daemon: Daemon, tmp_path: Path
+) -> None:
+    listed = _git(git, "ls-remote", f"{server.url}/repo.git", home=tmp_path, daemon=daemon)
+    assert listed.returncode == 0, listed.stderr
+    assert "refs/heads/main" in listed.stdout
+    cloned = _git(git, "clone", "-q", f"{server.url}/repo.git", str(tmp_path / "clone"), home=tmp_path,
+                  daemon=daemon)
+    assert cloned.returncode == 0, cloned.stderr
+    assert (tmp_path / "clone" / "README").read_text() == "served through tokend\n"
+    assert server.users and set(server.users) == {USER} and server.refused == []
+
+
+def test_a_refused_token_makes_git_erase_it_and_the_next_command_succeeds(
+    git: str, server: GitServer, daemon: Daemon, fakes: FakeProviders, tmp_path: Path
+) -> None:
+    first = daemon.get("/token/felloh").json()["token"]
+    assert _git(git, "ls-remote", f"{server.url}/repo.git", home=tmp_path, daemon=daemon).returncode == 0
+    logins = fakes.felloh.logins
+    fakes.felloh.revoke()  # the server now refuses the token tokend holds
+    refused = _git(git, "ls-remote", f"{server.url}/repo.git", home=tmp_path, daemon=daemon)
+    assert refused.returncode != 0 and first in server.refused
+    # git's erase named the refused token: the daemon logged in again at once.
+    daemon.wait_until(lambda: fakes.felloh.logins > logins, what="the login that replaces the refused token")
+    again = _git(git, "ls-remote", f"{server.url}/repo.git", home=tmp_path, daemon=daemon)
+    assert again.returncode == 0, again.stderr
+    assert daemon.get("/token/felloh").json()["token"] != first
+
+
+def test_get_answers_username_password_and_expiry_for_the_listed_host(daemon: Daemon, server: GitServer) -> None:
+    answer = _helper(daemon, "get", f"protocol=http\nhost={server.host}\npath=repo.git\n\n")
+    assert answer.returncode == 0, answer.stderr
+    lines = dict(line.split("=", 1) for line in answer.stdout.splitlines())
+    token = daemon.get("/token/felloh").json()
+    assert lines["username"] == USER and lines["password"] == token["token"]
+    assert abs(int(lines["password_expiry_utc"]) - (time.time() + token["expires_in"])) <= 2
+    assert set(lines) == {"username", "password", "password_expiry_utc"}
+
+
+def test_a_host_no_provider_lists_gets_no_answer_so_git_asks_on(daemon: Daemon) -> None:
+    answer = _helper(daemon, "get", "protocol=https\nhost=elsewhere.example.com\n")
+    assert (answer.returncode, answer.stdout) == (0, "")
+    # The host is matched as git gives it, the port included.
+    assert _helper(daemon, "get", "protocol=https\nhost=git.example.com:8443\n").stdout == ""
+    named = _helper(daemon, "get", "protocol=https\nhost=git.example.com\n")
+    assert named.stdout.startswith("username=someone\npassword=")
+
+
+def test_provider_option_and_the_refusals(daemon: Daemon) -> None:
+    token = daemon.get("/token/fts").json()["token"]
+    named = _helper(daemon, "get", "protocol=https\nhost=anything.example.com\n", "--provider", "fts")
+    assert f"password={token}\n" in named.stdout
+    # A token over plain http to another machine would be readable on the way: no answer.
+    plain = _helper(daemon, "get", "protocol=http\nhost=git.example.com\n")
+    assert plain.returncode != 0 and plain.stdout == "" and "https" in plain.stderr
+    nameless = _helper(daemon, "get", "protocol=https\nhost=x\n", "--provider", "flotiq")
+    assert nameless.returncode != 0 and "git_username" in nameless.stderr and nameless.stdout == ""
+    unknown = _helper(daemon, "get", "protocol=https\nhost=x\n", "--provider", "nope")
+    assert unknown.returncode != 0 and "nope" in unknown.stderr
+    stored = _helper(daemon, "store", f"protocol=https\nhost=git.example.com\nusername=u\npassword={token}\n")
+    assert (stored.returncode, stored.stdout, stored.stderr) == (0, "", "")
+    assert daemon.get("/token/fts").json()["token"] == token
+
+
+def test_erase_of_a_password_that_is_not_the_current_token_makes_no_login(
+    daemon: Daemon, fakes: FakeProviders
+) -> None:
+    logins = fakes.fintech_studios.logins
+    erased = _helper(daemon, "erase", "protocol=https\nhost=git.example.com\nusername=someone\npassword=old\n")
+    assert erased.returncode == 0, erased.stderr
+    assert fakes.fintech_studios.logins == logins
+
+
+def test_with_clients_the_helper_needs_its_key(tmp_path: Path, fakes: FakeProviders) -> None:
+    key = "git-helper-client-key-0123456789"
+    config = add_settings(write_config(tmp_path, fakes, extra=f'[clients.ci]\nkey = "{key}"\nproviders = ["fts"]\n'),
+                          {"fts": 'git_hosts = ["git.example.com"]\ngit_username = "someone"'})
+    daemon = Daemon(config, log_path=tmp_path / "daemon.log")
+    daemon.client.headers["Authorization"] = f"Bearer {key}"
+    try:
+        daemon.start()
+        ask = "protocol=https\nhost=git.example.com\n"
+        refused = _helper(daemon, "get", ask)
+        assert refused.returncode != 0 and refused.stdout == ""
+        key_file = tmp_path / "key"
+        key_file.write_text(key)
+        allowed = _helper(daemon, "get", ask, "--client-key-file", str(key_file))
+        assert f"password={daemon.get('/token/fts').json()['token']}" in allowed.stdout
+    finally:
+        daemon.kill()

@@ -1,0 +1,204 @@
+"""The metadata listeners ([metadata.gce], [metadata.azure]): their settings, their sockets, the request
+checks every one of them makes, and the ASGI wrapper that sends a request to the one it came in on.
+
+Cloud SDKs ask a metadata endpoint with no key of tokend's: so each listener takes only what the local
+API would (a loopback peer and Host, nothing relayed by a proxy, nothing from a web page), plus the
+protocol's own proof that the caller is an SDK (Google's `Metadata-Flavor: Google` header, Azure's
+per-run secret). The sockets are opened by tokend.server, which owns sockets, and served by the same
+server as the API; the app tells them apart by the address a request came in on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import socket
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from tokend.fields import is_loopback_host
+from tokend.outputs.azure import PATH as AZURE_PATH
+from tokend.outputs.azure import AzureConfig, AzureIdentityEndpoint
+from tokend.outputs.gce import ACCOUNT_KIND, GceConfig, GoogleMetadataServer
+
+if TYPE_CHECKING:
+    import httpx
+
+    from tokend.manager import Manager
+    from tokend.providers.base import ProviderBase
+    from tokend.redact import Redactor
+
+__all__ = ["Metadata", "MetadataConfig", "MetadataListener", "open_metadata_listeners"]
+
+Protocol = Literal["gce", "azure"]
+
+
+class MetadataConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    gce: GceConfig | None = None
+    azure: AzureConfig | None = None
+
+    def problem(self, providers: Mapping[str, ProviderBase]) -> str | None:
+        """Why these settings do not fit the providers (a sentence naming the field), or None."""
+        if self.gce is not None:
+            found = providers.get(self.gce.provider)
+            if found is None:
+                return f'field "metadata.gce.provider": no provider is named "{self.gce.provider}"'
+            if found.kind != ACCOUNT_KIND:
+                return (f'field "metadata.gce.provider": provider "{self.gce.provider}" is of kind {found.kind}; '
+                        f"Google's metadata server serves a {ACCOUNT_KIND}")
+        if self.azure is not None:
+            for resource, name in self.azure.resources.items():
+                if name not in providers:
+                    return f'field "metadata.azure.resources": {resource} names no provider "{name}"'
+        ports = list(self.listening().values())
+        if len(set(ports)) != len(ports):
+            return "[metadata.gce] and [metadata.azure] need a listen address each"
+        return None
+
+    def listening(self) -> dict[Protocol, str]:
+        """Each listener that is on, and its host:port."""
+        found: dict[Protocol, str] = {}
+        if self.gce is not None:
+            found["gce"] = self.gce.listen
+        if self.azure is not None:
+            found["azure"] = self.azure.listen
+        return found
+
+
+@dataclass(frozen=True)
+class MetadataListener:
+    protocol: Protocol
+    sock: socket.socket
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """As an ASGI scope's "server" shows it."""
+        host, port = self.sock.getsockname()[:2]
+        return str(host), int(port)
+
+
+def open_metadata_listeners(config: MetadataConfig) -> list[MetadataListener]:
+    """A socket per listener that is on; TokendError (all closed) if one cannot be had."""
+    from tokend.config import ServerConfig
+    from tokend.server import listen_each  # here: tokend.server imports the app, which imports this module
+
+    wanted = [(protocol, ServerConfig(host=listen.rpartition(":")[0].strip("[]"), port=int(listen.rpartition(":")[2])))
+              for protocol, listen in config.listening().items()]
+    return [MetadataListener(protocol, sock) for protocol, sock in listen_each(wanted)]
+
+
+@contextlib.contextmanager
+def closed_at_exit(listeners: Sequence[MetadataListener]) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for listener in listeners:
+            listener.sock.close()
+
+
+class Metadata:
+    """The daemon's metadata endpoints, by the address each listens on. `identity_header` is this run's
+    Azure secret (IDENTITY_HEADER): random, never written anywhere, told only to authorised callers."""
+
+    def __init__(self, manager: Manager, client: httpx.AsyncClient, redactor: Redactor,
+                 listeners: Sequence[MetadataListener]) -> None:
+        self._manager = manager
+        self.identity_header = secrets.token_urlsafe(32)
+        self.listeners = list(listeners)
+        self._apps: dict[Any, ASGIApp] = {}
+        for listener in self.listeners:
+            app: ASGIApp = (AzureIdentityEndpoint(manager, self.identity_header) if listener.protocol == "azure"
+                            else GoogleMetadataServer(manager, client, redactor))
+            self._apps[listener.address] = _Checked(app, google=listener.protocol == "gce")
+
+    @property
+    def addresses(self) -> frozenset[Any]:
+        return frozenset(self._apps)
+
+    def where(self, protocol: Protocol) -> str | None:
+        """host:port of the listener, as the environment variables name it; None when it is off."""
+        for listener in self.listeners:
+            if listener.protocol == protocol:
+                host, port = listener.address
+                return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return None
+
+    def environment(self, may_read: Any) -> dict[str, str]:
+        """What `tokend exec` puts in a child's environment for a caller (`may_read(provider)`)."""
+        env: dict[str, str] = {}
+        if (gce := self.where("gce")) is not None:
+            env["GCE_METADATA_HOST"] = env["GCE_METADATA_IP"] = gce
+        azure = self._manager.settings.metadata.azure
+        if (where := self.where("azure")) is not None and azure is not None and \
+                all(may_read(provider) for provider in azure.resources.values()):
+            env["IDENTITY_ENDPOINT"] = f"http://{where}{AZURE_PATH}"
+            env["IDENTITY_HEADER"] = self.identity_header
+        return env
+
+    def wrap(self, app: ASGIApp) -> ASGIApp:
+        if not self._apps:
+            return app
+        apps = self._apps
+
+        async def routed(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] == "http" and (own := apps.get(scope.get("server"))) is not None:
+                await own(scope, receive, send)
+                return
+            await app(scope, receive, send)
+
+        return routed
+
+
+_RELAYED = frozenset({b"x-forwarded-for", b"forwarded"})
+_FROM_BROWSER = frozenset({b"origin", b"sec-fetch-site", b"sec-fetch-mode"})
+
+
+class _Checked:
+    """ASGI: the request checks of every metadata listener, then the protocol's app."""
+
+    def __init__(self, app: ASGIApp, *, google: bool) -> None:
+        self._app = app
+        self._google = google
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        refusal = _refusal(scope, google=self._google)
+        if refusal is None:
+            await self._app(scope, receive, send)
+            return
+        body = refusal.encode()
+        headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
+        if self._google:
+            headers.append((b"metadata-flavor", b"Google"))
+        await send({"type": "http.response.start", "status": 403, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _refusal(scope: Scope, *, google: bool) -> str | None:
+    client = scope.get("client")
+    if not client or not is_loopback_host(str(client[0]).removeprefix("::ffff:")):
+        return "Only processes on this machine may ask for tokens.\n"
+    flavor = host = None
+    for name, value in scope["headers"]:
+        if name in _RELAYED:
+            return "Requests relayed by a proxy (X-Forwarded-For, Forwarded) are refused.\n"
+        if name in _FROM_BROWSER:
+            return "Requests from web pages are refused.\n"
+        if name == b"host":
+            host = value.decode("latin-1")
+        elif name == b"metadata-flavor":
+            flavor = value
+    if host is None or not is_loopback_host(_hostname(host)):
+        return "The Host header must name this machine's loopback address.\n"
+    if google and flavor != b"Google":
+        return "Missing required header: Metadata-Flavor: Google\n"
+    return None
+
+
+def _hostname(host: str) -> str:
+    return host[1:host.find("]")] if host.startswith("[") else host.partition(":")[0]
