@@ -164,12 +164,16 @@ def test_start_returns_after_the_first_logins_and_readyz_is_503_until_then(machi
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen: list[int] = []
     while start.poll() is None:
+        if time.monotonic() - began > 120:
+            start.kill()
+            start.wait(timeout=10)
+            raise AssertionError("systemctl start did not return within 120 s")
         answer = answer_or_none(machine.container.pid, "/readyz")
         if answer is not None:
             seen.append(answer.status)
         time.sleep(0.1)
     took = time.monotonic() - began
-    output = start.communicate()[0]
+    output = start.communicate(timeout=10)[0]
     assert start.returncode == 0, output
     assert fakes.felloh.logins == 1  # the slow login was done by then
     assert took >= SLOW_LOGIN

@@ -9,9 +9,12 @@ from __future__ import annotations
 import contextlib
 import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
 
 from tokend.config import Settings
 from tokend.discovery import DEFAULT_PORT
@@ -27,6 +30,8 @@ class Demo:
     sock: socket.socket
     banner: list[str]
     config_path: Path  # the demo's config file, read again on SIGHUP or `tokend reload`
+    fakes: FakeProviders
+    url: str
 
 
 @contextlib.contextmanager
@@ -41,7 +46,8 @@ def demo_environment(*, port: int | None, lifetime: float) -> Iterator[Demo]:
         actual_port = sock.getsockname()[1]
         config_path = write_fake_config(Path(tmp), fakes, actual_port)
         settings = Settings.load(config_path)
-        yield Demo(settings, sock, banner(config_path, actual_port, fakes, lifetime), config_path)
+        yield Demo(settings, sock, banner(config_path, actual_port, fakes, lifetime), config_path, fakes,
+                   f"http://127.0.0.1:{actual_port}")
 
 
 def _listen(port: int | None) -> socket.socket:
@@ -80,6 +86,41 @@ def banner(config: Path, port: int, fakes: FakeProviders, lifetime: float) -> li
         "Each login and renewal shows below as a 'login provider=...' line. Press Ctrl-C to stop.",
         "",
     ]
+
+
+def self_check(demo: Demo, *, timeout: float = 30.0) -> tuple[bool, list[str]]:
+    """Once the demo is ready: each provider's token asked for through the local API, as a client would, and
+    used against its fake upstream. Whether all passed, and one line per provider (never a token)."""
+    upstreams = {"felloh": (demo.fakes.felloh_url, demo.fakes.felloh.protected_path),
+                 "fts": (demo.fakes.fintech_studios_url, demo.fakes.fintech_studios.protected_path),
+                 "flotiq": (demo.fakes.flotiq_url, demo.fakes.flotiq.protected_path)}
+    with httpx.Client(base_url=demo.url, headers={"X-Tokend-Request": "1"}, timeout=10) as local:
+        if not _ready(local, timeout):
+            return False, [f"not ready within {timeout:g}s: {local.get('/readyz').text}"]
+        results = [_check_one(local, name, *upstream) for name, upstream in upstreams.items()]
+    return all(ok for ok, _ in results), [line for _, line in results]
+
+
+def _ready(local: httpx.Client, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while local.get("/readyz").status_code != 200:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def _check_one(local: httpx.Client, name: str, base: str, path: str) -> tuple[bool, str]:
+    answer = local.get(f"/token/{name}")
+    if answer.status_code != 200:
+        return False, f"{name}: tokend answered {answer.status_code}: {answer.json().get('message')}"
+    served = answer.json()
+    upstream = httpx.get(base + path, headers=served["headers"], params=served["query"], timeout=10)
+    what = f"{served['token_type']}, " + ("no expiry" if served["expires_in"] is None else
+                                          f"expires in {served['expires_in']}s")
+    if upstream.status_code != 200:
+        return False, f"{name}: served ({what}), but the fake API refused it ({upstream.status_code})"
+    return True, f"{name}: ok: served ({what}) and accepted by the fake API"
 
 
 def _span(low: float, high: float) -> str:
