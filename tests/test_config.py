@@ -99,9 +99,11 @@ api_key = "k"
         'provider "fts", field "password": is required but missing',
         'provider "fts", field "pasword": is not a known setting (a typo?)',
         'provider "odd": unknown kind "vault"; kind must be one of "felloh", "fintech_studios", "flotiq", '
-        '"oauth2_client_credentials", "http", "static"',
+        '"oauth2_client_credentials", "http", "static", "github_app", '
+        '"google_service_account", "jwt_bearer"',
         'provider "nokind": kind is missing; it must be one of "felloh", "fintech_studios", "flotiq", '
-        '"oauth2_client_credentials", "http", "static"',
+        '"oauth2_client_credentials", "http", "static", "github_app", '
+        '"google_service_account", "jwt_bearer"',
     ]
     for problem in expected:
         assert problem in found, (problem, found)

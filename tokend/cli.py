@@ -248,6 +248,8 @@ def _check(args: argparse.Namespace) -> int:
         sources = ", ".join(f"{field} from {secret.source}" for field, secret in provider.secrets().items())
         login_url = f" at {provider.url}" if provider.url else ""
         print(f"  {name}: {provider.kind}{login_url} ({sources})")
+        for field, description in provider.key_descriptions().items():
+            print(f"    {field}: {description}")
         if provider.proxy:
             also = f", and on {provider.proxy_listen}" if provider.proxy_listen else ""
             print(f"    proxy: /proxy/{name}/ -> {provider.proxy_target}{also}")

@@ -17,7 +17,17 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, PlainValidator, SecretStr
 
-__all__ = ["Secret", "SecretValue", "collect_secrets", "config_directory", "reread_secret_files", "resolve_secret"]
+__all__ = [
+    "Secret",
+    "SecretText",
+    "SecretValue",
+    "collect_secrets",
+    "config_directory",
+    "config_relative",
+    "reread_secret_files",
+    "resolve_secret",
+    "resolve_secret_text",
+]
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -46,6 +56,8 @@ class SecretValue:
     value: SecretStr
     source: str
     path: Path | None = None
+    # A PEM key or a JSON key file spans lines, and is never sent as a header: line breaks are its own.
+    multiline: bool = False
 
     @property
     def plain(self) -> bool:
@@ -55,16 +67,23 @@ class SecretValue:
         return self.value.get_secret_value()
 
 
-def _checked(value: str, where: str) -> str:
+def _checked(value: str, where: str, *, multiline: bool = False) -> str:
     """`value`, or ValueError if it holds a control character: a secret is sent inside HTTP headers and
     bodies, where a line break or a NUL breaks the request, and the HTTP library's error would then quote
     the header, secret and all. The message names the character, never the value."""
     for char in value:
+        if multiline and char in "\n\r\t":
+            continue
         if ord(char) < 0x20 or ord(char) == 0x7F:
             name = _CONTROL_NAMES.get(char, f"the control character U+{ord(char):04X}")
             raise ValueError(f"{where} holds {name} inside the secret or after it (only one final line break "
                              "is taken off); remove it")
     return value
+
+
+def config_relative(path: Path) -> Path:
+    """`path` made absolute as a secret file's is: relative to the config file's folder."""
+    return _absolute(path)
 
 
 def _absolute(path: Path) -> Path:
@@ -73,7 +92,7 @@ def _absolute(path: Path) -> Path:
     return (_CONFIG_DIRECTORY.get() or Path.cwd().absolute()) / path
 
 
-def _read_secret_file(path: Path, what: str) -> SecretValue:
+def _read_secret_file(path: Path, what: str, *, multiline: bool = False) -> SecretValue:
     path = _absolute(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -86,19 +105,21 @@ def _read_secret_file(path: Path, what: str) -> SecretValue:
     value = text.removesuffix("\n").removesuffix("\r")
     if not value:
         raise ValueError(f"{what} {path} is empty")
-    return SecretValue(SecretStr(_checked(value, f"{what} {path}")), f"file {path}", path)
+    checked = _checked(value, f"{what} {path}", multiline=multiline)
+    return SecretValue(SecretStr(checked), f"file {path}", path, multiline)
 
 
-def _secret_from_env(name: str) -> SecretValue:
+def _secret_from_env(name: str, *, multiline: bool = False) -> SecretValue:
     value = os.environ.get(name)
     if value is None:
         raise ValueError(f"environment variable {name} is not set")
     if not value:
         raise ValueError(f"environment variable {name} is empty")
-    return SecretValue(SecretStr(_checked(value, f"environment variable {name}")), f"env {name}")
+    checked = _checked(value, f"environment variable {name}", multiline=multiline)
+    return SecretValue(SecretStr(checked), f"env {name}", multiline=multiline)
 
 
-def _secret_from_credential(name: str) -> SecretValue:
+def _secret_from_credential(name: str, *, multiline: bool = False) -> SecretValue:
     directory = os.environ.get("CREDENTIALS_DIRECTORY")
     if not directory:
         raise ValueError(
@@ -107,29 +128,36 @@ def _secret_from_credential(name: str) -> SecretValue:
         )
     if "/" in name or name in ("", ".", ".."):
         raise ValueError(f"credential name {name!r} must be a plain file name")
-    return _read_secret_file(Path(directory) / name, "credential file")
+    return _read_secret_file(Path(directory) / name, "credential file", multiline=multiline)
 
 
 _SECRET_SOURCES = {"env": _secret_from_env, "credential": _secret_from_credential}
 
 
-def resolve_secret(raw: Any) -> SecretValue:
+def resolve_secret(raw: Any, *, multiline: bool = False) -> SecretValue:
     if isinstance(raw, SecretValue):
         return raw
     if isinstance(raw, str):
         if not raw:
             raise ValueError("is empty")
-        return SecretValue(SecretStr(_checked(raw, "the string")), "plain string")
+        return SecretValue(SecretStr(_checked(raw, "the string", multiline=multiline)), "plain string",
+                           multiline=multiline)
     if isinstance(raw, dict) and len(raw) == 1:
         (how, where), = raw.items()
         if how == "file" and isinstance(where, str) and where:
-            return _read_secret_file(Path(where), "secret file")
+            return _read_secret_file(Path(where), "secret file", multiline=multiline)
         if how in _SECRET_SOURCES and isinstance(where, str) and where:
-            return _SECRET_SOURCES[how](where)
+            return _SECRET_SOURCES[how](where, multiline=multiline)
     raise ValueError('must be { env = "NAME" }, { file = "/path" }, { credential = "name" } or a string')
 
 
+def resolve_secret_text(raw: Any) -> SecretValue:
+    """A secret that may span lines (a PEM private key, a service account's JSON key file)."""
+    return resolve_secret(raw, multiline=True)
+
+
 Secret = Annotated[SecretValue, PlainValidator(resolve_secret)]
+SecretText = Annotated[SecretValue, PlainValidator(resolve_secret_text)]
 
 
 def reread_secret_files(config: ModelT) -> ModelT:
@@ -143,7 +171,9 @@ def reread_secret_files(config: ModelT) -> ModelT:
 
 def _reread(value: Any) -> Any:
     if isinstance(value, SecretValue):
-        return value if value.path is None else _read_secret_file(value.path, "secret file")
+        if value.path is None:
+            return value
+        return _read_secret_file(value.path, "secret file", multiline=value.multiline)
     if isinstance(value, BaseModel):
         return value.model_copy(update={name: _reread(getattr(value, name)) for name in type(value).model_fields})
     if isinstance(value, dict):

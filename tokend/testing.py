@@ -49,16 +49,22 @@ from starlette.types import ASGIApp
 __all__ = [
     "ExpiryStyle",
     "FakeAPI",
+    "FakeEntraID",
     "FakeFelloh",
     "FakeFintechStudios",
     "FakeFlotiq",
+    "FakeGitHub",
+    "FakeGoogle",
     "FakeOAuth2",
     "FakeProviders",
+    "FakeSalesforce",
     "FakeServer",
     "FakeTokenAPI",
     "FakeUpstream",
     "FellohKey",
+    "new_private_key",
     "pattern",
+    "self_signed_certificate",
     "serve_fakes",
     "write_fake_config",
 ]
@@ -1102,3 +1108,533 @@ def _b64url_decode(text: str) -> bytes:
         return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except ValueError:  # binascii.Error
         return b""
+
+
+# -- services that take a signed JWT (github_app, google_service_account, private_key_jwt, jwt_bearer) -----------
+#
+# Each verifies an assertion the way the real service does (the signature with the registered public key, the
+# key id or certificate thumbprint, iss, aud, the exp window, iat skew and, where the service keeps them, used
+# jti values) and refuses in its own words. `clock_offset` moves a fake's clock: a server whose clock is ahead
+# sees our assertion as issued in its past and expired, as a machine whose clock is behind causes. The keys are
+# made fresh per fake (cryptography and joserfc are imported only here and in tokend.signing).
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, error: str, description: str) -> None:
+        super().__init__(description)
+        self.status, self.error, self.description = status, error, description
+
+
+def new_private_key(kind: Literal["RSA", "EC"] = "RSA", *, bits: int = 2048, passphrase: str | None = None) -> str:
+    """A fresh private key as PKCS#8 PEM (encrypted when `passphrase` is given), for a fake and its config."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    key: Any = (rsa.generate_private_key(public_exponent=65537, key_size=bits) if kind == "RSA"
+                else ec.generate_private_key(ec.SECP256R1()))
+    encryption: Any = (serialization.BestAvailableEncryption(passphrase.encode()) if passphrase
+                       else serialization.NoEncryption())
+    text: bytes = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+    return text.decode()
+
+
+def self_signed_certificate(private_key_pem: str, common_name: str = "tokend test") -> str:
+    """A PEM certificate for `private_key_pem`, as `openssl req -x509` makes for an Entra ID app."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+
+    key: Any = serialization.load_pem_private_key(private_key_pem.encode(), password=None)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.now(UTC)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number()).not_valid_before(now)
+                   .not_valid_after(datetime.fromtimestamp(now.timestamp() + 86400 * 365, UTC))
+                   .sign(key, hashes.SHA256()))
+    return certificate.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def _public_jwk(private_key_pem: str) -> Any:
+    from joserfc.jwk import ECKey, RSAKey
+
+    from tokend.signing import load_key
+
+    key = load_key(private_key_pem)
+    public: Any = key.key.public_key()
+    return RSAKey.import_key(public) if key.type == "RSA" else ECKey.import_key(public)
+
+
+def _verified(assertion: str, keys: Mapping[str, Any], algorithms: list[str], key_id: Any) -> tuple[dict[str, Any],
+                                                                                                     dict[str, Any]]:
+    """(header, claims) of a JWS whose signature one of `keys` verifies; `key_id(header)` picks which (a kid,
+    an x5t#S256), None when the header names none. _Refused with `invalid signature` otherwise."""
+    from joserfc import jws
+    from joserfc.errors import JoseError
+
+    try:
+        header = json.loads(_b64url_decode(assertion.split(".")[0]))
+    except (ValueError, IndexError):
+        raise _Refused(400, "invalid_grant", "malformed JWT") from None
+    if not isinstance(header, dict) or header.get("alg") not in algorithms:
+        raise _Refused(400, "invalid_grant", f"unsupported alg {header.get('alg') if isinstance(header, dict) else ''}")
+    chosen = key_id(header)
+    candidates = [keys[chosen]] if chosen in keys else [] if chosen is not None else list(keys.values())
+    for key in candidates:
+        try:
+            payload = jws.deserialize_compact(assertion, key, algorithms=algorithms).payload
+        except JoseError:
+            continue
+        claims = json.loads(payload)
+        if isinstance(claims, dict):
+            return header, claims
+    raise _Refused(400, "invalid_grant", "invalid signature" if candidates else "unknown key id")
+
+
+def _check_times(claims: Mapping[str, Any], now: float, *, max_lifetime: float, leeway: float = 60.0) -> str | None:
+    """What is wrong with an assertion's iat and exp seen from a clock reading `now`, or None."""
+    iat, exp = claims.get("iat"), claims.get("exp")
+    if not isinstance(iat, int | float) or not isinstance(exp, int | float):
+        return "iat and exp are required"
+    if iat > now + leeway:
+        return "iat is in the future"
+    if exp <= now - leeway:
+        return "exp is in the past"
+    if exp - iat > max_lifetime:
+        return f"exp is more than {max_lifetime:g} seconds after iat"
+    return None
+
+
+class FakeGoogle(FakeUpstream):
+    """Google's OAuth 2.0 token endpoint for service accounts (the JWT bearer grant of RFC 7523).
+
+    POST /token, form `grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer&assertion=JWT`. The JWT must be
+    RS256, signed by the key its header's `kid` names (one of the account's keys; `rotate_key()` makes a new one
+    and deletes the old, as the console does), `iss` = the account's email, `aud` = the token URI, `exp` at most
+    an hour after `iat`. Answers `{"access_token": "ya29...", "expires_in", "token_type": "Bearer"}`, or for a
+    `target_audience` claim `{"id_token": JWT}` signed by Google's own key (`aud` = the audience). Refusals are
+    400 `invalid_grant` in Google's words. `key_file(token_uri)` is the account's JSON key file.
+    """
+
+    protected_path: ClassVar[str] = "/storage/v1/b"
+    _GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+
+    def __init__(self, *, client_email: str = "tokend-demo@demo-project.iam.gserviceaccount.com",
+                 lifetime: float = 3600.0) -> None:
+        self.client_email = client_email
+        self.clock_offset = 0.0
+        self.token_uri = ""  # set by whoever serves it: the `aud` this fake wants
+        self.private_key = new_private_key()
+        self.private_key_id = secrets.token_hex(20)
+        self._keys = {self.private_key_id: _public_jwk(self.private_key)}
+        self._google_key = new_private_key()  # signs the ID tokens
+        self.last_claims: dict[str, Any] = {}
+        self.last_header: dict[str, Any] = {}
+        super().__init__(lifetime=lifetime)
+
+    def key_file(self, token_uri: str | None = None) -> str:
+        """The service account's JSON key file, as the console's "Add key" downloads it."""
+        return json.dumps({
+            "type": "service_account", "project_id": "demo-project", "private_key_id": self.private_key_id,
+            "private_key": self.private_key, "client_email": self.client_email, "client_id": "1234567890",
+            "auth_uri": "https://accounts.google.com/o/oauth2/auth", "token_uri": token_uri or self.token_uri,
+        }, indent=2)
+
+    def rotate_key(self) -> None:
+        """A new key for the account; the old one is deleted (assertions it signs are refused from now on)."""
+        private_key, key_id = new_private_key(), secrets.token_hex(20)
+        with self._lock:
+            self.private_key, self.private_key_id = private_key, key_id
+            self._keys = {key_id: _public_jwk(private_key)}
+
+    def _routes(self) -> list[Route]:
+        return [Route("/token", self._token, methods=["POST"]),
+                Route(self.protected_path, self._buckets, methods=["GET"])]
+
+    async def _token(self, request: Request) -> Response:
+        interfered, form = await _login_form(self, request)
+        if interfered is not None:
+            return interfered
+        if form.get("grant_type") != self._GRANT:
+            return _oauth_error(400, "unsupported_grant_type", "Invalid grant_type: " + form.get("grant_type", ""))
+        try:
+            claims = self._checked(form.get("assertion", ""))
+        except _Refused as refused:
+            return _oauth_error(refused.status, refused.error, refused.description)
+        now = int(time.time())
+        if "target_audience" in claims:
+            token = self._id_token(str(claims["target_audience"]), now)
+            self._issue(token, self._expiry())
+            return JSONResponse({"id_token": token})
+        if not claims.get("scope"):
+            return _oauth_error(400, "invalid_scope", "Empty or missing scope not allowed.")
+        token = "ya29." + secrets.token_urlsafe(48)
+        expires = self._expiry()
+        self._issue(token, expires)
+        return JSONResponse({"access_token": token, "expires_in": expires - now, "token_type": "Bearer"})
+
+    def _checked(self, assertion: str) -> dict[str, Any]:
+        with self._lock:
+            keys = dict(self._keys)
+        try:
+            header, claims = _verified(assertion, keys, ["RS256"], lambda header: header.get("kid", ""))
+        except _Refused:
+            raise _Refused(400, "invalid_grant", "Invalid JWT Signature.") from None
+        with self._lock:
+            self.last_header, self.last_claims = header, claims
+        if claims.get("iss") != self.client_email:
+            raise _Refused(400, "invalid_grant", "Invalid grant: account not found")
+        if claims.get("aud") != self.token_uri:
+            raise _Refused(400, "invalid_grant", "Invalid JWT: Failed audience check.")
+        if _check_times(claims, time.time() + self.clock_offset, max_lifetime=3600) is not None:
+            raise _Refused(400, "invalid_grant", "Invalid JWT: Token must be a short-lived token (60 minutes) and "
+                           "in a reasonable timeframe. Check your iat and exp values in the JWT claim.")
+        return claims
+
+    def _id_token(self, audience: str, now: int) -> str:
+        from tokend.signing import load_key
+
+        claims = {"iss": "https://accounts.google.com", "aud": audience, "azp": self.client_email,
+                  "email": self.client_email, "email_verified": True, "sub": "1234567890", "iat": now,
+                  "exp": self._expiry()}
+        return load_key(self._google_key).sign(claims, alg="RS256", header={"kid": "google-1"})
+
+    async def _buckets(self, request: Request) -> Response:
+        if not self._api_authorised(request):
+            return _google_error(401, "Invalid Credentials")
+        return JSONResponse({"kind": "storage#buckets", "items": [{"name": "demo-bucket"}]})
+
+    def _error(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
+        return _google_error(status, message, headers)
+
+
+async def _login_form(fake: FakeUpstream, request: Request) -> tuple[Response | None, dict[str, str]]:
+    """A form-encoded login request counted, with hang() and fail() applied: (the answer replacing the real
+    one or None, the form)."""
+    interfered = await fake._login_attempt(request)
+    form = dict(urllib.parse.parse_qsl((await request.body()).decode("utf-8", "replace")))
+    return interfered, form
+
+
+def _google_error(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
+    return JSONResponse({"error": {"code": status, "message": message, "errors": [{"message": message}]}},
+                        status_code=status, headers=headers)
+
+
+def _oauth_error(status: int, error: str, description: str) -> Response:
+    return JSONResponse({"error": error, "error_description": description}, status_code=status,
+                        headers={"Cache-Control": "no-store"})
+
+
+class FakeGitHub(FakeUpstream):
+    """GitHub's REST API for a GitHub App: installation access tokens.
+
+    `POST /app/installations/{id}/access_tokens` wants `Authorization: Bearer <app JWT>` (RS256, signed by the
+    app's key, `iss` its client ID or app ID, `iat` not in the future, `exp` at most ten minutes after `iat` and
+    still ahead), a `User-Agent` (403 without, as GitHub's front end answers) and an `X-GitHub-Api-Version` it
+    knows; a JSON body may narrow the token (`repositories`, `repository_ids`, `permissions`). Answers `201`
+    `{"token": "ghs_...", "expires_at": ISO 8601, "permissions", "repository_selection"[, "repositories"]}`,
+    `404 Not Found` for an installation the app does not have, and `401` in GitHub's words for a bad JWT.
+    `GET /installation/repositories` wants the installation token. The last request is kept (`last_headers`,
+    `last_body`, `last_claims`) for assertions.
+    """
+
+    protected_path: ClassVar[str] = "/installation/repositories"
+
+    def __init__(self, *, app_id: int = 123456, client_id: str = "Iv23liDemoClientId",
+                 installations: Iterable[int] = (987654,), repositories: Iterable[str] = ("demo", "docs"),
+                 lifetime: float = 3600.0) -> None:
+        self.app_id, self.client_id = app_id, client_id
+        self.installations = set(installations)
+        self.repositories = list(repositories)
+        self.clock_offset = 0.0
+        self.private_key = new_private_key()
+        self._key = _public_jwk(self.private_key)
+        self.last_headers: dict[str, str] = {}
+        self.last_body: Any = None
+        self.last_claims: dict[str, Any] = {}
+        super().__init__(lifetime=lifetime)
+
+    def rotate_key(self) -> None:
+        """A new private key for the app; the old one is deleted on the app's page (its JWTs refused)."""
+        private_key = new_private_key()
+        with self._lock:
+            self.private_key, self._key = private_key, _public_jwk(private_key)
+
+    def _routes(self) -> list[Route]:
+        return [Route("/app/installations/{installation:int}/access_tokens", self._token, methods=["POST"]),
+                Route(self.protected_path, self._repositories, methods=["GET"])]
+
+    async def _token(self, request: Request) -> Response:
+        interfered = await self._login_attempt(request)
+        if interfered is not None:
+            return interfered
+        with self._lock:
+            self.last_headers = dict(request.headers)
+        if not request.headers.get("user-agent"):
+            return self._error(403, "Request forbidden by administrative rules. Please make sure your request has "
+                               "a User-Agent header (https://docs.github.com/en/rest/overview/resources-in-the-rest-api#user-agent-required).")
+        if request.headers.get("x-github-api-version", "2022-11-28") not in ("2022-11-28", "2026-03-10"):
+            return self._error(400, "Unsupported 'X-GitHub-Api-Version' header")
+        refused = self._refused_jwt(_bearer_token(request) or "")
+        if refused is not None:
+            return self._error(401, refused)
+        if request.path_params["installation"] not in self.installations:
+            return self._error(404, "Not Found")
+        raw = await request.body()
+        body = _json_object(raw) if raw else {}
+        if body is None:
+            return self._error(400, "Problems parsing JSON")
+        with self._lock:
+            self.last_body = body if raw else None
+        unknown = [name for name in body.get("repositories", []) if name not in self.repositories]
+        if unknown:
+            return self._error(422, "There is at least one repository that does not exist or is not accessible to "
+                               "the parent installation.")
+        token = "ghs_" + "".join(secrets.choice(_ALPHANUMERIC) for _ in range(36))
+        expires = self._expiry()
+        self._issue(token, expires)
+        answer: dict[str, Any] = {
+            "token": token, "expires_at": datetime.fromtimestamp(expires, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "permissions": body.get("permissions") or {"contents": "read", "metadata": "read"},
+            "repository_selection": "selected" if body.get("repositories") or body.get("repository_ids") else "all",
+        }
+        if body.get("repositories"):
+            answer["repositories"] = [{"name": name, "full_name": f"demo-org/{name}"} for name in body["repositories"]]
+        return JSONResponse(answer, status_code=201)
+
+    def _refused_jwt(self, assertion: str) -> str | None:
+        """GitHub's message for an app JWT it refuses, or None."""
+        with self._lock:
+            key = self._key
+        try:
+            _, claims = _verified(assertion, {"app": key}, ["RS256"], lambda header: None)
+        except _Refused:
+            return "A JSON web token could not be decoded"
+        with self._lock:
+            self.last_claims = claims
+        if claims.get("iss") not in (self.client_id, str(self.app_id), self.app_id):
+            return "Integration not found"
+        now = time.time() + self.clock_offset
+        iat, exp = claims.get("iat"), claims.get("exp")
+        if not isinstance(iat, int) or iat > now + 30:
+            return "'Issued at' claim ('iat') must be an Integer representing the time that the assertion was issued"
+        if not isinstance(exp, int) or exp <= now:
+            return ("'Expiration time' claim ('exp') must be a numeric value representing the future time at which "
+                    "the assertion expires")
+        if exp - iat > 600 or exp > now + 600:
+            return "'Expiration time' claim ('exp') is too far in the future"
+        return None
+
+    async def _repositories(self, request: Request) -> Response:
+        if not self._api_authorised(request):
+            return self._error(401, "Bad credentials")
+        return JSONResponse({"total_count": len(self.repositories),
+                             "repositories": [{"name": name} for name in self.repositories]})
+
+    def _api_authorised(self, request: Request) -> bool:
+        # GitHub takes an installation token as `Bearer` or as the older `token` scheme.
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        return scheme.lower() in ("bearer", "token") and self.is_valid(token.strip())
+
+    def _error(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
+        return JSONResponse({"message": message, "documentation_url": "https://docs.github.com/rest",
+                             "status": str(status)}, status_code=status, headers=headers)
+
+
+class FakeEntraID(FakeUpstream):
+    """Microsoft Entra ID's v2.0 token endpoint, for a client credential that is a certificate
+    (`private_key_jwt`, RFC 7523 section 2.2).
+
+    `POST /{tenant}/oauth2/v2.0/token` with `grant_type=client_credentials`, `client_id`, `scope`,
+    `client_assertion_type=urn:ietf:params:oauth:client-assertion-type:jwt-bearer` and `client_assertion`: a JWT
+    whose header's `x5t#S256` (or `x5t`, or `kid`) names a registered certificate, signed by its key (RS256, PS256
+    or ES256), with `iss` = `sub` = the client ID, `aud` = the token URL, `exp` at most ten minutes after `nbf`,
+    and a `jti` never seen before. A client secret beside the assertion is refused. Errors are Entra's:
+    `{"error": "invalid_client", "error_description": "AADSTS...: ...", "error_codes", "trace_id",
+    "correlation_id"}`. `register(private_key, certificate)` adds a credential; `token_path` is the route.
+    """
+
+    protected_path: ClassVar[str] = "/v1.0/users"
+
+    def __init__(self, *, tenant: str = "contoso.onmicrosoft.com",
+                 client_id: str = "00000000-0000-0000-0000-0000000c1d00", lifetime: float = 3600.0) -> None:
+        self.tenant, self.client_id = tenant, client_id
+        self.token_path = f"/{tenant}/oauth2/v2.0/token"
+        self.token_url = ""  # set by whoever serves it: the `aud` this fake wants
+        self.clock_offset = 0.0
+        self._credentials: dict[str, Any] = {}  # x5t#S256, x5t or kid -> public key
+        self._jtis: set[str] = set()
+        self.last_form: dict[str, str] = {}
+        self.last_header: dict[str, Any] = {}
+        self.last_claims: dict[str, Any] = {}
+        super().__init__(lifetime=lifetime)
+
+    def register(self, private_key: str, certificate: str | None = None, *, kid: str | None = None) -> None:
+        """Upload a certificate (or, Okta- and Keycloak-style, a public key under `kid`) for the app."""
+        from tokend.signing import certificate_thumbprints, load_key
+
+        jwk = _public_jwk(private_key)
+        names = list(certificate_thumbprints(certificate, load_key(private_key)).values()) if certificate else []
+        with self._lock:
+            self._credentials.update({name: jwk for name in [*names, *([kid] if kid else [])]})
+
+    def forget(self) -> None:
+        """Delete every registered credential."""
+        with self._lock:
+            self._credentials.clear()
+
+    def _routes(self) -> list[Route]:
+        return [Route(self.token_path, self._token, methods=["POST"]),
+                Route(self.protected_path, self._users, methods=["GET"])]
+
+    async def _token(self, request: Request) -> Response:
+        interfered, form = await _login_form(self, request)
+        if interfered is not None:
+            return interfered
+        with self._lock:
+            self.last_form = form
+        try:
+            self._check(form)
+        except _Refused as refused:
+            return self._aad_error(refused.status, refused.error, refused.description)
+        token = self._access_token()
+        expires = self._expiry()
+        self._issue(token, expires)
+        return JSONResponse({"token_type": "Bearer", "expires_in": expires - int(time.time()),
+                             "ext_expires_in": expires - int(time.time()), "access_token": token})
+
+    def _check(self, form: Mapping[str, str]) -> None:
+        if form.get("grant_type") != "client_credentials":
+            raise _Refused(400, "unsupported_grant_type", "AADSTS70003: The app requested an unsupported grant type.")
+        if form.get("client_id") != self.client_id:
+            raise _Refused(400, "unauthorized_client", f"AADSTS700016: Application with identifier "
+                           f"'{form.get('client_id', '')[:40]}' was not found in the directory '{self.tenant}'.")
+        if "client_secret" in form:
+            raise _Refused(401, "invalid_client", "AADSTS50027: Two client credentials were presented.")
+        if form.get("client_assertion_type") != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer":
+            raise _Refused(401, "invalid_client", "AADSTS7000216: 'client_assertion', 'client_secret' or "
+                           "'request' is required for the 'client_credentials' grant type.")
+        if not form.get("scope", "").endswith("/.default"):
+            raise _Refused(400, "invalid_scope", "AADSTS1002012: The provided value for scope is not valid. "
+                           "Client credential flows must have a scope value with /.default suffixed to the "
+                           "resource identifier.")
+        with self._lock:
+            keys = dict(self._credentials)
+        try:
+            header, claims = _verified(form.get("client_assertion", ""), keys, ["RS256", "PS256", "ES256"],
+                                       lambda h: h.get("x5t#S256") or h.get("x5t") or h.get("kid") or "")
+        except _Refused as refused:
+            if refused.description == "unknown key id":
+                raise _Refused(401, "invalid_client", "AADSTS700027: The certificate with identifier used to sign "
+                               "the client assertion is not registered on application.") from None
+            raise _Refused(401, "invalid_client", "AADSTS7000274: Key was found, but use of the key to verify "
+                           "the signature failed.") from None
+        with self._lock:
+            self.last_header, self.last_claims = header, claims
+        self._check_claims(claims)
+
+    def _check_claims(self, claims: Mapping[str, Any]) -> None:
+        if claims.get("iss") != self.client_id or claims.get("sub") != self.client_id:
+            raise _Refused(401, "invalid_client", "AADSTS700021: Client assertion application identifier doesn't "
+                           "match 'client_id' parameter.")
+        if claims.get("aud") != self.token_url:
+            raise _Refused(401, "invalid_client", f"AADSTS700212: No matching federated identity record found for "
+                           f"presented assertion audience '{str(claims.get('aud'))[:80]}'.")
+        now = time.time() + self.clock_offset
+        nbf, exp = claims.get("nbf", claims.get("iat")), claims.get("exp")
+        if not isinstance(nbf, int | float) or not isinstance(exp, int | float) or nbf > now + 300:
+            raise _Refused(401, "invalid_client", "AADSTS700025: Client assertion is not within its valid time range.")
+        if exp <= now - 300 or exp - nbf > 600:
+            raise _Refused(401, "invalid_client", "AADSTS700024: Client assertion is not within its valid time range.")
+        jti = claims.get("jti")
+        with self._lock:
+            seen = not isinstance(jti, str) or jti in self._jtis
+            if isinstance(jti, str):
+                self._jtis.add(jti)
+        if seen:
+            raise _Refused(401, "invalid_client", "AADSTS7000215: The client assertion has already been used "
+                           "(jti replayed).")
+
+    def _access_token(self) -> str:
+        # Entra's access tokens are JWTs; this one is opaque-signed (alg none) but carries a real exp claim.
+        claims = {"aud": "https://graph.microsoft.com", "appid": self.client_id, "exp": self._expiry(),
+                  "jti": secrets.token_hex(8)}
+        return f"{_b64url(_compact_json({'typ': 'JWT', 'alg': 'none'}))}.{_b64url(_compact_json(claims))}.x"
+
+    def _aad_error(self, status: int, error: str, description: str) -> Response:
+        trace = str(uuid.uuid4())
+        code = int(description[6:].split(":", 1)[0]) if description.startswith("AADSTS") else 0
+        return JSONResponse({"error": error, "error_description": f"{description} Trace ID: {trace} Correlation "
+                             f"ID: {uuid.uuid4()} Timestamp: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M:%SZ')}",
+                             "error_codes": [code], "trace_id": trace, "correlation_id": str(uuid.uuid4())},
+                            status_code=status)
+
+    async def _users(self, request: Request) -> Response:
+        if not self._api_authorised(request):
+            return self._error(401, "InvalidAuthenticationToken")
+        return JSONResponse({"value": [{"displayName": "Demo User"}]})
+
+    def _error(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
+        return JSONResponse({"error": {"code": message, "message": message}}, status_code=status, headers=headers)
+
+
+class FakeSalesforce(FakeUpstream):
+    """Salesforce's OAuth 2.0 JWT bearer flow for a connected app.
+
+    `POST /services/oauth2/token`, form `grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer&assertion=JWT`: RS256,
+    signed by the key of the certificate uploaded to the connected app, `iss` = its consumer key, `sub` = a user
+    the app is pre-authorised for, `aud` = the login URL (`audience`), `exp` at most three minutes away (Salesforce
+    allows a few minutes of skew). Answers `{"access_token", "scope", "instance_url", "id", "token_type":
+    "Bearer"}` with no expires_in (the session lasts the org's timeout), or `400 {"error": "invalid_grant",
+    "error_description": "..."}` / `invalid_client_id`.
+    """
+
+    protected_path: ClassVar[str] = "/services/data/v61.0/limits"
+
+    def __init__(self, *, consumer_key: str = "3MVG9demoConsumerKey", username: str = "integration@example.com",
+                 audience: str = "https://login.salesforce.com", lifetime: float = 7200.0) -> None:
+        self.consumer_key, self.username, self.audience = consumer_key, username, audience
+        self.clock_offset = 0.0
+        self.private_key = new_private_key()
+        self._key = _public_jwk(self.private_key)
+        self.last_claims: dict[str, Any] = {}
+        self.last_form: dict[str, str] = {}
+        super().__init__(lifetime=lifetime)
+
+    def _routes(self) -> list[Route]:
+        return [Route("/services/oauth2/token", self._token, methods=["POST"]),
+                Route(self.protected_path, self._limits, methods=["GET"])]
+
+    async def _token(self, request: Request) -> Response:
+        interfered, form = await _login_form(self, request)
+        if interfered is not None:
+            return interfered
+        with self._lock:
+            self.last_form = form
+        if form.get("grant_type") != FakeGoogle._GRANT:
+            return _oauth_error(400, "unsupported_grant_type", "grant type not supported")
+        try:
+            _, claims = _verified(form.get("assertion", ""), {"app": self._key}, ["RS256"], lambda header: None)
+        except _Refused:
+            return _oauth_error(400, "invalid_grant", "invalid assertion")
+        with self._lock:
+            self.last_claims = claims
+        if claims.get("iss") != self.consumer_key:
+            return _oauth_error(400, "invalid_client_id", "client identifier invalid")
+        if claims.get("aud") != self.audience:
+            return _oauth_error(400, "invalid_grant", "audience is invalid")
+        if claims.get("sub") != self.username:
+            return _oauth_error(400, "invalid_grant", "user hasn't approved this consumer")
+        if _check_times(claims, time.time() + self.clock_offset, max_lifetime=300, leeway=180) is not None:
+            return _oauth_error(400, "invalid_grant", "expired authorization code")  # Salesforce's words for a bad exp
+        token = "00D" + secrets.token_urlsafe(40)
+        self._issue(token, self._expiry())
+        return JSONResponse({"access_token": token, "scope": form.get("scope", "api"), "instance_url": "",
+                             "id": "https://login.salesforce.com/id/00Dxx/005xx", "token_type": "Bearer",
+                             "issued_at": str(int(time.time() * 1000))})
+
+    async def _limits(self, request: Request) -> Response:
+        if not self._api_authorised(request):
+            return JSONResponse([{"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID"}],
+                                status_code=401)
+        return JSONResponse({"DailyApiRequests": {"Max": 15000, "Remaining": 14999}})

@@ -72,15 +72,15 @@ class FleetKey:
 
 def login_identity(config: ProviderConfig) -> dict[str, Any]:
     """What makes a provider's logins the same: every setting but the timing ones, and the secrets by value
-    (not by where they are read from: the same password in another file is the same login). The secrets
-    only ever enter the keyed hash."""
+    (not by where they are read from: the same password in another file is the same login), a private key
+    by its public key's fingerprint. The secrets only ever enter the keyed hash."""
     secrets = config.secrets()
     secret_fields = {where.split(".")[0].split("[")[0] for where in secrets}
     identity: dict[str, Any] = {"kind": config.kind, "url": config.url}
     skipped = {name for name, field in type(config).model_fields.items()
                if name in _NOT_IDENTITY or (field.alias or name) in secret_fields}
     identity.update(config.model_dump(by_alias=True, mode="json", exclude=skipped))
-    identity.update({f"secret:{where}": secret.get() for where, secret in secrets.items()})
+    identity.update({f"secret:{where}": value for where, value in config.login_secrets().items()})
     return identity
 
 

@@ -8,7 +8,17 @@ from typing import TYPE_CHECKING, Annotated, Any, Union
 
 from pydantic import Field
 
-from tokend.providers import felloh, fintech_studios, flotiq, http, oauth2, static
+from tokend.providers import (
+    felloh,
+    fintech_studios,
+    flotiq,
+    github_app,
+    google_service_account,
+    http,
+    jwt_bearer,
+    oauth2,
+    static,
+)
 from tokend.providers.base import Kind, Provider, ProviderBase
 from tokend.redact import Redactor
 
@@ -16,6 +26,7 @@ __all__ = ["KINDS", "PROVIDER_KINDS", "Kind", "Provider", "ProviderBase", "Provi
 
 KINDS: tuple[Kind[Any], ...] = (
     felloh.KIND, fintech_studios.KIND, flotiq.KIND, oauth2.KIND, http.KIND, static.KIND,
+    github_app.KIND, google_service_account.KIND, jwt_bearer.KIND,
 )
 PROVIDER_KINDS = tuple(kind.name for kind in KINDS)
 _BY_NAME = {kind.name: kind for kind in KINDS}

@@ -72,6 +72,16 @@ class ProviderBase(BaseModel):
             raise ValueError("proxy_listen needs proxy = true")
         return self
 
+    def key_descriptions(self) -> dict[str, str]:
+        """Each private key this provider signs with, by field: its type, size and the fingerprint of its
+        public key (`tokend check`); never the key."""
+        return {}
+
+    def login_secrets(self) -> dict[str, str]:
+        """The secrets that make this provider's login the one it is, by field (fleet mode's keyed share
+        hash). A signing kind names its key by fingerprint: the same key in another encoding is the same login."""
+        return {where: secret.get() for where, secret in self.secrets().items()}
+
     def secrets(self) -> dict[str, SecretValue]:
         """Every secret in this provider's settings, by where it sits (`password`, `secrets.api_key`)."""
         found: dict[str, SecretValue] = {}
