@@ -193,7 +193,7 @@ BASE_IMAGE_CHANGES = ["ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 
 
 def source_copy(into: Path) -> Path:
-    """What the README's `pip install .` and the Dockerfile's COPY lines take from the repository."""
+    """What docs/deployment.md's `pip install .` and the Dockerfile's COPY lines take from the repository."""
     into.mkdir(parents=True)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, into / name)
