@@ -152,7 +152,7 @@ def test_a_bad_proxy_variable_is_a_config_error_that_never_shows_its_url(tmp_pat
         assert "Traceback" not in result.stderr
 
 
-# --- issue 14: what a first-time user stumbles on -------------------------------------------------------
+# --- what a first-time user stumbles on ----------------------------------------------------------------
 
 
 def test_help_lists_every_exit_code() -> None:
