@@ -314,3 +314,17 @@ def _wait_until(condition: Callable[[], bool], process: subprocess.Popen[bytes],
         assert process.poll() is None, f"tokend exited with {process.returncode}"
         assert time.monotonic() < deadline, "tokend did not become ready"
         time.sleep(0.05)
+
+
+def test_a_config_that_is_not_utf8_is_the_same_sentence_for_every_command(tmp_path: Path) -> None:
+    config = tmp_path / "tokend.toml"
+    config.write_bytes(b"# caf\xe9\n[server]\nport = 9000\n")
+    said = {}
+    for command in (["check"], ["get", "fts"], ["status"], ["reload"], ["refresh", "fts"]):
+        result = subprocess.run(tokend_command("--config", str(config), *command), capture_output=True, text=True,
+                                timeout=60)
+        assert (result.returncode, result.stdout) == (3, ""), (command, result)
+        assert "Traceback" not in result.stderr
+        said[command[0]] = result.stderr
+    assert set(said.values()) == {f"tokend: {config} is not UTF-8 text (byte 6 is not); TOML files are UTF-8, "
+                                  "comments included\n"}

@@ -61,7 +61,7 @@ def test_defaults(tmp_path) -> None:  # type: ignore[no-untyped-def]
                     'private_key = "b"\n')
     assert (settings.server.host, settings.server.port) == ("127.0.0.1", 8765)
     ro = settings.providers["ro"]
-    assert ro.url == "https://api.flotiq.com" and ro.token_type == "api_key"
+    assert ro.base_url == "https://api.flotiq.com" and ro.url is None and ro.token_type == "api_key"  # no login
     assert (ro.timeout, ro.min_refresh_interval, ro.max_lifetime) == (10.0, 10.0, 86400.0)
     assert settings.providers["prod"].url == "https://api.felloh.com"
 
@@ -97,7 +97,7 @@ api_key = "k"
         'provider "fts", field "base_url": \'http://fts.example.com\' must use https:// '
         "(plain http:// is allowed only for loopback hosts)",
         'provider "fts", field "password": is required but missing',
-        'provider "fts", field "pasword": is not a known setting (a typo?)',
+        'provider "fts", field "pasword": is not a known setting; did you mean password?',
         'provider "odd": unknown kind "vault"; kind must be one of "felloh", "fintech_studios", "flotiq", '
         '"oauth2_client_credentials", "http", "static", "github_app", '
         '"google_service_account", "jwt_bearer"',
@@ -117,7 +117,7 @@ def test_felloh_needs_an_environment_or_a_url(tmp_path) -> None:  # type: ignore
 def test_loopback_http_upstreams_are_allowed(tmp_path) -> None:  # type: ignore[no-untyped-def]
     for host in ("127.0.0.1:8080", "localhost", "[::1]:9000", "127.1.2.3"):
         text = f'[providers.f]\nkind = "flotiq"\napi_key = "k"\nbase_url = "http://{host}"\n'
-        assert load(tmp_path, text).providers["f"].url == f"http://{host}"
+        assert load(tmp_path, text).providers["f"].base_url == f"http://{host}"
     assert problems(tmp_path, '[providers.f]\nkind = "flotiq"\napi_key = "k"\nbase_url = "http://10.0.0.1"\n')
 
 
@@ -163,7 +163,7 @@ def test_an_empty_secret_file_is_refused(tmp_path) -> None:  # type: ignore[no-u
 
 def test_the_example_config_is_valid(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     example = (Path(__file__).parent.parent / "config.example.toml").read_text()
-    (tmp_path / "felloh_private_key").write_text("sk\n")
+    (tmp_path / "felloh_private_key").write_text("sk-of-the-example\n")
     (tmp_path / "felloh_private_key").chmod(0o600)
     for name in ("FELLOH_PUBLIC_KEY", "FTS_API_KEY", "FTS_PASSWORD", "FLOTIQ_API_KEY"):
         monkeypatch.setenv(name, f"value-of-{name}")
@@ -185,7 +185,25 @@ def test_the_example_config_is_valid(tmp_path, monkeypatch) -> None:  # type: ig
         (tmp_path / name).write_text(value + "\n")
         (tmp_path / name).chmod(0o600)
         generic = generic.replace(f"/etc/tokend/{name}", str(tmp_path / name))
+    generic = _with_signing_keys(tmp_path, generic)
     uncommented = load(tmp_path, head + "#" + re.sub(r"(?m)^# (?=\[|[\w-]+ = )", "", generic))
-    assert sorted(uncommented.providers) == ["billing", "felloh", "flotiq", "fts", "legacy", "maps"]
+    assert sorted(uncommented.providers) == ["billing", "felloh", "flotiq", "fts", "gcs", "github", "graph", "legacy",
+                                             "maps", "salesforce"]
+    assert uncommented.providers["salesforce"].default_lifetime == 7200
     assert sorted(uncommented.clients) == ["billing-app", "ops"] and uncommented.clients["ops"].admin
     assert uncommented.fleet is not None and uncommented.fleet.namespace == "payments-prod"
+
+
+def _with_signing_keys(directory: Path, example: str) -> str:
+    """The example's key files made real (fresh keys, a certificate, a service account's JSON key file)."""
+    from tokend.testing import FakeGoogle, new_private_key, self_signed_certificate
+
+    entra_key = new_private_key()
+    files = {"github-app.pem": new_private_key(), "entra.pem": entra_key, "salesforce.pem": new_private_key(),
+             "entra.crt": self_signed_certificate(entra_key),
+             "gcs-key.json": FakeGoogle().key_file("https://oauth2.googleapis.com/token")}
+    for name, content in files.items():
+        (directory / name).write_text(content)
+        (directory / name).chmod(0o600)
+        example = example.replace(f"/etc/tokend/{name}", str(directory / name))
+    return example

@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.daemon import Daemon, tokend_command
 
 
@@ -48,7 +50,9 @@ def test_exit_statuses_are_passed_through_as_a_shell_would(daemon_factory: Calla
     missing = run_exec(daemon, "--", "no-such-command-anywhere")
     assert missing.returncode == 127 and "command not found: no-such-command-anywhere" in missing.stderr
     unknown = run_exec(daemon, "--provider", "nope", "--", sys.executable, "-c", "print('ran')")
-    assert unknown.returncode != 0 and "nope" in unknown.stderr and "ran" not in unknown.stdout
+    assert unknown.returncode == 6 and "nope" in unknown.stderr and "ran" not in unknown.stdout  # as `get` exits
+    unknown_env = run_exec(daemon, "--env", "nope=TOKEN", "--", sys.executable, "-c", "print('ran')")
+    assert unknown_env.returncode == 6 and "nope" in unknown_env.stderr and "ran" not in unknown_env.stdout
     assert run_exec(daemon, "--env", "fts", "--", "true").returncode == 2
     assert run_exec(daemon).returncode == 2
 
@@ -158,3 +162,38 @@ def test_the_proxy_url_of_each_asked_provider_is_in_the_environment(daemon_facto
     assert shown.stdout.split() == [f"{daemon.url}/proxy/fts", f"{daemon.url}/proxy/flotiq"], shown.stderr
     proxied = daemon.get("/proxy/fts/v1/news")
     assert proxied.status_code == 200, proxied.text
+
+
+def test_a_file_with_no_interpreter_line_is_126_with_a_sentence(
+    daemon_factory: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    daemon = daemon_factory()
+    script = tmp_path / "report.sh"
+    script.write_text("echo ran\n")  # no #!: a shell would guess; tokend runs no shell
+    script.chmod(0o755)
+    ran = run_exec(daemon, "--", str(script))
+    assert ran.returncode == 126 and ran.stdout == ""
+    assert ran.stderr == f"tokend exec: cannot run {script}: not a program this system can start (a script " \
+        "needs a #! line)\n"
+    folder = run_exec(daemon, "--", str(tmp_path))
+    assert folder.returncode == 126 and "Traceback" not in folder.stderr
+
+
+def test_env_refuses_variables_that_change_how_the_command_runs(daemon_factory: Callable[..., Daemon]) -> None:
+    daemon = daemon_factory()
+    for variable in ("LD_PRELOAD", "PATH", "PYTHONPATH", "PYTHONSTARTUP", "NODE_OPTIONS", "TOKEND_URL",
+                     "BASH_ENV", "ENV", "IFS", "DYLD_INSERT_LIBRARIES", "ld_preload"):
+        refused = run_exec(daemon, "--env", f"fts={variable}", "--", sys.executable, "-c", "print('ran')")
+        assert refused.returncode == 2 and refused.stdout == "", (variable, refused)
+        assert f"refusing to put a token in {variable}: " in refused.stderr
+        assert daemon.get("/token/fts").json()["token"] not in refused.stderr
+    allowed = run_exec(daemon, "--env", "fts=FTS_TOKEN", "--", sys.executable, "-c", "print('ran')")
+    assert allowed.returncode == 0 and allowed.stdout == "ran\n"
+
+
+def test_the_library_refuses_an_unsafe_variable_too() -> None:
+    from tokend.errors import TokendError
+    from tokend.execute import child_environment
+
+    with pytest.raises(TokendError, match="refusing to put a token in LD_PRELOAD"):
+        child_environment(None, "http://127.0.0.1:1", None, [], {"fts": "LD_PRELOAD"})  # type: ignore[arg-type]

@@ -32,9 +32,9 @@ OTHER_KEY = base64.b64encode(os.urandom(32)).decode()
 LIFETIME = 6.0  # seconds: short, so that a test sees several renewals
 
 
-def fleet_table(redis_url: str, key_file: Path, *, extra: str = "") -> str:
+def fleet_table(redis_url: str, key_file: Path, *, extra: str = "", retry_after: float = 1) -> str:
     return (f'[fleet]\nredis_url = "{redis_url}"\nencryption_key = {{ file = "{key_file}" }}\n'
-            f'namespace = "test"\ntimeout = 0.3\nlease = 1.5\nretry_after = 1\n{extra}')
+            f'namespace = "test"\ntimeout = 0.3\nlease = 1.5\nretry_after = {retry_after}\n{extra}')
 
 
 class Fleet:
@@ -45,7 +45,7 @@ class Fleet:
         self.daemons: list[Daemon] = []
 
     def add(self, *, key: str = KEY, old_keys: tuple[str, ...] = (), fleet_extra: str = "",
-            redis_url: str | None = None,
+            redis_url: str | None = None, retry_after: float = 1,
             adjust: Callable[[Path], None] | None = None, **options: object) -> Daemon:
         directory = self.tmp_path / f"daemon-{len(self.daemons)}"
         directory.mkdir()
@@ -59,7 +59,7 @@ class Fleet:
             old_file.write_text(old + "\n")
         if old_files:
             fleet_extra += "old_encryption_keys = [" + ", ".join(f'{{ file = "{f}" }}' for f in old_files) + "]\n"
-        extra = fleet_table(redis_url or self.redis.url, key_file, extra=fleet_extra)
+        extra = fleet_table(redis_url or self.redis.url, key_file, extra=fleet_extra, retry_after=retry_after)
         config = write_fake_config(directory, self.fakes, free_port(), extra=extra, **options)
         if adjust is not None:
             adjust(directory)
@@ -322,6 +322,80 @@ def test_redis_killed_and_restarted_mid_run_no_503_fall_back_and_converge(fleet:
         status = fleet_status(daemon)["fleet"]
         assert status["redis_errors"] > 0
         assert sum(t["logins_alone"] for t in status["providers"].values()) > 0
+
+
+def test_after_redis_restarts_the_first_login_shares_through_it_again_at_once(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """A restart leaves every pooled connection dead; the next call must not fail on one and send the daemon
+    to log in alone for `retry_after` (30 s here, so that such a fall-back cannot go unseen)."""
+    with serve_fakes(lifetime=3600) as fakes:
+        fleet = Fleet(tmp_path, fakes, redis_server)
+        try:
+            _restart_then_refresh(fleet, redis_server)
+        finally:
+            fleet.stop()
+
+
+def _restart_then_refresh(fleet: Fleet, redis_server: RedisServer) -> None:
+    daemon = fleet.add(retry_after=30)
+    fleet.start()
+    token = daemon.get("/token/fts").json()["token"]
+    redis_server.kill()
+    redis_server.start()
+    started = time.monotonic()
+    answer = daemon.post("/token/fts/refresh", json={"rejected": token})
+    took = time.monotonic() - started
+    assert answer.status_code == 200 and answer.json()["token"] != token
+    assert took < 3.0, took
+    status = fleet_status(daemon)["fleet"]
+    assert status["state"] == "ok", status
+    assert status["providers"]["fts"]["logins_alone"] == 0 and status["providers"]["fts"]["leases_won"] == 2
+    assert any(":token:" in key for key in redis_server.everything()), "the new token went to the fleet"
+    # An adoption is not a login: logged and counted apart.
+    other = fleet.add(retry_after=30)
+    fleet.start([other])
+    assert other.get("/token/fts").json()["token"] == answer.json()["token"]
+    assert "adopt provider=fts outcome=ok" in other.log() and "login provider=fts" not in other.log()
+    metrics = other.get("/metrics").text
+    assert 'tokend_fleet_adoptions_total{provider="fts"} 1.0' in metrics
+    assert 'tokend_logins_total{outcome="ok",provider="fts"}' not in metrics
+
+
+def test_check_asks_redis_once_and_says_whether_the_key_is_the_fleets(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    def check(daemon: Daemon) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(tokend_command("--config", str(daemon.config), "check"), capture_output=True,
+                              text=True, timeout=60)
+
+    with serve_fakes(lifetime=3600) as fakes:
+        fleet = Fleet(tmp_path, fakes, redis_server)
+        try:
+            first, stranger = fleet.add(), fleet.add(key=OTHER_KEY)
+            before = check(first)
+            assert before.returncode == 0, before.stdout + before.stderr
+            assert f"  fleet: namespace test\n    Redis at {redis_server.url} answered in" in before.stdout
+            assert "no daemon of namespace test has written a token yet" in before.stdout
+            fleet.start([first])
+            ours = FleetKey.of(base64.b64decode(KEY)).id
+            after = check(first)
+            assert after.returncode == 0, after.stdout
+            assert f"key id {ours}: the fleet writes with it" in after.stdout
+            assert "fts: the fleet's current token opens with this key" in after.stdout
+            wrong = check(stranger)
+            assert wrong.returncode == 3, wrong.stdout
+            assert f"error: fleet: daemons of namespace test write with key id(s) {ours}, which this config's keys " \
+                   "are not" in wrong.stdout
+            redis_server.kill()
+            started = time.monotonic()
+            down = check(first)
+            assert down.returncode == 0 and time.monotonic() - started < 15, down.stdout
+            assert "warning: fleet: Redis did not answer" in down.stdout and "log in alone" in down.stdout
+            for result in (before, after, wrong, down):
+                assert KEY not in result.stdout + result.stderr and OTHER_KEY not in result.stdout + result.stderr
+        finally:
+            fleet.stop()
 
 
 def test_a_daemon_with_another_encryption_key_never_serves_the_fleets_token_and_says_why(

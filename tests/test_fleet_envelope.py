@@ -149,3 +149,33 @@ def test_without_a_fleet_table_no_redis_library_is_imported(tmp_path) -> None:  
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('redis', 'cryptography')))")
     out = subprocess.run([sys.executable, "-c", code, str(config)], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_signing_key_enters_the_share_key_by_its_fingerprint_never_its_text() -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    from tokend.fleet.envelope import login_identity
+    from tokend.providers.github_app import GitHubAppConfig
+    from tokend.signing import load_key
+    from tokend.testing import new_private_key
+
+    pkcs8 = new_private_key()
+    raw = load_key(pkcs8).key
+    pkcs1 = raw.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                              serialization.NoEncryption()).decode()
+    encrypted = raw.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.BestAvailableEncryption(b"passphrase-1")).decode()
+
+    def app(private_key: str, **settings: object) -> GitHubAppConfig:
+        return GitHubAppConfig.model_validate({"kind": "github_app", "client_id": "Iv1", "installation_id": 7,
+                                               "private_key": private_key, **settings})
+
+    key = FleetKey.of(KEY_A)
+    base = key.share_key(app(pkcs8))
+    # The same key written another way, or encrypted, is the same login.
+    assert key.share_key(app(pkcs1)) == key.share_key(app(encrypted, private_key_passphrase="passphrase-1")) == base
+    assert key.share_key(app(new_private_key())) != base
+    assert key.share_key(app(pkcs8, installation_id=8)) != base
+    identity = repr(login_identity(app(encrypted, private_key_passphrase="passphrase-1")))
+    assert load_key(pkcs8).fingerprint in identity
+    assert "PRIVATE KEY" not in identity and "passphrase-1" not in identity

@@ -448,3 +448,39 @@ def test_jwt_bearer_refuses_claims_it_sets_itself(tmp_path: Path) -> None:
                               f'private_key = {{ file = "{tmp_path / "key.pem"}" }}\nissuer = "i"\nsubject = "s"\n'
                               'claims = { exp = 1 }\n')
     assert "claims must not set exp" in caught.value.problems[0]
+
+
+def test_an_upstream_echoing_the_signed_assertion_never_gets_it_into_an_error() -> None:
+    from tokend.providers.github_app import GitHubAppConfig  # noqa: F401 (the kinds register on import)
+    from tokend.providers.jwt_bearer import JWTBearerConfig
+
+    def echo(request: httpx.Request) -> httpx.Response:
+        body = request.content.decode()
+        sent = dict(urllib.parse.parse_qsl(body)) if body and not body.startswith("{") else {}
+        assertion = (sent.get("assertion") or sent.get("client_assertion")
+                     or request.headers.get("authorization", "")[7:])
+        return httpx.Response(401, json={"error": "invalid_client", "error_description": f"bad {assertion}",
+                                         "message": f"bad {assertion}"})
+
+    jwt_bearer = JWTBearerConfig(kind="jwt_bearer", token_url="https://sf.test/token", private_key=_RSA,
+                                 issuer="i", subject="s")
+    for config in (github_config(), google_config(FakeGoogle()), private_key_jwt_config(), jwt_bearer):
+        with pytest.raises(CredentialsRejected) as caught:
+            fetch_with(provider_for(config), echo)
+        assert "bad ***" in caught.value.message and "eyJ" not in caught.value.message, caught.value.message
+
+
+def test_google_delegation_applies_to_access_tokens_not_to_id_tokens() -> None:
+    fake = FakeGoogle()
+    id_token = load_key(_RSA).sign({"exp": int(time.time()) + 600}, alg="RS256")
+    seen: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(decoded(dict(urllib.parse.parse_qsl(request.content.decode()))["assertion"], fake.private_key)
+                    .claims)
+        return httpx.Response(200, json={"access_token": "ya29.a", "expires_in": 3599, "id_token": id_token})
+
+    provider = provider_for(google_config(fake, subject="admin@example.com"))
+    fetch_with(provider, handler, audience="https://iap.example")
+    fetch_with(provider, handler, scopes=["https://www.googleapis.com/auth/admin.directory.user.readonly"])
+    assert "sub" not in seen[0] and seen[1]["sub"] == "admin@example.com"

@@ -4,6 +4,8 @@ and the signal after a change, a sink that cannot be written, removal at exit.""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -12,6 +14,8 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from tests.daemon import Daemon
 from tokend.testing import FakeProviders
@@ -30,6 +34,17 @@ def eventually(condition: Callable[[], bool], what: str, timeout: float = 30) ->
         time.sleep(0.05)
 
 
+SH = shutil.which("sh") or "/bin/sh"
+
+
+def sourced(path: Path, variable: str) -> str:
+    """What a POSIX shell holds in `variable` after sourcing `path`."""
+    shell = subprocess.run([SH, "-c", f'. "$1" && printf %s "${variable}"', "sh", str(path)],
+                           capture_output=True, check=True, cwd=path.parent)
+    assert shell.stderr == b"", shell.stderr
+    return shell.stdout.decode()
+
+
 def test_every_format_holds_what_get_token_serves(tmp_path: Path, daemon_factory: Callable[..., Daemon]) -> None:
     out = tmp_path / "out"
     out.mkdir()
@@ -46,10 +61,9 @@ def test_every_format_holds_what_get_token_serves(tmp_path: Path, daemon_factory
     assert {key: written[key] for key in ("token", "headers", "query")} == \
         {key: served[key] for key in ("token", "headers", "query")}
     assert (out / "fts.headers").read_text() == "".join(f"{k}: {v}\n" for k, v in served["headers"].items())
-    env = dict(line.split("=", 1) for line in (out / "fts.env").read_text().splitlines())
-    assert env["TOKEND_TOKEN"] == served["token"] and env["TOKEND_HEADER_X_API_KEY"] == served["headers"]["x-api-key"]
-    flotiq = dict(line.split("=", 1) for line in (out / "flotiq.env").read_text().splitlines())
-    assert flotiq["FLOTIQ_QUERY_AUTH_TOKEN"] == daemon.get("/token/flotiq").json()["token"]
+    assert sourced(out / "fts.env", "TOKEND_TOKEN") == served["token"]
+    assert sourced(out / "fts.env", "TOKEND_HEADER_X_API_KEY") == served["headers"]["x-api-key"]
+    assert sourced(out / "flotiq.env", "FLOTIQ_QUERY_AUTH_TOKEN") == daemon.get("/token/flotiq").json()["token"]
     assert stat.S_IMODE((out / "fts.raw").stat().st_mode) == 0o600
     assert stat.S_IMODE((out / "fts.json").stat().st_mode) == 0o640
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # no temporary file left behind
@@ -168,3 +182,208 @@ def test_bad_sink_settings_are_config_errors(tmp_path: Path, fakes: FakeProvider
         path = options.pop("path")
         config = write_config(tmp_path, fakes, extra=sink("fts", Path(str(path)), **options))
         assert main(["--config", str(config), "check"]) == 3, message
+
+
+# -- a sink's folder in the hands of its reader: tokend runs as root, the reader as `nobody` ---------------
+
+NOBODY = 65534
+
+
+def as_root_with_a_reader(tmp_path: Path) -> tuple[Path, Path]:
+    """A folder the reader owns (as a sink's folder often is), and a root-owned file it must not reach."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the attack is a reader's folder under a root tokend")
+    tmp_path.chmod(0o755)
+    folder = tmp_path / "reader"
+    folder.mkdir()
+    os.chown(folder, NOBODY, NOBODY)
+    victim = tmp_path / "victim"
+    victim.write_text("root's own file\n")
+    victim.chmod(0o644)
+    return folder, victim
+
+
+def sink_error(daemon: Daemon, provider: str, index: int = 0) -> str | None:
+    sinks = daemon.get("/status").json()["providers"][provider]["sinks"]
+    error: str | None = sinks[index]["error"]
+    return error
+
+
+def test_an_in_place_sink_replaced_by_a_symlink_is_refused(
+    tmp_path: Path, daemon_factory: Callable[..., Daemon]
+) -> None:
+    folder, victim = as_root_with_a_reader(tmp_path)
+    path = folder / "fts.token"
+    daemon = daemon_factory(extra=sink("fts", path, atomic=False, owner=str(NOBODY)), min_refresh_interval=0.01)
+    eventually(path.exists, "the first write")
+    path.unlink()
+    path.symlink_to(victim)  # what the reader can do in its own folder
+    assert daemon.post("/token/fts/refresh").status_code == 200
+    eventually(lambda: sink_error(daemon, "fts") is not None, "the refusal in /status")
+    assert "symbolic link" in str(sink_error(daemon, "fts"))
+    assert victim.read_text() == "root's own file\n"
+    assert (victim.stat().st_uid, stat.S_IMODE(victim.stat().st_mode)) == (0, 0o644)
+    assert daemon.get("/token/fts").json()["token"] not in daemon.get("/status").text
+
+
+def test_a_hard_link_or_a_fifo_in_place_of_an_in_place_sink_is_refused(
+    tmp_path: Path, daemon_factory: Callable[..., Daemon]
+) -> None:
+    folder, victim = as_root_with_a_reader(tmp_path)
+    linked, fifo = folder / "fts.token", folder / "felloh.token"
+    os.link(victim, linked)
+    os.mkfifo(fifo)
+    daemon = daemon_factory(extra=sink("fts", linked, atomic=False) + sink("felloh", fifo, atomic=False))
+    eventually(lambda: sink_error(daemon, "fts") is not None and sink_error(daemon, "felloh") is not None,
+               "both refusals")
+    assert "2 links" in str(sink_error(daemon, "fts"))
+    # Without a reader a FIFO does not even open for writing (ENXIO); with one, it is no regular file.
+    assert any(why in str(sink_error(daemon, "felloh")) for why in ("not a regular file", "No such device"))
+    assert victim.read_text() == "root's own file\n"
+
+
+def test_a_sink_folder_swapped_for_a_symlink_is_not_written_through(
+    tmp_path: Path, daemon_factory: Callable[..., Daemon]
+) -> None:
+    folder, _ = as_root_with_a_reader(tmp_path)
+    elsewhere = tmp_path / "etc"
+    elsewhere.mkdir()
+    (elsewhere / "fts.token").write_text("root's own file\n")  # neither overwritten nor removed at exit
+    inner = folder / "app"
+    inner.mkdir()
+    daemon = daemon_factory(extra=sink("fts", inner / "fts.token", remove_on_exit=True), min_refresh_interval=0.01)
+    eventually((inner / "fts.token").exists, "the first write")
+    (inner / "fts.token").unlink()
+    inner.rmdir()
+    inner.symlink_to(elsewhere)
+    assert daemon.post("/token/fts/refresh").status_code == 200
+    eventually(lambda: sink_error(daemon, "fts") is not None, "the refusal in /status")
+    assert "its folder is a symbolic link" in str(sink_error(daemon, "fts"))
+    assert daemon.terminate()[0] == 0
+    assert [(p.name, p.read_text()) for p in elsewhere.iterdir()] == [("fts.token", "root's own file\n")]
+
+
+def test_a_pid_file_naming_tokend_or_another_users_process_or_a_symlink_is_refused(
+    tmp_path: Path, daemon_factory: Callable[..., Daemon]
+) -> None:
+    folder, _ = as_root_with_a_reader(tmp_path)
+    own, linked = folder / "own.pid", folder / "linked.pid"
+    # A root process, named in a pid file the reader wrote.
+    root_process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        own.write_text(f"{root_process.pid}\n")
+        os.chown(own, NOBODY, NOBODY)
+        real_pid = tmp_path / "app.pid"
+        real_pid.write_text(f"{root_process.pid}\n")
+        linked.symlink_to(real_pid)
+        self_pid = folder / "self.pid"  # filled with tokend's own id once it runs
+        self_pid.write_text("2\n")
+        extra = (sink("fts", folder / "a.token", signal="TERM", pid_file=str(own))
+                 + sink("fts", folder / "b.token", signal="TERM", pid_file=str(linked))
+                 + sink("felloh", folder / "c.token", signal="TERM", pid_file=str(self_pid)))
+        daemon = daemon_factory(extra=extra, min_refresh_interval=0.01)
+        assert daemon.process is not None
+        self_pid.write_text(f"{daemon.process.pid}\n")
+        assert daemon.post("/token/felloh/refresh").status_code == 200
+        eventually(lambda: all(sink_error(daemon, p, i) for p, i in (("fts", 0), ("fts", 1), ("felloh", 0))),
+                   "three refusals")
+        assert "does not run as the file's owner" in str(sink_error(daemon, "fts", 0))
+        assert "symbolic link" in str(sink_error(daemon, "fts", 1))
+        assert "names tokend itself" in str(sink_error(daemon, "felloh", 0))
+        assert root_process.poll() is None and daemon.process.poll() is None
+    finally:
+        root_process.kill()
+        root_process.wait(10)
+
+
+def test_env_values_read_back_unchanged_in_a_shell_and_run_nothing(
+    tmp_path: Path, daemon_factory: Callable[..., Daemon]
+) -> None:
+    marker = tmp_path / "ran"
+    nasty = f"it's $(touch {marker}) `touch {marker}`; touch {marker} \" \\ end"
+    path = tmp_path / "nasty.env"
+    extra = (f'[providers.nasty]\nkind = "static"\nkey = {json.dumps(nasty)}\nheader = "X-Key"\nscheme = "Bearer"\n'
+             + sink("nasty", path, format="env"))
+    daemon = daemon_factory(extra=extra)
+    eventually(path.exists, "the env sink")
+    token = daemon.get("/token/nasty").json()["token"]
+    assert token == nasty
+    assert sourced(path, "TOKEND_TOKEN") == token
+    assert sourced(path, "TOKEND_HEADER_X_KEY") == f"Bearer {token}"
+    assert not marker.exists()
+
+
+def test_a_value_no_shell_can_carry_is_refused() -> None:
+    # A secret in the config cannot hold a control character; a token from an upstream's JSON can.
+    from tokend.credential import Credential
+    from tokend.sinks import SinkConfig, render
+
+    credential = Credential(token="before\0after", token_type="Bearer", expires_at=None, headers={})
+    with pytest.raises(ValueError, match="NUL"):
+        render("nul", credential, SinkConfig(path=Path("/run/app/nul.env"), format="env"))
+    assert render("nul", credential, SinkConfig(path=Path("/run/app/nul.token"))) == b"before\0after"
+
+
+def test_a_short_write_leaves_the_old_file_and_fails(tmp_path: Path) -> None:
+    path = tmp_path / "fts.token"
+    path.write_text("the old token")
+    # A file size limit makes the kernel write less than asked, as a full disk does.
+    script = (
+        "import resource, sys\n"
+        "from pathlib import Path\n"
+        "from tokend.sinkfiles import write_sink_file\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))\n"
+        "try:\n"
+        f"    write_sink_file(Path({str(path)!r}), b'x' * 1000, mode=0o600, uid=-1, gid=-1, atomic=True)\n"
+        "except OSError as exc:\n"
+        "    print(exc.strerror)\n"
+        "    sys.exit(0)\n"
+        "sys.exit('written')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr or result.stdout
+    assert "too large" in result.stdout.lower(), result.stdout
+    assert path.read_text() == "the old token"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fts.token"]
+
+
+def test_one_providers_slow_command_does_not_hold_up_anothers_sinks(
+    tmp_path: Path, daemon_factory: Callable[..., Daemon]
+) -> None:
+    slow, other = tmp_path / "fts.token", tmp_path / "felloh.token"
+    daemon = daemon_factory(extra=sink("fts", slow, command=["sleep", "12"]) + sink("felloh", other),
+                            min_refresh_interval=0.01)
+    eventually(lambda: slow.exists() and other.exists(), "the first writes")
+    assert daemon.post("/token/fts/refresh").status_code == 200  # a new token: the slow command again
+    eventually(lambda: slow.read_text() == daemon.get("/token/fts").json()["token"], "the slow sink's write")
+    started = time.monotonic()
+    token = daemon.post("/token/felloh/refresh").json()["token"]
+    eventually(lambda: other.read_text() == token, "the other provider's write", timeout=60)
+    assert time.monotonic() - started < 6, "felloh's sink waited for fts's command"
+
+
+def test_a_pid_file_of_root_or_of_the_process_owner_is_signalled(
+    tmp_path: Path, daemon_factory: Callable[..., Daemon]
+) -> None:
+    folder, _ = as_root_with_a_reader(tmp_path)
+    hups = folder / "hups"
+    app = subprocess.Popen([sys.executable, "-c", (  # the reader's own process, as start-stop-daemon leaves it
+        "import signal, time\n"
+        f"signal.signal(signal.SIGHUP, lambda *a: open({str(hups)!r}, 'a').write('h'))\n"
+        f"open({str(hups)!r}, 'w').close()\n"
+        "while True: time.sleep(0.05)\n"
+    )], user=NOBODY, group=NOBODY)
+    try:
+        eventually(hups.exists, "the reader's process to install its handler")
+        by_root, by_reader = tmp_path / "root.pid", folder / "reader.pid"
+        by_root.write_text(f"{app.pid}\n")
+        by_reader.write_text(f"{app.pid}\n")
+        os.chown(by_reader, NOBODY, NOBODY)
+        extra = (sink("fts", tmp_path / "fts.token", signal="HUP", pid_file=str(by_root))
+                 + sink("felloh", tmp_path / "felloh.token", signal="HUP", pid_file=str(by_reader)))
+        daemon = daemon_factory(extra=extra)
+        eventually(lambda: hups.read_text() == "hh", "a SIGHUP through each pid file")
+        assert all(s["ok"] for p in ("fts", "felloh") for s in daemon.get("/status").json()["providers"][p]["sinks"])
+    finally:
+        app.kill()
+        app.wait(10)

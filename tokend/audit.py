@@ -19,6 +19,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from tokend.config import Settings
+from tokend.redact import SHORT_VALUE
 from tokend.secrets import SecretValue
 
 __all__ = ["Finding", "audit", "log_findings"]
@@ -41,6 +42,7 @@ def audit(settings: Settings, config_path: Path | None = None) -> list[Finding]:
         *_plain_secrets(settings),
         *_secret_files(settings),
         *_padded_secrets(settings),
+        *_short_secrets(settings),
         *_config_file(settings, config_path),
         *_listener(settings),
         *_plain_http(settings),
@@ -93,6 +95,16 @@ def _padded_secrets(settings: Settings) -> Iterator[Finding]:
                                      "unless the provider's secret really holds it")
 
 
+def _short_secrets(settings: Settings) -> Iterator[Finding]:
+    """No generated key or token is this short: most likely a placeholder left in. Masking it wherever it
+    occurs would cut up every message, so it is masked only where it stands as a word of its own."""
+    for where, secret in _secrets(settings):
+        if len(secret.get()) < SHORT_VALUE:
+            yield Finding("warning", f"{where}: the secret from {secret.source} is shorter than {SHORT_VALUE} "
+                                     "characters, too short to be a real one; it is masked in logs and errors only "
+                                     "where it stands alone, not inside longer words")
+
+
 def _config_file(settings: Settings, path: Path | None) -> Iterator[Finding]:
     if path is None:
         return
@@ -105,7 +117,8 @@ def _config_file(settings: Settings, path: Path | None) -> Iterator[Finding]:
         yield Finding("error", f"config file {path} can be changed by other users (mode {mode:04o}): chmod go-w it")
     plain = any(secret.plain for _, secret in _secrets(settings))
     if plain and (finding := _readable_by_others(path, f"config file {path} holds plain-string secrets and")):
-        yield finding
+        # Plain strings are allowed, with a warning: this one says how far they reach, and what to do.
+        yield Finding("warning", finding.message)
 
 
 def _readable_by_others(path: Path, what: str) -> Finding | None:
@@ -136,8 +149,9 @@ def _plain_http(settings: Settings) -> Iterator[Finding]:
     plain = [f'"{name}"' for name, provider in settings.providers.items()
              if provider.url is not None and urlsplit(provider.url).scheme == "http"]
     if plain:  # one finding for all of them: a local test set-up has several, and they say the same thing
-        yield Finding("warning", f"provider{'s' if len(plain) > 1 else ''} {', '.join(plain)} log in over plain "
-                                 "http to a loopback host: fine for local testing, never for real credentials")
+        who = f"providers {', '.join(plain)} log" if len(plain) > 1 else f"provider {plain[0]} logs"
+        yield Finding("warning", f"{who} in over plain http to a loopback host: fine for local testing, never "
+                                 "for real credentials")
 
 
 def _mode(path: Path) -> int | None:

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from tokend import __version__
-from tokend.errors import ConfigError, DaemonUnavailable, TokendError
+from tokend.errors import ConfigError, DaemonUnavailable, TokendError, UnknownProvider
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing, ~2 ms of `tokend get`; mypy reads it alike
 if TYPE_CHECKING:
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
     from tokend.config import Settings
     from tokend.demo import Demo
+    from tokend.fleet.probe import FleetReport
 
 
 class Exit(enum.IntEnum):
@@ -92,7 +93,9 @@ def _main(argv: list[str] | None) -> int:
         return Exit.OK
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(kinds: tuple[str, ...] | None = None) -> argparse.ArgumentParser:
+    """tokend's command line. `kinds`: the provider kinds, for `init`'s completion; left out otherwise, so that
+    a client command does not import the provider models just to parse its arguments."""
     exit_codes = "\n".join(f"  {int(code)}  {meaning}" for code, meaning in _EXIT_MEANINGS.items())
     parser = argparse.ArgumentParser(prog="tokend", description="A loopback credential daemon.",
                                      epilog=f"exit codes:\n{exit_codes}",
@@ -159,6 +162,18 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--check", action="store_true", help="a self-test: start, ask for each provider's token "
                       "once and use it against its fake API, stop; exit 0 if all worked")
     demo.set_defaults(handler=_demo)
+
+    init = commands.add_parser("init", help="write a commented starting config for the kinds asked for",
+                               description="Print (or write to a new file, mode 0600) a starting config with a "
+                               "provider table for each KIND; with none, every kind's table commented out.")
+    init.add_argument("kinds", nargs="*", metavar="KIND", choices=kinds,
+                      help="provider kinds: felloh, fintech_studios, flotiq, oauth2_client_credentials, ...")
+    init.add_argument("--output", metavar="FILE", help="write to FILE, which must not exist yet (default: stdout)")
+    init.set_defaults(handler=_init)
+
+    completion = commands.add_parser("completion", help="print a shell completion script (bash, zsh or fish)")
+    completion.add_argument("shell", choices=("bash", "zsh", "fish"))
+    completion.set_defaults(handler=_completion)
     _config_after_command(commands)
     return parser
 
@@ -233,7 +248,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from tokend.audit import audit
+    from tokend.audit import Finding, audit
     from tokend.config import Settings
     from tokend.upstream import build_client
 
@@ -241,9 +256,24 @@ def _check(args: argparse.Namespace) -> int:
     settings = Settings.load(path)
     build_client(settings)  # the trust store and the proxy variables, as the daemon will use them
     findings = audit(settings, path)
+    fleet = _probe_fleet(settings)
+    if fleet is not None:
+        findings += [Finding("error", error) for error in fleet.errors]
+        findings += [Finding("warning", warning) for warning in fleet.warnings]
+        findings.sort(key=lambda finding: finding.level != "error")
     errors = sum(finding.level == "error" for finding in findings)
     print(f"config {'has ' + str(errors) + ' error(s)' if errors else 'OK'}: {len(settings.providers)} "
           f"provider(s), {len(settings.clients)} client(s)")
+    _print_parts(settings, fleet)
+    for finding in findings:
+        print(finding)
+    if errors:
+        return Exit.CONFIG
+    return _check_login(settings, args.login) if args.login else Exit.OK
+
+
+def _print_parts(settings: Settings, fleet: FleetReport | None) -> None:
+    """What `tokend check` lists: each provider with its secrets' sources, proxy and sinks; the listener; the fleet."""
     for name, provider in settings.providers.items():
         sources = ", ".join(f"{field} from {secret.source}" for field, secret in provider.secrets().items())
         login_url = f" at {provider.url}" if provider.url else ""
@@ -253,13 +283,27 @@ def _check(args: argparse.Namespace) -> int:
         if provider.proxy:
             also = f", and on {provider.proxy_listen}" if provider.proxy_listen else ""
             print(f"    proxy: /proxy/{name}/ -> {provider.proxy_target}{also}")
+        for sink in provider.sinks:
+            print(f"    sink: {sink.path} ({sink.format}, mode {sink.mode:04o})")
+        if settings.fleet is not None and not provider.fleet:
+            print("    fleet: off for this provider (fleet = false)")
     listening = settings.server.socket or f"http://{settings.server.host}:{settings.server.port}"
     print(f"  serving on {listening}")
-    for finding in findings:
-        print(finding)
-    if errors:
-        return Exit.CONFIG
-    return _check_login(settings, args.login) if args.login else Exit.OK
+    if settings.fleet is not None and fleet is not None:
+        print(f"  fleet: namespace {settings.fleet.namespace}")
+        for line in fleet.lines:
+            print(f"    {line}")
+
+
+def _probe_fleet(settings: Settings) -> FleetReport | None:
+    """One bounded look at the fleet's Redis (tokend.fleet.probe), or None without [fleet]."""
+    if settings.fleet is None:
+        return None
+    import asyncio
+
+    from tokend.fleet.probe import probe
+
+    return asyncio.run(probe(settings.fleet, settings.providers))
 
 
 def _check_login(settings: Settings, name: str) -> int:
@@ -278,13 +322,12 @@ def _check_login(settings: Settings, name: str) -> int:
     except UpstreamError as exc:
         _err(f"tokend: login to {name} failed: {exc.message}")
         return Exit.UNAVAILABLE
-    secrets = [secret.get() for secret in config.secrets().values()]
+    from tokend.redact import Redactor
+
+    redactor = Redactor(secret.get() for secret in config.secrets().values())
 
     def shown(value: str) -> str:
-        value = value.replace(credential.token, _cut(credential.token))
-        for secret in sorted(secrets, key=len, reverse=True):
-            value = value.replace(secret, "***")
-        return value
+        return redactor.scrub(value.replace(credential.token, _cut(credential.token)))
 
     print(f"login OK: {name} would serve")
     print(f"  token: {_cut(credential.token)} ({credential.token_type})")
@@ -350,6 +393,39 @@ def _demo_check(demo: Demo) -> int:
         return Exit.OK
     print("tokend demo --check: failed", file=sys.stderr)
     return Exit.FAILURE
+
+
+def _init(args: argparse.Namespace) -> int:
+    from tokend.secretfile import write_new_secret_file
+    from tokend.starter import environment_variables, starter_config
+
+    try:
+        text = starter_config(args.kinds)
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
+    if args.output is None:
+        print(text, end="")
+        return Exit.OK
+    try:
+        write_new_secret_file(Path(args.output), text.removesuffix("\n"))
+    except FileExistsError:
+        _err(f"tokend: {args.output} exists; tokend init never overwrites a file: remove it or give another --output")
+        return Exit.FAILURE
+    except OSError as exc:
+        _err(f"tokend: cannot write {args.output} ({exc.strerror})")
+        return Exit.FAILURE
+    needs = environment_variables(text)
+    then = f"set {', '.join(needs)}, then run" if needs else "uncomment the providers you use, then run"
+    _err(f"tokend: wrote {args.output} (mode 0600); {then} `tokend check --config {args.output}`")
+    return Exit.OK
+
+
+def _completion(args: argparse.Namespace) -> int:
+    from tokend.completion import completion_script
+    from tokend.starter import DEFAULT_KINDS
+
+    print(completion_script(_parser(kinds=DEFAULT_KINDS), args.shell), end="")
+    return Exit.OK
 
 
 # --- client commands ------------------------------------------------------------------------------------
@@ -490,21 +566,25 @@ def _status(args: argparse.Namespace) -> int:
 
         print(json.dumps(data, indent=2))
         return Exit.OK
-    rows = [("PROVIDER", "KIND", "STATE", "EXPIRES IN", "NEXT REFRESH", "LAST ERROR")]
+    import time
+
+    from tokend.live import until
+
+    rows = [("PROVIDER", "KIND", "STATE", "SOURCE", "EXPIRES IN", "NEXT REFRESH", "LAST ERROR")]
     for name, provider in data["providers"].items():
         expires = "never" if provider["expires_at"] is None and provider["state"] == "ok" else (
             f"{provider['expires_in']}s" if provider["expires_in"] is not None else "-"
         )
-        rows.append((name, provider["kind"], provider["state"], expires, provider["next_refresh"] or "-",
-                     _last_error(provider["last_error"])))
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+        rows.append((name, provider["kind"], provider["state"], provider.get("source") or "-", expires,
+                     until(provider["next_refresh"], time.time()), _last_error(provider["last_error"])))
+    widths = [max(len(row[i]) for row in rows) for i in range(6)]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row[:5], widths, strict=True)), row[5])
+        print("  ".join(cell.ljust(width) for cell, width in zip(row[:6], widths, strict=True)), row[6])
     return Exit.OK if data["ready"] else Exit.UNAVAILABLE
 
 
 def _exec(args: argparse.Namespace) -> int:
-    from tokend.execute import Unrunnable, child_environment, run
+    from tokend.execute import Unrunnable, child_environment, run, unsafe_variable
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
@@ -516,10 +596,17 @@ def _exec(args: argparse.Namespace) -> int:
         if not equals or not name or not variable:
             _err(f"tokend exec: --env {pair}: expected NAME=VAR, the provider and the variable for its token")
             return Exit.USAGE
+        if (why := unsafe_variable(variable)) is not None:
+            _err(f"tokend exec: --env {pair}: refusing to put a token in {variable}: {why}")
+            return Exit.USAGE
         tokens[name] = variable
     client = _client(args)  # the same checks as every client command: the address, where the key may go
     key = _client_key(args)
-    env = child_environment(client, client.address.url, key, args.provider, tokens)
+    try:
+        env = child_environment(client, client.address.url, key, args.provider, tokens)
+    except UnknownProvider as exc:  # as `tokend get` says it
+        _err(f"tokend exec: {exc.message}")
+        return Exit.UNKNOWN_PROVIDER
     try:
         return run(command, env)
     except Unrunnable as exc:

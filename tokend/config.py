@@ -8,11 +8,12 @@ a missing variable or an unreadable file is refused at start, with the provider 
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import (
@@ -23,10 +24,11 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from tokend.discovery import unreadable_config
 from tokend.errors import ConfigError
 from tokend.fields import Seconds, SocketMode, is_loopback_host
-from tokend.fleet.config import FleetConfig
-from tokend.providers import PROVIDER_KINDS, ProviderConfig
+from tokend.fleet.config import FleetConfig, missing_extra
+from tokend.providers import KINDS, PROVIDER_KINDS, ProviderConfig
 from tokend.secrets import Secret, config_directory
 
 __all__ = ["ClientConfig", "ServerConfig", "Settings", "UpstreamConfig"]
@@ -133,6 +135,14 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _fleet_extra_installed(self) -> Settings:
+        # Here rather than when the daemon starts: `tokend check` says it too, and `tokend run` ends with
+        # this sentence, not with a traceback from deep inside the start.
+        if self.fleet is not None and (missing := missing_extra()):
+            raise ValueError(missing)
+        return self
+
+    @model_validator(mode="after")
     def _clients_name_providers(self) -> Settings:
         seen: dict[str, str] = {}
         for name, client in self.clients.items():
@@ -168,15 +178,8 @@ class Settings(BaseSettings):
         try:
             with config_directory(path.parent):
                 return _FromFile()
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start + 1} is not); TOML files are UTF-8, "
-                              "comments included") from None
-        except RecursionError:
-            raise ConfigError(f"{path} nests tables or arrays too deeply to be a tokend config") from None
-        except OSError as exc:
-            raise ConfigError(f"config file {path} cannot be read ({exc.strerror})") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError, OSError) as exc:
+            raise unreadable_config(path, exc) from None
         except SettingsError as exc:
             raise ConfigError(_environment_problem(exc)) from None
         except ValidationError as exc:
@@ -241,6 +244,39 @@ def _describe(error: Any) -> str:
     return f"{where}: {_message(error)}"
 
 
+def _known_settings(loc: tuple[str, ...] | list[str]) -> list[str]:
+    """The setting names the table holding `loc`'s last part accepts, to suggest the near one to a typo."""
+    parts = [str(part) for part in loc[:-1]]
+    model: type[BaseModel] | None = Settings
+    if parts[:1] == ["providers"] and len(parts) >= 3:
+        model, parts = _KIND_MODELS.get(parts[2]), parts[3:]
+    elif parts[:1] == ["clients"] and len(parts) >= 2:
+        model, parts = ClientConfig, parts[2:]
+    for part in parts:
+        if model is None:
+            break
+        if part.isdigit():
+            continue  # a position in a list of tables ([[providers.x.sinks]])
+        field = model.model_fields.get(part)
+        model = None if field is None else _model_in(field.annotation)
+    if model is None:
+        return []
+    return [field.alias or name for name, field in model.model_fields.items()]
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The settings model inside a field's type (`FleetConfig | None`, `tuple[SinkConfig, ...]`), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for argument in get_args(annotation):
+        if (model := _model_in(argument)) is not None:
+            return model
+    return None
+
+
+_KIND_MODELS: dict[str, type[BaseModel]] = {kind.name: kind.config for kind in KINDS}
+
+
 def _message(error: Any) -> str:
     kinds = ", ".join(f'"{k}"' for k in PROVIDER_KINDS)
     match error["type"]:
@@ -251,6 +287,7 @@ def _message(error: Any) -> str:
         case "missing":
             return "is required but missing"
         case "extra_forbidden":
-            return "is not a known setting (a typo?)"
+            near = difflib.get_close_matches(str(error["loc"][-1]), _known_settings(error["loc"]), n=1)
+            return f"is not a known setting; did you mean {near[0]}?" if near else "is not a known setting (a typo?)"
     message = str(error["msg"])
     return message.removeprefix("Value error, ")

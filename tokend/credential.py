@@ -36,7 +36,9 @@ class Credential:
     request_id: str | None = None  # the upstream's id for the login that issued it
     obtained_at: float = 0.0
     expiry_note: str | None = None  # set when the upstream's expiry made no sense and was corrected
-    source: str = "login"  # "login": this daemon logged in; "fleet": adopted from another daemon of the fleet
+    # "login": this daemon logged in; "fleet": adopted from another daemon of the fleet; "static": a key that
+    # needs no login (served as configured)
+    source: str = "login"
     renew_at: float | None = None  # fleet mode: when the fleet renews it (Unix time), the same on every daemon
 
     def expires_in(self, now: float) -> float | None:

@@ -1,7 +1,8 @@
 """`tokend demo`: the real daemon against the built-in fake providers, so a newcomer sees it work.
 
 The fakes (tokend.testing) run in background threads; the daemon runs as `tokend run` would, from a
-config file written to a private temporary directory, with its secrets in 0600 files.
+config file written to a private temporary directory, with its secrets in 0600 files. Beside the three
+small APIs, a fake GitHub shows a login signed with a private key (a GitHub App's installation token).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from tokend.discovery import DEFAULT_PORT
 from tokend.errors import TokendError
 from tokend.policy import FIRST_RENEW_WINDOW, RENEW_AT, RENEW_BEFORE_EXPIRY, RENEW_FLOOR, RENEW_JITTER, RENEW_LATEST
 from tokend.server import listen_tcp
-from tokend.testing import FakeProviders, serve_fakes, write_fake_config
+from tokend.testing import FakeGitHub, FakeProviders, FakeServer, serve_fakes, write_fake_config
 
 
 @dataclass
@@ -30,7 +31,7 @@ class Demo:
     sock: socket.socket
     banner: list[str]
     config_path: Path  # the demo's config file, read again on SIGHUP or `tokend reload`
-    fakes: FakeProviders
+    upstreams: dict[str, str]  # provider name -> an upstream URL that takes its credential
     url: str
 
 
@@ -40,14 +41,36 @@ def demo_environment(*, port: int | None, lifetime: float) -> Iterator[Demo]:
 
     With no port given, 8765 if it is free, else any free port (a real tokend may already hold 8765).
     """
-    with serve_fakes(lifetime=lifetime) as fakes, tempfile.TemporaryDirectory(prefix="tokend-demo-") as tmp:
+    github = FakeGitHub(lifetime=lifetime)
+    with (serve_fakes(lifetime=lifetime) as fakes, FakeServer(github.app) as github_server,
+          tempfile.TemporaryDirectory(prefix="tokend-demo-") as tmp):
         # Bind first, so that a free port is known before the config (and `tokend get`) names it.
         sock = _listen(port)
         actual_port = sock.getsockname()[1]
-        config_path = write_fake_config(Path(tmp), fakes, actual_port)
+        extra = _github_app(Path(tmp), github, github_server.url)
+        config_path = write_fake_config(Path(tmp), fakes, actual_port, extra=extra)
         settings = Settings.load(config_path)
-        yield Demo(settings, sock, banner(config_path, actual_port, fakes, lifetime), config_path, fakes,
-                   f"http://127.0.0.1:{actual_port}")
+        lines = banner(config_path, actual_port, fakes, lifetime)
+        if port is None and actual_port != DEFAULT_PORT:
+            # Else a `tokend get` without --url would ask whatever holds 8765, and be puzzled by its answer.
+            lines[:0] = [f"tokend demo: port {DEFAULT_PORT} is in use (another tokend?), so this demo listens on "
+                         f"port {actual_port}: give clients --url http://127.0.0.1:{actual_port}, as below.", ""]
+        # Where each provider's served credential is accepted, for `tokend demo --check`.
+        upstreams = {"felloh": fakes.felloh_url + fakes.felloh.protected_path,
+                     "fts": fakes.fintech_studios_url + fakes.fintech_studios.protected_path,
+                     "flotiq": fakes.flotiq_url + fakes.flotiq.protected_path,
+                     "github": github_server.url + github.protected_path}
+        yield Demo(settings, sock, lines, config_path, upstreams, f"http://127.0.0.1:{actual_port}")
+
+
+def _github_app(directory: Path, github: FakeGitHub, url: str) -> str:
+    """The demo's GitHub App provider: its private key in a 0600 file, as the app's page downloads it."""
+    key = directory / "github_app.pem"
+    key.touch(mode=0o600)
+    key.write_text(github.private_key)
+    return (f'[providers.github]\nkind = "github_app"\nclient_id = "{github.client_id}"\n'
+            f'installation_id = {min(github.installations)}\nprivate_key = {{ file = "{key}" }}\n'
+            f'base_url = "{url}"\nproxy = true\n')
 
 
 def _listen(port: int | None) -> socket.socket:
@@ -66,7 +89,8 @@ def banner(config: Path, port: int, fakes: FakeProviders, lifetime: float) -> li
     first, later = (renewal_window(lifetime, *FIRST_RENEW_WINDOW),
                     renewal_window(lifetime, RENEW_AT - RENEW_JITTER, RENEW_AT + RENEW_JITTER))
     return [
-        f"tokend demo: three fake providers whose tokens live {lifetime:g}s. Each token is renewed first at "
+        f"tokend demo: four fake providers (one a GitHub App, whose login is signed with a private key) whose "
+        f"tokens live {lifetime:g}s. Each token is renewed first at "
         f"{_span(*first)} (a random {FIRST_RENEW_WINDOW[0]:.0%}-{FIRST_RENEW_WINDOW[1]:.0%} of its "
         f"lifetime, so that providers started together do not renew together), then at {_span(*later)} "
         f"into each new token's life. Config: {config}",
@@ -75,10 +99,13 @@ def banner(config: Path, port: int, fakes: FakeProviders, lifetime: float) -> li
         f"  curl -s {header} {base}/token/felloh",
         f"  curl -s {header} '{base}/token/fts?format=raw'",
         f"  curl -s {header} {base}/token/flotiq",
+        f"  curl -s {header} {base}/token/github",
         f"  curl -s {header} {base}/status",
         f"  tokend get felloh --url {base}",
         "Use a token against the fake Felloh API:",
         f'  curl -s -H "Authorization: Bearer {felloh_token}" {fakes.felloh_url}{fakes.felloh.protected_path}',
+        "Or let tokend add the GitHub App's installation token itself (its proxy):",
+        f"  curl -s {header} {base}/proxy/github/installation/repositories",
         "The client snippets in docs/index.md (curl, Python, Node) run against this demo after:",
         f"  export TOKEND_URL={base} FELLOH_API={fakes.felloh_url} FTS_API={fakes.fintech_studios_url} "
         f"FLOTIQ_API={fakes.flotiq_url}",
@@ -91,13 +118,10 @@ def banner(config: Path, port: int, fakes: FakeProviders, lifetime: float) -> li
 def self_check(demo: Demo, *, timeout: float = 30.0) -> tuple[bool, list[str]]:
     """Once the demo is ready: each provider's token asked for through the local API, as a client would, and
     used against its fake upstream. Whether all passed, and one line per provider (never a token)."""
-    upstreams = {"felloh": (demo.fakes.felloh_url, demo.fakes.felloh.protected_path),
-                 "fts": (demo.fakes.fintech_studios_url, demo.fakes.fintech_studios.protected_path),
-                 "flotiq": (demo.fakes.flotiq_url, demo.fakes.flotiq.protected_path)}
     with httpx.Client(base_url=demo.url, headers={"X-Tokend-Request": "1"}, timeout=10) as local:
         if not _ready(local, timeout):
             return False, [f"not ready within {timeout:g}s: {local.get('/readyz').text}"]
-        results = [_check_one(local, name, *upstream) for name, upstream in upstreams.items()]
+        results = [_check_one(local, name, upstream) for name, upstream in demo.upstreams.items()]
     return all(ok for ok, _ in results), [line for _, line in results]
 
 
@@ -110,12 +134,12 @@ def _ready(local: httpx.Client, timeout: float) -> bool:
     return True
 
 
-def _check_one(local: httpx.Client, name: str, base: str, path: str) -> tuple[bool, str]:
+def _check_one(local: httpx.Client, name: str, upstream_url: str) -> tuple[bool, str]:
     answer = local.get(f"/token/{name}")
     if answer.status_code != 200:
         return False, f"{name}: tokend answered {answer.status_code}: {answer.json().get('message')}"
     served = answer.json()
-    upstream = httpx.get(base + path, headers=served["headers"], params=served["query"], timeout=10)
+    upstream = httpx.get(upstream_url, headers=served["headers"], params=served["query"], timeout=10)
     what = f"{served['token_type']}, " + ("no expiry" if served["expires_in"] is None else
                                           f"expires in {served['expires_in']}s")
     if upstream.status_code != 200:

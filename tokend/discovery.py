@@ -112,8 +112,22 @@ def _server_table(config: Path | None) -> dict[str, object]:
     try:
         with config.open("rb") as file:
             server = tomllib.load(file).get("server", {})
-    except OSError as exc:
-        raise ConfigError(f"config file {config} cannot be read ({exc.strerror})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{config} is not valid TOML: {exc}") from None
+    except (OSError, ValueError, RecursionError) as exc:  # TOMLDecodeError and UnicodeDecodeError are ValueErrors
+        raise unreadable_config(config, exc) from None
     return server if isinstance(server, dict) else {}
+
+
+def unreadable_config(path: Path, exc: OSError | ValueError | RecursionError) -> ConfigError:
+    """The sentence for a config file that cannot be read as TOML, the same for every command."""
+    import tomllib
+
+    if isinstance(exc, UnicodeDecodeError):
+        return ConfigError(f"{path} is not UTF-8 text (byte {exc.start + 1} is not); TOML files are UTF-8, "
+                           "comments included")
+    if isinstance(exc, tomllib.TOMLDecodeError):
+        return ConfigError(f"{path} is not valid TOML: {exc}")
+    if isinstance(exc, RecursionError):
+        return ConfigError(f"{path} nests tables or arrays too deeply to be a tokend config")
+    if isinstance(exc, OSError):
+        return ConfigError(f"config file {path} cannot be read ({exc.strerror})")
+    return ConfigError(f"{path} cannot be read as TOML ({exc})")

@@ -66,8 +66,8 @@ class CredentialsRejected(UpstreamError):
 
 
 class UnknownProvider(TokendError):
-    def __init__(self, provider: str) -> None:
-        super().__init__(f"No provider named {provider!r} is configured.")
+    def __init__(self, provider: str, message: str | None = None) -> None:
+        super().__init__(message or f"No provider named {provider!r} is configured.")
         self.provider = provider
 
 

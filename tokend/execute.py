@@ -12,12 +12,13 @@ nothing is printed on its streams.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import signal
 import subprocess
 
-from tokend.errors import TokendError
+from tokend.errors import TokendError, UnknownProvider
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -26,13 +27,45 @@ if TYPE_CHECKING:
 
     from tokend.client import Client
 
-__all__ = ["Unrunnable", "child_environment", "run"]
+__all__ = ["Unrunnable", "child_environment", "run", "unsafe_variable"]
 
 # What a shell would do: 127 for a command not found, 126 for one that cannot be run.
 NOT_FOUND, NOT_EXECUTABLE = 127, 126
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
               signal.SIGWINCH)
 _VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Variables that change how the child runs rather than what it is told: a token put in one of them would
+# be taken as a library to preload, a file to run, a place to find programs or tokend itself.
+_UNSAFE_PREFIXES = {
+    "LD_": "the dynamic loader reads it (LD_PRELOAD, LD_LIBRARY_PATH: code loaded into the command)",
+    "DYLD_": "the macOS dynamic loader reads it (code loaded into the command)",
+    "PYTHON": "the Python interpreter reads it (PYTHONPATH, PYTHONSTARTUP: code the command would run)",
+    "TOKEND_": "tokend's own settings: the command's clients would look for tokend, or a key, elsewhere",
+    "BASH_FUNC_": "bash imports it as a shell function",
+}
+_UNSAFE_NAMES = {
+    "PATH": "it decides which program each command name runs",
+    "IFS": "it changes how a shell splits words",
+    "ENV": "a POSIX shell runs the file it names at start",
+    "BASH_ENV": "bash runs the file it names at start",
+    "SHELLOPTS": "it changes how bash runs", "BASHOPTS": "it changes how bash runs",
+    "PS4": "bash evaluates it when tracing", "PROMPT_COMMAND": "bash runs it",
+    "NODE_OPTIONS": "Node.js reads it (--require: code the command would run)",
+    "NODE_PATH": "Node.js loads modules from it",
+    "PERL5OPT": "perl reads options from it", "PERL5LIB": "perl loads modules from it",
+    "RUBYOPT": "ruby reads options from it", "RUBYLIB": "ruby loads libraries from it",
+    "JAVA_TOOL_OPTIONS": "the JVM reads options from it (-javaagent: code the command would run)",
+    "_JAVA_OPTIONS": "the JVM reads options from it",
+    "GCONV_PATH": "the C library loads modules from it",
+}
+
+
+def unsafe_variable(variable: str) -> str | None:
+    """Why a token must not be put in `variable` (the end of a sentence), or None when it may."""
+    name = variable.upper()
+    if name in _UNSAFE_NAMES:
+        return _UNSAFE_NAMES[name]
+    return next((why for prefix, why in _UNSAFE_PREFIXES.items() if name.startswith(prefix)), None)
 
 
 def child_environment(
@@ -40,8 +73,8 @@ def child_environment(
 ) -> dict[str, str]:
     """The child's environment: ours, plus tokend's address and key, proxy URLs and the asked-for tokens.
 
-    `tokens` maps a provider to the variable its token goes in. Raises TokendError (nothing is run) when a
-    provider is unknown, not readable with the key, or has no token to give.
+    `tokens` maps a provider to the variable its token goes in. Raises UnknownProvider (nothing is run) for a
+    provider the daemon does not have, TokendError when one is not readable with the key or has no token.
     """
     env = dict(os.environ)
     env["TOKEND_URL"] = url
@@ -51,13 +84,16 @@ def child_environment(
         status = _json(client, "GET", "/status")["providers"]
         for name in providers:
             if name not in status:
-                raise TokendError(f"the daemon at {url} has no provider named {name!r} (or the key may not read it)")
+                raise UnknownProvider(
+                    name, f"the daemon at {url} has no provider named {name!r} (or the key may not read it)")
             if (proxy := status[name].get("proxy")) is not None:
                 env[f"TOKEND_PROXY_URL_{_variable_part(name)}"] = proxy["url"]
     for name, variable in tokens.items():
         if not _VARIABLE.match(variable):
             raise TokendError(f"--env {name}={variable}: {variable!r} is not an environment variable name")
-        env[variable] = _json(client, "GET", f"/token/{_quoted(name)}")["token"]
+        if (why := unsafe_variable(variable)) is not None:
+            raise TokendError(f"--env {name}={variable}: refusing to put a token in {variable}: {why}")
+        env[variable] = _json(client, "GET", f"/token/{_quoted(name)}", name)["token"]
     return env
 
 
@@ -70,6 +106,12 @@ def run(command: Sequence[str], env: Mapping[str, str]) -> int:
         raise Unrunnable(NOT_FOUND, f"command not found: {command[0]}") from None
     except PermissionError:
         raise Unrunnable(NOT_EXECUTABLE, f"cannot run {command[0]}: permission denied") from None
+    except OSError as exc:
+        # ENOEXEC: a file with no #! line and no binary format the kernel knows (a shell would try it as a
+        # script; tokend runs no shell). Anything else the kernel refuses is unrunnable alike.
+        why = ("not a program this system can start (a script needs a #! line)" if exc.errno == errno.ENOEXEC
+               else exc.strerror or str(exc))
+        raise Unrunnable(NOT_EXECUTABLE, f"cannot run {command[0]}: {why}") from None
     previous = {sig: signal.signal(sig, lambda number, frame: _forward(child, number)) for sig in _FORWARDED}
     try:
         code = child.wait()
@@ -92,11 +134,15 @@ def _forward(child: subprocess.Popen[bytes], number: int) -> None:
         child.send_signal(number)
 
 
-def _json(client: Client, method: str, path: str) -> Any:
+def _json(client: Client, method: str, path: str, provider: str | None = None) -> Any:
     reply = client.request(method, path)
     if reply.status != 200:
-        raise TokendError(f"{method} {path}: {reply.error_message()}")
+        message = f"{method} {path}: {reply.error_message()}"
+        if provider is not None and reply.error_code == "unknown_provider":
+            raise UnknownProvider(provider, message)
+        raise TokendError(message)
     return reply.json()
+
 
 
 def _quoted(name: str) -> str:

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
     from tokend.client import Client
 
-__all__ = ["watch"]
+__all__ = ["until", "watch"]
 
 _HOME_AND_CLEAR = "\x1b[H\x1b[2J"
 
@@ -50,11 +50,12 @@ def _rows(data: dict[str, Any], now: float) -> list[tuple[str, ...]]:
         left = provider["expires_in"]
         rows.append((name, provider["state"], provider.get("source") or "-",
                      "never" if left is None and provider["state"] == "ok" else ("-" if left is None else f"{left}s"),
-                     _until(provider["next_refresh"], now)))
+                     until(provider["next_refresh"], now)))
     return rows
 
 
-def _until(iso: str | None, now: float) -> str:
+def until(iso: str | None, now: float) -> str:
+    """A time from /status as the wait left until it: `in 7s` (`-` for none). `tokend status` says it alike."""
     if iso is None:
         return "-"
     from datetime import datetime
@@ -64,7 +65,7 @@ def _until(iso: str | None, now: float) -> str:
 
 
 def _table(rows: list[tuple[str, ...]]) -> str:
-    header = ("PROVIDER", "STATE", "SOURCE", "EXPIRES IN", "NEXT RENEWAL")
+    header = ("PROVIDER", "STATE", "SOURCE", "EXPIRES IN", "NEXT REFRESH")
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
                      for row in [header, *rows])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import random
@@ -29,6 +30,7 @@ from tokend.policy import REJECTED_RETRY, renewal_delay, retry_delay
 from tokend.providers import ProviderConfig
 from tokend.redact import Redactor
 from tokend.scheduler import Scheduler
+from tokend.secrets import reread_secrets
 from tokend.slots import Slot, slot_state, slot_status
 
 log = logging.getLogger("tokend")
@@ -339,6 +341,8 @@ class Manager:
             slot.last_forced = started
         try:
             outcome = await self._attempt(call)
+            if isinstance(outcome, CredentialsRejected) and (fresh := await self._reread_refused(slot)) is not None:
+                outcome = await self._attempt(dataclasses.replace(call, config=fresh))
         finally:
             slot.inflight = None
         duration = slot.last_duration = self._clock.monotonic() - started
@@ -347,6 +351,27 @@ class Manager:
             return outcome
         self._failed(slot, outcome, duration, call.reason)
         raise outcome
+
+    async def _reread_refused(self, slot: Slot) -> ProviderConfig | None:
+        """After a refused login: the provider's settings with its secrets read anew (files, commands run again,
+        the keyring), if that changed them, now in use. A password changed where it is kept (a password manager,
+        the keyring) is then tried at once, not after the slow retry of refused credentials; once per change."""
+        config = slot.config
+        if not any(secret.path or secret.again for secret in config.secrets().values()):
+            return None
+        try:
+            fresh = await asyncio.to_thread(reread_secrets, config)
+        except ValueError as exc:
+            log.warning("provider=%s refused the login, and its secrets cannot be read again: %s", slot.name,
+                        self.redactor.scrub(str(exc)))
+            return None
+        if fresh == config or slot.retired or slot.config is not config:
+            return None
+        log.info("provider=%s refused the login; its secrets have changed where they are kept: logging in with "
+                 "them now", slot.name)
+        self.redactor.add_secrets(secret.get() for secret in fresh.secrets().values())
+        slot.config = fresh
+        return fresh
 
     async def _attempt(self, call: LoginCall) -> Credential | UpstreamError:
         try:
@@ -378,9 +403,12 @@ class Manager:
                 delay = max(0.0, credential.renew_at - self._clock.time())
             self._schedule(slot, delay)
         self.announcements.announce(LoginEvent(slot.name, reason, "ok", duration, credential=credential))
+        # A token adopted from the fleet is no login of this daemon's: said apart, so that counting the
+        # "login" lines of a fleet's logs counts the upstream's logins.
+        what = "adopt" if credential.source == "fleet" else "login"
         log.info(
-            "login provider=%s outcome=ok expires_at=%s request_id=%s duration_ms=%d next_refresh_in=%s reason=%s "
-            "source=%s", slot.name, iso_utc(credential.expires_at) or "never", credential.request_id or "-",
+            "%s provider=%s outcome=ok expires_at=%s request_id=%s duration_ms=%d next_refresh_in=%s reason=%s "
+            "source=%s", what, slot.name, iso_utc(credential.expires_at) or "never", credential.request_id or "-",
             duration * 1000, _seconds(slot.next_refresh_at, self._clock.time()), reason, credential.source,
         )
         if credential.expiry_note and credential.expiry_note != slot.last_expiry_note:

@@ -55,6 +55,8 @@ class Metrics:
         return generate_latest(self.registry)
 
     def _observe_login(self, event: LoginEvent) -> None:
+        if event.credential is not None and event.credential.source == "fleet":
+            return  # adopted from another daemon, no login: tokend_fleet_adoptions_total counts those
         self._logins.labels(event.name, event.outcome).inc()
         self._durations.labels(event.name).observe(event.seconds)
 

@@ -1,10 +1,12 @@
 """Keeping secrets and tokens out of every string tokend writes: logs, error bodies, /status, the CLI.
 
-Two rules. A secret is masked in every form tokend itself sends it in (as is, JSON-escaped, form- and
+Three rules. A secret is masked in every form tokend itself sends it in (as is, JSON-escaped, form- and
 URL-encoded, HTML-escaped, base64 as in `Authorization: Basic`), because an upstream that echoes a request
-echoes it in the form it was sent. And text that comes from upstream is untrusted wherever it surfaces:
+echoes it in the form it was sent. Text that comes from upstream is untrusted wherever it surfaces:
 `untrusted()` scrubs it, cuts it short and escapes control characters, so it can neither forge a log line
-nor grow an answer without bound.
+nor grow an answer without bound. And a value shorter than SHORT_VALUE characters is masked only where it
+stands alone (not inside a longer word): a one-letter secret masked everywhere would turn every message into
+`Inv***lid em***il` while hiding nothing (`tokend check` warns about such a secret: no real one is that short).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import base64
 import html
 import json
 import logging
+import re
 from collections.abc import Iterable
 from urllib.parse import quote, quote_plus
 
@@ -21,6 +24,9 @@ MASK = "***"
 EXCERPT_LENGTH = 200
 # Request ids and other short fields from upstream.
 SHORT_FIELD_LENGTH = 100
+# Values shorter than this are masked as whole words only (see above). Eight characters: shorter than any
+# generated key or token, longer than the words that would otherwise be cut up.
+SHORT_VALUE = 8
 
 
 def encodings(value: str) -> set[str]:
@@ -42,6 +48,7 @@ class Redactor:
         self._secrets: set[str] = {form for s in secrets if s for form in encodings(s)}
         self._tokens: dict[str, tuple[str, ...]] = {}
         self._ordered: list[str] = []
+        self._words: re.Pattern[str] | None = None
         self._rebuild()
 
     def add_secrets(self, secrets: Iterable[str]) -> None:
@@ -56,12 +63,17 @@ class Redactor:
     def _rebuild(self) -> None:
         values = self._secrets.union(*self._tokens.values())
         # Longest first, so a secret that contains another is masked whole.
-        self._ordered = sorted(values, key=len, reverse=True)
+        ordered = sorted(values, key=len, reverse=True)
+        self._ordered = [value for value in ordered if len(value) >= SHORT_VALUE]
+        short = [re.escape(value) for value in ordered if len(value) < SHORT_VALUE]
+        self._words = re.compile(rf"(?<!\w)(?:{'|'.join(short)})(?!\w)") if short else None
 
     def scrub(self, text: str) -> str:
         for value in self._ordered:
             if value in text:
                 text = text.replace(value, MASK)
+        if self._words is not None:
+            text = self._words.sub(MASK, text)
         return text
 
 

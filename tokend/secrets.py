@@ -1,17 +1,21 @@
-"""Secret references in the config: `{ env = "NAME" }`, `{ file = "/path" }`, `{ credential = "name" }`, or
-(with a warning) a plain string, resolved while the config is validated.
+"""Secret references in the config: `{ env = "NAME" }`, `{ file = "/path" }`, `{ credential = "name" }`,
+`{ command = ["prog", "arg"] }` (the first line it prints), `{ keyring = "service/username" }` (the OS keyring,
+with the `keyring` extra), or (with a warning) a plain string, resolved while the config is validated.
 
-A missing variable or an unreadable file is then refused at start, with the provider and the field named.
-Both the config and the provider kinds import these types, so they live apart from either.
+A missing variable, an unreadable file or a failing command is then refused at start, with the provider and
+the field named. Both the config and the provider kinds import these types, so they live apart from either.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
-from collections.abc import Iterator
+import signal
+import subprocess
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -25,6 +29,7 @@ __all__ = [
     "config_directory",
     "config_relative",
     "reread_secret_files",
+    "reread_secrets",
     "resolve_secret",
     "resolve_secret_text",
 ]
@@ -34,6 +39,8 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 # The folder of the config file being loaded: relative secret file paths are resolved from it, as systemd
 # and nginx resolve theirs, not from whatever directory tokend happened to be started in.
 _CONFIG_DIRECTORY: ContextVar[Path | None] = ContextVar("tokend_config_directory", default=None)
+
+COMMAND_TIMEOUT = 10.0  # seconds a `{ command }` may take (a password manager asking for an unlock may not)
 
 _CONTROL_NAMES = {"\n": "a line break", "\r": "a carriage return", "\t": "a tab", "\x00": "a NUL byte"}
 
@@ -58,6 +65,8 @@ class SecretValue:
     path: Path | None = None
     # A PEM key or a JSON key file spans lines, and is never sent as a header: line breaks are its own.
     multiline: bool = False
+    # How to read it anew where that may give another value (a command run again, the keyring asked again).
+    again: Callable[[], SecretValue] | None = field(default=None, compare=False, repr=False)
 
     @property
     def plain(self) -> bool:
@@ -131,7 +140,88 @@ def _secret_from_credential(name: str, *, multiline: bool = False) -> SecretValu
     return _read_secret_file(Path(directory) / name, "credential file", multiline=multiline)
 
 
-_SECRET_SOURCES = {"env": _secret_from_env, "credential": _secret_from_credential}
+def _secret_from_command(argv: list[str], timeout: float, *, multiline: bool = False) -> SecretValue:
+    """The first line `argv` prints (all it prints, but one final line break, for a secret that spans lines: a
+    PEM key), run without a shell. What it writes to stderr is never shown: a password manager may print the
+    value there, or more than the value."""
+    what = f"command {argv[0]}"
+    code, output = _run(argv, timeout, what)
+    if code != 0:
+        how = f"was killed by signal {-code}" if code < 0 else f"exited {code}"
+        raise ValueError(f"{what} {how}; its output is not shown, since it may hold the secret: run it yourself "
+                         "to see why")
+    try:
+        text = output.decode()
+    except UnicodeDecodeError:
+        raise ValueError(f"{what} printed something that is not UTF-8 text") from None
+    value = text.removesuffix("\n") if multiline else text.split("\n", 1)[0]
+    value = value.removesuffix("\r")
+    if not value:
+        raise ValueError(f"{what} printed nothing" + ("" if multiline else " on its first line"))
+    return SecretValue(SecretStr(_checked(value, what, multiline=multiline)), what, multiline=multiline,
+                       again=lambda: _secret_from_command(argv, timeout, multiline=multiline))
+
+
+def _run(argv: list[str], timeout: float, what: str) -> tuple[int, bytes]:
+    """(exit status, stdout). stderr goes nowhere. In a session of its own, so that on a timeout its whole
+    process group is killed: a child it started would otherwise hold the pipe open past the timeout."""
+    try:
+        child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                 start_new_session=True)
+    except FileNotFoundError:
+        raise ValueError(f"{what} was not found (give its full path, or put it on PATH)") from None
+    except PermissionError:
+        raise ValueError(f"{what} cannot be run (permission denied: is it executable?)") from None
+    except OSError as exc:
+        raise ValueError(f"{what} cannot be run ({exc.strerror})") from None
+    with child:
+        try:
+            output, _ = child.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)
+            raise ValueError(f"{what} did not finish within {timeout:g}s (set timeout = SECONDS beside "
+                             "command)") from None
+    return child.returncode, output
+
+
+def _command(raw: dict[str, Any], *, multiline: bool = False) -> SecretValue:
+    argv, timeout = raw.get("command"), raw.get("timeout", COMMAND_TIMEOUT)
+    if set(raw) - {"command", "timeout"}:
+        raise ValueError("{ command = [...] } takes only timeout beside it")
+    if not isinstance(argv, list) or not argv or not all(isinstance(arg, str) and arg for arg in argv):
+        raise ValueError('command must be a list of strings: the program and its arguments (no shell), as '
+                         '{ command = ["op", "read", "op://vault/item/field"] }')
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < math.inf:
+        raise ValueError("the command's timeout must be a number of seconds above 0")
+    return _secret_from_command(argv, float(timeout), multiline=multiline)
+
+
+def _secret_from_keyring(where: str, *, multiline: bool = False) -> SecretValue:
+    """The OS keyring's password for `service/username` (split at the last `/`: a service may be a URL)."""
+    service, slash, username = where.rpartition("/")
+    if not slash or not service or not username:
+        raise ValueError(f'keyring {where!r} must be "service/username"')
+    try:
+        import keyring  # only here: the extra is optional, and loading it picks a backend
+        from keyring.errors import KeyringError
+    except ImportError:
+        raise ValueError("{ keyring } needs the keyring extra: install it with `pip install 'tokend[keyring]'`, or "
+                         "from a checkout of tokend `pip install '.[keyring]'`") from None
+    try:
+        value = keyring.get_password(service, username)
+    except KeyringError as exc:
+        raise ValueError(f"keyring {where}: the keyring failed ({type(exc).__name__})") from None
+    if value is None:
+        backend = type(keyring.get_keyring()).__name__
+        raise ValueError(f"keyring {where}: no password for service {service!r}, username {username!r} in the "
+                         f"keyring ({backend})")
+    checked = _checked(value, f"keyring {where}", multiline=multiline)
+    return SecretValue(SecretStr(checked), f"keyring {where}", multiline=multiline,
+                       again=lambda: _secret_from_keyring(where, multiline=multiline))
+
+
+_SECRET_SOURCES = {"env": _secret_from_env, "credential": _secret_from_credential, "keyring": _secret_from_keyring}
 
 
 def resolve_secret(raw: Any, *, multiline: bool = False) -> SecretValue:
@@ -142,13 +232,16 @@ def resolve_secret(raw: Any, *, multiline: bool = False) -> SecretValue:
             raise ValueError("is empty")
         return SecretValue(SecretStr(_checked(raw, "the string", multiline=multiline)), "plain string",
                            multiline=multiline)
+    if isinstance(raw, dict) and "command" in raw:
+        return _command(raw, multiline=multiline)
     if isinstance(raw, dict) and len(raw) == 1:
         (how, where), = raw.items()
         if how == "file" and isinstance(where, str) and where:
             return _read_secret_file(Path(where), "secret file", multiline=multiline)
         if how in _SECRET_SOURCES and isinstance(where, str) and where:
             return _SECRET_SOURCES[how](where, multiline=multiline)
-    raise ValueError('must be { env = "NAME" }, { file = "/path" }, { credential = "name" } or a string')
+    raise ValueError('must be { env = "NAME" }, { file = "/path" }, { credential = "name" }, { command = [...] }, '
+                     '{ keyring = "service/username" } or a string')
 
 
 def resolve_secret_text(raw: Any) -> SecretValue:
@@ -166,20 +259,28 @@ def reread_secret_files(config: ModelT) -> ModelT:
     For a key changed on disk while tokend runs. Raises ValueError (naming the file, never its content)
     when a file can no longer be used, for example while it is being rewritten.
     """
-    return _reread(config)  # type: ignore[no-any-return]
+    return _reread(config, every=False)  # type: ignore[no-any-return]
 
 
-def _reread(value: Any) -> Any:
+def reread_secrets(config: ModelT) -> ModelT:
+    """`config` with every secret that can give a new value read again: files, commands (run again) and the
+    keyring. For a login the provider refused: the secret may have been changed where it is kept. Blocking
+    (a command may take its timeout): call it from a thread. Raises ValueError as reread_secret_files does."""
+    return _reread(config, every=True)  # type: ignore[no-any-return]
+
+
+def _reread(value: Any, *, every: bool) -> Any:
     if isinstance(value, SecretValue):
-        if value.path is None:
-            return value
-        return _read_secret_file(value.path, "secret file", multiline=value.multiline)
+        if value.path is not None:
+            return _read_secret_file(value.path, "secret file", multiline=value.multiline)
+        return value.again() if every and value.again is not None else value
     if isinstance(value, BaseModel):
-        return value.model_copy(update={name: _reread(getattr(value, name)) for name in type(value).model_fields})
+        return value.model_copy(
+            update={name: _reread(getattr(value, name), every=every) for name in type(value).model_fields})
     if isinstance(value, dict):
-        return {key: _reread(item) for key, item in value.items()}
+        return {key: _reread(item, every=every) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return type(value)(_reread(item) for item in value)
+        return type(value)(_reread(item, every=every) for item in value)
     return value
 
 

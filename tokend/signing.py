@@ -19,9 +19,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from tokend.errors import UpstreamError
+from tokend.secrets import SecretValue
+
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
     from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+    from pydantic import ValidationInfo
+
+    from tokend.redact import Redactor
 
 __all__ = [
     "ALGORITHMS",
@@ -29,8 +35,14 @@ __all__ = [
     "SigningKey",
     "assertion_claims",
     "certificate_thumbprints",
+    "checked_key",
     "clock_skew_hint",
+    "describe_key",
+    "key_identity",
     "load_key",
+    "login_key",
+    "masked",
+    "optional_secret",
 ]
 
 Algorithm = Literal["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384"]
@@ -162,6 +174,52 @@ def clock_skew_hint(message: str) -> str:
         return ("the assertion's times (iat/exp) were refused; first check this machine's clock (clock skew: "
                 f"is NTP running?): {message}")
     return message
+
+
+# --- for the signing kinds' settings and logins ---------------------------------------------------------------
+
+
+def optional_secret(secret: SecretValue | None) -> str | None:
+    return None if secret is None else secret.get()
+
+
+def login_key(provider: str, field: str, key: SecretValue, passphrase: SecretValue | None) -> SigningKey:
+    """A signing kind's key for a login: a key file rotated into something unusable fails the login (and
+    is retried slowly), saying what is wrong with it, as the config check would have."""
+    try:
+        return load_key(key.get(), optional_secret(passphrase))
+    except ValueError as exc:
+        raise UpstreamError(provider, f"{field} (from {key.source}) {exc}", retryable=False) from None
+
+
+def masked(redactor: Redactor, provider: str, assertion: str) -> str:
+    """`assertion`, which the redactor masks from now on: a signed assertion is a credential for minutes
+    (Google's for an hour), and an upstream that echoes the request in its error would echo it."""
+    redactor.set_tokens(f"{provider} (assertion)", [assertion])
+    return assertion
+
+
+def checked_key(key: SecretValue, info: ValidationInfo, passphrase_field: str) -> SecretValue:
+    """A key field's validator: the key loads (with the passphrase validated before it) and is strong enough."""
+    passphrase = info.data.get(passphrase_field)
+    load_key(key.get(), passphrase.get() if isinstance(passphrase, SecretValue) else None)
+    return key
+
+
+def describe_key(key: SecretValue, passphrase: SecretValue | None) -> str:
+    try:
+        return load_key(key.get(), optional_secret(passphrase)).describe()
+    except ValueError as exc:  # rotated since the config was checked
+        return f"unusable: {exc}"
+
+
+def key_identity(key: SecretValue, passphrase: SecretValue | None) -> str:
+    """A key as fleet mode's share hash sees it: its public key's fingerprint (the raw text's hash when it no
+    longer loads, so that a broken key never shares a login with a working one)."""
+    try:
+        return load_key(key.get(), optional_secret(passphrase)).fingerprint
+    except ValueError:
+        return "unloadable:" + hashlib.sha256(key.get().encode()).hexdigest()
 
 
 def _b64url(data: bytes) -> str:

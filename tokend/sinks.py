@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import signal
 import time
 from collections.abc import Sequence
@@ -33,6 +32,7 @@ from tokend.accounts import group_id, user_id
 from tokend.credential import Credential, iso_utc
 from tokend.errors import UnknownProvider
 from tokend.fields import Seconds
+from tokend.sinkfiles import remove_sink_file, send_signal, write_sink_file
 
 if TYPE_CHECKING:
     from tokend.events import Listener
@@ -109,11 +109,19 @@ def render(name: str, credential: Credential, sink: SinkConfig) -> bytes:
         lines[f"{prefix}HEADER_{_env_name(header)}"] = value
     for parameter, value in credential.query.items():
         lines[f"{prefix}QUERY_{_env_name(parameter)}"] = value
-    return "".join(f"{key}={value}\n" for key, value in lines.items()).encode()
+    return "".join(f"{key}={_shell_quoted(value)}\n" for key, value in lines.items()).encode()
 
 
 def _env_name(text: str) -> str:
-    return "".join(char if char.isalnum() else "_" for char in text).upper()
+    return "".join(char if char.isascii() and char.isalnum() else "_" for char in text).upper()
+
+
+def _shell_quoted(value: str) -> str:
+    """`value` as a POSIX shell reads it back unchanged when the file is sourced: in single quotes, inside
+    which nothing is special but the quote itself (written '\\'')."""
+    if "\0" in value:
+        raise ValueError("a value holds a NUL character, which no shell variable can carry")
+    return "'" + value.replace("'", "'\\''") + "'"
 
 
 @dataclass
@@ -125,12 +133,19 @@ class _SinkState:
 
 
 class SinkWriter:
-    """Use as `async with SinkWriter(manager):` once the manager is started."""
+    """Use as `async with SinkWriter(manager):` once the manager is started.
+
+    Each provider's sinks are written by a task of their own, so that one provider's slow command (or a
+    slow disk) never holds up another's files. A credential that comes while its provider's task is busy
+    waits in one slot: a newer one replaces it, since only the newest is worth writing.
+    """
 
     def __init__(self, manager: Manager) -> None:
         self._manager = manager
         self._states: dict[tuple[str, Path], _SinkState] = {}
         self._task: asyncio.Task[None] | None = None
+        self._waiting: dict[str, Credential] = {}
+        self._writers: dict[str, asyncio.Task[None]] = {}
 
     async def __aenter__(self) -> SinkWriter:
         listener = self._manager.announcements.listen()  # from now on: nothing after this is missed
@@ -138,19 +153,23 @@ class SinkWriter:
         for name in self._manager.names:  # a credential that landed before the listener was there
             credential = self._manager.current(name, time.time())
             if credential is not None:
-                await self.write(name, credential)
+                self._hand_over(name, credential)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in [self._task, *self._writers.values()]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for name in self._manager.names:
             for sink in self._sinks(name):
                 if sink.remove_on_exit:
-                    with contextlib.suppress(FileNotFoundError):
-                        sink.path.unlink()
+                    try:
+                        remove_sink_file(sink.path)
+                    except OSError as exc:
+                        log.warning("sink provider=%s path=%s outcome=not_removed error=%s", name, sink.path,
+                                    exc.strerror or exc)
 
     def status(self, name: str) -> list[dict[str, Any]]:
         """What /status shows of a provider's sinks: never their content."""
@@ -167,14 +186,13 @@ class SinkWriter:
         changed = []
         for sink in self._sinks(name):
             state = self._states.setdefault((name, sink.path), _SinkState())
-            content = render(name, credential, sink)
-            if content == state.written:
-                continue
             try:
+                content = render(name, credential, sink)
+                if content == state.written:
+                    continue
                 await asyncio.to_thread(_write_file, sink, content)
-            except OSError as exc:
-                state.error, state.error_at = f"cannot write {sink.path}: {exc.strerror or exc}", time.time()
-                log.error("sink provider=%s path=%s outcome=error error=%s", name, sink.path, state.error)
+            except (OSError, ValueError) as exc:  # the file stays as it was
+                _failed(state, name, sink, f"cannot write {sink.path}: {getattr(exc, 'strerror', None) or exc}")
                 continue
             state.written, state.written_at, state.error, state.error_at = content, time.time(), None, None
             changed.append(sink)
@@ -191,58 +209,45 @@ class SinkWriter:
     async def _listen(self, listener: Listener) -> None:
         try:
             async for event in listener:
-                if event.credential is None:
-                    continue
-                try:
-                    await self.write(event.name, event.credential)
-                except Exception:  # a bug here must not stop the sinks of later credentials
-                    log.exception("sink provider=%s outcome=bug", event.name)
+                if event.credential is not None:
+                    self._hand_over(event.name, event.credential)
         finally:
             await listener.aclose()
+
+    def _hand_over(self, name: str, credential: Credential) -> None:
+        self._waiting[name] = credential
+        if name not in self._writers:
+            self._writers[name] = asyncio.create_task(self._write_waiting(name), name=f"tokend-sinks-{name}")
+
+    async def _write_waiting(self, name: str) -> None:
+        try:
+            while (credential := self._waiting.pop(name, None)) is not None:
+                try:
+                    await self.write(name, credential)
+                except Exception:  # a bug here must not stop the sinks of later credentials
+                    log.exception("sink provider=%s outcome=bug", name)
+        finally:
+            del self._writers[name]
 
     async def _tell(self, name: str, sink: SinkConfig) -> None:
         if sink.command is not None:
             await _run(name, sink)
         elif sink.signal is not None and sink.pid_file is not None:
-            _send_signal(name, sink.signal, sink.pid_file)
+            try:
+                send_signal(sink.pid_file, sink.signal)
+            except OSError as exc:
+                state = self._states[(name, sink.path)]
+                _failed(state, name, sink, f"cannot signal the process in {sink.pid_file}: {exc.strerror or exc}")
+
+
+def _failed(state: _SinkState, name: str, sink: SinkConfig, error: str) -> None:
+    state.error, state.error_at = error, time.time()
+    log.error("sink provider=%s path=%s outcome=error error=%s", name, sink.path, error)
 
 
 def _write_file(sink: SinkConfig, content: bytes) -> None:
     uid, gid = _ids(sink)
-    if not sink.atomic:  # a single-file bind mount: the file must stay the same inode
-        descriptor = os.open(sink.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, sink.mode)
-        try:
-            os.fchmod(descriptor, sink.mode)
-            if uid != -1 or gid != -1:
-                os.fchown(descriptor, uid, gid)
-            os.write(descriptor, content)
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-        return
-    import tempfile  # here: the daemon's memory at start is a budget, and most configs have no sinks
-
-    descriptor, temporary = tempfile.mkstemp(dir=sink.path.parent, prefix=f".{sink.path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(descriptor, sink.mode)  # before the content is in it: never readable by others
-        if uid != -1 or gid != -1:
-            os.fchown(descriptor, uid, gid)
-        os.write(descriptor, content)
-        os.fsync(descriptor)
-        os.close(descriptor)
-        descriptor = -1
-        os.replace(temporary, sink.path)  # a reader sees the old file or the new one, never a part
-    except BaseException:
-        if descriptor != -1:
-            os.close(descriptor)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-    folder = os.open(sink.path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)  # the rename itself survives a crash
-    finally:
-        os.close(folder)
+    write_sink_file(sink.path, content, mode=sink.mode, uid=uid, gid=gid, atomic=sink.atomic)
 
 
 def _ids(sink: SinkConfig) -> tuple[int, int]:
@@ -275,14 +280,3 @@ async def _run(name: str, sink: SinkConfig) -> None:
         return
     if code != 0:
         log.warning("sink provider=%s command=%s outcome=error exit_status=%d", name, sink.command[0], code)
-
-
-def _send_signal(name: str, number: int, pid_file: Path) -> None:
-    try:
-        pid = int(pid_file.read_text().split()[0])
-        if pid <= 1:
-            raise ValueError(pid)
-        os.kill(pid, number)
-    except (OSError, ValueError, IndexError) as exc:
-        log.error("sink provider=%s pid_file=%s outcome=error error=cannot signal (%s)", name, pid_file,
-                  getattr(exc, "strerror", None) or "no process id in the file")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import importlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,23 @@ def decode_key(secret: SecretValue, where: str) -> bytes:
         raise ValueError(f"{where} must be {KEY_BYTES} bytes (it is {len(raw)}): "
                          "make one with `openssl rand -base64 32`")
     return raw
+
+
+# What fleet mode imports, from the `fleet` extra: not installed with tokend itself.
+_EXTRA_MODULES = ("redis.asyncio", "cryptography.hazmat.primitives.ciphers.aead")
+
+
+def missing_extra() -> str | None:
+    """Why fleet mode cannot run here (its extra is not installed), or None. Imports what it checks: a
+    module that is present but broken fails only then."""
+    for module in _EXTRA_MODULES:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            return (f"[fleet] needs the fleet extra (the redis and cryptography packages), and "
+                    f"{module.split('.')[0]} cannot be imported ({exc}): install it with "
+                    "`pip install 'tokend[fleet]'`, or from a checkout of tokend `pip install '.[fleet]'`")
+    return None
 
 
 class FleetConfig(BaseModel):

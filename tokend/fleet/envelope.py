@@ -77,8 +77,11 @@ def login_identity(config: ProviderConfig) -> dict[str, Any]:
     secrets = config.secrets()
     secret_fields = {where.split(".")[0].split("[")[0] for where in secrets}
     identity: dict[str, Any] = {"kind": config.kind, "url": config.url}
+    # An unset optional secret (a key's passphrase) is skipped too: set or not, it is no part of the identity
+    # (the key it opens is, by its fingerprint).
     skipped = {name for name, field in type(config).model_fields.items()
-               if name in _NOT_IDENTITY or (field.alias or name) in secret_fields}
+               if name in _NOT_IDENTITY or (field.alias or name) in secret_fields
+               or (getattr(config, name) is None and "SecretValue" in str(field.annotation))}
     identity.update(config.model_dump(by_alias=True, mode="json", exclude=skipped))
     identity.update({f"secret:{where}": value for where, value in config.login_secrets().items()})
     return identity

@@ -43,7 +43,7 @@ FAILURE_HOLD = 5.0
 REJECTED_HOLD = 60.0  # refused credentials need a person; the daemons' backoff is at least this too
 MAX_ALONE_JITTER = 2.0  # seconds: logging in alone after Redis failed, spread so a fleet does not do it at once
 _BACKSTOP = 1.0  # a waiter looks at Redis again this often, in case a pub/sub message was lost
-_KEY_SEEN_WITHIN = 86400.0  # another daemon's key id counts as in use if it wrote within this
+KEY_SEEN_WITHIN = 86400.0  # another daemon's key id counts as in use if it wrote within this
 
 
 @dataclass
@@ -251,9 +251,7 @@ class FleetLogins:
         tally.last = f"adopted the fleet's token ({call.reason})"
         if record is not None:
             self._held[share] = (credential.token, record)
-        log.info("fleet provider=%s adopted the fleet's token (%s) request_id=%s expires_at=%s", call.name,
-                 call.reason, credential.request_id or "-", iso_utc(credential.expires_at))
-        return credential
+        return credential  # the manager logs it, as an adoption
 
     def _expected(self, share: str, current: Credential | None) -> str:
         """The record of the token this daemon holds, if it came from (or went to) the fleet; else ''."""
@@ -323,7 +321,12 @@ class FleetLogins:
                     if (event := self._events.pop(share, None)) is not None:
                         event.set()
             except StoreError as exc:
-                self._trouble(exc)
+                # Counted and told, but the logins are not sent alone for it: a restarted Redis answers
+                # again at once, and each login's own call finds out (in one fast round trip) if it does not.
+                self._redis_errors += 1
+                self._last_error = str(exc)
+                if self._down_since is None:
+                    log.info("fleet: the subscription to Redis failed (%s); subscribing again", exc)
             await asyncio.sleep(self.config.retry_after * self._rng.uniform(0.5, 1.0))
 
     async def _check_key_ids(self) -> None:
@@ -335,7 +338,7 @@ class FleetLogins:
             return
         now = time.time()
         for kid, at in seen.items():
-            if kid not in self._by_id and now - at < _KEY_SEEN_WITHIN and kid not in self._foreign:
+            if kid not in self._by_id and now - at < KEY_SEEN_WITHIN and kid not in self._foreign:
                 log.warning("fleet: another daemon of namespace %s writes with key id %s, which this daemon does "
                             "not have (this one writes with %s): tokens are not shared between them; give every "
                             "daemon the same encryption_key", self.config.namespace, kid, self._keys[0].id)

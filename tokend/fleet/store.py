@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from tokend.fleet.config import FleetConfig
@@ -78,8 +79,10 @@ class Store:
         self.channel = f"{self.prefix}:published"
         options: dict[str, Any] = {
             "socket_connect_timeout": config.connect_timeout,
-            # No retries inside redis-py: a failed call is answered by logging in alone, at once.
-            "retry": Retry(NoBackoff(), 0),
+            # One retry, at once, and only for a connection that failed: after Redis restarts, every pooled
+            # connection is dead, and the first call on one would otherwise fail and cost `retry_after` seconds
+            # of logging in alone. A timeout is not retried: it is answered by logging in alone, at once.
+            "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
             "health_check_interval": 0,  # no PINGs while idle
             "decode_responses": True,
         }
@@ -119,6 +122,9 @@ class Store:
             raise StoreError(f"{what}: no answer from {self.where} within {bound:g}s") from None
         except (RedisError, OSError) as exc:
             raise StoreError(f"{what}: {self.where}: {_reason(exc)}") from None
+
+    async def ping(self) -> None:
+        await self._call("ping", lambda: self._redis.ping())
 
     async def read(self, shares: list[str]) -> list[str | None]:
         keys = [self.token_key(share) for share in shares]

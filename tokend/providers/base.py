@@ -115,3 +115,6 @@ class Kind(Generic[ConfigT]):
     provider: type[Provider]
     # Built once per daemon when the daemon starts; it loops over the providers of its kind itself.
     extension: Callable[[DaemonParts], Extension] | None = None
+    # The kind's table for `tokend init`: a working starting point, its secrets as { env } references
+    # named after the table, so that it passes `tokend check` once they are set.
+    example: str = ""

@@ -223,6 +223,7 @@ def static_credential(
         headers={header: f"{scheme} {key}" if scheme else key} if header else {},
         query={query_param: key} if query_param else {},
         obtained_at=time.time(),
+        source="static",
     )
 
 

@@ -79,4 +79,13 @@ class FintechStudios:
         )
 
 
-KIND = Kind("fintech_studios", FintechStudiosConfig, FintechStudios)
+EXAMPLE = """\
+[providers.fts]
+kind = "fintech_studios"
+base_url = "https://fts.example.com"       # your FinTech Studios API: it has no public default
+api_key = { env = "FTS_API_KEY" }          # the static x-api-key, served beside the token
+email = "ops@example.com"
+password = { env = "FTS_PASSWORD" }
+"""
+
+KIND = Kind("fintech_studios", FintechStudiosConfig, FintechStudios, example=EXAMPLE)

@@ -25,10 +25,6 @@ class FlotiqConfig(ProviderBase):
     api_key: Secret
     token_type: Literal["api_key"] = "api_key"
 
-    @property
-    def url(self) -> str:
-        return self.base_url
-
     def _default_api_url(self) -> str:
         return self.base_url
 
@@ -45,4 +41,10 @@ class Flotiq:
         )
 
 
-KIND = Kind("flotiq", FlotiqConfig, Flotiq)
+EXAMPLE = """\
+[providers.flotiq]
+kind = "flotiq"
+api_key = { env = "FLOTIQ_API_KEY" }       # a key made in the Flotiq panel (read-only is best); no login
+"""
+
+KIND = Kind("flotiq", FlotiqConfig, Flotiq, example=EXAMPLE)

@@ -23,10 +23,9 @@ from tokend.errors import CredentialsRejected, UpstreamError
 from tokend.fields import UpstreamURL
 from tokend.providers.base import Kind, ProviderBase
 from tokend.providers.exchange import LoginRequest, bearer_credential, exchange, limits, malformed
-from tokend.providers.oauth2 import checked_key, describe_key, key_identity, signing_key
 from tokend.redact import Redactor
 from tokend.secrets import Secret, SecretText, SecretValue
-from tokend.signing import clock_skew_hint
+from tokend.signing import checked_key, clock_skew_hint, describe_key, key_identity, login_key, masked
 
 if TYPE_CHECKING:
     from tokend.signing import SigningKey
@@ -103,10 +102,10 @@ class GitHubApp:
         from tokend.signing import assertion_claims
 
         if self._key is None:
-            self._key = signing_key(self.name, "private_key", self.config.private_key,
+            self._key = login_key(self.name, "private_key", self.config.private_key,
                                     self.config.private_key_passphrase)
         claims = assertion_claims(JWT_LIFETIME, issued_before=JWT_ISSUED_BEFORE, iss=self.config.issuer)
-        return self._key.sign(claims, alg="RS256")
+        return masked(self._redactor, self.name, self._key.sign(claims, alg="RS256"))
 
     def _request(self) -> LoginRequest:
         config = self.config
@@ -161,4 +160,15 @@ def _iso_timestamp(value: Any) -> float | None:
     return when.timestamp() if when.tzinfo is not None else None
 
 
-KIND = Kind("github_app", GitHubAppConfig, GitHubApp)
+EXAMPLE = """\
+[providers.github]
+kind = "github_app"
+client_id = "Iv23liEXAMPLE"                # the app's client ID (or app_id = 123456)
+installation_id = 12345678
+private_key = { env = "GITHUB_APP_PRIVATE_KEY" }   # the app's PEM key; or { file = "/etc/tokend/github-app.pem" }
+# repositories = ["my-repo"]               # narrow the token to these repositories
+# permissions = { contents = "read" }
+# base_url = "https://github.example.com/api/v3"   # GitHub Enterprise Server
+"""
+
+KIND = Kind("github_app", GitHubAppConfig, GitHubApp, example=EXAMPLE)

@@ -23,17 +23,10 @@ from tokend.expiry import jwt_expiry
 from tokend.fields import UpstreamURL
 from tokend.providers.base import Kind, ProviderBase
 from tokend.providers.exchange import LoginRequest, limits, login_credential, malformed
-from tokend.providers.oauth2 import (
-    JWT_BEARER_GRANT,
-    access_token_credential,
-    describe,
-    describe_key,
-    key_identity,
-    signing_key,
-    token_exchange,
-)
+from tokend.providers.oauth2 import JWT_BEARER_GRANT, access_token_credential, describe, token_exchange
 from tokend.redact import Redactor
 from tokend.secrets import SecretText, SecretValue
+from tokend.signing import describe_key, key_identity, login_key, masked
 
 if TYPE_CHECKING:
     from tokend.signing import SigningKey
@@ -159,15 +152,17 @@ class GoogleServiceAccount:
         if scopes is not None and audience is not None:
             raise ValueError("ask for scopes or for an audience, not both")
         account, signer = self._key()
-        claims: dict[str, Any] = {"iss": account.client_email, "aud": account.token_uri, "sub": self.config.subject}
+        claims: dict[str, Any] = {"iss": account.client_email, "aud": account.token_uri}
+        if audience is None and self.config.subject is not None:
+            claims["sub"] = self.config.subject  # domain-wide delegation is for access tokens only
         if audience is not None:
             claims["target_audience"] = audience
         else:
             claims["scope"] = " ".join(scopes or self.config.scopes)
         from tokend.signing import assertion_claims
 
-        assertion = signer.sign(assertion_claims(ASSERTION_LIFETIME, **claims), alg="RS256",
-                                header={"kid": account.private_key_id})
+        assertion = masked(self._redactor, self.name, signer.sign(
+            assertion_claims(ASSERTION_LIFETIME, **claims), alg="RS256", header={"kid": account.private_key_id}))
         login = LoginRequest(
             provider=self.name, method="POST", url=account.token_uri, headers={"Accept": "application/json"},
             form={"grant_type": JWT_BEARER_GRANT, "assertion": assertion}, **limits(self.config),
@@ -196,9 +191,18 @@ class GoogleServiceAccount:
                 from tokend.errors import UpstreamError
 
                 raise UpstreamError(self.name, f"key (from {self.config.key.source}) {exc}", retryable=False) from None
-            self._signer = signing_key(self.name, "key's private_key", _key_secret(self.config.key), None)
+            self._signer = login_key(self.name, "key's private_key", _key_secret(self.config.key), None)
             self._account = account
         return self._account, self._signer
 
 
-KIND = Kind("google_service_account", GoogleServiceAccountConfig, GoogleServiceAccount)
+EXAMPLE = """\
+[providers.gcp]
+kind = "google_service_account"
+key = { env = "GOOGLE_SERVICE_ACCOUNT_KEY" }   # the JSON key file; or { file = "/etc/tokend/gcp-key.json" }
+scopes = ["https://www.googleapis.com/auth/cloud-platform"]
+# subject = "admin@example.com"            # a user to act as (domain-wide delegation)
+# target_audience = "https://service.example.com"   # serve an ID token for it instead
+"""
+
+KIND = Kind("google_service_account", GoogleServiceAccountConfig, GoogleServiceAccount, example=EXAMPLE)

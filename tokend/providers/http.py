@@ -223,4 +223,17 @@ def _fill(value: Any, values: dict[str, str]) -> Any:
     return value
 
 
-KIND = Kind("http", HttpConfig, HttpLogin)
+EXAMPLE = """\
+[providers.legacy]
+kind = "http"                              # a login described in the config alone
+url = "https://legacy.example.com/session"
+method = "POST"
+secrets = { password = { env = "LEGACY_PASSWORD" } }   # named, for the {templates} below
+json = { user = "ops", password = "{password}" }       # or form = { ... }
+token_pointer = "/token"                   # JSON pointers (RFC 6901) into the answer
+expiry_pointer = "/expires_at"
+expiry_format = "unix"                     # unix, unix_ms, iso8601, seconds (from now), jwt (no pointer)
+serve_headers = { Authorization = "Bearer {token}" }
+"""
+
+KIND = Kind("http", HttpConfig, HttpLogin, example=EXAMPLE)

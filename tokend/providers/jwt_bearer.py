@@ -17,20 +17,10 @@ from tokend.credential import Credential
 from tokend.fields import UpstreamURL
 from tokend.providers.base import Kind, ProviderBase
 from tokend.providers.exchange import LoginRequest, limits
-from tokend.providers.oauth2 import (
-    JWT_BEARER_GRANT,
-    access_token_credential,
-    checked_key,
-    describe,
-    describe_key,
-    key_identity,
-    optional_secret,
-    signing_key,
-    token_exchange,
-)
+from tokend.providers.oauth2 import JWT_BEARER_GRANT, access_token_credential, describe, token_exchange
 from tokend.redact import Redactor
 from tokend.secrets import Secret, SecretText, SecretValue
-from tokend.signing import Algorithm
+from tokend.signing import Algorithm, checked_key, describe_key, key_identity, login_key, masked, optional_secret
 
 if TYPE_CHECKING:
     from tokend.signing import SigningKey
@@ -98,11 +88,12 @@ class JWTBearer:
 
         config = self.config
         if self._key is None:
-            self._key = signing_key(self.name, "private_key", config.private_key, config.private_key_passphrase)
+            self._key = login_key(self.name, "private_key", config.private_key, config.private_key_passphrase)
         claims = assertion_claims(ASSERTION_LIFETIME, iss=config.issuer, sub=config.subject,
                                   aud=config.audience or config.token_url)
-        return self._key.sign({**config.claims, **claims}, alg=config.alg,
-                              header={"kid": config.kid} if config.kid else None)
+        header = {"kid": config.kid} if config.kid else None
+        return masked(self._redactor, self.name, self._key.sign({**config.claims, **claims}, alg=config.alg,
+                                                                header=header))
 
     async def fetch(self, client: httpx.AsyncClient) -> Credential:
         config = self.config
@@ -116,4 +107,14 @@ class JWTBearer:
         return access_token_credential(config, self.name, await token_exchange(client, login, assertion=True))
 
 
-KIND = Kind("jwt_bearer", JWTBearerConfig, JWTBearer)
+EXAMPLE = """\
+[providers.salesforce]
+kind = "jwt_bearer"                        # RFC 7523 section 2.1
+token_url = "https://login.salesforce.com/services/oauth2/token"
+private_key = { env = "SALESFORCE_PRIVATE_KEY" }   # PEM; or { file = "/etc/tokend/salesforce.pem" }
+issuer = "3MVG9-the-connected-apps-consumer-key"
+subject = "integration@example.com"        # the user to act as
+audience = "https://login.salesforce.com"
+"""
+
+KIND = Kind("jwt_bearer", JWTBearerConfig, JWTBearer, example=EXAMPLE)

@@ -33,7 +33,7 @@ from tokend.providers.exchange import (
 )
 from tokend.redact import Redactor
 from tokend.secrets import Secret, SecretText, SecretValue, config_relative
-from tokend.signing import clock_skew_hint
+from tokend.signing import checked_key, clock_skew_hint, describe_key, key_identity, login_key, masked, optional_secret
 
 if TYPE_CHECKING:
     from tokend.signing import SigningKey
@@ -59,6 +59,7 @@ def basic_authorization(client_id: str, client_secret: str) -> str:
     # Section 2.3.1: each part is form-urlencoded before the pair is base64-encoded.
     pair = f"{quote(client_id, safe='')}:{quote(client_secret, safe='')}"
     return "Basic " + base64.b64encode(pair.encode()).decode()
+
 
 async def token_exchange(client: httpx.AsyncClient, login: LoginRequest, *, assertion: bool = False) -> Any:
     """POST to a token endpoint; its JSON answer, or UpstreamError. A section 5.2 code saying the client or
@@ -91,48 +92,6 @@ def access_token_credential(config: ProviderBase, name: str, body: Any) -> Crede
         config, token, None if lifetime is None else time.time() + lifetime,
         headers={"Authorization": f"{scheme} {token}"}, token_type=scheme, exact_expiry=True,
     )
-
-
-def signing_key(provider: str, field: str, key: SecretValue, passphrase: SecretValue | None) -> SigningKey:
-    """A signing kind's key for a login: a key file rotated into something unusable fails the login (and
-    is retried slowly), saying what is wrong with it, as the config check would have."""
-    from tokend.signing import load_key
-
-    try:
-        return load_key(key.get(), optional_secret(passphrase))
-    except ValueError as exc:
-        raise UpstreamError(provider, f"{field} (from {key.source}) {exc}", retryable=False) from None
-
-
-def checked_key(key: SecretValue, info: ValidationInfo, passphrase_field: str) -> SecretValue:
-    """A key field's validator: the key loads (with the passphrase validated before it) and is strong enough."""
-    from tokend.signing import load_key
-
-    passphrase = info.data.get(passphrase_field)
-    load_key(key.get(), passphrase.get() if isinstance(passphrase, SecretValue) else None)
-    return key
-
-
-def describe_key(key: SecretValue, passphrase: SecretValue | None) -> str:
-    from tokend.signing import load_key
-
-    try:
-        return load_key(key.get(), optional_secret(passphrase)).describe()
-    except ValueError as exc:  # rotated since the config was checked
-        return f"unusable: {exc}"
-
-
-def key_identity(key: SecretValue, passphrase: SecretValue | None) -> str:
-    """A key as fleet mode's share hash sees it: its public key's fingerprint (the raw text's hash when it no
-    longer loads, so that a broken key never shares a login with a working one)."""
-    from tokend.signing import load_key
-
-    try:
-        return load_key(key.get(), optional_secret(passphrase)).fingerprint
-    except ValueError:
-        import hashlib
-
-        return "unloadable:" + hashlib.sha256(key.get().encode()).hexdigest()
 
 
 class OAuth2ClientCredentialsConfig(ProviderBase):
@@ -214,10 +173,6 @@ class OAuth2ClientCredentialsConfig(ProviderBase):
         return {"client_assertion_key": key_identity(self.client_assertion_key, self.client_assertion_key_passphrase)}
 
 
-def optional_secret(secret: SecretValue | None) -> str | None:
-    return None if secret is None else secret.get()
-
-
 def _read_certificate(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
@@ -265,20 +220,22 @@ class OAuth2ClientCredentials:
         config = self.config
         assert config.client_assertion_key is not None  # the config's check: private_key_jwt has a key
         if self._key is None:
-            key = signing_key(self.name, "client_assertion_key", config.client_assertion_key,
+            key = login_key(self.name, "client_assertion_key", config.client_assertion_key,
                               config.client_assertion_key_passphrase)
             header = {"kid": config.client_assertion_kid} if config.client_assertion_kid else {}
             if config.client_certificate is not None:
                 try:
                     header |= certificate_thumbprints(_read_certificate(config.client_certificate), key)
                 except ValueError as exc:
-                    raise UpstreamError(self.name, f"client_certificate {exc}", retryable=False) from None
+                    # Retried soon: a key and its certificate replaced one after the other are a rotation
+                    # under way, and the certificate file is read again at the next try.
+                    raise UpstreamError(self.name, f"client_certificate {exc}") from None
             self._key = (key, header)
         key, header = self._key
         claims = assertion_claims(CLIENT_ASSERTION_LIFETIME, iss=config.client_id, sub=config.client_id,
                                   aud=config.token_url)
         claims["nbf"] = claims["iat"]
-        return key.sign(claims, alg=config.client_assertion_alg, header=header)
+        return masked(self._redactor, self.name, key.sign(claims, alg=config.client_assertion_alg, header=header))
 
     async def fetch(self, client: httpx.AsyncClient) -> Credential:
         body = await token_exchange(client, self._request(), assertion=self.config.auth_method == "private_key_jwt")
@@ -290,4 +247,15 @@ def _secret(config: OAuth2ClientCredentialsConfig) -> str:
     return config.client_secret.get()
 
 
-KIND = Kind("oauth2_client_credentials", OAuth2ClientCredentialsConfig, OAuth2ClientCredentials)
+EXAMPLE = """\
+[providers.billing]
+kind = "oauth2_client_credentials"         # RFC 6749 section 4.4
+token_url = "https://auth.example.com/oauth/token"
+client_id = "my-client"
+client_secret = { env = "BILLING_CLIENT_SECRET" }
+# scope = ["invoices:read"]                # a list, or one space-separated string
+# audience = "https://billing.example.com"
+# auth_method = "client_secret_post"       # the default is client_secret_basic
+"""
+
+KIND = Kind("oauth2_client_credentials", OAuth2ClientCredentialsConfig, OAuth2ClientCredentials, example=EXAMPLE)

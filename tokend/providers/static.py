@@ -44,4 +44,13 @@ class StaticKey:
         )
 
 
-KIND = Kind("static", StaticConfig, StaticKey)
+EXAMPLE = """\
+[providers.maps]
+kind = "static"                            # any API key: no login, no expiry
+key = { env = "MAPS_API_KEY" }
+header = "Authorization"                   # header = "" to send none
+scheme = "Bearer"                          # "" sends the key bare
+# query_param = "key"                      # also (or instead) as a query parameter
+"""
+
+KIND = Kind("static", StaticConfig, StaticKey, example=EXAMPLE)

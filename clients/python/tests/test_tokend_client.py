@@ -263,3 +263,80 @@ def test_the_client_imports_the_standard_library_only() -> None:
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     # Private names are the installers' import hooks (editable installs, setuptools' distutils shim).
     assert [name for name in loaded.stdout.split() if not name.startswith("_")] == ["tokend_client"]
+
+
+class _Listener:
+    """Whatever listens on a TCP port (an impostor, or a host across the network): records the bytes it gets."""
+
+    def __init__(self, host: str) -> None:
+        self._server = socket.create_server((host, 0))
+        self.url = f"http://{host}:{self._server.getsockname()[1]}"
+        self.received = b""
+        self._server.settimeout(0.1)
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        with self._server:
+            while True:
+                try:
+                    connection, _ = self._server.accept()
+                    break
+                except TimeoutError:
+                    if self._closed.is_set():
+                        return
+            with connection:
+                connection.settimeout(5)
+                self.received = connection.recv(65536)
+                connection.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+
+    def close(self) -> None:
+        self._closed.set()
+        self._thread.join(10)
+
+
+def _non_loopback_address() -> str:
+    """This machine's address on its default route (connecting a UDP socket sends nothing)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))
+        except OSError:
+            pytest.skip("this machine has no route but loopback")
+        address = str(probe.getsockname()[0])
+    if address.startswith("127."):
+        pytest.skip("this machine has no address but loopback")
+    return address
+
+
+def test_a_client_key_goes_to_no_remote_host_unless_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    remote = _Listener(_non_loopback_address())
+    try:
+        with pytest.raises(TokendError, match="is not a loopback address: refusing to send the client key") as no:
+            Client(remote.url, client_key=APP_KEY)
+        assert APP_KEY not in str(no.value)
+        monkeypatch.setenv("TOKEND_URL", remote.url)
+        with pytest.raises(TokendError, match="allow_remote=True"):
+            Client(client_key=APP_KEY)
+        assert Client().address.url == remote.url  # without a key there is nothing to give away
+        monkeypatch.setenv("TOKEND_ALLOW_REMOTE", "1")
+        Client(client_key=APP_KEY)
+        monkeypatch.delenv("TOKEND_ALLOW_REMOTE")
+        with pytest.raises(UnknownProvider):  # allowed: the key then goes, and the listener gets it
+            Client(remote.url, client_key=APP_KEY, allow_remote=True).credential("fts")
+        assert f"Authorization: Bearer {APP_KEY}".encode() in remote.received
+    finally:
+        remote.close()
+
+
+def test_a_client_key_goes_to_no_port_when_the_config_names_a_unix_socket(tmp_path: Path) -> None:
+    config = tmp_path / "tokend.toml"
+    config.write_text(f'[server]\nsocket = "{tmp_path / "tokend.sock"}"\n')
+    impostor = _Listener("127.0.0.1")  # took a port while tokend listens on its socket
+    try:
+        with pytest.raises(TokendError, match=r"listens on the unix socket .*refusing to send the client key"):
+            Client(impostor.url, config=config, client_key=APP_KEY)
+        assert Client(f"unix:{tmp_path / 'tokend.sock'}", config=config, client_key=APP_KEY).address.socket
+        assert impostor.received == b""
+    finally:
+        impostor.close()

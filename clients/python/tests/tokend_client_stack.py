@@ -39,6 +39,9 @@ class Upstream:
     url: str = ""
     seen: list[Seen] = field(default_factory=list)
     reject_all: bool = False  # even a valid token gets 401 (an endpoint the token may not use)
+    # Requests to /elsewhere/P get a 302 to this URL + /landed/elsewhere/P + their own query, as an nginx
+    # `return 302 https://other/landed$request_uri` does.
+    redirect_to: str | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def app(self) -> Starlette:
@@ -50,6 +53,10 @@ class Upstream:
         seen = Seen(request.method, request.url.path, dict(request.query_params), dict(request.headers), body)
         with self._lock:
             self.seen.append(seen)
+        if self.redirect_to is not None and request.url.path.startswith("/elsewhere/"):
+            query = f"?{request.url.query}" if request.url.query else ""
+            location = f"{self.redirect_to}/landed{request.url.path}{query}"
+            return Response(status_code=302, headers={"Location": location})
         if self.reject_all or not self._authorised(seen):
             return JSONResponse({"error": "invalid_token"}, status_code=401)
         return JSONResponse({"ok": True, "body": body.decode(), "query": seen.query})

@@ -11,6 +11,7 @@ and similar libraries write it).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from urllib.parse import unquote, urlsplit
 
 from tokend_client._errors import TokendError
 
-__all__ = ["Address", "find_address", "find_client_key"]
+__all__ = ["Address", "check_key_destination", "find_address", "find_client_key"]
 
 CONFIG_CANDIDATES = (Path("tokend.toml"), Path("/etc/tokend/config.toml"))
 DEFAULT_HOST = "127.0.0.1"
@@ -44,7 +45,7 @@ def find_address(url: str | None = None, config: str | os.PathLike[str] | None =
     if url:
         return _parse_url(url)
     server = _server_table(_find_config(config))
-    socket = os.environ.get("TOKEND_SERVER__SOCKET") or server.get("socket")
+    socket = _configured_socket(server)
     if socket:
         return Address(f"unix:{socket}", socket=str(socket))
     host = str(os.environ.get("TOKEND_SERVER__HOST") or server.get("host", DEFAULT_HOST))
@@ -52,6 +53,44 @@ def find_address(url: str | None = None, config: str | os.PathLike[str] | None =
     if host in ("0.0.0.0", "::", ""):  # noqa: S104 (tokend listens on every address: reach it on loopback)
         host = DEFAULT_HOST
     return _parse_url(f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}")
+
+
+def check_key_destination(
+    address: Address, config: str | os.PathLike[str] | None = None, *, allow_remote: bool = False
+) -> None:
+    """Refuse to send a client key where it may not be tokend that gets it, as the tokend command does.
+
+    Whatever holds a TCP port gets the key: when the config says tokend listens on a unix socket, a port
+    (named by a stale `url` or `$TOKEND_URL`) is someone else's. And tokend serves plain http on loopback:
+    a key sent to another host crosses the network readable by anyone on the way, so that needs
+    `allow_remote=True` (or `$TOKEND_ALLOW_REMOTE=1`).
+    """
+    if address.socket is not None:
+        return
+    if socket := _configured_socket(_server_table(_find_config(config))):
+        raise TokendError(
+            f"the config says tokend listens on the unix socket {socket}, not at {address.url}: refusing to send "
+            "the client key there. Leave out the url and $TOKEND_URL, or name the socket: unix:PATH"
+        )
+    if not (allow_remote or os.environ.get("TOKEND_ALLOW_REMOTE") == "1" or _is_loopback(address.host)):
+        raise TokendError(
+            f"{address.url} is not a loopback address: refusing to send the client key over the network in plain "
+            "http. If tokend really listens there, pass allow_remote=True (or set TOKEND_ALLOW_REMOTE=1)"
+        )
+
+
+def _configured_socket(server: dict[str, object]) -> str | None:
+    socket = os.environ.get("TOKEND_SERVER__SOCKET") or server.get("socket")
+    return str(socket) if socket else None
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name other than localhost: it may resolve anywhere
+        return False
 
 
 def find_client_key(key: str | None = None, key_file: str | os.PathLike[str] | None = None) -> str | None:
@@ -107,6 +146,11 @@ def _server_table(config: Path | None) -> dict[str, object]:
         raise TokendError(f"the config file {config} cannot be read ({exc.strerror})") from None
     except tomllib.TOMLDecodeError as exc:
         raise TokendError(f"{config} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise TokendError(f"{config} is not UTF-8 text (byte {exc.start + 1} is not); TOML files are UTF-8, "
+                          "comments included") from None
+    except RecursionError:
+        raise TokendError(f"{config} nests tables or arrays too deeply to be a tokend config") from None
     return server if isinstance(server, dict) else {}
 
 

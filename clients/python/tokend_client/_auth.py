@@ -1,15 +1,26 @@
-"""What the httpx and requests Auth classes share: which client they use, and the rule after a 401."""
+"""What the httpx and requests Auth classes share: which client they use, the rule after a 401, and the
+origin a credential belongs to.
+
+A credential goes only to the origin (scheme, host, port) of the request it was added to. A redirect to
+another origin is followed without it (its headers and query parameters taken off), and a 401 from another
+origin is that origin's answer: no refresh is asked for, and no new token is sent there. The HTTP libraries'
+own rule strips only `Authorization`, while a provider's key may travel in `X-AUTH-TOKEN`, `x-api-key` or
+the query string.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from urllib.parse import unquote_plus, urlencode, urlsplit, urlunsplit
 
 from tokend_client._client import Client, default_client
 from tokend_client._credential import Credential
 from tokend_client._errors import TokendError
 
-__all__ = ["ProviderAuth", "with_query"]
+__all__ = ["Origin", "ProviderAuth", "origin", "with_query", "without_query"]
+
+Origin = tuple[str, str, int]
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class ProviderAuth:
@@ -43,11 +54,29 @@ class ProviderAuth:
         return None if fresh.token == sent.token else fresh
 
 
+def origin(url: str) -> Origin:
+    """Scheme, host and port of `url`, the port filled in when the scheme implies it."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:  # not a number: no origin any credential was sent to
+        port = -1
+    return scheme, (parts.hostname or "").lower(), port or _DEFAULT_PORTS.get(scheme, 0)
+
+
 def with_query(url: str, query: Mapping[str, str]) -> str:
     """`url` with the parameters of `query` set: a parameter of the same name already there is replaced
     (a retry must not send the rejected key next to the new one); the others are kept byte for byte."""
-    names = set(query)
+    scheme, netloc, path, current, fragment = urlsplit(without_query(url, query))
+    kept = [current] if current else []
+    kept.append(urlencode(dict(query)))
+    return urlunsplit((scheme, netloc, path, "&".join(kept), fragment))
+
+
+def without_query(url: str, names: Iterable[str]) -> str:
+    """`url` without the parameters called one of `names`; the others are kept byte for byte."""
+    names = set(names)
     scheme, netloc, path, current, fragment = urlsplit(url)
     kept = [part for part in current.split("&") if part and unquote_plus(part.partition("=")[0]) not in names]
-    kept.append(urlencode(dict(query)))
     return urlunsplit((scheme, netloc, path, "&".join(kept), fragment))

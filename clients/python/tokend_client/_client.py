@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 from urllib.parse import quote
 
-from tokend_client._address import Address, find_address, find_client_key
+from tokend_client._address import Address, check_key_destination, find_address, find_client_key
 from tokend_client._credential import Credential
 from tokend_client._errors import DaemonUnreachable, TokendError, error_from_answer
 
@@ -75,7 +75,9 @@ class Client:
     may be `http://127.0.0.1:8765`, `unix:/run/tokend/tokend.sock` or `http+unix://%2Frun%2Ftokend%2Ftokend.sock`.
 
     When tokend has `[clients]`, the client key comes from `client_key`, else the file `client_key_file`,
-    else `$TOKEND_CLIENT_KEY`, else the file named by `$TOKEND_CLIENT_KEY_FILE`.
+    else `$TOKEND_CLIENT_KEY`, else the file named by `$TOKEND_CLIENT_KEY_FILE`. A key is sent only to a
+    loopback address (or anywhere with `allow_remote=True` or `$TOKEND_ALLOW_REMOTE=1`), and never over
+    TCP when the config says tokend listens on a unix socket: TokendError at construction otherwise.
 
     A credential is kept in this process until shortly before it expires (and at most `max_age` seconds),
     so that asking for a ready one costs no request to tokend. One client is safe to share between threads
@@ -92,6 +94,7 @@ class Client:
         client_key_file: str | os.PathLike[str] | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         max_age: float = DEFAULT_MAX_AGE,
+        allow_remote: bool = False,
     ) -> None:
         self.address: Address = find_address(url, config)
         self.timeout = timeout
@@ -100,6 +103,7 @@ class Client:
                          "X-Tokend-Request": "tokend-client"}
         key = find_client_key(client_key, client_key_file)
         if key is not None:
+            check_key_destination(self.address, config, allow_remote=allow_remote)
             self._headers["Authorization"] = f"Bearer {key}"
         self._lock = threading.Lock()  # guards the three below
         self._cache: dict[str, _Entry] = {}

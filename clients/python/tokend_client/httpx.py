@@ -13,12 +13,12 @@ of tokend (or the built wheel with `[httpx]`).
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Callable, Generator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio.to_thread
 import httpx
 
-from tokend_client._auth import ProviderAuth
+from tokend_client._auth import Origin, ProviderAuth, origin, without_query
 from tokend_client._client import Client
 from tokend_client._credential import Credential
 
@@ -40,6 +40,13 @@ class Auth(httpx.Auth):
     generator or a file upload) is not retried: its 401 is returned. When tokend cannot give a new token
     (throttled, the login failed), the 401 is returned too.
 
+    The credential goes only to the origin of the request it was added to: a 401 from another origin (after
+    a redirect) is not retried, and a redirect to another origin is followed without the provider's headers
+    and query parameters. httpx gives an Auth no say between the hops of a redirect it follows, so the
+    credential is taken off the request as its headers are sent, through the `trace` extension that httpx
+    carries from hop to hop (a `trace` of your own is still called). Transports that send nothing over the
+    network (MockTransport, ASGITransport, WSGITransport) do not call it.
+
     A ready credential costs no request to tokend (see `tokend_client.Client`): with one, the async flow
     does no I/O of its own, and otherwise asks tokend in a worker thread, never blocking the event loop.
     `client` defaults to the process's shared `Client`.
@@ -57,32 +64,80 @@ class Auth(httpx.Auth):
 
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         sent = self._auth.client.credential(self.provider)
-        response = yield _with_credential(request, sent)
-        if response.status_code == 401 and _replayable(request):
+        response = yield _with_credential(request, sent, _Scope)
+        if response.status_code == 401 and _replayable(request) and _answered_at_home(request, response):
             fresh = self._auth.replacement(sent)
             if fresh is not None:
-                yield _with_credential(request, fresh)
+                yield _with_credential(request, fresh, _Scope)
 
     async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
         client = self._auth.client
         sent = client.cached(self.provider)
         if sent is None:
             sent = await _in_thread(client.credential, self.provider)
-        response = yield _with_credential(request, sent)
-        if response.status_code == 401 and _replayable(request):
+        response = yield _with_credential(request, sent, _AsyncScope)
+        if response.status_code == 401 and _replayable(request) and _answered_at_home(request, response):
             # Another request may have had the token replaced already: then no worker thread is needed.
             fresh = client.cached(self.provider)
             if fresh is None or fresh.token == sent.token:
                 fresh = await _in_thread(self._auth.replacement, sent)
             if fresh is not None:
-                yield _with_credential(request, fresh)
+                yield _with_credential(request, fresh, _AsyncScope)
 
 
-def _with_credential(request: httpx.Request, credential: Credential) -> httpx.Request:
+def _with_credential(request: httpx.Request, credential: Credential, scope: type[_Scope]) -> httpx.Request:
     request.headers.update(credential.headers)
     if credential.query:
         request.url = request.url.copy_merge_params(dict(credential.query))  # same names replaced
+    theirs = request.extensions.get("trace")
+    if isinstance(theirs, _Scope):  # a retry: scoped already, by the first try
+        theirs = theirs.theirs
+    request.extensions = {**request.extensions, "trace": scope(origin(str(request.url)), credential, theirs)}
     return request
+
+
+def _answered_at_home(request: httpx.Request, response: httpx.Response) -> bool:
+    return origin(str(response.request.url)) == origin(str(request.url))
+
+
+class _Scope:
+    """httpcore's `trace` callback that takes the credential off a request about to go to another origin."""
+
+    def __init__(self, home: Origin, credential: Credential, theirs: Callable[..., Any] | None) -> None:
+        self.home = home
+        self.headers = {name.lower().encode("ascii") for name in credential.headers}
+        self.query = set(credential.query)
+        self.theirs = theirs
+
+    def __call__(self, event: str, info: dict[str, Any]) -> None:
+        self._scrub(event, info)
+        if self.theirs is not None:
+            self.theirs(event, info)
+
+    def _scrub(self, event: str, info: dict[str, Any]) -> None:
+        if not event.endswith(".send_request_headers.started"):
+            return
+        request = info["request"]  # an httpcore.Request, about to be written
+        target = bytes(request.url.target)
+        # Through a forwarding proxy the target is the whole URL, and the origin the proxy's own.
+        absolute = target.startswith((b"http://", b"https://"))
+        url = target.decode("latin-1") if absolute else str(httpx.URL(
+            scheme=request.url.scheme.decode("ascii"), host=request.url.host.decode("ascii"),
+            port=request.url.port, raw_path=target,
+        ))
+        if origin(url) == self.home:
+            return
+        request.headers[:] = [(name, value) for name, value in request.headers if name.lower() not in self.headers]
+        if self.query:
+            kept = without_query(url, self.query)
+            request.url.target = kept.encode("latin-1") if absolute else bytes(httpx.URL(kept).raw_path)
+
+
+class _AsyncScope(_Scope):
+    async def __call__(self, event: str, info: dict[str, Any]) -> None:  # type: ignore[override]
+        self._scrub(event, info)
+        if self.theirs is not None:
+            await self.theirs(event, info)
 
 
 def _replayable(request: httpx.Request) -> bool:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 from typing import Any
+from urllib.parse import urljoin
 
 import requests
 import requests.auth
@@ -22,7 +23,7 @@ from requests.cookies import extract_cookies_to_jar
 from requests.exceptions import UnrewindableBodyError
 from requests.utils import rewind_body
 
-from tokend_client._auth import ProviderAuth, with_query
+from tokend_client._auth import Origin, ProviderAuth, origin, with_query, without_query
 from tokend_client._client import Client
 from tokend_client._credential import Credential
 
@@ -41,6 +42,9 @@ class Auth(requests.auth.AuthBase):
     failed), the 401 is returned too. As with requests' own HTTPDigestAuth, the retry goes straight to the
     connection: the response hooks do not run again for it.
 
+    The credential goes only to the origin of the request it was added to: a redirect to another origin is
+    followed without the provider's headers and query parameters, and a 401 from there is not retried.
+
     `client` defaults to the process's shared `Client`.
     """
 
@@ -54,11 +58,19 @@ class Auth(requests.auth.AuthBase):
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
         sent = self._auth.client.credential(self.provider)
         _with_credential(request, sent)
-        request.register_hook("response", functools.partial(self._after, sent))  # type: ignore[no-untyped-call]
+        home = origin(request.url or "")
+        request.register_hook("response", functools.partial(self._after, sent, home))  # type: ignore[no-untyped-call]
         return request
 
-    def _after(self, sent: Credential, response: requests.Response, **send_options: Any) -> requests.Response:
-        if response.status_code != 401 or response.request is None or not _rewound(response.request):
+    def _after(
+        self, sent: Credential, home: Origin, response: requests.Response, **send_options: Any
+    ) -> requests.Response:
+        if response.request is None or origin(response.request.url or "") != home:
+            return response  # a redirect took the request elsewhere: whatever it answers is not ours to retry
+        if response.is_redirect and origin(_redirect_target(response)) != home:
+            _strip_for_redirect(response, sent)
+            return response
+        if response.status_code != 401 or not _rewound(response.request):
             return response
         fresh = self._auth.replacement(sent)
         if fresh is None:
@@ -80,6 +92,21 @@ def _with_credential(request: requests.PreparedRequest, credential: Credential) 
     request.headers.update(credential.headers)
     if credential.query and request.url is not None:
         request.url = with_query(request.url, credential.query)
+
+
+def _redirect_target(response: requests.Response) -> str:
+    return urljoin(response.url, response.headers["location"])
+
+
+def _strip_for_redirect(response: requests.Response, sent: Credential) -> None:
+    """Take the credential off what requests copies to follow `response` to another origin: the headers
+    from the request it copies, and the query parameters from the Location it reads (a server that puts
+    the request's own query string in its Location would otherwise hand the key on)."""
+    assert response.request is not None
+    for header in sent.headers:
+        response.request.headers.pop(header, None)
+    if sent.query:
+        response.headers["location"] = without_query(_redirect_target(response), sent.query)
 
 
 def _rewound(request: requests.PreparedRequest) -> bool:

@@ -22,4 +22,12 @@ def _extension(parts: DaemonParts) -> Extension:
     return FellohExtension(parts)
 
 
-KIND = Kind("felloh", FellohConfig, Felloh, extension=_extension)
+EXAMPLE = """\
+[providers.felloh]
+kind = "felloh"
+environment = "sandbox"                    # or "production"; or base_url = "https://..." instead
+public_key = { env = "FELLOH_PUBLIC_KEY" }
+private_key = { env = "FELLOH_PRIVATE_KEY" }   # or { file = "/run/secrets/felloh_private_key" }, mode 0600
+"""
+
+KIND = Kind("felloh", FellohConfig, Felloh, extension=_extension, example=EXAMPLE)

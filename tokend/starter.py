@@ -1,0 +1,63 @@
+"""`tokend init`: the text of a commented starting config, built from each kind's own example table.
+
+Asked for kinds, their tables are live, so that the file passes `tokend check` once the environment
+variables it names are set. Asked for none, every kind's table is there commented out, to uncomment.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from tokend.providers import KINDS
+
+__all__ = ["environment_variables", "starter_config"]
+
+DEFAULT_KINDS: tuple[str, ...] = tuple(kind.name for kind in KINDS if kind.example)
+
+_HEADER = """\
+# tokend configuration, written by `tokend init`. Check it with `tokend check --config FILE`, then
+# run it with `tokend run --config FILE` (or put it at ./tokend.toml or /etc/tokend/config.toml).
+#
+# A secret is { env = "NAME" }, { file = "/path" } (mode 0600), { credential = "name" } (systemd's
+# LoadCredential=), { command = ["prog", "arg"] } (the first line it prints), { keyring = "service/user" },
+# or a plain string (allowed, with a warning). Each [providers.NAME] table's NAME is what clients ask for:
+# GET /token/NAME, or `tokend get NAME`.
+"""
+
+_SERVER = """\
+[server]
+host = "127.0.0.1"                         # loopback only: tokend serves local programs
+port = 8765
+# socket = "/run/tokend/tokend.sock"       # or a unix socket instead of TCP
+"""
+
+_ENV = re.compile(r'\{ env = "([A-Za-z_][A-Za-z0-9_]*)" \}')
+
+
+def starter_config(kinds: Sequence[str] = ()) -> str:
+    """The config text for `kinds` (each once, in the order asked); ValueError names an unknown kind."""
+    examples = {kind.name: kind.example for kind in KINDS if kind.example}
+    unknown = [name for name in kinds if name not in examples]
+    if unknown:
+        known = {kind.name for kind in KINDS}
+        what = "has no starting table yet" if unknown[0] in known else "is not a provider kind"
+        raise ValueError(f"{unknown[0]!r} {what}; tokend init knows {', '.join(examples)}")
+    if kinds:
+        tables = [examples[name] for name in dict.fromkeys(kinds)]
+        names = environment_variables("".join(tables))
+        needs = f"#\n# Set before tokend starts: {', '.join(names)}.\n" if names else ""
+        return "\n".join([_HEADER + needs, _SERVER, *tables])
+    commented = [_commented(examples[name]) for name in DEFAULT_KINDS]
+    intro = "# Uncomment the providers you use (or run `tokend init KIND ...` for live tables):\n"
+    return "\n".join([_HEADER, _SERVER, intro, *commented])
+
+
+def environment_variables(text: str) -> list[str]:
+    """The variables the live (uncommented) lines of `text` read secrets from, each once."""
+    live = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    return list(dict.fromkeys(_ENV.findall(live)))
+
+
+def _commented(table: str) -> str:
+    return "".join(line if line.startswith("#") else f"# {line}" for line in table.splitlines(keepends=True))
