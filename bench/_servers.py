@@ -97,7 +97,7 @@ def _bare(args: argparse.Namespace) -> None:
     # The keyword arguments of tokend.server.serve(), so that only the app differs between the two servers,
     # the HTTP protocol with tokend's connection limits included. Of tokend only that module is imported
     # (it imports nothing but uvicorn's protocol): this process's RSS is the floor uvicorn alone sets.
-    from tokend.connections import connection_cap, limited_protocol
+    from tokend.connections import Budget, limited_protocol
 
     config = uvicorn.Config(
         _bare_app(_body(args.body_size)),
@@ -108,7 +108,7 @@ def _bare(args: argparse.Namespace) -> None:
         ws="none",
         server_header=False,
         timeout_graceful_shutdown=args.graceful,
-        http=limited_protocol(connection_cap()),
+        http=limited_protocol(Budget.from_limit()),
     )
     _exit_with_stdin()
     uvicorn.Server(config).run(sockets=[socket.socket(fileno=args.fd)])

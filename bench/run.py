@@ -478,15 +478,15 @@ def _proxy_rows(m: Measured) -> list[Row]:
         Row(f"proxy req/s at {CONNECTIONS} conns", "req/s", pick(best, "tokend proxy", "rps"),
             pick(best, "nginx proxy", "rps"), "nginx proxy", (Target("ratio", ">=", 0.3),)),
         Row(f"proxy p99 at {CONNECTIONS} conns", "ms", pick(best, "tokend proxy", "p99_ms"),
-            pick(best, "nginx proxy", "p99_ms"), "nginx proxy", (Target("ratio", "<=", 1.5),)),
+            pick(best, "nginx proxy", "p99_ms"), "nginx proxy", (Target("ratio", "<=", 2),)),
         Row("proxy p50 added over direct, 1 conn", "ms", added("tokend proxy"), added("nginx proxy"),
-            "nginx proxy's", (Target("value", "<", 0.3),)),
+            "nginx proxy's", (Target("value", "<=", 0.15),)),
         Row(f"proxy peak RSS, {_proxy.BIG >> 30} GiB down + up", "MiB", growth[0], growth[1], "peak before",
             (Target("growth", "<", 16),)),
         Row(f"proxy {_proxy.BIG >> 30} GiB download", "s", s.get("download_proxy_s"), s.get("download_direct_s"),
-            "direct from nginx"),
+            "direct from nginx", (Target("ratio", "<=", 1.5),)),
         Row(f"proxy {_proxy.BIG >> 30} GiB upload", "s", s.get("upload_proxy_s"), s.get("upload_direct_s"),
-            "direct to nginx"),
+            "direct to nginx", (Target("ratio", "<=", 1.5),)),
     ]
 
 
@@ -529,8 +529,9 @@ def _scale_rows(m: Measured) -> list[Row]:
             (Target("value", "<=", 5),)),
         Row(f"{providers}: RSS when ready", "MiB", m.rss_mib["scale when ready"], m.rss_mib["daemon at start"],
             "3 providers", (Target("value", "<=", 150),)),
-        Row(f"{providers}: idle CPU", "%", m.idle_cpu_percent["scale"], m.idle_cpu_percent["daemon"], "3 providers",
-            (Target("value", "<", 1),)),
+        # .get: a 1,000-provider daemon not ready in time was stopped, and has no idle CPU to show.
+        Row(f"{providers}: idle CPU", "%", m.idle_cpu_percent.get("scale"), m.idle_cpu_percent.get("daemon"),
+            "3 providers", (Target("value", "<", 1),)),
         Row(f"{providers}, {SCALE_LIFETIME:g} s tokens: most logins in 1 s", "%", peak, even,
             "policy jitter, even", (Target("value", "<=", 5),)),
     ]

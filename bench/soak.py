@@ -4,6 +4,7 @@ schedule of every upstream fault, for about ten minutes (not part of CI).
     python bench/soak.py                 # 10 minutes
     python bench/soak.py --minutes 3     # a shorter run
     python bench/soak.py --seed 7        # the same fault schedule again
+    python bench/soak.py --user-minutes 2 --minutes 0   # only the user-token part
 
 The fakes (tokend.testing) run in this process; the daemon is `tokend run` in a subprocess. A thread per
 provider that logs in (felloh, fintech_studios, oauth2_client_credentials, http) breaks its upstream now and
@@ -24,6 +25,13 @@ What is counted, and what it must be:
   503, the seconds from the upstream's recovery to the first 200.
 - logins against the policy's ideal: one first login, one per two thirds of the lifetime, one per revocation.
 - the daemon's RSS and open file descriptors at start and at end.
+
+Then (`--user-minutes`, default 2) a user token: a daemon with a [state] folder against an authorization
+server that rotates refresh tokens and revokes the family when a spent one is presented again. Clients ask
+for tokens and force refreshes, the server has 5xx answers and hangs, and the daemon is restarted every
+few seconds (SIGTERM, now and then SIGKILL). Counted: refresh tokens presented twice (0), sign-ins needed
+(0), invalid tokens served (0), and logins made by a restart (about 0: a restart within a token's lifetime
+serves the kept token).
 
 Exit status 0 when every bound holds, 1 otherwise.
 """
@@ -51,6 +59,7 @@ import httpx
 
 from tokend.policy import RENEW_AT
 from tokend.testing import (
+    FakeAuthorizationServer,
     FakeFelloh,
     FakeFintechStudios,
     FakeFlotiq,
@@ -408,9 +417,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--user-minutes", type=float, default=2.0, help="the user-token part with restarts")
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
     rng = random.Random(seed)
+    code = main_soak(args.minutes, seed, rng) if args.minutes > 0 else 0
+    if args.user_minutes > 0:
+        code |= user_soak(args.user_minutes, random.Random(rng.random()))
+    return code
+
+
+def main_soak(minutes: float, seed: int, rng: random.Random) -> int:
     ledger, tally, stop = Ledger(), Tally(), threading.Event()
     with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory(prefix="tokend-soak-") as tmp:
         upstreams = start_upstreams(ledger, stack)
@@ -429,7 +446,7 @@ def main() -> int:
                         for _ in range(CLIENTS)]
             for thread in threads:
                 thread.start()
-            stop.wait(args.minutes * 60)
+            stop.wait(minutes * 60)
             stop.set()
             for thread in threads:
                 thread.join(timeout=60)
@@ -499,6 +516,126 @@ def _recovery_cell(found: dict[str, list[float]]) -> str:
     if not values:
         return "0"
     return f"{len(values)}, {values[len(values) // 2]:.1f}, {values[-1]:.1f}"
+
+
+# --- user tokens, with restarts ------------------------------------------------------------------------
+
+USER_LIFETIME = 30.0  # long enough that most restarts come within a token's life
+
+
+def user_soak(minutes: float, rng: random.Random) -> int:
+    ledger = Ledger()
+    fake = _ledgered(FakeAuthorizationServer, "user", ledger)(client_secret="soak-user-secret", lifetime=USER_LIFETIME)
+    stop = threading.Event()
+    answers: Counter[int] = Counter()
+    invalid: list[str] = []
+    with FakeServer(fake.app) as server, tempfile.TemporaryDirectory(prefix="tokend-soak-user-") as tmp:
+        directory = Path(tmp)
+        with contextlib.closing(__import__("socket").socket()) as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        for name, value in (("state_key", __import__("base64").b64encode(os.urandom(32)).decode()),
+                            ("client_secret", "soak-user-secret"), ("refresh_token", fake.sign_in())):
+            (directory / name).touch(mode=0o600)
+            (directory / name).write_text(value + "\n")
+        config = directory / "tokend.toml"
+        config.write_text(f"""\
+[server]
+host = "127.0.0.1"
+port = {port}
+
+[state]
+path = "{directory / 'state'}"
+encryption_key = {{ file = "{directory / 'state_key'}" }}
+
+[providers.user]
+kind = "oauth2_refresh_token"
+token_url = "{server.url}/oauth/token"
+client_id = "{fake.client_id}"
+client_secret = {{ file = "{directory / 'client_secret'}" }}
+refresh_token = {{ file = "{directory / 'refresh_token'}" }}
+timeout = {LOGIN_TIMEOUT}
+min_refresh_interval = 1
+""")
+        base = f"http://127.0.0.1:{port}"
+
+        def ask(seed: float) -> None:
+            local_rng = random.Random(seed)
+            with httpx.Client(base_url=base, headers=HEADERS, timeout=30) as local:
+                while not stop.is_set():
+                    try:
+                        forced = local_rng.random() < 0.2
+                        answer = local.post("/token/user/refresh") if forced else local.get("/token/user")
+                    except httpx.TransportError:
+                        time.sleep(0.2)  # the daemon is restarting
+                        continue
+                    answers[answer.status_code] += 1
+                    if answer.status_code == 200 and not fake.is_valid(token := answer.json()["token"]):
+                        invalid.append(token[:6])
+                    time.sleep(local_rng.uniform(0.05, 0.3))
+
+        def faults() -> None:
+            while not stop.wait(rng.uniform(5, 15)):
+                if rng.random() < 0.5:
+                    fake.fail(503, times=rng.randint(1, 3))
+                else:
+                    fake.hang(LOGIN_TIMEOUT + 1)
+                    stop.wait(rng.uniform(2, 6))
+                fake.recover()
+
+        restarts = kills = restart_logins = 0
+        log_path = directory / "tokend.log"
+        threads = [threading.Thread(target=ask, args=(rng.random(),)) for _ in range(4)]
+        threads.append(threading.Thread(target=faults))
+        ended_at = time.monotonic() + minutes * 60
+        with daemon(config, port, log_path) as first:
+            process = first
+            for thread in threads:
+                thread.start()
+            while time.monotonic() < ended_at:
+                time.sleep(rng.uniform(3, 10))
+                kill = rng.random() < 0.25
+                process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+                process.wait(timeout=15)
+                kills += kill
+                before = fake.logins
+                with log_path.open("ab") as log:
+                    process = subprocess.Popen([sys.executable, "-m", "tokend", "--config", str(config), "run"],
+                                               stdout=log, stderr=subprocess.STDOUT)
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    with contextlib.suppress(httpx.TransportError):
+                        if httpx.get(f"{base}/livez").status_code == 200:
+                            break
+                    time.sleep(0.05)
+                time.sleep(0.5)  # a first login, if the restart made one, is done by now
+                restart_logins += fake.logins - before
+                restarts += 1
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=60)
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=15)
+        log = log_path.read_text(errors="replace")
+    print(f"\nuser-token soak: {minutes:g} min, {USER_LIFETIME:g}s tokens, {restarts} restarts ({kills} SIGKILL)")
+    print("\n| measure | value | bound |\n|---|---|---|")
+    sign_ins = log.count("must sign in again")
+    rows = [
+        ("token requests answered 200 / 503 / other",
+         f"{answers[200]} / {answers[503]} / "
+         + json.dumps({code: n for code, n in answers.items() if code not in (200, 503)}), ""),
+        ("refresh tokens presented twice (the server's reuse detection)", str(fake.reuse_detected), "0"),
+        ("sign-ins needed", str(sign_ins), "0"),
+        ("invalid tokens served", str(len(invalid)), "0"),
+        ("access tokens issued (logins ok) / refresh grants", f"{fake.logins} / {fake.refreshes}", ""),
+        ("restarts that served the kept token (no first login)", f"{log.count('restored provider=user')} of "
+         f"{restarts}", "all"),
+        ("logins within 0.5 s of a restart (forced refreshes by the clients included)", str(restart_logins), ""),
+        ("tracebacks in the daemons' logs", str(log.count("Traceback")), "0"),
+    ]
+    for row in rows:
+        print(f"| {row[0]} | {row[1]} | {row[2]} |")
+    return 1 if fake.reuse_detected or sign_ins or invalid or "Traceback" in log else 0
 
 
 if __name__ == "__main__":

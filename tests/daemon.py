@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -108,3 +109,42 @@ class Daemon:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class LimitedDaemon(Daemon):
+    """The daemon with the open-files limit systemd gives a service by default (1024)."""
+
+    def __init__(self, config: Path, *, log_path: Path, open_files: int) -> None:
+        super().__init__(config, log_path=log_path)
+        self.open_files = open_files
+
+    def start(self, *, ready: bool = True) -> None:
+        limit = self.open_files
+
+        def lower_limit() -> None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                tokend_command("--config", str(self.config), "run"), stdout=log, stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=lower_limit,
+            )
+        self.wait_listening()
+        if ready:
+            self.wait_until(lambda: self.client.get("/readyz").status_code == 200, what="all providers ready")
+
+    def peak_memory(self) -> int:
+        """The daemon's peak resident memory so far, in bytes."""
+        assert self.process is not None
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmHWM in /proc/PID/status")
+
+
+def room_for(descriptors: int) -> None:
+    """Raise this process's open-files limit to `descriptors`, for tests that open that many sockets."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < descriptors:
+        assert hard >= descriptors, f"the tests need {descriptors} open files; the hard limit is {hard}"
+        resource.setrlimit(resource.RLIMIT_NOFILE, (descriptors, hard))

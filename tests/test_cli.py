@@ -191,7 +191,19 @@ def test_demo_serves_tokens_from_the_fake_providers_and_stops_cleanly(tmp_path) 
         github = httpx.get(f"{base}/proxy/github/installation/repositories", headers=HEADERS)
         assert github.status_code == 200 and github.json()["total_count"] == 2, github.text  # a signed login
         reloaded = httpx.post(f"{base}/reload", headers=HEADERS)  # the demo's config file can be reloaded too
-        assert reloaded.status_code == 200 and len(reloaded.json()["unchanged"]) == 4, reloaded.text
+        assert reloaded.status_code == 200 and len(reloaded.json()["unchanged"]) == 5, reloaded.text
+        # The user token, signed in as the banner says: `tokend login user`, then the fake's approval page.
+        activate = re.search(r"curl -s -d user_code=CODE (http://\S+/activate)", log.read_text())
+        assert activate is not None, log.read_text()
+        login = subprocess.Popen(tokend_command("login", "user", "--url", base), stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        assert login.stdout is not None
+        code = re.search(r"enter the code (\S+)", login.stdout.readline())
+        assert code is not None
+        assert httpx.post(activate.group(1), data={"user_code": code.group(1)}).status_code == 200
+        out, err = login.communicate(timeout=30)
+        assert login.returncode == 0, out + err
+        assert httpx.get(f"{base}/token/user", headers=HEADERS).status_code == 200
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=15) == 0
     finally:
@@ -354,7 +366,9 @@ def test_the_getting_started_client_snippets_run_against_the_demo_as_printed(tmp
         assert set(exported) == {"TOKEND_URL", "FELLOH_API", "FTS_API", "FLOTIQ_API"}
         env = {**os.environ, **exported, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
         httpx_wait = time.monotonic() + 30
-        while httpx.get(f"{exported['TOKEND_URL']}/readyz").status_code != 200:
+        # Every provider but the demo's user token, which waits for a `tokend login`.
+        while {state for name, state in httpx.get(f"{exported['TOKEND_URL']}/readyz").json()["providers"].items()
+               if name != "user"} != {"ok"}:
             assert time.monotonic() < httpx_wait, log.read_text()
             time.sleep(0.05)
         (tmp_path / "posts.mjs").write_text(blocks["js"])

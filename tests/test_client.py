@@ -17,6 +17,7 @@ import pytest
 from starlette.types import Receive, Scope, Send
 
 from tests.daemon import free_port, tokend_command, write_config
+from tokend import signed
 from tokend.client import Client, Reply
 from tokend.discovery import Address
 from tokend.errors import DaemonUnavailable, TokendError
@@ -159,8 +160,14 @@ def test_the_request_on_the_wire(serve_bytes) -> None:  # type: ignore[no-untype
     assert lines[0] == "POST /felloh/f/keys HTTP/1.1"
     port = server.address.url.rsplit(":", 1)[1]
     assert {f"Host: 127.0.0.1:{port}", "X-Tokend-Request: cli", "Connection: close",
-            "Authorization: Bearer ck-123", "Content-Type: application/json", "Content-Length: 13"} <= set(lines)
+            "Content-Type: application/json", "Content-Length: 13"} <= set(lines)
     assert body == b'{"name": "n"}'
+    # The key signs the request and is never sent: whoever answered learns a signature for this request.
+    assert b"ck-123" not in server.request
+    (authorization,) = [line for line in lines if line.startswith("Authorization: ")]
+    request = signed.parse(authorization.removeprefix("Authorization: Tokend-HMAC ").encode())
+    assert request is not None and request.client == signed.key_id("ck-123")
+    assert request.valid("ck-123", "POST", "/felloh/f/keys", time.time())
 
 
 def test_no_authorization_without_a_client_key(serve_bytes) -> None:  # type: ignore[no-untyped-def]

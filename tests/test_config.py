@@ -100,10 +100,10 @@ api_key = "k"
         'provider "fts", field "pasword": is not a known setting; did you mean password?',
         'provider "odd": unknown kind "vault"; kind must be one of "felloh", "fintech_studios", "flotiq", '
         '"oauth2_client_credentials", "http", "static", "github_app", '
-        '"google_service_account", "jwt_bearer"',
+        '"google_service_account", "jwt_bearer", "oauth2_refresh_token"',
         'provider "nokind": kind is missing; it must be one of "felloh", "fintech_studios", "flotiq", '
         '"oauth2_client_credentials", "http", "static", "github_app", '
-        '"google_service_account", "jwt_bearer"',
+        '"google_service_account", "jwt_bearer", "oauth2_refresh_token"',
     ]
     for problem in expected:
         assert problem in found, (problem, found)
@@ -174,22 +174,24 @@ def test_the_example_config_is_valid(tmp_path, monkeypatch) -> None:  # type: ig
     # The commented-out examples of the generic kinds and of client keys are valid too, once uncommented
     # (lines that read as TOML: a [table] or a key = value).
     head, _, generic = example.partition("# --- any other token API")
-    for name in ("BILLING_CLIENT_SECRET", "LEGACY_PASSWORD", "MAPS_API_KEY"):
+    for name in ("BILLING_CLIENT_SECRET", "LEGACY_PASSWORD", "MAPS_API_KEY", "ME_REFRESH_TOKEN"):
         monkeypatch.setenv(name, "x")
     monkeypatch.setenv("TOKEND_OPS_KEY", "an-ops-key-of-32-characters-long")
     client_key = tmp_path / "billing-app"
     client_key.write_text("a-billing-key-of-32-characters-x\n")
     client_key.chmod(0o600)
     generic = generic.replace("/etc/tokend/clients/billing-app", str(client_key))
-    for name, value in (("redis_url", "redis://127.0.0.1:6379/0"), ("fleet_key", base64.b64encode(b"k" * 32).decode())):
+    for name, value in (("redis_url", "redis://127.0.0.1:6379/0"), ("fleet_key", base64.b64encode(b"k" * 32).decode()),
+                        ("state_key", base64.b64encode(b"s" * 32).decode())):
         (tmp_path / name).write_text(value + "\n")
         (tmp_path / name).chmod(0o600)
         generic = generic.replace(f"/etc/tokend/{name}", str(tmp_path / name))
     generic = _with_signing_keys(tmp_path, generic)
     uncommented = load(tmp_path, head + "#" + re.sub(r"(?m)^# (?=\[|[\w-]+ = )", "", generic))
     assert sorted(uncommented.providers) == ["billing", "felloh", "flotiq", "fts", "gcs", "github", "graph", "legacy",
-                                             "maps", "salesforce"]
+                                             "maps", "me", "salesforce"]
     assert uncommented.providers["salesforce"].default_lifetime == 7200
+    assert uncommented.state is not None and str(uncommented.state.folder) == "/var/lib/tokend"
     assert sorted(uncommented.clients) == ["billing-app", "ops"] and uncommented.clients["ops"].admin
     assert uncommented.fleet is not None and uncommented.fleet.namespace == "payments-prod"
 

@@ -242,6 +242,8 @@ def test_unit_hardening_is_in_place() -> None:
         "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6", "MemoryDenyWriteExecute": "yes",
         "RestrictNamespaces": "yes", "LockPersonality": "yes", "SystemCallArchitectures": "native",
         "SystemCallErrorNumber": "EPERM", "UMask": "0077",
+        # The state folder ([state]): kept across restarts, readable by the service alone.
+        "StateDirectory": "tokend", "StateDirectoryMode": "0700",
     }
     assert {key: settings.get(key, [None])[-1] for key in expected} == expected
     assert settings["SystemCallFilter"][0] == "@system-service"
@@ -322,8 +324,12 @@ def test_compose_builds_the_image_from_the_repository_root() -> None:
 
 def test_compose_mounts_the_config_and_every_secret_it_reads() -> None:
     tokend = compose()["services"]["tokend"]
-    [mount] = tokend["volumes"]
+    mount, state = tokend["volumes"]
     source, target, mode = mount.split(":")
+    # The state folder is a named volume (it outlives the container) where the image made it for uid 10001.
+    volume, folder = state.split(":")
+    assert volume in compose()["volumes"] and folder == "/var/lib/tokend"
+    assert "install -d -o 10001 -g 10001 -m 0700 /var/lib/tokend" in DOCKERFILE.read_text()
     assert (COMPOSE.parent / source).resolve() == DOCKER_CONFIG and mode == "ro"
     assert target == json.loads(dockerfile("CMD")[0])[2]  # where the image's CMD reads its config
 

@@ -163,7 +163,7 @@ def wait_for(condition: Callable[[], Any], *, timeout: float = 30.0, what: str =
 
 
 def fts_share_key(daemon: Daemon) -> str:
-    return FleetKey.of(base64.b64decode(KEY)).share_key(Settings.load(daemon.config).providers["fts"])
+    return FleetKey.of(base64.b64decode(KEY), "test").share_key(Settings.load(daemon.config).providers["fts"])
 
 
 def fleet_status(daemon: Daemon) -> dict[str, Any]:
@@ -378,7 +378,7 @@ def test_check_asks_redis_once_and_says_whether_the_key_is_the_fleets(
             assert f"  fleet: namespace test\n    Redis at {redis_server.url} answered in" in before.stdout
             assert "no daemon of namespace test has written a token yet" in before.stdout
             fleet.start([first])
-            ours = FleetKey.of(base64.b64decode(KEY)).id
+            ours = FleetKey.of(base64.b64decode(KEY), "test").id
             after = check(first)
             assert after.returncode == 0, after.stdout
             assert f"key id {ours}: the fleet writes with it" in after.stdout

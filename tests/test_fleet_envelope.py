@@ -3,17 +3,30 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tokend.config import Settings
 from tokend.credential import Credential
-from tokend.errors import ConfigError
-from tokend.fleet.envelope import FleetKey, RecordError, from_template, open_record, seal, to_template
+from tokend.errors import ConfigError, UpstreamError
+from tokend.fleet.envelope import (
+    MAX_FAILURE_HOLD,
+    FleetKey,
+    RecordError,
+    from_template,
+    open_failure,
+    open_record,
+    seal,
+    seal_failure,
+    to_template,
+)
 
 KEY_A, KEY_B = os.urandom(32), os.urandom(32)
 FTS = """
@@ -46,7 +59,7 @@ def credential(api_key: str = "static-api-key-123") -> Credential:
 
 
 def test_the_same_login_shares_and_any_difference_in_kind_url_identity_or_secret_does_not(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    key = FleetKey.of(KEY_A)
+    key = FleetKey.of(KEY_A, "tokend")
     base = key.share_key(settings(tmp_path).providers["fts"])
     # Where a secret is read from, and how often to log in, are no part of the login.
     same = settings(tmp_path, name="b", extra="timeout = 3\nmin_refresh_interval = 60\n").providers["fts"]
@@ -58,15 +71,15 @@ def test_the_same_login_shares_and_any_difference_in_kind_url_identity_or_secret
     moved = settings(tmp_path, name="d").providers["fts"].model_copy(update={"base_url": "https://x.example.com"})
     assert key.share_key(moved) != base
     # Keyed: another encryption key gives another share key, and none shows a secret.
-    assert FleetKey.of(KEY_B).share_key(settings(tmp_path, name="e").providers["fts"]) != base
+    assert FleetKey.of(KEY_B, "tokend").share_key(settings(tmp_path, name="e").providers["fts"]) != base
     assert len(base) == 64 and all(c in "0123456789abcdef" for c in base)
 
 
 def test_a_record_holds_no_secret_and_opens_to_the_same_credential(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    key = FleetKey.of(KEY_A)
+    key = FleetKey.of(KEY_A, "tokend")
     secrets = {"api_key": "static-api-key-123", "password": "hunter2-password"}
     record = seal(credential(), key, "share-1", secrets)
-    assert record.startswith(f"v1.{key.id}.")
+    assert record.startswith(f"v2.{key.id}.")
     for text in (*secrets.values(), "tok-abc", base64.b64encode(KEY_A).decode()):
         assert text not in record
     opened = open_record(record, {key.id: key}, "share-1", secrets)
@@ -87,7 +100,7 @@ def test_templates_take_out_the_token_and_secrets_and_put_them_back() -> None:
 
 
 def test_a_wrong_key_a_tampered_record_or_another_place_never_opens() -> None:
-    key, other = FleetKey.of(KEY_A), FleetKey.of(KEY_B)
+    key, other = FleetKey.of(KEY_A, "tokend"), FleetKey.of(KEY_B, "tokend")
     record = seal(credential(), key, "share-1", {})
     with pytest.raises(RecordError, match="not among this daemon's keys"):
         open_record(record, {other.id: other}, "share-1", {})
@@ -105,7 +118,7 @@ def test_a_wrong_key_a_tampered_record_or_another_place_never_opens() -> None:
 
 
 def test_an_old_key_still_reads_during_a_rotation() -> None:
-    old, new = FleetKey.of(KEY_A), FleetKey.of(KEY_B)
+    old, new = FleetKey.of(KEY_A, "tokend"), FleetKey.of(KEY_B, "tokend")
     record = seal(credential(), old, "share-1", {})
     assert open_record(record, {new.id: new, old.id: old}, "share-1", {}).token == "tok-abc.def"
 
@@ -151,6 +164,60 @@ def test_without_a_fleet_table_no_redis_library_is_imported(tmp_path) -> None:  
     assert out.stdout.strip() == "[]"
 
 
+def test_a_record_copied_into_another_namespace_does_not_open() -> None:
+    here, there = FleetKey.of(KEY_A, "billing"), FleetKey.of(KEY_A, "payments")
+    assert here.id == there.id  # the same key: only the namespace differs
+    record = seal(credential(), here, "share-1", {})
+    assert open_record(record, {here.id: here}, "share-1", {}).token == "tok-abc.def"
+    with pytest.raises(RecordError, match="tampered"):
+        open_record(record, {there.id: there}, "share-1", {})
+
+
+def test_settings_that_do_not_change_the_login_do_not_change_the_share_key(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    key = FleetKey.of(KEY_A, "tokend")
+    base = key.share_key(settings(tmp_path).providers["fts"])
+    sink = tmp_path / "sink"
+    neutral = ('expired_retry_delay = 3\nproxy_retry_body_limit = 10\nmax_answer_bytes = 4096\nproxy = true\n'
+               'api_url = "https://api.example.com"\nproxy_listen = "127.0.0.1:9199"\nmax_retry_delay = 9\n'
+               f'[[providers.fts.sinks]]\npath = "{sink}"\n')
+    assert key.share_key(settings(tmp_path, name="b", extra=neutral).providers["fts"]) == base
+    # The list is named once, on the settings model, and every name in it is a setting.
+    config = settings(tmp_path, name="c").providers["fts"]
+    assert set(type(config).NOT_LOGIN) <= set(type(config).model_fields)
+    assert {"sinks", "proxy", "expired_retry_delay", "proxy_retry_body_limit"} <= type(config).NOT_LOGIN
+
+
+def test_a_failure_record_holds_off_only_for_its_own_time() -> None:
+    key = FleetKey.of(KEY_A, "tokend")
+    error = UpstreamError("fts", "login answered 503", status=503)
+    fresh = seal_failure(error, key, "share-1", hold=5)
+    assert "failed" in open_failure(fresh, {key.id: key}, "share-1", "fts").message
+    # A failure from long ago put back (its Redis expiry gone): it holds no one off.
+    with freeze(time.time() - 3600):
+        old = seal_failure(error, key, "share-1", hold=5)
+    with pytest.raises(RecordError, match="out of its time"):
+        open_failure(old, {key.id: key}, "share-1", "fts")
+    # Nor one "from the future", nor one asking for a hold past the cap (it is cut to the cap when sealed).
+    with freeze(time.time() + 3600):
+        ahead = seal_failure(error, key, "share-1", hold=5)
+    with pytest.raises(RecordError, match="out of its time"):
+        open_failure(ahead, {key.id: key}, "share-1", "fts")
+    long = seal_failure(error, key, "share-1", hold=10 * MAX_FAILURE_HOLD)
+    with freeze(time.time() + MAX_FAILURE_HOLD + 1), pytest.raises(RecordError, match="out of its time"):
+        open_failure(long, {key.id: key}, "share-1", "fts")
+
+
+@contextlib.contextmanager
+def freeze(at: float) -> Iterator[None]:
+    """time.time() answers `at` inside (for sealing a record at another time, as another daemon's clock would)."""
+    real = time.time
+    time.time = lambda: at  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        time.time = real  # type: ignore[assignment]
+
+
 def test_a_signing_key_enters_the_share_key_by_its_fingerprint_never_its_text() -> None:
     from cryptography.hazmat.primitives import serialization
 
@@ -170,7 +237,7 @@ def test_a_signing_key_enters_the_share_key_by_its_fingerprint_never_its_text() 
         return GitHubAppConfig.model_validate({"kind": "github_app", "client_id": "Iv1", "installation_id": 7,
                                                "private_key": private_key, **settings})
 
-    key = FleetKey.of(KEY_A)
+    key = FleetKey.of(KEY_A, "tokend")
     base = key.share_key(app(pkcs8))
     # The same key written another way, or encrypted, is the same login.
     assert key.share_key(app(pkcs1)) == key.share_key(app(encrypted, private_key_passphrase="passphrase-1")) == base

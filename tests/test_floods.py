@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import resource
 import socket
 import statistics
 import subprocess
@@ -21,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.daemon import HEADERS, Daemon, tokend_command, write_config
+from tests.daemon import HEADERS, Daemon, LimitedDaemon, room_for, tokend_command, write_config
 from tokend.connections import READ_TIMEOUT
 from tokend.testing import FakeProviders
 
@@ -135,40 +134,9 @@ def test_no_path_is_answered_before_the_request_checks(daemon_factory) -> None: 
 
 # --- item 11: connections --------------------------------------------------------------------------------
 
-class _LimitedDaemon(Daemon):
-    """The daemon with the open-files limit systemd gives a service by default (1024)."""
-
-    def __init__(self, config: Path, *, log_path: Path, open_files: int) -> None:
-        super().__init__(config, log_path=log_path)
-        self.open_files = open_files
-
-    def start(self, *, ready: bool = True) -> None:
-        limit = self.open_files
-
-        def lower_limit() -> None:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
-
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                tokend_command("--config", str(self.config), "run"), stdout=log, stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=lower_limit,
-            )
-        self.wait_listening()
-        if ready:
-            self.wait_until(lambda: self.client.get("/readyz").status_code == 200, what="all providers ready")
-
-    def peak_memory(self) -> int:
-        """The daemon's peak resident memory so far, in bytes."""
-        assert self.process is not None
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-        raise AssertionError("no VmHWM in /proc/PID/status")
-
-
 @pytest.fixture
 def limited_daemon(tmp_path, fakes: FakeProviders):  # type: ignore[no-untyped-def]
-    daemon = _LimitedDaemon(write_config(tmp_path, fakes), log_path=tmp_path / "daemon.log", open_files=1024)
+    daemon = LimitedDaemon(write_config(tmp_path, fakes), log_path=tmp_path / "daemon.log", open_files=1024)
     try:
         daemon.start()
         yield daemon
@@ -187,16 +155,9 @@ def _latencies(daemon: Daemon, count: int) -> list[float]:
     return took
 
 
-def _room_for(descriptors: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < descriptors:
-        assert hard >= descriptors, f"the tests need {descriptors} open files; the hard limit is {hard}"
-        resource.setrlimit(resource.RLIMIT_NOFILE, (descriptors, hard))
-
-
 def test_a_flood_of_idle_and_half_sent_connections_leaves_other_clients_served(limited_daemon) -> None:  # type: ignore[no-untyped-def]
     daemon = limited_daemon
-    _room_for(1500)
+    room_for(1500)
     normal = statistics.median(_latencies(daemon, 30))
     flood: list[socket.socket] = []
     try:

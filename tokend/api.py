@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokend import __version__
-from tokend.credential import Credential, iso_utc
+from tokend.credential import MAX_TOKEN_LENGTH, Credential, iso_utc
 from tokend.daemon import Daemon
 from tokend.errors import (
     ConfigError,
@@ -229,12 +229,15 @@ async def _rejected_token(request: Request) -> str | None:
         return None
     try:
         parsed = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
         raise StarletteHTTPException(400, 'the body must be JSON: {"rejected": "<the token refused upstream>"}') \
             from None
     rejected = parsed.get("rejected") if isinstance(parsed, dict) else None
     if not isinstance(rejected, str) or not rejected or set(parsed) != {"rejected"}:
         raise StarletteHTTPException(400, 'the body must be {"rejected": "<the token refused upstream>"}')
+    if len(rejected) > MAX_TOKEN_LENGTH:  # no token tokend serves is longer: it cannot be one of ours
+        raise StarletteHTTPException(400, f"the rejected token is longer than {MAX_TOKEN_LENGTH} characters, "
+                                     "the longest tokend serves")
     return rejected
 
 

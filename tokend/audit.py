@@ -62,7 +62,10 @@ def _secrets(settings: Settings) -> Iterator[tuple[str, SecretValue]]:
         for field, secret in provider.secrets().items():
             yield f'provider "{name}", field "{field}"', secret
     for name, client in settings.clients.items():
-        yield f'client "{name}", field "key"', client.key
+        if client.key is not None:
+            yield f'client "{name}", field "key"', client.key
+    if settings.state is not None:
+        yield 'field "state.encryption_key"', settings.state.encryption_key
 
 
 def _plain_secrets(settings: Settings) -> Iterator[Finding]:

@@ -152,6 +152,17 @@ def _parser(kinds: tuple[str, ...] | None = None) -> argparse.ArgumentParser:
     _client_options(execute)
     execute.set_defaults(handler=_exec)
 
+    for name, help_text, handler in (
+        ("login", "sign a user in to an oauth2_refresh_token provider (the device authorization grant, run "
+         "by the daemon): shows the code to enter, waits, exits 0 once the daemon holds a token", _login),
+        ("logout", "sign a user token out: revoke its refresh token (at revocation_url) and forget its tokens",
+         _logout),
+    ):
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument("name", help="the provider's name in the config")
+        _client_options(command)
+        command.set_defaults(handler=handler)
+
     _felloh_commands(commands)
 
     demo = commands.add_parser("demo", help="run tokend against built-in fake providers (no accounts needed)")
@@ -289,6 +300,8 @@ def _print_parts(settings: Settings, fleet: FleetReport | None) -> None:
             print("    fleet: off for this provider (fleet = false)")
     listening = settings.server.socket or f"http://{settings.server.host}:{settings.server.port}"
     print(f"  serving on {listening}")
+    if settings.state is not None:
+        print(f"  state folder: {settings.state.folder} (encryption_key from {settings.state.encryption_key.source})")
     if settings.fleet is not None and fleet is not None:
         print(f"  fleet: namespace {settings.fleet.namespace}")
         for line in fleet.lines:
@@ -575,8 +588,12 @@ def _status(args: argparse.Namespace) -> int:
         expires = "never" if provider["expires_at"] is None and provider["state"] == "ok" else (
             f"{provider['expires_in']}s" if provider["expires_in"] is not None else "-"
         )
+        last = _last_error(provider["last_error"])
+        if provider.get("sign_in"):  # a user token that only its user can renew now
+            last = f"sign-in needed: run `{provider['sign_in']}`" if provider["sign_in"].startswith("tokend") \
+                else f"sign-in needed: {provider['sign_in']}"
         rows.append((name, provider["kind"], provider["state"], provider.get("source") or "-", expires,
-                     until(provider["next_refresh"], time.time()), _last_error(provider["last_error"])))
+                     until(provider["next_refresh"], time.time()), last))
     widths = [max(len(row[i]) for row in rows) for i in range(6)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row[:6], widths, strict=True)), row[6])
@@ -653,6 +670,49 @@ def _reload(args: argparse.Namespace) -> int:
     ) + f"; {len(changes['unchanged'])} unchanged")
     if changes["restart_needed"]:
         _err(f"tokend: warning: [{'], ['.join(changes['restart_needed'])}] changed; restart tokend to apply it")
+    return Exit.OK
+
+
+# --- user tokens ---------------------------------------------------------------------------------------
+
+_WATCH_EVERY = 1.0  # seconds between two looks at a sign-in under way (the daemon itself polls upstream)
+
+
+def _login(args: argparse.Namespace) -> int:
+    import time
+    from urllib.parse import quote
+
+    client = _client(args)
+    path = f"/token/{quote(args.name, safe='')}/login"
+    reply = client.request("POST", path)
+    if reply.status != 200:
+        return _failed(reply, client.address.url)
+    sign_in = reply.json()
+    print(f"To sign {args.name} in, open {sign_in['verification_uri']} and enter the code {sign_in['user_code']}")
+    if sign_in.get("verification_uri_complete"):
+        print(f"  (or open {sign_in['verification_uri_complete']}, which holds the code)")
+    print(f"The code expires at {sign_in['expires_at']}. Waiting for the approval...", flush=True)
+    while sign_in["state"] == "waiting":
+        time.sleep(_WATCH_EVERY)
+        reply = client.request("GET", path)
+        if reply.status != 200:
+            return _failed(reply, client.address.url)
+        sign_in = reply.json()
+    if sign_in["state"] == "signed_in":
+        print(f"{args.name} is signed in: tokend holds its token and renews it")
+        return Exit.OK
+    _err(f"tokend: {args.name}: the sign-in {sign_in['state']}: {sign_in['message']}")
+    return Exit.UNAVAILABLE
+
+
+def _logout(args: argparse.Namespace) -> int:
+    from urllib.parse import quote
+
+    client = _client(args)
+    reply = client.request("POST", f"/token/{quote(args.name, safe='')}/logout")
+    if reply.status != 200:
+        return _failed(reply, client.address.url)
+    print(reply.json()["message"])
     return Exit.OK
 
 

@@ -15,7 +15,7 @@ import _socket
 import time
 from urllib.parse import urlsplit
 
-from tokend import __version__
+from tokend import __version__, signed
 from tokend.errors import DaemonUnavailable, TokendError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy treats the name alike)
@@ -74,7 +74,7 @@ class _BadReply(Exception):
 
 
 class Client:
-    """Talks to one daemon. `client_key`, when given, is sent as `Authorization: Bearer <key>`."""
+    """Talks to one daemon. `client_key`, when given, signs each request (tokend.signed)."""
 
     def __init__(self, address: Address, *, timeout: float = DEFAULT_TIMEOUT, client_key: str | None = None) -> None:
         if client_key is not None and not _is_header_value(client_key):
@@ -143,7 +143,8 @@ class Client:
         headers = [f"Host: {host}", f"User-Agent: tokend/{__version__}", "Accept: application/json",
                    "X-Tokend-Request: cli", "Connection: close"]
         if self._client_key is not None:
-            headers.append(f"Authorization: Bearer {self._client_key}")
+            # Signed, never the key itself: whatever answers on the port may not be the daemon.
+            headers.append(f"Authorization: {signed.authorization(self._client_key, method, path)}")
         payload = b""
         if body is not None:
             import json

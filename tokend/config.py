@@ -9,7 +9,9 @@ a missing variable or an unreadable file is refused at start, with the provider 
 from __future__ import annotations
 
 import difflib
+import grp
 import os
+import pwd
 import re
 import tomllib
 from pathlib import Path
@@ -30,6 +32,7 @@ from tokend.fields import Seconds, SocketMode, is_loopback_host
 from tokend.fleet.config import FleetConfig, missing_extra
 from tokend.providers import KINDS, PROVIDER_KINDS, ProviderConfig
 from tokend.secrets import Secret, config_directory
+from tokend.state.config import StateConfig
 
 __all__ = ["ClientConfig", "ServerConfig", "Settings", "UpstreamConfig"]
 
@@ -97,22 +100,55 @@ MIN_CLIENT_KEY_LENGTH = 16  # ~96 bits as url-safe base64: not guessable over a 
 
 
 class ClientConfig(BaseModel):
-    """A local program allowed to read some providers' tokens, known by its key (scoped like Flotiq's
-    user-defined keys). Once any client is defined, every token and status request needs a key."""
+    """A local program allowed to read some providers' tokens (scoped like Flotiq's user-defined keys), known
+    by its key, by the Unix user or group it runs as (on the unix socket), or by both. Once any client is
+    defined, every token and status request must be matched to one."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    key: Secret
+    key: Secret | None = None
+    # Who the peer of the unix socket is (SO_PEERCRED), by name or number; over TCP it cannot be known.
+    unix_user: str | None = None
+    unix_group: str | None = None
+    # Whether the bare key is taken (`Authorization: Bearer`, for curl); false: only signed requests.
+    allow_bearer: bool = True
     providers: tuple[ProviderName, ...] = Field(min_length=1)
     # May also use its providers' admin endpoints (Felloh key management) and POST /reload.
     admin: bool = False
 
     @model_validator(mode="after")
-    def _long_enough(self) -> ClientConfig:
-        if len(self.key.get()) < MIN_CLIENT_KEY_LENGTH:
+    def _known_somehow(self) -> ClientConfig:
+        if self.key is None and self.unix_user is None and self.unix_group is None:
+            raise ValueError("set key, unix_user or unix_group: how this client is told from the others")
+        if self.key is not None and len(self.key.get()) < MIN_CLIENT_KEY_LENGTH:
             raise ValueError(f"key must be at least {MIN_CLIENT_KEY_LENGTH} characters: make one with "
                              "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
+        self.uid()
+        self.group()
         return self
+
+    def uid(self) -> int | None:
+        """unix_user as a user id; ValueError naming it when this machine has no such user."""
+        if self.unix_user is None:
+            return None
+        if self.unix_user.isdigit():
+            return int(self.unix_user)
+        try:
+            return pwd.getpwnam(self.unix_user).pw_uid
+        except KeyError:
+            raise ValueError(f"unix_user {self.unix_user!r} is not a user on this machine") from None
+
+    def group(self) -> tuple[int, frozenset[str]] | None:
+        """unix_group as (group id, the names of its members); ValueError when there is no such group."""
+        if self.unix_group is None:
+            return None
+        try:
+            entry = grp.getgrgid(int(self.unix_group)) if self.unix_group.isdigit() else grp.getgrnam(self.unix_group)
+        except KeyError:
+            if self.unix_group.isdigit():
+                return int(self.unix_group), frozenset()
+            raise ValueError(f"unix_group {self.unix_group!r} is not a group on this machine") from None
+        return entry.gr_gid, frozenset(entry.gr_mem)
 
 
 class Settings(BaseSettings):
@@ -127,6 +163,7 @@ class Settings(BaseSettings):
     providers: dict[ProviderName, ProviderConfig] = {}
     clients: dict[ProviderName, ClientConfig] = {}
     fleet: FleetConfig | None = None  # share one login per provider with other daemons, through Redis
+    state: StateConfig | None = None  # keep credentials across restarts, sealed in a folder
 
     @model_validator(mode="after")
     def _fleet_rotates_no_felloh_keys(self) -> Settings:
@@ -149,7 +186,7 @@ class Settings(BaseSettings):
             for provider in client.providers:
                 if provider not in self.providers:
                     raise ValueError(f'client "{name}", field "providers": no provider is named "{provider}"')
-            if (other := seen.setdefault(client.key.get(), name)) != name:
+            if client.key is not None and (other := seen.setdefault(client.key.get(), name)) != name:
                 raise ValueError(f'client "{name}", field "key": the same key as client "{other}"; '
                                  "each client needs its own")
         return self

@@ -8,9 +8,11 @@ and each connection holds a file descriptor until the process has none left, whe
 - A request must arrive whole (head and body) within READ_TIMEOUT of its first byte, or of the connection
   itself; else the connection is closed. Local programs send theirs in microseconds.
 - A request head is at most MAX_HEAD_SIZE bytes and MAX_HEADERS header fields; beyond either, 431 and close.
-- At most `max_connections` are open at once (file descriptors: see connection_cap). One more closes the
-  connection that has waited longest for a request (idle, or half sent) as nginx reuses its idle ones,
-  so that a flood of idle or slow connections costs the others nothing, rather than waiting for the flood to
+- Connections cost file descriptors, and both sides draw on one Budget of them (see connection_cap): the
+  clients' connections and the proxy's upstream ones, which may take at most a quarter of it. One more
+  client connection than the budget allows closes the connection that has waited longest for a request
+  (idle, or half sent) as nginx reuses its idle ones, else an idle upstream connection, so that a flood of
+  idle or slow connections, or a busy proxy, costs the others nothing, rather than waiting for the flood to
   time out. A connection whose request is being answered is never closed for another.
 """
 
@@ -18,11 +20,20 @@ from __future__ import annotations
 
 import asyncio
 import resource
+import socket
+import struct
+import urllib.parse
+from collections.abc import Callable
 from typing import Any
 
+import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-__all__ = ["MAX_CONNECTIONS", "MAX_HEADERS", "MAX_HEAD_SIZE", "READ_TIMEOUT", "connection_cap", "limited_protocol"]
+from tokend.guard import PEER_EXTENSION
+from tokend.proxy.cycle import ProxyCycle
+
+__all__ = ["MAX_CONNECTIONS", "MAX_HEADERS", "MAX_HEAD_SIZE", "READ_TIMEOUT", "Budget", "connection_cap",
+           "limited_protocol"]
 
 READ_TIMEOUT = 10.0  # seconds for a whole request, from its first byte (or from the connection)
 MAX_HEAD_SIZE = 16 * 1024  # request line and headers, as Node's default: a client key and a token fit many times
@@ -41,12 +52,36 @@ def connection_cap() -> int:
     return max(16, min(MAX_CONNECTIONS, soft - FD_RESERVE))
 
 
+class Budget:
+    """The connections one process may hold open, shared by its clients' and its upstream connections."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        # The proxy's share: however many upstream connections it wants, most of the budget stays the
+        # clients', and /token keeps answering.
+        self.upstream_limit = max(4, total // 4)
+        self.clients = 0
+        self.upstream = 0
+        # Closes one idle upstream connection, False when none is idle (set by the proxy's pool).
+        self.reclaim: Callable[[], bool] = lambda: False
+
+    @classmethod
+    def from_limit(cls) -> Budget:
+        return cls(connection_cap())
+
+    def over(self) -> bool:
+        return self.clients + self.upstream > self.total
+
+    def upstream_room(self) -> bool:
+        return self.upstream < self.upstream_limit and self.clients + self.upstream < self.total
+
+
 class _HeadTooLarge(Exception):
     pass
 
 
 class _LimitedProtocol(HttpToolsProtocol):
-    max_connections = MAX_CONNECTIONS
+    budget = Budget(MAX_CONNECTIONS)
     # Where request bodies stream on as they come (the proxy): there the read timeout bounds the silence
     # between two pieces of a body, not the whole body, which may be a gigabyte upload.
     streamed_prefix = b"/proxy/"
@@ -63,29 +98,37 @@ class _LimitedProtocol(HttpToolsProtocol):
         self._in_request = False  # a request has begun and not yet arrived whole
         self._streamed_connection = False  # a proxy listener's connection: every body streams
         self._body_streams = False  # this request's body streams on: the timer bounds silence, not the whole
+        self._last_read = 0.0  # when the last piece of a streamed body came
         # When this connection began to wait for a request (or the rest of one); None while it is answered.
         self.waiting_since: float | None = None
+        self._peer: dict[str, int] | None = None  # the unix socket peer's pid, uid and gid
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._peer = _peer_credentials(transport)
         self._streamed_connection = transport.get_extra_info("sockname") in self.streamed_sockets
         self.waiting_since = self.loop.time()
         self._arm_read_timer()
-        if len(self.connections) > self.max_connections:
+        self.budget.clients += 1
+        if self.budget.over():
             self._make_room()
 
     def _make_room(self) -> None:
-        """Close the connection that has waited longest for its request: this one, if all others are busy."""
+        """Close the client connection that has waited longest for its request, else an idle upstream
+        connection, else this one (all others are busy)."""
         waiting = [
             other for other in self.connections
             if isinstance(other, _LimitedProtocol) and other.waiting_since is not None
-            and not other.transport.is_closing()
+            and not other.transport.is_closing() and other is not self
         ]
-        oldest = min(waiting, key=lambda other: other.waiting_since or 0.0)
-        oldest.transport.close()
+        if waiting:
+            min(waiting, key=lambda other: other.waiting_since or 0.0).transport.close()
+        elif not self.budget.reclaim():
+            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_read_timer()
+        self.budget.clients -= 1
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -94,16 +137,23 @@ class _LimitedProtocol(HttpToolsProtocol):
         super().data_received(data)
         if self._head_size is not None and self._head_size > MAX_HEAD_SIZE and not self.transport.is_closing():
             self._refuse_head()
-        elif self._in_request and (self._read_timer is None or self._body_streams):
-            # Armed only for a request left half-way: most arrive whole in one read, and cost no timer.
-            # For the first request, the clock started with the connection.
-            if self.waiting_since is None:
-                self.waiting_since = self.loop.time()
-            self._arm_read_timer()
+        elif self._in_request:
+            if self._read_timer is None:
+                # Armed only for a request left half-way: most arrive whole in one read, and cost no timer.
+                # For the first request, the clock started with the connection.
+                if self.waiting_since is None:
+                    self.waiting_since = self.loop.time()
+                self._arm_read_timer()
+            elif self._body_streams:
+                # Not re-armed for every piece of a streamed body (a timer each, thousands a second): the
+                # timer looks at the time of the last piece when it fires.
+                self._last_read = self.loop.time()
 
     def on_message_begin(self) -> None:
         self._in_request = True
         super().on_message_begin()
+        if self._peer is not None:
+            self.scope["extensions"] = {PEER_EXTENSION: dict(self._peer)}  # type: ignore[dict-item]
 
     def on_url(self, url: bytes) -> None:
         self._body_streams = self._streamed_connection or url.startswith(self.streamed_prefix)
@@ -125,7 +175,45 @@ class _LimitedProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._head_size = None
-        super().on_headers_complete()
+        if self._body_streams and not self.parser.should_upgrade():
+            self._start_proxied()
+        else:
+            super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        cycle = self.cycle
+        if isinstance(cycle, ProxyCycle):
+            if not cycle.response_complete and cycle.add_body(body):
+                self.flow.pause_reading()
+        else:
+            super().on_body(body)
+
+    def _start_proxied(self) -> None:
+        """uvicorn's on_headers_complete for a proxied request, with the proxy's own cycle (ProxyCycle: each
+        answer's head and body in one write)."""
+        parser, scope = self.parser, self.scope
+        scope["method"] = parser.get_method().decode("ascii")
+        version = parser.get_http_version()
+        if version != "1.1":
+            scope["http_version"] = version
+        url = httptools.parse_url(self.url)
+        path = url.path.decode("ascii")
+        scope["path"] = self.root_path + (urllib.parse.unquote(path) if "%" in path else path)
+        scope["raw_path"] = self.root_path.encode("ascii") + url.path
+        scope["query_string"] = url.query or b""
+        existing = self.cycle
+        self.cycle = ProxyCycle(
+            scope=scope, transport=self.transport, flow=self.flow, logger=self.logger,
+            access_logger=self.access_logger, access_log=self.access_log,
+            default_headers=self.server_state.default_headers, message_event=asyncio.Event(),
+            expect_100_continue=self.expect_100_continue,
+            keep_alive=version != "1.0" and parser.should_keep_alive(), on_response=self.on_response_complete,
+        )
+        if existing is None or existing.response_complete:
+            self._start_asgi_task(self.cycle, self.app)
+        else:  # pipelined: after the one being answered, as uvicorn does
+            self.flow.pause_reading()
+            self.pipeline.appendleft((self.cycle, self.app))
 
     def on_message_complete(self) -> None:
         self._cancel_read_timer()
@@ -155,6 +243,7 @@ class _LimitedProtocol(HttpToolsProtocol):
 
     def _arm_read_timer(self) -> None:
         self._cancel_read_timer()
+        self._last_read = self.loop.time()
         self._read_timer = self.loop.call_later(READ_TIMEOUT, self._read_timed_out)
 
     def _cancel_read_timer(self) -> None:
@@ -164,12 +253,31 @@ class _LimitedProtocol(HttpToolsProtocol):
 
     def _read_timed_out(self) -> None:
         self._read_timer = None
+        if self._body_streams and self._in_request:
+            left = self._last_read + READ_TIMEOUT - self.loop.time()
+            if left > 0:
+                self._read_timer = self.loop.call_later(left, self._read_timed_out)
+                return
         if not self.transport.is_closing():
             self.transport.close()
 
 
+def _peer_credentials(transport: asyncio.BaseTransport) -> dict[str, int] | None:
+    """Who is at the other end of a unix socket connection (SO_PEERCRED: the kernel's word, taken when it
+    connected); None over TCP, where nobody can be known that way."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.family != socket.AF_UNIX or not hasattr(socket, "SO_PEERCRED"):
+        return None
+    try:
+        pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                             struct.calcsize("3i")))
+    except OSError:
+        return None
+    return {"pid": pid, "uid": uid, "gid": gid}
+
+
 def limited_protocol(
-    max_connections: int, streamed_sockets: frozenset[object] = frozenset()
+    budget: Budget, streamed_sockets: frozenset[object] = frozenset()
 ) -> type[HttpToolsProtocol]:
     """uvicorn's httptools protocol with the limits above, for `uvicorn.Config(http=...)`. `streamed_sockets`:
     the addresses of listeners whose every request streams its body on (the proxy's own listeners)."""
@@ -177,6 +285,6 @@ def limited_protocol(
     class LimitedHttpToolsProtocol(_LimitedProtocol):
         pass
 
-    LimitedHttpToolsProtocol.max_connections = max_connections
+    LimitedHttpToolsProtocol.budget = budget
     LimitedHttpToolsProtocol.streamed_sockets = streamed_sockets
     return LimitedHttpToolsProtocol

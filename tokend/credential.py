@@ -37,9 +37,11 @@ class Credential:
     obtained_at: float = 0.0
     expiry_note: str | None = None  # set when the upstream's expiry made no sense and was corrected
     # "login": this daemon logged in; "fleet": adopted from another daemon of the fleet; "static": a key that
-    # needs no login (served as configured)
+    # needs no login (served as configured); "state": read back from the state folder after a restart
     source: str = "login"
     renew_at: float | None = None  # fleet mode: when the fleet renews it (Unix time), the same on every daemon
+    # A user token's refresh token as the last answer left it: the next login spends it. Never served.
+    refresh_token: str | None = field(default=None, repr=False)
 
     def expires_in(self, now: float) -> float | None:
         return None if self.expires_at is None else self.expires_at - now

@@ -1,7 +1,8 @@
 """The composition root: builds tokend's parts from the settings, starts them in order and stops them in
 reverse. Everything else is handed what it needs; no part builds another.
 
-    upstream client -> scheduler -> fleet (with [fleet]) -> manager (first logins start) -> file sinks
+    upstream client -> scheduler -> fleet (with [fleet]) -> state folder (with [state]) -> manager (kept
+    credentials restored, other first logins start) -> file sinks
     -> proxy -> secret-file watcher -> extensions -> reloader (SIGHUP) -> systemd notifications -> frozen heap
 
 The local API (tokend.api) and the listener (tokend.server) are built around a Daemon, not inside it.
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from tokend.config import Settings
+from tokend.connections import Budget
 from tokend.extensions import DaemonParts, Extension
 from tokend.guard import RequestGuard
 from tokend.logins import DirectLogin, Login
@@ -33,6 +35,7 @@ from tokend.reloading import Reloader
 from tokend.scheduler import Scheduler
 from tokend.sdnotify import Notifier, StatusLine, describe
 from tokend.sinks import SinkWriter
+from tokend.state.store import StateStore
 from tokend.upstream import build_client, trust_store
 from tokend.watch import SecretFileWatcher
 
@@ -76,9 +79,16 @@ class Daemon:
 
             self.redactor.add_secrets(secret.get() for secret in settings.fleet.secrets())
             self.login = self.fleet = FleetLogins(self.direct_login, settings.fleet)
+        self.state: StateStore | None = None
+        if settings.state is not None:
+            self.redactor.add_secrets(secret.get() for secret in settings.state.secrets())
+            self.state = StateStore(settings.state)
         self.manager = Manager(
-            settings, login=self.login, scheduler=self.scheduler, redactor=self.redactor, rng=rng
+            settings, login=self.login, scheduler=self.scheduler, redactor=self.redactor, rng=rng,
+            restore=None if self.state is None else self.state.restore,
         )
+        if self.state is not None:
+            self.state.follow(self.manager)
         parts = DaemonParts(self.manager, self.scheduler, self.client, self.redactor, self.direct_login,
                             fleet=self.fleet is not None)
         self.extensions: list[Extension] = [kind.extension(parts) for kind in KINDS if kind.extension is not None]
@@ -86,8 +96,11 @@ class Daemon:
         # The auth-injecting proxy: /proxy/{name}/... on the API, and the providers' own listeners (opened by
         # tokend.server, which owns sockets). Its upstream pool is made on the first proxied request.
         manager = self.manager
+        # One budget of file descriptors for the clients' connections and the proxy's upstream ones.
+        self.budget = Budget.from_limit()
         self.proxy = Proxy(manager, RequestGuard(settings.server), clients=lambda: manager.settings.clients,
-                           listeners=proxy_listeners, tls=lambda: trust_store(manager.settings.upstream.ca_bundle))
+                           listeners=proxy_listeners, tls=lambda: trust_store(manager.settings.upstream.ca_bundle),
+                           budget=self.budget)
         self.watcher = SecretFileWatcher(self.manager, self.scheduler)
         self.reloader = (
             None if config_path is None
@@ -104,6 +117,9 @@ class Daemon:
             await stack.enter_async_context(self.scheduler)
             if self.fleet is not None:  # listening to the fleet before the first logins ask it anything
                 await stack.enter_async_context(self.fleet)
+            if self.state is not None:  # the folder exists (and is ours) before the first restore reads it
+                self.state.open()
+                stack.callback(self.state.close)
             await stack.enter_async_context(self.manager)
             await stack.enter_async_context(self.sinks)
             await stack.enter_async_context(self.proxy)

@@ -7,7 +7,9 @@ small APIs, a fake GitHub shows a login signed with a private key (a GitHub App'
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import os
 import socket
 import tempfile
 import time
@@ -22,7 +24,14 @@ from tokend.discovery import DEFAULT_PORT
 from tokend.errors import TokendError
 from tokend.policy import FIRST_RENEW_WINDOW, RENEW_AT, RENEW_BEFORE_EXPIRY, RENEW_FLOOR, RENEW_JITTER, RENEW_LATEST
 from tokend.server import listen_tcp
-from tokend.testing import FakeGitHub, FakeProviders, FakeServer, serve_fakes, write_fake_config
+from tokend.testing import (
+    FakeAuthorizationServer,
+    FakeGitHub,
+    FakeProviders,
+    FakeServer,
+    serve_fakes,
+    write_fake_config,
+)
 
 
 @dataclass
@@ -42,15 +51,16 @@ def demo_environment(*, port: int | None, lifetime: float) -> Iterator[Demo]:
     With no port given, 8765 if it is free, else any free port (a real tokend may already hold 8765).
     """
     github = FakeGitHub(lifetime=lifetime)
+    authorization = FakeAuthorizationServer(lifetime=lifetime)
     with (serve_fakes(lifetime=lifetime) as fakes, FakeServer(github.app) as github_server,
-          tempfile.TemporaryDirectory(prefix="tokend-demo-") as tmp):
+          FakeServer(authorization.app) as users, tempfile.TemporaryDirectory(prefix="tokend-demo-") as tmp):
         # Bind first, so that a free port is known before the config (and `tokend get`) names it.
         sock = _listen(port)
         actual_port = sock.getsockname()[1]
-        extra = _github_app(Path(tmp), github, github_server.url)
+        extra = _github_app(Path(tmp), github, github_server.url) + user_token_config(Path(tmp), users.url)
         config_path = write_fake_config(Path(tmp), fakes, actual_port, extra=extra)
         settings = Settings.load(config_path)
-        lines = banner(config_path, actual_port, fakes, lifetime)
+        lines = banner(config_path, actual_port, fakes, lifetime, users=users.url)
         if port is None and actual_port != DEFAULT_PORT:
             # Else a `tokend get` without --url would ask whatever holds 8765, and be puzzled by its answer.
             lines[:0] = [f"tokend demo: port {DEFAULT_PORT} is in use (another tokend?), so this demo listens on "
@@ -73,6 +83,27 @@ def _github_app(directory: Path, github: FakeGitHub, url: str) -> str:
             f'base_url = "{url}"\nproxy = true\n')
 
 
+def user_token_config(directory: Path, url: str) -> str:
+    """A user token waiting for its user (`tokend login user`), kept in a state folder of the demo's own."""
+    key = directory / "state_key"
+    key.touch(mode=0o600)
+    key.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
+    return f"""
+[state]
+path = "{directory / 'state'}"
+encryption_key = {{ file = "{key}" }}
+
+[providers.user]
+kind = "oauth2_refresh_token"
+token_url = "{url}/oauth/token"
+client_id = "demo-user-app"
+auth_method = "none"
+scope = "openid offline_access"
+device_authorization_url = "{url}/oauth/device"
+revocation_url = "{url}/oauth/revoke"
+"""
+
+
 def _listen(port: int | None) -> socket.socket:
     if port is not None:
         return listen_tcp("127.0.0.1", port)
@@ -82,15 +113,15 @@ def _listen(port: int | None) -> socket.socket:
         return listen_tcp("127.0.0.1", 0)
 
 
-def banner(config: Path, port: int, fakes: FakeProviders, lifetime: float) -> list[str]:
+def banner(config: Path, port: int, fakes: FakeProviders, lifetime: float, *, users: str) -> list[str]:
     base = f"http://127.0.0.1:{port}"
     header = "-H 'X-Tokend-Request: 1'"
     felloh_token = f"$(curl -s {header} '{base}/token/felloh?format=raw')"
     first, later = (renewal_window(lifetime, *FIRST_RENEW_WINDOW),
                     renewal_window(lifetime, RENEW_AT - RENEW_JITTER, RENEW_AT + RENEW_JITTER))
     return [
-        f"tokend demo: four fake providers (one a GitHub App, whose login is signed with a private key) whose "
-        f"tokens live {lifetime:g}s. Each token is renewed first at "
+        f"tokend demo: four fake providers (one a GitHub App, whose login is signed with a private key) and a "
+        f"user token, whose tokens live {lifetime:g}s. Each token is renewed first at "
         f"{_span(*first)} (a random {FIRST_RENEW_WINDOW[0]:.0%}-{FIRST_RENEW_WINDOW[1]:.0%} of its "
         f"lifetime, so that providers started together do not renew together), then at {_span(*later)} "
         f"into each new token's life. Config: {config}",
@@ -109,6 +140,10 @@ def banner(config: Path, port: int, fakes: FakeProviders, lifetime: float) -> li
         "The client snippets in docs/index.md (curl, Python, Node) run against this demo after:",
         f"  export TOKEND_URL={base} FELLOH_API={fakes.felloh_url} FTS_API={fakes.fintech_studios_url} "
         f"FLOTIQ_API={fakes.flotiq_url}",
+        "Sign the user token in (a device login: tokend prints a code and waits for its approval):",
+        f"  tokend login user --url {base}",
+        f"  then open the page it prints and press Approve, or: curl -s -d user_code=CODE {users}/activate",
+        f"  tokend get user --url {base}; tokend logout user --url {base}",
         "",
         "Each login and renewal shows below as a 'login provider=...' line. Press Ctrl-C to stop.",
         "",
@@ -119,15 +154,16 @@ def self_check(demo: Demo, *, timeout: float = 30.0) -> tuple[bool, list[str]]:
     """Once the demo is ready: each provider's token asked for through the local API, as a client would, and
     used against its fake upstream. Whether all passed, and one line per provider (never a token)."""
     with httpx.Client(base_url=demo.url, headers={"X-Tokend-Request": "1"}, timeout=10) as local:
-        if not _ready(local, timeout):
+        # Not /readyz: the demo's user token holds nothing until someone runs `tokend login user`.
+        if not _ready(local, list(demo.upstreams), timeout):
             return False, [f"not ready within {timeout:g}s: {local.get('/readyz').text}"]
         results = [_check_one(local, name, upstream) for name, upstream in demo.upstreams.items()]
     return all(ok for ok, _ in results), [line for _, line in results]
 
 
-def _ready(local: httpx.Client, timeout: float) -> bool:
+def _ready(local: httpx.Client, names: list[str], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
-    while local.get("/readyz").status_code != 200:
+    while any(local.get(f"/token/{name}").status_code != 200 for name in names):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.1)

@@ -4,6 +4,7 @@
     ├── ConfigError             the config file (or a secret it names) is unusable: provider, field
     ├── UpstreamError           a login to a provider failed: provider, status, request_id, retryable
     │   └── CredentialsRejected   the provider refused the credentials (401/403): retried slowly
+    │       └── SignInNeeded          a user token needs its user: no refresh token, or one refused
     ├── UnknownProvider         a client asked for a provider that is not configured
     ├── TokenUnavailable        no valid token can be served now: last error, next attempt
     ├── RefreshThrottled        a forced refresh was not attempted: why, and when one may be
@@ -63,6 +64,16 @@ class CredentialsRejected(UpstreamError):
 
     def __init__(self, provider: str, message: str, *, status: int, request_id: str | None = None) -> None:
         super().__init__(provider, message, status=status, request_id=request_id, retryable=False)
+
+
+class SignInNeeded(CredentialsRejected):
+    """A user token cannot be renewed without its user: there is no refresh token, or the authorization
+    server refused it (invalid_grant), or the user signed out. `command` is what the user should run."""
+
+    def __init__(self, provider: str, message: str, *, command: str, status: int = 400,
+                 request_id: str | None = None) -> None:
+        super().__init__(provider, message, status=status, request_id=request_id)
+        self.command = command
 
 
 class UnknownProvider(TokendError):

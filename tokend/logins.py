@@ -21,7 +21,7 @@ import httpx
 from tokend.credential import Credential
 from tokend.errors import UpstreamError
 from tokend.providers import ProviderConfig, build_provider
-from tokend.providers.base import Provider
+from tokend.providers.base import Continuing, Provider
 from tokend.redact import Redactor
 
 __all__ = ["DirectLogin", "Login", "LoginCall", "LoginReason", "fetch_within_timeout", "login_once"]
@@ -60,7 +60,7 @@ class DirectLogin:
     async def __call__(self, call: LoginCall) -> Credential:
         provider = self._provider(call.name, call.config)
         async with self._gate(call.config):  # queued here, before the login's own clock starts
-            return await fetch_within_timeout(provider, call.config.timeout, self._client)
+            return await fetch_within_timeout(provider, call.config.timeout, self._client, call.current)
 
     def _provider(self, name: str, config: ProviderConfig) -> Provider:
         known = self._providers.get(name)
@@ -81,10 +81,14 @@ class DirectLogin:
         return gate
 
 
-async def fetch_within_timeout(provider: Provider, timeout: float, client: httpx.AsyncClient) -> Credential:
+async def fetch_within_timeout(
+    provider: Provider, timeout: float, client: httpx.AsyncClient, current: Credential | None = None
+) -> Credential:
     """One login, bounded as a whole by the provider's `timeout` (httpx's own bound each step only)."""
     try:
         async with asyncio.timeout(timeout):
+            if isinstance(provider, Continuing):
+                return await provider.fetch_from(client, current)
             return await provider.fetch(client)
     except TimeoutError:
         raise UpstreamError(provider.name, f"login timed out after {timeout:g}s") from None

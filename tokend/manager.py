@@ -16,17 +16,24 @@ import logging
 import math
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any, Literal
 
 from tokend.changes import Changes
 from tokend.config import Settings
 from tokend.credential import SERVE_MARGIN, Credential, State, iso_utc, unservable
-from tokend.errors import CredentialsRejected, RefreshThrottled, TokenUnavailable, UnknownProvider, UpstreamError
+from tokend.errors import (
+    CredentialsRejected,
+    RefreshThrottled,
+    SignInNeeded,
+    TokenUnavailable,
+    UnknownProvider,
+    UpstreamError,
+)
 from tokend.events import Announcements, LoginEvent
 from tokend.logins import Login, LoginCall, LoginReason
-from tokend.policy import REJECTED_RETRY, renewal_delay, retry_delay
+from tokend.policy import REJECTED_RETRY, RENEW_BEFORE_EXPIRY, renewal_delay, retry_delay
 from tokend.providers import ProviderConfig
 from tokend.redact import Redactor
 from tokend.scheduler import Scheduler
@@ -45,6 +52,9 @@ ASKED_RECENTLY = 60.0
 # What a reload applies; the other settings ([server], [upstream], [fleet]) shape the listener and the
 # HTTP client, which are made once at start.
 _APPLIED_LIVE = frozenset({"providers", "clients"})
+
+# A provider's credential kept from an earlier run (tokend.state), or None.
+Restore = Callable[[str, ProviderConfig], Credential | None]
 
 
 class Clock:
@@ -69,8 +79,10 @@ class Manager:
         redactor: Redactor,
         rng: random.Random | None = None,
         clock: Clock | None = None,
+        restore: Restore | None = None,
     ) -> None:
         self.settings = settings
+        self._restore = restore
         self._clock = clock or Clock()
         self.redactor = redactor
         self.announcements = Announcements()
@@ -86,7 +98,7 @@ class Manager:
     async def __aenter__(self) -> Manager:
         self._started = True
         for slot in self._slots.values():
-            self._start_login(slot, LoginReason.FIRST)
+            self._first_login(slot)
         return self
 
     async def __aexit__(
@@ -175,11 +187,14 @@ class Manager:
             await self._shared(slot, slot.inflight)
             slot = self._slot(slot.name)
         current = slot.credential
-        if current is not None and current.token != rejected and current.is_fresh(self._clock.time()):
+        if current is None or not current.is_fresh(self._clock.time()):
+            # Nothing served that the name could be: a made-up name must cost no more than a plain refresh.
+            return await self.refresh(slot.name)
+        if current.token != rejected:
             return current  # already replaced
         self._check_not_quiet(slot)
         wait = slot.last_forced + slot.config.min_refresh_interval - self._clock.monotonic()
-        if current is not None and current.token == rejected and wait > 0:
+        if wait > 0:
             raise RefreshThrottled(
                 slot.name,
                 f"not attempted: {slot.name}'s newest token was refused too; a new login for a refused token "
@@ -223,6 +238,12 @@ class Manager:
                 f"{iso_utc(self._clock.time() + wait)}", retry_after=wait,
             )
 
+    def held_refresh_token(self, name: str) -> str | None:
+        """The refresh token the provider's next login would spend (a user token), if it holds one."""
+        slot = self._slot(name)
+        held = slot.credential or slot.carried
+        return None if held is None else held.refresh_token
+
     def provider_config(self, name: str) -> ProviderConfig:
         return self._slot(name).config
 
@@ -258,10 +279,11 @@ class Manager:
             part for part in type(settings).model_fields
             if part not in _APPLIED_LIVE and getattr(settings, part) != getattr(self.settings, part)
         ]
+        inherited = {name: self._inheritance(self._slots[name], settings.providers[name]) for name in changes.changed}
         for name in (*changes.removed, *changes.changed):
             self._retire(self._slots.pop(name))
         for name in (*changes.added, *changes.changed):
-            self._add_slot(name, settings.providers[name])
+            self._add_slot(name, settings.providers[name], inherited.get(name))
         kept = {part: getattr(self.settings, part) for part in changes.restart_needed}
         self.settings = settings.model_copy(update=kept)
         return changes
@@ -303,11 +325,62 @@ class Manager:
             raise UnknownProvider(name)
         return slot
 
-    def _add_slot(self, name: str, config: ProviderConfig) -> None:
+    def _add_slot(self, name: str, config: ProviderConfig, inherited: Credential | None = None) -> None:
         self.redactor.add_secrets(secret.get() for secret in config.secrets().values())
         slot = self._slots[name] = Slot(name, config)
         if self._started:
-            self._start_login(slot, LoginReason.FIRST)
+            self._first_login(slot, inherited)
+
+    @staticmethod
+    def _inheritance(slot: Slot, config: ProviderConfig) -> Credential | None:
+        """What a provider changed by a reload keeps from its old slot: a user token's refresh token, when
+        the change leaves the login itself alone (a timeout, an interval). It is the only live one once the
+        configured one has been spent; a change of server, client or scope never sees it."""
+        from tokend.sealing import login_identity
+
+        held = slot.credential or slot.carried
+        if held is None or held.refresh_token is None or login_identity(slot.config) != login_identity(config):
+            return None
+        return held
+
+    def _first_login(self, slot: Slot, inherited: Credential | None = None) -> None:
+        """A first login, unless a credential kept from an earlier run still serves; a kept one that does
+        not (an expired access token) still lends its refresh token to that login, as does one `inherited`
+        from the slot a reload replaced (never served: the settings changed)."""
+        kept = None if self._restore is None else self._restore(slot.name, slot.config)
+        if kept is not None and kept.expires_at is not None \
+                and kept.expires_at - self._clock.time() > RENEW_BEFORE_EXPIRY + SERVE_MARGIN:
+            self._restored(slot, kept)
+            return
+        slot.carried = kept or inherited
+        if slot.carried is not None:
+            self.redactor.set_tokens(slot.name, [slot.carried.refresh_token or ""])
+        self._start_login(slot, LoginReason.FIRST)
+
+    def _restored(self, slot: Slot, kept: Credential) -> None:
+        assert kept.expires_at is not None
+        now = self._clock.time()
+        slot.credential, slot.last_success_at = kept, kept.obtained_at
+        self.redactor.set_tokens(slot.name, [kept.token, kept.refresh_token or ""])
+        # Renewed when it would have been had the daemon not stopped (two thirds into its life, jittered).
+        due = kept.obtained_at + renewal_delay(kept.expires_at - kept.obtained_at, self._rng) - now
+        self._schedule(slot, max(0.0, min(due, kept.expires_at - now - RENEW_BEFORE_EXPIRY)))
+        log.info("restored provider=%s expires_at=%s next_refresh_in=%s source=state", slot.name,
+                 iso_utc(kept.expires_at), _seconds(slot.next_refresh_at, now))
+
+    async def forget(self, name: str, error: SignInNeeded) -> None:
+        """Drop the provider's credential (a sign-out): nothing is served or renewed until a new sign-in.
+        Announced like a failed login, so that what kept the credential forgets it too."""
+        slot = self._slot(name)
+        if slot.inflight is not None:
+            with contextlib.suppress(UpstreamError):
+                await asyncio.shield(slot.inflight)
+        slot.credential = slot.carried = None
+        self._unschedule(slot)
+        slot.consecutive_failures += 1
+        slot.last_error, slot.last_error_at = error, self._clock.time()
+        self.announcements.announce(LoginEvent(slot.name, LoginReason.FORCED, "rejected", 0.0, error=error))
+        log.info("provider=%s signed out: %s", slot.name, error.message)
 
     def _retire(self, slot: Slot) -> None:
         """Take a slot out of service: no more renewals, and its login in flight is cancelled."""
@@ -318,7 +391,7 @@ class Manager:
 
     def _start_login(self, slot: Slot, reason: LoginReason, rejected: str | None = None) -> asyncio.Task[Credential]:
         if slot.inflight is None:
-            call = LoginCall(slot.name, slot.config, reason, rejected, slot.credential)
+            call = LoginCall(slot.name, slot.config, reason, rejected, slot.credential or slot.carried)
             slot.inflight = asyncio.create_task(self._login(slot, call), name=f"tokend-login-{slot.name}")
             slot.inflight.add_done_callback(_retrieve)
         return slot.inflight
@@ -386,9 +459,12 @@ class Manager:
             return UpstreamError(call.name, f"unexpected {type(exc).__name__} during login")
 
     def _succeeded(self, slot: Slot, credential: Credential, duration: float, reason: LoginReason) -> None:
-        previous = slot.credential
-        slot.credential = credential
-        self.redactor.set_tokens(slot.name, [credential.token, previous.token if previous else ""])
+        previous = slot.credential or slot.carried
+        slot.credential, slot.carried = credential, None
+        self.redactor.set_tokens(slot.name, [
+            credential.token, credential.refresh_token or "",
+            *((previous.token, previous.refresh_token or "") if previous else ()),
+        ])
         slot.consecutive_failures = 0
         slot.quiet_until = -math.inf
         slot.logins_ok += 1

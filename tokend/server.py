@@ -24,7 +24,7 @@ from tokend.accounts import group_id
 from tokend.api import create_app
 from tokend.audit import audit, log_findings
 from tokend.config import ServerConfig, Settings
-from tokend.connections import connection_cap, limited_protocol
+from tokend.connections import limited_protocol
 from tokend.daemon import Daemon
 from tokend.errors import TokendError
 from tokend.logs import install_redaction
@@ -151,7 +151,7 @@ def serve(settings: Settings, sock: socket.socket | None = None, *, config_path:
         server_header=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
         # A header timeout, a connection cap and header limits, which uvicorn has not on its own.
-        http=limited_protocol(connection_cap(), streamed),
+        http=limited_protocol(daemon.budget, streamed),
     )
     server = uvicorn.Server(config)
     log.info("tokend serving %d provider(s) on %s", len(settings.providers), where)

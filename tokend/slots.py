@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tokend.credential import Credential, State, iso_utc
-from tokend.errors import CredentialsRejected, UpstreamError
+from tokend.errors import CredentialsRejected, SignInNeeded, UpstreamError
 from tokend.providers import ProviderConfig
 
 __all__ = ["Slot", "slot_state", "slot_status"]
@@ -21,6 +21,8 @@ class Slot:
     name: str
     config: ProviderConfig
     credential: Credential | None = None
+    # Kept from an earlier run but no longer servable: only its refresh token is of use, to the next login.
+    carried: Credential | None = None
     inflight: asyncio.Task[Credential] | None = None
     last_attempt: float = -math.inf  # monotonic start of the last login attempt
     last_forced: float = -math.inf  # monotonic start of the last login a refresh asked for
@@ -73,4 +75,6 @@ def slot_status(slot: Slot, now: float) -> dict[str, Any]:
         "last_request_id": slot.last_request_id,
         "logins": {"ok": slot.logins_ok, "failed": slot.logins_failed},
         "consecutive_failures": slot.consecutive_failures,
+        # A user token that only its user can renew: what they should run.
+        "sign_in": error.command if isinstance(error, SignInNeeded) and slot.consecutive_failures else None,
     }

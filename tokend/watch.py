@@ -113,7 +113,8 @@ class ClientKeyWatcher:
 
     def check(self) -> None:
         clients: Mapping[str, ClientConfig] = self._manager.settings.clients
-        files = {name: client.key.path for name, client in clients.items() if client.key.path is not None}
+        files = {name: client.key.path for name, client in clients.items()
+                 if client.key is not None and client.key.path is not None}
         # Taken before any file is read: a change made while it is read is seen the next time.
         seen = {path: _fingerprint(path) for path in files.values()}
         changed = [name for name, path in files.items() if seen[path] != self._seen.get(path)]
@@ -132,12 +133,14 @@ class ClientKeyWatcher:
 
 
 def _reread_client(name: str, client: ClientConfig, others: list[ClientConfig]) -> ClientConfig:
+    assert client.key is not None  # only clients with a key file are watched
     path = client.key.path
     try:
         fresh = reread_secret_files(client)
         # Validated as the config's own are: the same length check, and a key no other client has.
         fresh = ClientConfig.model_validate({field: getattr(fresh, field) for field in ClientConfig.model_fields})
-        if any(other.key.get() == fresh.key.get() for other in others):
+        if any(other.key is not None and fresh.key is not None and other.key.get() == fresh.key.get()
+               for other in others):
             raise ValueError("the same key as another client")
     except ValueError as exc:
         log.error("client=%s key file %s changed but cannot be used (%s); the client is locked out until it can",

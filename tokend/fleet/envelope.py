@@ -5,12 +5,16 @@ A record is a credential with its secrets taken out, encrypted and authenticated
     v1.<key id>.<base64 of nonce + ciphertext>
 
 The key id (8 bytes of an HMAC of the key, in hex) says which key wrote it, so a key can be rotated: the
-old one stays accepted for reading. The share key binds the record to where it is stored (it is the
-associated data), so a record copied under another provider's key fails to decrypt.
+old one stays accepted for reading. The namespace and the share key bind the record to where it is stored
+(they are the associated data), so a record copied under another provider's key, or into another
+namespace, fails to decrypt.
 
 Inside, the token appears once; the served headers and query are templates in which the token, and any of
 the provider's secrets (FinTech Studios serves its static x-api-key), are placeholders that each daemon
 fills from its own config. Keys, passwords and private keys therefore never reach Redis, even encrypted.
+A user token's refresh token travels inside too: the daemon that wins the next lease spends the fleet's
+latest one, never an older one of its own. The templates and what makes two logins the same are
+tokend.sealing's, shared with the state folder.
 """
 
 from __future__ import annotations
@@ -31,21 +35,15 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from tokend.credential import Credential
 from tokend.errors import CredentialsRejected, UpstreamError
 from tokend.providers import ProviderConfig
+from tokend.sealing import RecordError, from_template, login_identity, to_template
 
-VERSION = "v1"
+__all__ = ["FleetKey", "RecordError", "from_template", "key_id", "login_identity", "open_failure", "open_record",
+           "seal", "seal_failure", "to_template"]
+
+VERSION = "v2"  # v2: the namespace is part of the associated data
 _NONCE = 12
-
-# Settings that change when or how often a login happens, not what it logs in as: two daemons that
-# differ only here still share. Everything else (kind, URL, identity, secrets) goes into the share key.
-_NOT_IDENTITY = frozenset({
-    "timeout", "connect_timeout", "read_timeout", "min_refresh_interval", "max_retry_delay", "default_lifetime",
-    "max_lifetime", "fleet", "rotate_every", "organisation",
-})
-
-
-class RecordError(Exception):
-    """A record that cannot be served: wrong key, tampered, or not one of ours. Says which, never the content."""
-
+MAX_FAILURE_HOLD = 600.0  # seconds: the longest a failed login holds the fleet off, whatever Retry-After said
+CLOCK_SKEW = 60.0  # seconds: how far ahead another daemon's clock may be and its failure still count
 
 def _derive(key: bytes, purpose: bytes) -> bytes:
     return hmac.new(key, b"tokend fleet " + purpose, hashlib.sha256).digest()
@@ -53,15 +51,18 @@ def _derive(key: bytes, purpose: bytes) -> bytes:
 
 @dataclass(frozen=True)
 class FleetKey:
-    """One encryption key and what is derived from it: separate keys for encryption and for share keys."""
+    """One encryption key and what is derived from it: separate keys for encryption and for share keys;
+    and the namespace the records it seals belong to."""
 
     id: str
     encryption: bytes
     sharing: bytes
+    namespace: str
 
     @classmethod
-    def of(cls, key: bytes) -> FleetKey:
-        return cls(_derive(key, b"key id").hex()[:16], _derive(key, b"encryption"), _derive(key, b"share key"))
+    def of(cls, key: bytes, namespace: str) -> FleetKey:
+        return cls(_derive(key, b"key id").hex()[:16], _derive(key, b"encryption"), _derive(key, b"share key"),
+                   namespace)
 
     def share_key(self, config: ProviderConfig) -> str:
         """A keyed hash of how the provider logs in: kind, login URL, identity and secrets. Two configs that
@@ -70,80 +71,23 @@ class FleetKey:
         return hmac.new(self.sharing, described.encode(), hashlib.sha256).hexdigest()
 
 
-def login_identity(config: ProviderConfig) -> dict[str, Any]:
-    """What makes a provider's logins the same: every setting but the timing ones, and the secrets by value
-    (not by where they are read from: the same password in another file is the same login), a private key
-    by its public key's fingerprint. The secrets only ever enter the keyed hash."""
-    secrets = config.secrets()
-    secret_fields = {where.split(".")[0].split("[")[0] for where in secrets}
-    identity: dict[str, Any] = {"kind": config.kind, "url": config.url}
-    # An unset optional secret (a key's passphrase) is skipped too: set or not, it is no part of the identity
-    # (the key it opens is, by its fingerprint).
-    skipped = {name for name, field in type(config).model_fields.items()
-               if name in _NOT_IDENTITY or (field.alias or name) in secret_fields
-               or (getattr(config, name) is None and "SecretValue" in str(field.annotation))}
-    identity.update(config.model_dump(by_alias=True, mode="json", exclude=skipped))
-    identity.update({f"secret:{where}": value for where, value in config.login_secrets().items()})
-    return identity
-
-
-# --- templates -----------------------------------------------------------------------------------------------
-
-# A template is a list of parts: a plain string, {"t": 1} for the token, {"s": "field"} for a config secret.
-Part = str | dict[str, Any]
-
-
-def to_template(value: str, token: str, secrets: Mapping[str, str]) -> list[Part]:
-    needles: list[tuple[str, Part]] = [(token, {"t": 1}), *((text, {"s": name}) for name, text in secrets.items())]
-    needles.sort(key=lambda pair: -len(pair[0]))
-    parts: list[Part] = [value]
-    for needle, placeholder in needles:
-        if not needle:
-            continue
-        split: list[Part] = []
-        for part in parts:
-            if not isinstance(part, str):
-                split.append(part)
-                continue
-            pieces = part.split(needle)
-            for index, piece in enumerate(pieces):
-                if index:
-                    split.append(placeholder)
-                if piece:
-                    split.append(piece)
-        parts = split
-    return parts
-
-
-def from_template(parts: list[Part], token: str, secrets: Mapping[str, str]) -> str:
-    out = []
-    for part in parts:
-        if isinstance(part, str):
-            out.append(part)
-        elif part.get("t") == 1:
-            out.append(token)
-        elif isinstance(name := part.get("s"), str) and name in secrets:
-            out.append(secrets[name])
-        else:
-            raise RecordError(f"the record names a secret ({name}) this daemon's config does not have")
-    return "".join(out)
-
-
 # --- sealing and opening -------------------------------------------------------------------------------------
 
 
 def seal(credential: Credential, key: FleetKey, share_key: str, secrets: Mapping[str, str]) -> str:
     """The record for `credential`, encrypted with `key`, bound to `share_key`."""
     token = credential.token
-    body = {
+    body: dict[str, Any] = {
         "token": token, "token_type": credential.token_type, "expires_at": credential.expires_at,
         "obtained_at": credential.obtained_at, "request_id": credential.request_id,
         "renew_at": credential.renew_at,
         "headers": {name: to_template(value, token, secrets) for name, value in credential.headers.items()},
         "query": {name: to_template(value, token, secrets) for name, value in credential.query.items()},
     }
+    if credential.refresh_token is not None:  # a user token's: the fleet's next login spends it
+        body["refresh_token"] = to_template(credential.refresh_token, token, secrets)
     nonce = os.urandom(_NONCE)
-    sealed = AESGCM(key.encryption).encrypt(nonce, json.dumps(body).encode(), _associated(key.id, share_key))
+    sealed = AESGCM(key.encryption).encrypt(nonce, json.dumps(body).encode(), _associated(key, share_key))
     return f"{VERSION}.{key.id}.{base64.b64encode(nonce + sealed).decode()}"
 
 
@@ -163,7 +107,7 @@ def open_record(record: str, keys: Mapping[str, FleetKey], share_key: str, secre
         raise RecordError(f"the record was written with key id {kid}, which is not among this daemon's keys")
     try:
         raw = base64.b64decode(data, validate=True)
-        plain = AESGCM(key.encryption).decrypt(raw[:_NONCE], raw[_NONCE:], _associated(kid, share_key))
+        plain = AESGCM(key.encryption).decrypt(raw[:_NONCE], raw[_NONCE:], _associated(key, share_key))
         body = json.loads(plain)
     except (InvalidTag, ValueError):
         raise RecordError(f"the record does not decrypt with key id {kid}: it was tampered with") from None
@@ -173,17 +117,21 @@ def open_record(record: str, keys: Mapping[str, FleetKey], share_key: str, secre
         headers={name: from_template(parts, token, secrets) for name, parts in body["headers"].items()},
         query={name: from_template(parts, token, secrets) for name, parts in body["query"].items()},
         request_id=body["request_id"], obtained_at=body["obtained_at"], renew_at=body.get("renew_at"),
-        source="fleet",
+        source="fleet", refresh_token=None if (refresh := body.get("refresh_token")) is None
+        else from_template(refresh, token, secrets),
     )
 
 
-def seal_failure(error: UpstreamError, key: FleetKey, share_key: str) -> str:
-    """A failed login, for the fleet to hold off on: encrypted like a record, since an upstream's error
-    text is not ours to show Redis."""
+def seal_failure(error: UpstreamError, key: FleetKey, share_key: str, hold: float) -> str:
+    """A failed login, for the fleet to hold off on for `hold` seconds: encrypted like a record, since an
+    upstream's error text is not ours to show Redis. The hold is inside, not only Redis's expiry, so that
+    a record put back after its time holds no one off."""
+    now = time.time()
     body = {"message": error.message, "status": error.status, "request_id": error.request_id,
-            "retryable": error.retryable, "rejected": isinstance(error, CredentialsRejected), "at": time.time()}
+            "retryable": error.retryable, "rejected": isinstance(error, CredentialsRejected), "at": now,
+            "until": now + min(hold, MAX_FAILURE_HOLD)}
     nonce = os.urandom(_NONCE)
-    associated = _associated(key.id, "failed " + share_key)
+    associated = _associated(key, "failed " + share_key)
     sealed = AESGCM(key.encryption).encrypt(nonce, json.dumps(body).encode(), associated)
     return f"{VERSION}.{key.id}.{base64.b64encode(nonce + sealed).decode()}"
 
@@ -198,10 +146,15 @@ def open_failure(record: str, keys: Mapping[str, FleetKey], share_key: str, prov
     try:
         raw = base64.b64decode(data, validate=True)
         body = json.loads(AESGCM(key.encryption).decrypt(raw[:_NONCE], raw[_NONCE:],
-                                                         _associated(kid, "failed " + share_key)))
+                                                         _associated(key, "failed " + share_key)))
     except (InvalidTag, ValueError):
         raise RecordError(f"the failure record does not decrypt with key id {kid}: it was tampered with") from None
-    age = max(0, int(time.time() - body["at"]))
+    now = time.time()
+    at, until = body.get("at"), body.get("until")
+    if not isinstance(at, float) or not isinstance(until, float) or not at - CLOCK_SKEW <= now < until \
+            or until - at > MAX_FAILURE_HOLD:
+        raise RecordError("the failure record is out of its time (replayed, or from a clock far off): ignored")
+    age = max(0, int(now - at))
     message = f"another daemon of the fleet tried this login {age}s ago and failed: {body['message']}"
     if body["rejected"]:
         return CredentialsRejected(provider, message, status=body["status"] or 401, request_id=body["request_id"])
@@ -209,5 +162,5 @@ def open_failure(record: str, keys: Mapping[str, FleetKey], share_key: str, prov
                          retryable=body["retryable"])
 
 
-def _associated(kid: str, share_key: str) -> bytes:
-    return f"{VERSION}.{kid}.{share_key}".encode()
+def _associated(key: FleetKey, share_key: str) -> bytes:
+    return f"{VERSION}.{key.id}.{key.namespace}.{share_key}".encode()

@@ -29,8 +29,16 @@ from prometheus_client.registry import Collector
 from tokend.credential import SERVE_MARGIN, Credential, iso_utc
 from tokend.errors import CredentialsRejected, UpstreamError
 from tokend.fleet.config import FleetConfig
-from tokend.fleet.envelope import FleetKey, RecordError, open_failure, open_record, seal, seal_failure
-from tokend.fleet.store import Store, StoreError
+from tokend.fleet.envelope import (
+    MAX_FAILURE_HOLD,
+    FleetKey,
+    RecordError,
+    open_failure,
+    open_record,
+    seal,
+    seal_failure,
+)
+from tokend.fleet.store import MAX_KEY_IDS, Store, StoreError
 from tokend.logins import Login, LoginCall, LoginReason
 from tokend.policy import RENEW_BEFORE_EXPIRY, renewal_delay
 from tokend.providers import ProviderConfig
@@ -44,6 +52,9 @@ REJECTED_HOLD = 60.0  # refused credentials need a person; the daemons' backoff 
 MAX_ALONE_JITTER = 2.0  # seconds: logging in alone after Redis failed, spread so a fleet does not do it at once
 _BACKSTOP = 1.0  # a waiter looks at Redis again this often, in case a pub/sub message was lost
 KEY_SEEN_WITHIN = 86400.0  # another daemon's key id counts as in use if it wrote within this
+# A record holding a refresh token outlives its access token in Redis: the refresh token is what the next
+# login spends, however long after (a fleet stopped over a weekend).
+REFRESH_KEPT = 90 * 86400.0
 
 
 @dataclass
@@ -65,13 +76,14 @@ class FleetLogins:
     def __init__(self, inner: Login, config: FleetConfig, *, rng: random.Random | None = None) -> None:
         self._inner = inner
         self.config = config
-        self._keys = [FleetKey.of(key) for key in config.key_bytes()]
+        self._keys = [FleetKey.of(key, config.namespace) for key in config.key_bytes()]
         self._by_id = {key.id: key for key in self._keys}
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._store = Store(config)
         self._rng = rng or random.Random()  # noqa: S311 (jitter, not cryptography)
         self._tallies: dict[str, _Tally] = {}
         self._shares: dict[str, tuple[ProviderConfig, list[str]]] = {}  # provider -> (its config, share keys)
+        self._known: set[str] = set()  # the share keys of this daemon's providers: the only ones listened for
         self._latest: dict[str, str] = {}  # share key -> the last record seen on the channel
         self._events: dict[str, asyncio.Event] = {}  # share key -> set at the next message for it
         self._held: dict[str, tuple[str, str]] = {}  # share key -> (token, record) this daemon holds
@@ -129,7 +141,11 @@ class FleetLogins:
                 if won:
                     await self._let_go(share)
                 return self._adopt(call, tally, share, record, credential)
-            if not won and record is not None and record != self._expected(share, call.current):
+            if failed is not None:
+                if (error := self._failure(call, tally, share, failed)) is not None:
+                    raise error
+                won = await self._store.acquire(share, self.holder)  # a failure record that holds no one off
+            elif not won and record is not None and record != self._expected(share, call.current):
                 won = await self._store.acquire(share, self.holder)  # the claim did not try: not our record
                 # Published between our read and our lease? Then that is the token, and no login.
                 if (won and (again := await self._read(share)) != record
@@ -138,9 +154,8 @@ class FleetLogins:
                     return self._adopt(call, tally, share, again, fresh)
             if won:
                 tally.leases_won += 1
-                return await self._log_in_for_fleet(call, tally, share)
-            if failed is not None and (error := self._failure(call, tally, share, failed)) is not None:
-                raise error
+                call, base = self._continued(call, share, record)
+                return await self._log_in_for_fleet(call, tally, share, base)
             if not counted_loss:
                 tally.leases_lost += 1
                 counted_loss = True
@@ -151,7 +166,25 @@ class FleetLogins:
             if latest is not None and (credential := self._usable(call, tally, share, latest)) is not None:
                 return self._adopt(call, tally, share, latest, credential)
 
-    async def _log_in_for_fleet(self, call: LoginCall, tally: _Tally, share: str) -> Credential:
+    def _continued(self, call: LoginCall, share: str, record: str | None) -> tuple[LoginCall, str | None]:
+        """The call to log in with under the lease, and the record it continues from (for a user token).
+
+        A user token's refresh token lives in the fleet's record: whoever holds the lease spends the fleet's
+        latest one (even from a record whose access token has expired), never an older one of its own, which
+        the server would take for a stolen one. None: not a user token, nothing to compare and set."""
+        if record is None:
+            return call, None if call.current is None or call.current.refresh_token is None else ""
+        try:
+            fleets = open_record(record, self._by_id, share, _secrets(call.config))
+        except RecordError:
+            return call, None
+        if fleets.refresh_token is None:
+            return call, None
+        return dataclasses.replace(call, current=fleets), record
+
+    async def _log_in_for_fleet(
+        self, call: LoginCall, tally: _Tally, share: str, base: str | None = None
+    ) -> Credential:
         keeper = asyncio.create_task(self._keep_lease(share, call.name))
         try:
             credential = await self._inner(call)
@@ -173,7 +206,12 @@ class FleetLogins:
         credential = dataclasses.replace(credential, renew_at=now + delay)
         record = seal(credential, self._keys[0], share, _secrets(call.config))
         try:
-            await self._store.publish(share, record, expires_at, self._keys[0].id)
+            if credential.refresh_token is None:
+                await self._store.publish(share, record, expires_at, self._keys[0].id)
+            elif not await self._store.replace(share, record, max(expires_at, now + REFRESH_KEPT), self._keys[0].id,
+                                               base or ""):
+                log.warning("fleet provider=%s: another daemon replaced the fleet's refresh token during this login; "
+                            "the fleet keeps the other one", call.name)
             self._held[share] = (credential.token, record)
             await self._store.release(share, self.holder)
             await self._check_key_ids()
@@ -187,9 +225,9 @@ class FleetLogins:
         in turn: what locks accounts is a burst of failed logins, most of all with refused credentials."""
         tally.last = f"login for the fleet failed ({call.reason})"
         hold = REJECTED_HOLD if isinstance(error, CredentialsRejected) else FAILURE_HOLD
-        hold = max(hold, error.retry_after or 0.0)
+        hold = min(max(hold, error.retry_after or 0.0), MAX_FAILURE_HOLD)
         try:
-            await self._store.fail(share, seal_failure(error, self._keys[0], share), hold, self.holder)
+            await self._store.fail(share, seal_failure(error, self._keys[0], share, hold), hold, self.holder)
         except StoreError as exc:
             self._trouble(exc)
 
@@ -231,17 +269,19 @@ class FleetLogins:
         now = time.time()
         if credential.expires_at is None or not credential.is_fresh(now):
             return None
+        current = call.current
+        if (current is not None and current.expires_at is not None and credential.token != current.token
+                and credential.expires_at <= current.expires_at):
+            # Expiring no later than what this daemon has: an old record put back (by a Redis writer) never
+            # turns a daemon back to a token it has moved on from.
+            return None
         if call.reason is LoginReason.FORCED:
             if call.rejected is not None and credential.token != call.rejected:
                 return credential  # already replaced, by some daemon of the fleet
             # The fleet-wide min_refresh_interval: a token this recent is as new as a forced refresh may make.
             return credential if now - credential.obtained_at < call.config.min_refresh_interval else None
-        current = call.current
-        if current is not None:
-            if credential.token == current.token:
-                return None  # the very token being renewed
-            if current.expires_at is not None and credential.expires_at <= current.expires_at:
-                return None  # older than what this daemon has
+        if current is not None and credential.token == current.token:
+            return None  # the very token being renewed
         return credential if credential.expires_at - now > RENEW_BEFORE_EXPIRY + SERVE_MARGIN else None
 
     def _adopt(
@@ -263,6 +303,7 @@ class FleetLogins:
         cached = self._shares.get(name)
         if cached is None or cached[0] is not config:
             cached = self._shares[name] = (config, [key.share_key(config) for key in self._keys])
+            self._known = {share for _, shares in self._shares.values() for share in shares}
         return cached[1]
 
     # --- Redis -------------------------------------------------------------------------------------------
@@ -316,6 +357,8 @@ class FleetLogins:
                         self._up()
                         await self._check_key_ids()
                         continue
+                    if share not in self._known:
+                        continue  # not a provider of this daemon: remembering it would let a publisher fill memory
                     if record is not None:
                         self._latest[share] = record
                     if (event := self._events.pop(share, None)) is not None:
@@ -338,12 +381,13 @@ class FleetLogins:
             return
         now = time.time()
         for kid, at in seen.items():
-            if kid not in self._by_id and now - at < KEY_SEEN_WITHIN and kid not in self._foreign:
+            if kid in self._by_id or (kid not in self._foreign and len(self._foreign) >= MAX_KEY_IDS):
+                continue  # bounded: a Redis writer could fill the hash with made-up ids
+            if now - at < KEY_SEEN_WITHIN and kid not in self._foreign:
                 log.warning("fleet: another daemon of namespace %s writes with key id %s, which this daemon does "
                             "not have (this one writes with %s): tokens are not shared between them; give every "
                             "daemon the same encryption_key", self.config.namespace, kid, self._keys[0].id)
-            if kid not in self._by_id:
-                self._foreign[kid] = at
+            self._foreign[kid] = at
 
     def _trouble(self, error: StoreError) -> None:
         self._redis_errors += 1

@@ -31,7 +31,7 @@ class FleetReport:
 async def probe(config: FleetConfig, providers: Mapping[str, ProviderConfig]) -> FleetReport:
     """Ping Redis, read the namespace's key ids and each shared provider's record; never writes."""
     report = FleetReport()
-    keys = [FleetKey.of(key) for key in config.key_bytes()]
+    keys = [FleetKey.of(key, config.namespace) for key in config.key_bytes()]
     by_id = {key.id: key for key in keys}
     shared = {name: provider for name, provider in providers.items() if provider.fleet and provider.url is not None}
     shares = {name: keys[0].share_key(provider) for name, provider in shared.items()}

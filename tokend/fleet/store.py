@@ -2,6 +2,7 @@
 
 Keys, under the namespace `ns`:
     tokend:{ns}:token:{share key}   the provider's current record (tokend.fleet.envelope), expiring with the token
+                                    (a user token's, holding its refresh token, lives longer: see REFRESH_KEPT)
     tokend:{ns}:lease:{share key}   the id of the daemon logging in for the fleet; expires unless renewed
     tokend:{ns}:failed:{share key}  the fleet's last failed login, encrypted, while the fleet holds off retrying
     tokend:{ns}:keys                key id -> Unix time last written with (a wrong key on a daemon shows up here)
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -33,6 +35,9 @@ log = logging.getLogger("tokend")
 
 T = TypeVar("T")
 
+MAX_KEY_IDS = 64  # key ids read from the fleet's hash: a rotation has two or three
+_KEY_ID = re.compile(r"[0-9a-f]{16}")
+
 # Let go of a lease only if this daemon still holds it, and tell the waiters.
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -49,19 +54,48 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+# A lease no daemon of ours set (no expiry, or one far beyond the lease length: a Redis writer's) is cut to
+# the normal lease length, so that it lapses like a crashed holder's instead of stalling every login.
+_REPAIR = "local ttl = redis.call('PTTL', KEYS[2]) " \
+          "if ttl == -1 or ttl > tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[2], ARGV[2]) end"
+# Take the lease if it is free.
+_ACQUIRE = f"""
+local won = redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2])
+if not won then
+  {_REPAIR}
+end
+return won and 1 or 0
+"""
 # One round trip for the common question at a renewal: the fleet's record, and, if it is still the one
 # this daemon holds (ARGV[3]; '' if none), the lease to replace it, unless a login just failed (KEYS[3]).
-_CLAIM = """
+_CLAIM = f"""
 local record = redis.call('GET', KEYS[1])
 if record and record ~= ARGV[3] then
-  return {record, 0, ''}
+  return {{record, 0, ''}}
 end
 local failed = redis.call('GET', KEYS[3])
 if failed then
-  return {record or '', 0, failed}
+  return {{record or '', 0, failed}}
 end
 local won = redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2])
-return {record or '', won and 1 or 0, ''}
+if not won then
+  {_REPAIR}
+end
+return {{record or '', won and 1 or 0, ''}}
+"""
+
+# Compare and set: replace the record only if it is still ARGV[3] ('' for none), then tell the others. A user
+# token's record holds its refresh token: replacing one that another daemon has replaced meanwhile would
+# hand the fleet a refresh token the server has already seen spent.
+_REPLACE = """
+local current = redis.call('GET', KEYS[1])
+if (current or '') ~= ARGV[3] then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('PUBLISH', KEYS[2], ARGV[4] .. ' ' .. ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[5], ARGV[6])
+return 1
 """
 
 
@@ -98,6 +132,8 @@ class Store:
         self._release = self._redis.register_script(_RELEASE)
         self._renew = self._redis.register_script(_RENEW)
         self._claim = self._redis.register_script(_CLAIM)
+        self._acquire = self._redis.register_script(_ACQUIRE)
+        self._replace = self._redis.register_script(_REPLACE)
         self.calls = 0  # round trips to Redis so far (a pipeline or a script is one), for /metrics
 
     def token_key(self, share: str) -> str:
@@ -152,8 +188,9 @@ class Store:
 
     async def acquire(self, share: str, holder: str) -> bool:
         lease_ms = int(self.config.lease * 1000)
-        return bool(await self._call("lease", lambda: self._redis.set(
-            self.lease_key(share), holder, nx=True, px=lease_ms)))
+        # KEYS[2], as in _CLAIM, so that both share _REPAIR.
+        return bool(await self._call("lease", lambda: self._acquire(
+            keys=[self.token_key(share), self.lease_key(share)], args=[holder, lease_ms])))
 
     async def renew(self, share: str, holder: str) -> bool:
         lease_ms = int(self.config.lease * 1000)
@@ -170,15 +207,26 @@ class Store:
         async def send() -> None:
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.set(self.token_key(share), record, px=ttl_ms)
+                pipe.delete(self.failed_key(share))  # a login that worked holds no one off
                 pipe.publish(self.channel, f"{share} {record}")
                 pipe.hset(f"{self.prefix}:keys", key_id, int(time.time()))
                 await pipe.execute()
 
         await self._call("publish", send)
 
+    async def replace(self, share: str, record: str, keep_until: float, key_id: str, expected: str) -> bool:
+        """Publish `record` only if the fleet's record is still `expected` ('' for none): False if not."""
+        ttl_ms = max(1, int((keep_until - time.time()) * 1000))
+        return bool(await self._call("replace", lambda: self._replace(
+            keys=[self.token_key(share), self.channel, f"{self.prefix}:keys"],
+            args=[record, ttl_ms, expected, share, key_id, int(time.time())])))
+
     async def key_ids(self) -> dict[str, int]:
-        raw = await self._call("key ids", lambda: self._redis.hgetall(f"{self.prefix}:keys"))
-        return {str(kid): int(at) for kid, at in raw.items()}
+        """Key id -> when last written with, for at most MAX_KEY_IDS of them (one page of HSCAN, should a Redis
+        writer have filled the hash); entries that are not a key id and a time are skipped."""
+        _, raw = await self._call("key ids", lambda: self._redis.hscan(f"{self.prefix}:keys", 0, count=MAX_KEY_IDS))
+        pairs = [(str(kid), str(at)) for kid, at in raw.items()][:MAX_KEY_IDS] if isinstance(raw, dict) else []
+        return {kid: int(at) for kid, at in pairs if _KEY_ID.fullmatch(kid) and at.isdigit() and len(at) <= 12}
 
     async def messages(self) -> AsyncIterator[tuple[str, str | None]]:
         """(share key, record or None) for every message on the channel, until the connection fails

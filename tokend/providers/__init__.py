@@ -17,6 +17,7 @@ from tokend.providers import (
     http,
     jwt_bearer,
     oauth2,
+    oauth2_refresh_token,
     static,
 )
 from tokend.providers.base import Kind, Provider, ProviderBase
@@ -26,7 +27,7 @@ __all__ = ["KINDS", "PROVIDER_KINDS", "Kind", "Provider", "ProviderBase", "Provi
 
 KINDS: tuple[Kind[Any], ...] = (
     felloh.KIND, fintech_studios.KIND, flotiq.KIND, oauth2.KIND, http.KIND, static.KIND,
-    github_app.KIND, google_service_account.KIND, jwt_bearer.KIND,
+    github_app.KIND, google_service_account.KIND, jwt_bearer.KIND, oauth2_refresh_token.KIND,
 )
 PROVIDER_KINDS = tuple(kind.name for kind in KINDS)
 _BY_NAME = {kind.name: kind for kind in KINDS}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -23,13 +23,22 @@ from tokend.sinks import SinkConfig
 if TYPE_CHECKING:
     from tokend.extensions import DaemonParts, Extension
 
-__all__ = ["Kind", "Provider", "ProviderBase"]
+__all__ = ["Continuing", "Kind", "Provider", "ProviderBase"]
 
 
 class ProviderBase(BaseModel):
     """The settings every kind has. A kind's model adds its own and names itself in `kind`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # The settings that change when a login happens, how long its answer is kept, or where the token goes
+    # afterwards, but never what a login sends or gets back: fleet mode shares one login between daemons
+    # that differ only in these. Every other setting is part of the login. A kind adds its own with `|`.
+    NOT_LOGIN: ClassVar[frozenset[str]] = frozenset({
+        "timeout", "connect_timeout", "read_timeout", "min_refresh_interval", "max_retry_delay",
+        "expired_retry_delay", "default_lifetime", "max_lifetime", "max_answer_bytes", "sinks", "proxy", "api_url",
+        "proxy_listen", "proxy_retry_body_limit", "fleet",
+    })
 
     kind: str
     timeout: Seconds = 10.0  # a whole login, every step included
@@ -50,6 +59,7 @@ class ProviderBase(BaseModel):
     proxy_listen: ProxyListen | None = None  # "127.0.0.1:9101" or a unix socket path: a listener of its own
     proxy_retry_body_limit: int = Field(default=1 << 20, ge=0)  # bodies up to this are buffered, so retried
     fleet: bool = True  # with [fleet]: share this provider's token with the fleet (false: log in alone)
+    persist: bool = True  # with [state]: keep this provider's credential across restarts (false: never stored)
 
     @property
     def url(self) -> str | None:
@@ -104,6 +114,14 @@ class Provider(Protocol):
     async def fetch(self, client: httpx.AsyncClient) -> Credential:
         """Log in once and return the new credential, or raise UpstreamError."""
         ...
+
+
+@runtime_checkable
+class Continuing(Protocol):
+    """A login that continues from the credential held (a user token spends the refresh token the last
+    answer left); the one place that logs in hands that credential in."""
+
+    async def fetch_from(self, client: httpx.AsyncClient, current: Credential | None) -> Credential: ...
 
 
 @dataclass(frozen=True)

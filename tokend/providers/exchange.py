@@ -9,7 +9,8 @@ import json
 import math
 import ssl
 import time
-from collections.abc import Callable, Mapping
+import zlib
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,15 +88,17 @@ async def exchange(client: httpx.AsyncClient, login: LoginRequest) -> tuple[Any,
 
 async def _answer(client: httpx.AsyncClient, login: LoginRequest) -> tuple[httpx.Response, bytes]:
     """The answer and its body, read up to `max_answer` bytes after decoding: a small compressed answer
-    that inflates to gigabytes fails here instead of filling the memory."""
+    that inflates to gigabytes fails here instead of filling the memory. The body is decoded here, a
+    bounded piece at a time, rather than by httpx, which inflates each network chunk whole (64 KiB of a
+    gzip bomb is 64 MiB)."""
+    headers = {"accept-encoding": ACCEPTED_ENCODINGS, **dict(login.headers)}
     request = client.build_request(
-        login.method, login.url, json=login.json, data=login.form, headers=dict(login.headers),
-        timeout=login.timeout,
+        login.method, login.url, json=login.json, data=login.form, headers=headers, timeout=login.timeout,
     )
     response = await client.send(request, stream=True)
     try:
         chunks, size = [], 0
-        async for chunk in response.aiter_bytes():
+        async for chunk in _decoded(response, login):
             size += len(chunk)
             if size > login.max_answer:
                 raise UpstreamError(login.provider, f"{login.action} answer is larger than {login.max_answer} "
@@ -104,6 +107,56 @@ async def _answer(client: httpx.AsyncClient, login: LoginRequest) -> tuple[httpx
     finally:
         await response.aclose()
     return response, b"".join(chunks)
+
+
+ACCEPTED_ENCODINGS = "gzip, deflate"  # the codings _inflated can bound; no brotli or zstd
+_WBITS = {"gzip": zlib.MAX_WBITS | 16, "x-gzip": zlib.MAX_WBITS | 16, "deflate": zlib.MAX_WBITS}
+_PIECE = 64 * 1024  # the most one step of decoding may produce
+
+
+def _decoded(response: httpx.Response, login: LoginRequest) -> AsyncIterator[bytes]:
+    """The body as sent, its content codings undone in reverse order of application (RFC 9110 8.4)."""
+    if response.is_stream_consumed:  # an in-memory answer (a test's MockTransport), already read and decoded
+        return _pieces(response.content)
+    codings = [c.strip().lower() for c in response.headers.get("content-encoding", "").split(",") if c.strip()]
+    stream: AsyncIterator[bytes] = response.aiter_raw()
+    for coding in reversed(codings):
+        if coding != "identity":
+            if coding not in _WBITS:
+                shown = untrusted(coding, None, SHORT_FIELD_LENGTH)
+                raise UpstreamError(login.provider, f"{login.action} answer is encoded with {shown!r}, which tokend "
+                                    f"does not accept ({ACCEPTED_ENCODINGS})", status=response.status_code)
+            stream = _inflated(stream, coding, login)
+    return stream
+
+
+async def _pieces(content: bytes) -> AsyncIterator[bytes]:
+    for start in range(0, len(content), _PIECE):
+        yield content[start:start + _PIECE]
+
+
+async def _inflated(stream: AsyncIterator[bytes], coding: str, login: LoginRequest) -> AsyncIterator[bytes]:
+    decompressor = zlib.decompressobj(_WBITS[coding])
+    started = False
+    async for data in stream:
+        while data and not decompressor.eof:
+            try:
+                out = decompressor.decompress(data, _PIECE)
+            except zlib.error:
+                if coding != "deflate" or started:
+                    raise UpstreamError(login.provider, f"{login.action} answer is not valid {coding} data") from None
+                # Some servers send a raw deflate stream under "deflate", without the zlib wrapper.
+                decompressor, started = zlib.decompressobj(-zlib.MAX_WBITS), True
+                continue
+            started = True
+            data = decompressor.unconsumed_tail
+            if out:
+                yield out
+            # A full piece may leave output pending with no input left: ask again until it comes out short.
+            while len(out) == _PIECE and not data and not decompressor.eof:
+                out = decompressor.decompress(b"", _PIECE)
+                if out:
+                    yield out
 
 
 def _reason(exc: httpx.HTTPError) -> str:

@@ -3,8 +3,9 @@ credential added, so that an app changes its base URL and never handles a token.
 
     paths.py    the upstream URL from the config and the client's path; what could escape it is refused
     headers.py  what is stripped each way
-    pool.py     a lean HTTP/1.1 upstream connection pool, keep-alive and TLS per origin
+    pool.py     the upstream connections: keep-alive and TLS per origin, answers framed by llhttp, bounded
     app.py      the ASGI app: checks, forwards, streams both ways, one retry after a 401
+    cycle.py    how a proxied request is read and answered by the local server (one write per answer)
     checks.py   the request checks (those of /token, plus the browser's Sec-Fetch headers)
     stats.py    the figures for /metrics
     listen.py   the optional listener of a provider's own

@@ -69,8 +69,9 @@ class Credentials(Protocol):
     def provider_config(self, name: str) -> ProxySettings: ...
 
 
-# The request checks of /token for one provider: None to let the request through, else why not.
-Check = Callable[[Scope, str], Denial | None]
+# The request checks of /token for one provider (None: before the provider is known): None to let the
+# request through, else why not.
+Check = Callable[[Scope, str | None], Denial | None]
 
 _NO_STORE = [(b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff")]
 
@@ -98,8 +99,24 @@ class _Prepared:
     """A credential's additions, encoded once: the header lines and the query parameters."""
 
     credential: Credential
+    origin: Origin
     head: bytes
     dropped: frozenset[bytes]  # the client's headers never forwarded with it
+    unsendable: str | None = None  # why this credential cannot go in a request head, if it cannot
+
+    @classmethod
+    def of(cls, name: str, credential: Credential, origin: Origin) -> _Prepared:
+        dropped = header_rules.never_out(credential.headers)
+        lines = [b"host: " + origin.host_header + b"\r\n"]
+        try:
+            # HTTP/1.1 field values are bytes, which the proxy writes as Latin-1: a token outside it (GET /token
+            # hands it over as JSON) has no byte form an upstream would read as the provider meant it.
+            lines += [f"{key}: {value}\r\n".encode("latin-1") for key, value in credential.headers.items()]
+        except UnicodeEncodeError:
+            reason = (f"The credential of {name} holds a character outside Latin-1, which a request header cannot "
+                      f"carry: the proxy cannot send it (GET /token/{name} still serves it).")
+            return cls(credential, origin, b"", dropped, reason)
+        return cls(credential, origin, b"".join(lines), dropped)
 
 
 class _Body:
@@ -140,17 +157,17 @@ class _Body:
 
     async def send(self, conn: Connection) -> None:
         """The rest of a streamed body, from the client to the upstream, one piece at a time."""
-        chunked = self.length is None
+        put = conn.send_chunk if self.length is None else conn.send
         for chunk in self.first:
-            await conn.send(_framed(chunk, chunked))
+            await put(chunk)
         while self.more:
             message = await self.receive()
             if message["type"] == "http.disconnect":
                 raise _ClientGone
             if chunk := message.get("body", b""):
-                await conn.send(_framed(chunk, chunked))
+                await put(chunk)
             self.more = message.get("more_body", False)
-        if chunked:
+        if self.length is None:
             await conn.send(b"0\r\n\r\n")
 
 
@@ -171,13 +188,19 @@ class ProxyApp:
         self._routes: dict[str, _Route] = {}
         self._prepared: dict[str, _Prepared] = {}
         self._renewals: dict[tuple[str, str], asyncio.Future[Credential]] = {}
+        self._watches = _Watches()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return  # lifespan and websockets belong to the app around this one
         name, path = self._split(scope)
         if name is None:
-            await _error(send, 404, "not_found", "Proxy paths are /proxy/<provider>/<path>.")
+            # Checked first like any other: before the checks pass, no path says anything, not even 404.
+            denial = self._check(scope, None)
+            if denial is not None:
+                await _error(send, denial.status, denial.code, denial.message)
+            else:
+                await _error(send, 404, "not_found", "Proxy paths are /proxy/<provider>/<path>.")
             return
         answer = self._refusal(scope, name)
         if isinstance(answer, tuple):
@@ -197,6 +220,9 @@ class ProxyApp:
             return
         except UnknownProvider as exc:
             await _error(send, 404, "unknown_provider", exc.message, provider=name)
+            return
+        if (unsendable := self._prepare(name, credential, route).unsendable) is not None:
+            await _error(send, 503, "token_unavailable", unsendable, provider=name)
             return
         await self._forward(scope, receive, send, name, route, target, credential)
 
@@ -233,12 +259,11 @@ class ProxyApp:
 
     def _prepare(self, name: str, credential: Credential, route: _Route) -> _Prepared:
         prepared = self._prepared.get(name)
-        if prepared is None or prepared.credential is not credential:
+        if prepared is None or prepared.credential is not credential or prepared.origin != route.origin:
             assert route.origin is not None
-            lines = [b"host: " + route.origin.host_header + b"\r\n"]
-            lines += [f"{key}: {value}\r\n".encode("latin-1") for key, value in credential.headers.items()]
-            dropped = header_rules.never_out(credential.headers)
-            prepared = self._prepared[name] = _Prepared(credential, b"".join(lines), dropped)
+            prepared = self._prepared[name] = _Prepared.of(name, credential, route.origin)
+            if prepared.unsendable is not None:
+                log.warning("proxy: %s", prepared.unsendable)  # once per credential, not per request
         return prepared
 
     # --- the exchange -------------------------------------------------------------------------------------
@@ -254,13 +279,13 @@ class ProxyApp:
         # Watching for a hang-up costs a task per request; a quick exchange is over before it would matter,
         # so the watch starts only once the request has lasted WATCH_AFTER (a slow upstream, a long stream).
         # A streamed body is read to its end first: the watch and the body must not both call receive().
-        watch = _Watch(receive) if body.replayable else None
+        watch = _Watch(receive, self._watches) if body.replayable else None
         try:
             answer = await self._exchange(name, route, method, target, client_headers, credential, body)
             if answer.status == 401:
                 answer = await self._recover(name, route, method, target, client_headers, credential, body, answer)
             if watch is None:
-                watch = _Watch(receive)
+                watch = _Watch(receive, self._watches)
             await self._relay(answer, send, name)
         except UpstreamFailure as exc:
             self._stats.failed(name)
@@ -290,12 +315,13 @@ class ProxyApp:
         for attempt in (1, 2):
             conn = await self._pool.connection(route.origin, route.connect_timeout)
             try:
+                conn.begin(method, route.read_timeout)
                 if body.replayable:
                     await conn.send(head + b"".join(body.first))
                 else:
                     await conn.send(head)
                     await body.send(conn)
-                answer = await conn.answer(method, route.read_timeout)
+                answer = await conn.answer(route.read_timeout)
             except UpstreamFailure as exc:
                 # A kept-alive connection the upstream closed meanwhile: once more on a new one, as HTTP
                 # clients do, for a kept body and an idempotent method only (RFC 9110 section 9.2.2).
@@ -356,8 +382,8 @@ class ProxyApp:
         try:
             await send({"type": "http.response.start", "status": answer.status,
                         "headers": header_rules.incoming(answer.headers)})
-            if answer.done:
-                await send({"type": "http.response.body", "body": answer.prefetched or b""})
+            # What came with the head (most API answers whole), or nothing: either way the head goes now.
+            await send({"type": "http.response.body", "body": answer.take(), "more_body": not answer.done})
             while not answer.done:
                 try:
                     chunk = await answer.chunk()
@@ -379,19 +405,20 @@ class _BrokenOff(Exception):
 class _Watch:
     """Cancels the request's task when the client hangs up, so that the upstream request is dropped.
 
-    The watching task is started only after WATCH_AFTER: most proxied requests are over long before.
+    The watching task is started only after WATCH_AFTER (by _Watches): most proxied requests are over long before.
     """
 
-    __slots__ = ("_receive", "_task", "_timer", "_watcher", "hung_up")
+    __slots__ = ("_receive", "_task", "_watcher", "_watches", "hung_up", "since")
 
-    def __init__(self, receive: Receive) -> None:
+    def __init__(self, receive: Receive, watches: _Watches) -> None:
         self.hung_up = False
         self._receive = receive
         self._task = asyncio.current_task()
         self._watcher: asyncio.Task[None] | None = None
-        self._timer = asyncio.get_running_loop().call_later(WATCH_AFTER, self._start)
+        self._watches = watches
+        self.since = watches.add(self)
 
-    def _start(self) -> None:
+    def start(self) -> None:
         self._watcher = asyncio.ensure_future(self._watch())
 
     async def _watch(self) -> None:
@@ -402,9 +429,40 @@ class _Watch:
             self._task.cancel()
 
     def stop(self) -> None:
-        self._timer.cancel()
+        self._watches.discard(self)
         if self._watcher is not None:
             self._watcher.cancel()
+
+
+class _Watches:
+    """Starts the watch of every request that has lasted WATCH_AFTER. One timer for all of them, running only
+    while a request is in flight: a timer per request cost more than the rest of the watch."""
+
+    __slots__ = ("_pending", "_timer")
+
+    def __init__(self) -> None:
+        self._pending: dict[_Watch, None] = {}  # in the order they began
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, watch: _Watch) -> float:
+        loop = asyncio.get_running_loop()
+        self._pending[watch] = None
+        if self._timer is None:
+            self._timer = loop.call_later(WATCH_AFTER, self._tick)
+        return loop.time()
+
+    def discard(self, watch: _Watch) -> None:
+        self._pending.pop(watch, None)
+
+    def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        due = loop.time() - WATCH_AFTER
+        for watch in list(self._pending):
+            if watch.since > due:
+                break
+            del self._pending[watch]
+            watch.start()
+        self._timer = loop.call_later(WATCH_AFTER, self._tick) if self._pending else None
 
 
 async def _settled(renewal: Awaitable[Credential]) -> Credential | None:
@@ -412,10 +470,6 @@ async def _settled(renewal: Awaitable[Credential]) -> Credential | None:
         return await asyncio.shield(renewal)
     except TokendError:
         return None  # logged once by _renewed; the client gets the 401
-
-
-def _framed(chunk: bytes, chunked: bool) -> bytes:
-    return b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -24,7 +24,7 @@ _BROWSER_HEADERS = frozenset({b"sec-fetch-site", b"sec-fetch-mode"})
 def request_check(guard: RequestGuard, clients: Callable[[], Mapping[str, ClientConfig]]) -> Check:
     """The check for one listener: its guard (Host, marker header, peer), then the client key, if any."""
 
-    def check(scope: Scope, provider: str) -> Denial | None:
+    def check(scope: Scope, provider: str | None) -> Denial | None:
         denial = guard.check(scope)
         if denial is not None:
             return denial
@@ -34,7 +34,7 @@ def request_check(guard: RequestGuard, clients: Callable[[], Mapping[str, Client
             caller = guard.identify(scope, configured)
             if isinstance(caller, Denial):
                 return caller
-            if not caller.may_read(provider):
+            if provider is not None and not caller.may_read(provider):
                 return NOT_YOURS
         return None
 

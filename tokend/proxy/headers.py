@@ -42,10 +42,11 @@ def outgoing(client: list[tuple[bytes, bytes]], dropped: frozenset[bytes]) -> He
 
 def incoming(upstream: Headers) -> Headers:
     """The upstream's answer headers (names lowercased by the pool) as they may go back to the client."""
-    dropped = _NEVER_BACK
-    if any(name == b"connection" for name, _ in upstream):
-        dropped = dropped | _named_in_connection(upstream)
-    return [(name, value) for name, value in upstream if name not in dropped]
+    kept = [(name, value) for name, value in upstream if name not in _NEVER_BACK]
+    if len(kept) == len(upstream) or not any(name == b"connection" for name, _ in upstream):
+        return kept
+    named = _named_in_connection(upstream)
+    return [(name, value) for name, value in kept if name not in named]
 
 
 def _named_in_connection(headers: Headers) -> frozenset[bytes]:

@@ -29,6 +29,9 @@ _ESCAPING = re.compile(rb"[\\@]|%(?:[01][0-9a-f]|7f|2f|5c|40)", re.IGNORECASE)
 _ABSOLUTE = re.compile(rb"^//|://")
 _DOT_SEGMENT = re.compile(rb"(?:^|/)(?:\.|%2e){1,2}(?:[/;]|$)", re.IGNORECASE)  # "..;": Tomcat's ".."
 _UNSAFE_QUERY = re.compile(rb"[\x00-\x20\x7f-\xff#]")
+# All four at once: the common path matches none of them, and one search costs a quarter of four.
+_ANY = re.compile(b"|".join(b"(?:%b)" % each.pattern for each in (_UNSAFE, _ESCAPING, _ABSOLUTE, _DOT_SEGMENT)),
+                  re.IGNORECASE)
 
 
 class BadPath(ValueError):
@@ -64,6 +67,8 @@ class Origin:
 
 def bad_path(path: bytes) -> str | None:
     """Why `path` (raw, as the client sent it) is refused, or None when it may be forwarded."""
+    if not _ANY.search(path):
+        return None
     if _UNSAFE.search(path):
         return "the path holds a control character, a space or a non-ASCII byte"
     if _ESCAPING.search(path):

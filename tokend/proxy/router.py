@@ -23,6 +23,7 @@ from tokend.proxy.listen import Listener
 from tokend.proxy.stats import ProxyStats
 
 if TYPE_CHECKING:
+    from tokend.connections import Budget
     from tokend.proxy.app import Credentials, ProxyApp
     from tokend.proxy.pool import Pool
 
@@ -35,8 +36,9 @@ class Proxy:
 
     def __init__(self, credentials: Credentials, guard: RequestGuard, *,
                  clients: Callable[[], Mapping[str, ClientConfig]], tls: Callable[[], ssl.SSLContext],
-                 listeners: Sequence[Listener] = ()) -> None:
+                 listeners: Sequence[Listener] = (), budget: Budget | None = None) -> None:
         self._credentials, self._guard, self._clients, self._tls = credentials, guard, clients, tls
+        self._budget = budget
         self._listeners = list(listeners)
         self._pool: Pool | None = None
         self.stats = ProxyStats(opened=lambda: self._pool.opened if self._pool is not None else 0)
@@ -49,7 +51,7 @@ class Proxy:
             from tokend.proxy.checks import request_check
             from tokend.proxy.pool import Pool
 
-            pool = self._pool = Pool(self._tls)
+            pool = self._pool = Pool(self._tls, self._budget)
             main = ProxyApp(self._credentials, request_check(self._guard, self._clients), pool, self.stats)
             own = {
                 listener.address: ProxyApp(self._credentials,

@@ -4,6 +4,7 @@
  * node:http rather than the global fetch: fetch cannot reach a unix socket without undici's own
  * dispatcher, which is not importable without a dependency.
  */
+import { createHash, createHmac, randomBytes } from 'node:crypto';
 import http from 'node:http';
 import { createRequire } from 'node:module';
 
@@ -25,7 +26,8 @@ export class Daemon {
     // Idle keep-alive sockets are unref'd by the agent: they never keep the process alive.
     this.agent = new http.Agent({ keepAlive: true });
     this.headers = { 'x-tokend-request': 'node', accept: 'application/json', 'user-agent': `tokend-client-node/${version}` };
-    if (clientKey) this.headers.authorization = `Bearer ${clientKey}`;
+    // The key signs each request and is never sent: whatever listens on the port may not be tokend.
+    this.clientKey = clientKey || undefined;
     if (address.socketPath) this.headers.host = 'localhost'; // unchecked on a socket; HTTP/1.1 wants one
   }
 
@@ -98,6 +100,7 @@ export class Daemon {
   #attempt(method, path, body) {
     const payload = body === undefined ? null : Buffer.from(JSON.stringify(body));
     const headers = { ...this.headers };
+    if (this.clientKey) headers.authorization = signedAuthorization(this.clientKey, method, path);
     if (payload !== null) Object.assign(headers, { 'content-type': 'application/json', 'content-length': payload.length });
     else if (method === 'POST') headers['content-length'] = 0;
     const { socketPath, host, port } = this.address;
@@ -132,6 +135,19 @@ export class Daemon {
     const reason = reasons[error.code] ?? (error.code || error.message);
     return new TokendError('daemon_unreachable', `cannot reach tokend at ${where} (${reason})`, { cause: error });
   }
+}
+
+/**
+ * `Authorization: Tokend-HMAC client=<key id>, ts=<unix s>, nonce=<random>, sig=<signature>`: key id the
+ * first 8 bytes of SHA-256(key) in hex, sig base64url of HMAC-SHA256(key, "METHOD\npath?query\nts\nnonce").
+ * tokend takes each nonce once, within 30 s, so a signature caught by an impostor is worth little.
+ */
+function signedAuthorization(key, method, target) {
+  const ts = String(Math.floor(Date.now() / 1000));
+  const nonce = randomBytes(16).toString('base64url');
+  const sig = createHmac('sha256', key).update(`${method}\n${target}\n${ts}\n${nonce}`).digest('base64url');
+  const client = createHash('sha256').update(key).digest().subarray(0, 8).toString('hex');
+  return `Tokend-HMAC client=${client}, ts=${ts}, nonce=${nonce}, sig=${sig}`;
 }
 
 function tokenPath(name) {

@@ -1,4 +1,5 @@
 // getCredential, refresh and the error codes, against the real daemon and the fake upstreams.
+import { createHash, createHmac } from 'node:crypto';
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -157,7 +158,14 @@ test('a throttled refresh is refresh_throttled with retryAfter, sent as tokend e
   assert.deepEqual(JSON.parse(seen[0].body), { rejected: 'the-rejected-token' });
   assert.equal(seen[0].headers['content-type'], 'application/json');
   assert.ok(seen[0].headers['x-tokend-request']);
-  assert.equal(seen[0].headers.authorization, `Bearer ${key}`);
+  // Whatever answers on the port gets a signature for this one request, never the key (tokend takes it once).
+  const signed = seen[0].headers.authorization.match(/^Tokend-HMAC client=([0-9a-f]{16}), ts=(\d+), nonce=([\w-]{16,}), sig=([\w-]{43})$/);
+  assert.ok(signed, seen[0].headers.authorization);
+  assert.ok(!JSON.stringify(seen).includes(key));
+  assert.equal(signed[1], createHash('sha256').update(key).digest().subarray(0, 8).toString('hex'));
+  const message = `POST\n/token/felloh/refresh\n${signed[2]}\n${signed[3]}`;
+  assert.equal(signed[4], createHmac('sha256', key).update(message).digest('base64url'));
+  assert.ok(Math.abs(Number(signed[2]) - Date.now() / 1000) < 30);
   assert.match(seen[0].headers['user-agent'], /^tokend-client-node\/\d+\.\d+\.\d+$/);
   // A plain refresh has no body at all (tokend reads any body as {"rejected": ...}).
   await rejection(client.refresh('felloh'));

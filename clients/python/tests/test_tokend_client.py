@@ -322,9 +322,10 @@ def test_a_client_key_goes_to_no_remote_host_unless_allowed(monkeypatch: pytest.
         monkeypatch.setenv("TOKEND_ALLOW_REMOTE", "1")
         Client(client_key=APP_KEY)
         monkeypatch.delenv("TOKEND_ALLOW_REMOTE")
-        with pytest.raises(UnknownProvider):  # allowed: the key then goes, and the listener gets it
+        with pytest.raises(UnknownProvider):  # allowed: the signed request then goes, and the listener gets it
             Client(remote.url, client_key=APP_KEY, allow_remote=True).credential("fts")
-        assert f"Authorization: Bearer {APP_KEY}".encode() in remote.received
+        assert b"Authorization: Tokend-HMAC client=" in remote.received
+        assert APP_KEY.encode() not in remote.received  # signed: the key itself never leaves
     finally:
         remote.close()
 

@@ -15,6 +15,7 @@ from urllib.parse import quote
 from tokend_client._address import Address, check_key_destination, find_address, find_client_key
 from tokend_client._credential import Credential
 from tokend_client._errors import DaemonUnreachable, TokendError, error_from_answer
+from tokend_client._signed import authorization
 
 __all__ = ["Client", "default_client"]
 
@@ -101,10 +102,9 @@ class Client:
         self.max_age = max_age
         self._headers = {"Accept": "application/json", "User-Agent": f"tokend-client/{__version__}",
                          "X-Tokend-Request": "tokend-client"}
-        key = find_client_key(client_key, client_key_file)
-        if key is not None:
+        self._key = find_client_key(client_key, client_key_file)  # signs each request; never sent
+        if self._key is not None:
             check_key_destination(self.address, config, allow_remote=allow_remote)
-            self._headers["Authorization"] = f"Bearer {key}"
         self._lock = threading.Lock()  # guards the three below
         self._cache: dict[str, _Entry] = {}
         self._flights: dict[tuple[str, str, str | None], _Flight] = {}
@@ -252,6 +252,8 @@ class Client:
             payload = json.dumps(body).encode()
             headers = {**headers, "Content-Type": "application/json"}
         for attempt in (1, 2):
+            if self._key is not None:  # signed anew for each try: tokend takes a signature once
+                headers = {**headers, "Authorization": authorization(self._key, method, path)}
             connection, reused = self._checkout()
             try:
                 connection.request(method, path, body=payload, headers=headers)  # a bodiless POST: length 0

@@ -7,7 +7,7 @@ JSON only, with `Content-Type` and `Accept: application/json` on every request.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import httpx
 from pydantic import model_validator
@@ -31,6 +31,8 @@ JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"
 
 
 class FellohConfig(ProviderBase):
+    NOT_LOGIN: ClassVar[frozenset[str]] = ProviderBase.NOT_LOGIN | {"organisation", "rotate_every"}  # keys
+
     kind: Literal["felloh"]
     environment: Literal["production", "sandbox"] | None = None
     base_url: UpstreamURL | None = None

@@ -1,0 +1,25 @@
+"""User tokens: a refresh token exchanged for access tokens (RFC 6749 section 6), rotated as the server
+rotates it (grant.py); the device authorization grant (RFC 8628) that signs a user in through the daemon,
+and the sign-out that revokes (RFC 7009), offered to the daemon as an extension (device.py)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from tokend.providers.base import Kind
+from tokend.providers.oauth2_refresh_token.grant import OAuth2RefreshToken, OAuth2RefreshTokenConfig
+
+if TYPE_CHECKING:
+    from tokend.extensions import DaemonParts, Extension
+
+__all__ = ["KIND", "OAuth2RefreshToken", "OAuth2RefreshTokenConfig"]
+
+
+def _extension(parts: DaemonParts) -> Extension:
+    # Imported here: the extension needs the web framework, which loading a config must not import.
+    from tokend.providers.oauth2_refresh_token.device import DeviceLogins
+
+    return DeviceLogins(parts)
+
+
+KIND = Kind("oauth2_refresh_token", OAuth2RefreshTokenConfig, OAuth2RefreshToken, extension=_extension)

@@ -1,0 +1,193 @@
+"""The state folder: one sealed record per provider, written whenever a login succeeds and read back at
+start (and when a reload adds or changes a provider), so that a restart within a token's lifetime makes
+no login and a rotated refresh token outlives the process that received it.
+
+Each record is bound (its associated data) to the provider's name and a keyed digest of its login
+settings: a record copied to another provider's file, or left from settings that have changed since,
+does not open. What does not open is logged once and ignored: a fresh login follows, never an old token.
+
+Files are 0600 in a 0700 folder and replaced atomically (a temporary file, fsync, rename, fsync of the
+folder): a crash leaves the old record or the new one, never half of either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tokend.credential import Credential
+from tokend.errors import ConfigError, SignInNeeded, UnknownProvider
+from tokend.events import LoginEvent
+from tokend.providers import ProviderConfig
+from tokend.sealing import RecordError, RecordKey, login_identity, open_record, seal
+from tokend.state.config import StateConfig
+
+if TYPE_CHECKING:
+    from tokend.manager import Manager
+
+__all__ = ["StateStore", "persisted"]
+
+log = logging.getLogger("tokend")
+
+_SUFFIX = ".record"
+
+
+def persisted(config: ProviderConfig) -> bool:
+    """Whether a provider's credentials are kept: it logs in (a static key is a secret, never stored) and
+    has not opted out (`persist = false`)."""
+    return config.persist and config.url is not None
+
+
+class StateStore:
+    def __init__(self, config: StateConfig) -> None:
+        self.folder = config.folder
+        self._key = RecordKey.derive(config.key_bytes(), b"tokend state ")
+        self._refused: dict[str, str] = {}  # provider -> the record it refused last (logged once)
+        self._manager: Manager | None = None
+        self.writes = 0
+        self.write_errors = 0
+        self._lock_descriptor: int | None = None
+
+    def open(self) -> StateStore:
+        """Create the folder (0700) if need be, and tighten one that others could read."""
+        try:
+            self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            mode = self.folder.stat().st_mode & 0o777
+            if mode & 0o077:
+                os.chmod(self.folder, 0o700)
+                log.warning("state: %s was mode %04o; now 0700 (only tokend's user may read its state)",
+                            self.folder, mode)
+        except OSError as exc:
+            raise ConfigError(f"state: cannot use {self.folder} as the state folder ({exc.strerror}); set "
+                              "[state] path to a folder tokend's user may write") from None
+        if not self.folder.is_dir():
+            raise ConfigError(f"state: {self.folder} is not a folder; set [state] path to one")
+        self._lock()
+        return self
+
+    def _lock(self) -> None:
+        """One daemon per folder: two would each spend a user token's refresh token, which the server takes
+        for theft. The lock dies with the process (a crash leaves no stale lock)."""
+        import fcntl
+
+        descriptor = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            raise ConfigError(f"state: another tokend uses the state folder {self.folder}; give each daemon a "
+                              "folder of its own (or share tokens through [fleet])") from None
+        self._lock_descriptor = descriptor
+
+    def close(self) -> None:
+        if self._lock_descriptor is not None:
+            os.close(self._lock_descriptor)  # and with it the lock
+            self._lock_descriptor = None
+
+    def follow(self, manager: Manager) -> None:
+        """Write each new credential as the manager announces it, before any client can be served it (the
+        announcement is made, synchronously, as the credential is swapped in)."""
+        self._manager = manager
+        manager.announcements.add_listener(self._on_login)
+
+    # --- records -----------------------------------------------------------------------------------------
+
+    def path(self, name: str) -> Path:
+        return self.folder / f"{name}{_SUFFIX}"
+
+    def restore(self, name: str, config: ProviderConfig) -> Credential | None:
+        """The provider's stored credential, if there is one and it opens for these settings."""
+        if not persisted(config):
+            return None
+        try:
+            record = self.path(name).read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError) as exc:
+            self._refuse(name, "unreadable", f"cannot be read ({getattr(exc, 'strerror', None) or 'not text'})")
+            return None
+        try:
+            credential = open_record(record, {self._key.id: self._key}, self._binding(name, config),
+                                     _secrets(config), source="state")
+        except RecordError as exc:
+            self._refuse(name, record, f"does not open ({exc}); it is ignored and a fresh login made")
+            return None
+        self._refused.pop(name, None)
+        return credential
+
+    def write(self, name: str, config: ProviderConfig, credential: Credential) -> None:
+        record = seal(credential, self._key, self._binding(name, config), _secrets(config))
+        _replace(self.path(name), (record + "\n").encode("ascii"))
+        self.writes += 1
+
+    def forget(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path(name).unlink()
+            _sync_folder(self.folder)
+
+    def _binding(self, name: str, config: ProviderConfig) -> str:
+        return self._key.bind({"provider": name, "login": login_identity(config)})
+
+    def _refuse(self, name: str, record: str, why: str) -> None:
+        if self._refused.get(name) != record:
+            log.warning("state provider=%s: the stored record %s %s", name, self.path(name), why)
+        self._refused[name] = record
+
+    def _on_login(self, event: LoginEvent) -> None:
+        assert self._manager is not None
+        try:
+            config = self._manager.provider_config(event.name)
+        except UnknownProvider:  # removed by a reload meanwhile: nothing to keep
+            return
+        if not persisted(config):
+            return
+        try:
+            if event.outcome == "ok" and event.credential is not None:
+                if _worth_keeping(config, event.credential):
+                    self.write(event.name, config, event.credential)
+            elif isinstance(event.error, SignInNeeded):
+                self.forget(event.name)  # a refused refresh token, or a logout: nothing left worth keeping
+        except OSError as exc:
+            self.write_errors += 1
+            log.warning("state provider=%s: cannot write %s (%s); the credential is served but will not "
+                        "survive a restart", event.name, self.path(event.name), exc.strerror)
+
+
+def _worth_keeping(config: ProviderConfig, credential: Credential) -> bool:
+    """A credential that expires, and is not itself a secret of the config (Flotiq's key is its token): a
+    key that never expires costs no login to serve again, and a secret is never written down."""
+    return credential.expires_at is not None and credential.token not in _secrets(config).values()
+
+
+def _secrets(config: ProviderConfig) -> dict[str, str]:
+    return {where: secret.get() for where, secret in config.secrets().items()}
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Write `path` whole or not at all: a crash at any point leaves the old content or the new."""
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
+    _sync_folder(path.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    # The rename is durable only once the folder's own entry list is on disk.
+    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
