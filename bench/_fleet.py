@@ -20,7 +20,7 @@ from pathlib import Path
 from statistics import fmean
 from typing import Any
 
-# The kinds of the issue, in the order the mix cycles through them; the last two never log in.
+# The kinds the bench mixes, in the order the mix cycles through them; the last two never log in.
 KINDS = ("felloh", "fintech_studios", "oauth2_client_credentials", "http", "flotiq", "static")
 LOGIN_KINDS = KINDS[:4]
 _SHORT = {"felloh": "felloh", "fintech_studios": "fts", "oauth2_client_credentials": "oauth2", "http": "http",

@@ -1,9 +1,8 @@
-"""A real redis-server for the fleet tests and benchmarks: on a free port, in a directory of its own,
+"""A real redis-server for the fleet tests: on a free port, in a directory of its own,
 started and stopped (or killed, and started again on the same port) by the test."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import redis
 
 from tests.daemon import free_port
+from tests.tools import DEBIAN, require_tool
 
 
 class RedisServer:
@@ -24,8 +24,7 @@ class RedisServer:
         self.url = f"{'rediss' if tls else 'redis'}://127.0.0.1:{self.port}"
 
     def start(self) -> RedisServer:
-        binary = shutil.which("redis-server")
-        assert binary is not None, "redis-server is not installed (Debian: apt-get install redis-server)"
+        binary = require_tool("redis-server", f"{DEBIAN} redis-server")
         ports = ["--port", str(self.port)]
         if self.tls is not None:
             cert, key, ca = self.tls

@@ -34,11 +34,13 @@ import trustme
 import uvicorn
 from starlette.types import ASGIApp
 
+from tests.tools import DEBIAN, require_tool
 from tokend.providers.felloh.login import FELLOH_URLS
 from tokend.providers.flotiq import FLOTIQ_URL
 from tokend.testing import FakeFelloh, FakeFintechStudios, FakeFlotiq
 
 ROOT = Path(__file__).resolve().parent.parent
+DEPLOY_PACKAGES = f"{DEBIAN} debootstrap systemd-container docker.io; .ci/run installs them"
 CACHE = Path(os.environ.get("TOKEND_TEST_CACHE", "/var/cache/tokend-tests"))
 # The host's trust store: on these machines PyPI is reached through a TLS-intercepting proxy whose CA is
 # only in it, so pip inside the container and the image build is given it.
@@ -58,10 +60,7 @@ CLONE_NEWNET = 0x40000000
 
 def tool(name: str) -> str:
     """The full path of a command (a missing one is a package .ci/run installs: see require_machines)."""
-    found = shutil.which(name)
-    if found is None:
-        pytest.fail(f"{name} is missing: install debootstrap, systemd-container and docker.io")
-    return found
+    return require_tool(name, DEPLOY_PACKAGES)
 
 
 def run(argv: list[str], *, timeout: float = 120, check: bool = True, **kwargs: Any,
@@ -79,17 +78,16 @@ def run(argv: list[str], *, timeout: float = 120, check: bool = True, **kwargs: 
 
 
 def require_machines(*commands: str) -> None:
-    """Skip unless this is root with mount namespaces and writable cgroups; fail if a command is missing
-    (that is a package .ci/run installs, not a limit of the machine)."""
+    """Skip unless this is root with mount namespaces and writable cgroups (limits of the machine); a missing
+    command is a package to install: skipped, saying which, or a failure under CI."""
     if os.geteuid() != 0:
         pytest.skip("the live deploy tests need root (debootstrap, mounts, cgroups, dockerd)")
     if subprocess.run([tool("unshare"), "-m", "true"], capture_output=True).returncode != 0:
         pytest.skip("the live deploy tests need mount namespaces (unshare -m failed here)")
     if not cgroup_roots():
         pytest.skip("the live deploy tests need a writable cgroup file system (/sys/fs/cgroup)")
-    missing = [command for command in commands if shutil.which(command) is None and not Path(command).exists()]
-    if missing:
-        pytest.fail(f"missing {', '.join(missing)}: install debootstrap, systemd-container and docker.io")
+    for command in commands:
+        tool(command)
 
 
 def cgroup_roots() -> list[Path]:
@@ -195,7 +193,7 @@ BASE_IMAGE_CHANGES = ["ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 
 
 def source_copy(into: Path) -> Path:
-    """What the README's `pip install .` and the Dockerfile's COPY lines take from the repository."""
+    """What docs/deployment.md's `pip install .` and the Dockerfile's COPY lines take from the repository."""
     into.mkdir(parents=True)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, into / name)

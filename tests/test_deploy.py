@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from tests.daemon import Daemon, write_config
+from tests.tools import DEBIAN, require_tool
 from tokend import cli
 from tokend.config import Settings
 from tokend.testing import FakeProviders
@@ -70,10 +71,7 @@ def tokend_script() -> Path:
 
 
 def systemd_analyze() -> str:
-    found = shutil.which("systemd-analyze")
-    if found is None:
-        pytest.fail("systemd-analyze is missing: install Debian's systemd package (.ci/run does)")
-    return found
+    return require_tool("systemd-analyze", f"{DEBIAN} systemd")
 
 
 def secret_references(config: dict[str, Any], how: str) -> dict[tuple[str, str], str]:

@@ -73,7 +73,7 @@ def hardening() -> list[str]:
 
 
 def mounts(directory: Path, fakes: TlsFakes) -> list[str]:
-    """compose.yaml's volume and secrets, as files readable by the image's uid (the README's chown)."""
+    """compose.yaml's volume and secrets, as files readable by the image's uid (docs/deployment.md's chown)."""
     secrets = directory / "secrets"
     secrets.mkdir()
     options = ["-v", f"{CONFIG}:/etc/tokend/config.toml:ro"]
@@ -101,7 +101,7 @@ def deployment() -> Iterator[Deployment]:
         engine.docker("import", *(arg for change in BASE_IMAGE_CHANGES for arg in ("--change", change)),
                       str(tar), BASE_IMAGE, timeout=300)
         imported = time.monotonic()
-        # The README's build command, unchanged but for the network: this engine has no bridge, and pip
+        # docs/deployment.md's build command, unchanged but for the network: this engine has no bridge, and pip
         # reaches PyPI through the host's.
         engine.docker("build", "--network", "host", "-f", "deploy/docker/Dockerfile", "-t", IMAGE, ".",
                       timeout=600, cwd=ROOT)

@@ -1,5 +1,5 @@
 """deploy/systemd under a real systemd: a minimal Debian booted with systemd-nspawn on a network of its own,
-tokend installed into it by the README's steps, the unit and config.toml installed unchanged, and the
+tokend installed into it by docs/deployment.md's steps, the unit and config.toml installed unchanged, and the
 three providers faked over TLS at the addresses config.toml names (the container's /etc/hosts points them
 at the fakes, and tokend's trust store gets the fakes' throwaway CA).
 
@@ -69,7 +69,7 @@ class Machine:
 
 
 def install(container: Container, fakes: TlsFakes) -> None:
-    """The README's steps 1-3 and 5 (the unit is started by the tests), into the container's tree."""
+    """docs/deployment.md's systemd steps 1-3 and 5 (the unit is started by the tests), into the container's tree."""
     source = source_copy(container.upper.parent / "src")
     pip_cache = CACHE / "pip"
     pip_cache.mkdir(parents=True, exist_ok=True)
@@ -96,7 +96,7 @@ def install(container: Container, fakes: TlsFakes) -> None:
     unit = container.file("/etc/systemd/system/tokend.service")
     shutil.copyfile(UNIT, unit)
     unit.chmod(0o644)
-    # Not from the README: the fakes stand in for the providers at the addresses config.toml names.
+    # Not from docs/deployment.md: the fakes stand in for the providers at the addresses config.toml names.
     container.file("/etc/hosts").write_text("127.0.0.1 localhost\n" + fakes.hosts_lines())
     [bundle] = container.upper.glob("opt/tokend/lib/python3*/site-packages/certifi/cacert.pem")
     with bundle.open("ab") as file:
@@ -126,7 +126,7 @@ def machine() -> Iterator[Machine]:
 
 
 def test_readme_check_step_accepts_the_installed_config(machine: Machine) -> None:
-    # The README's step 4, with the files the service will get.
+    # docs/deployment.md's step 4, with the files the service will get.
     result = machine.sh("env", "CREDENTIALS_DIRECTORY=/etc/tokend/credentials", "tokend", "--config",
                         "/etc/tokend/config.toml", "check")
     assert result.stdout.startswith("config OK: 3 provider(s)"), result.stdout
@@ -164,12 +164,16 @@ def test_start_returns_after_the_first_logins_and_readyz_is_503_until_then(machi
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen: list[int] = []
     while start.poll() is None:
+        if time.monotonic() - began > 120:
+            start.kill()
+            start.wait(timeout=10)
+            raise AssertionError("systemctl start did not return within 120 s")
         answer = answer_or_none(machine.container.pid, "/readyz")
         if answer is not None:
             seen.append(answer.status)
         time.sleep(0.1)
     took = time.monotonic() - began
-    output = start.communicate()[0]
+    output = start.communicate(timeout=10)[0]
     assert start.returncode == 0, output
     assert fakes.felloh.logins == 1  # the slow login was done by then
     assert took >= SLOW_LOGIN
@@ -197,7 +201,7 @@ def test_tokens_are_served(machine: Machine) -> None:
         status, body = machine.get(f"/token/{name}?format=raw")
         assert status == 200 and body.decode() in fake.issued, name
     assert machine.get("/token/flotiq?format=raw")[0] == 200
-    # The README's client commands, inside the machine.
+    # docs/deployment.md's client commands, inside the machine.
     assert machine.sh("tokend", "status").returncode == 0
     assert machine.sh("tokend", "get", "felloh").stdout.strip() in fakes.felloh.issued
 

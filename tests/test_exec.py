@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pty
+import select
 import signal
 import subprocess
 import sys
@@ -79,15 +80,63 @@ def test_signals_reach_the_child(daemon_factory: Callable[..., Daemon], tmp_path
             process.kill()
 
 
+# A test run in the background (a shell's `&`, some CI runners) inherits SIGINT ignored, and a Python
+# started that way never installs its Ctrl-C handler: the watched command is given SIGINT's default back,
+# and every wait on it is bounded, so that a command that does not stop fails the test instead of hanging it.
+WITH_SIGINT = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+               "os.execv(sys.argv[1], sys.argv[1:])")
+
+
+def read_until(fd: int, done: Callable[[bytes], bool], *, timeout: float = 30) -> bytes:
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while not done(seen) and (left := deadline - time.monotonic()) > 0:
+        if select.select([fd], [], [], left)[0]:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:  # a pty whose other side has closed
+                break
+            if not chunk:
+                break
+            seen += chunk
+    return seen
+
+
+def exit_code_after_sigint(pid: int, *, timeout: float = 15) -> int:
+    os.kill(pid, signal.SIGINT)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    raise AssertionError(f"the command did not stop within {timeout} s of SIGINT")
+
+
 def test_status_watch_prints_plain_blocks_when_piped(daemon_factory: Callable[..., Daemon]) -> None:
     daemon = daemon_factory()
-    process = subprocess.Popen(tokend_command("--config", str(daemon.config), "status", "--watch"),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(2.5)
-    process.send_signal(signal.SIGINT)
-    out, err = process.communicate(timeout=30)
-    assert process.returncode == 0, err
-    assert "\x1b" not in out and out.count("PROVIDER") >= 1
+    command = tokend_command("--config", str(daemon.config), "status", "--watch")
+    process = subprocess.Popen([sys.executable, "-c", WITH_SIGINT, *command], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, start_new_session=True)
+    assert process.stdout is not None and process.stderr is not None
+    try:
+        # Piped, a block is printed at start and again only when something changes; flotiq's line ends one.
+        out = read_until(process.stdout.fileno(), lambda seen: b"flotiq" in seen and seen.endswith(b"\n")).decode()
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            code = process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=15)
+            raise AssertionError("tokend status --watch did not stop within 15 s of SIGINT") from None
+    err = process.stderr.read().decode()
+    process.stdout.close()
+    process.stderr.close()
+    assert code == 0, err
+    assert "\x1b" not in out and out.count("PROVIDER") >= 1, out
     assert all(name in out for name in ("felloh", "fts", "flotiq")) and "ok" in out
 
 
@@ -95,21 +144,15 @@ def test_status_watch_redraws_in_place_on_a_terminal(daemon_factory: Callable[..
     daemon = daemon_factory()
     pid, fd = pty.fork()
     if pid == 0:  # the child: tokend on a terminal
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.execv(sys.executable, tokend_command("--config", str(daemon.config), "status", "--watch"))  # noqa: S606
-    seen = b""
-    deadline = time.monotonic() + 30
     try:
-        while seen.count(b"\x1b[H\x1b[2J") < 2 and time.monotonic() < deadline:
-            try:
-                seen += os.read(fd, 65536)
-            except OSError:
-                break
+        seen = read_until(fd, lambda seen: seen.count(b"\x1b[H\x1b[2J") >= 2)
     finally:
-        os.kill(pid, signal.SIGINT)
-        _, status = os.waitpid(pid, 0)
+        code = exit_code_after_sigint(pid)
         os.close(fd)
     assert seen.count(b"\x1b[H\x1b[2J") >= 2 and b"fts" in seen
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert code == 0
 
 
 def test_the_proxy_url_of_each_asked_provider_is_in_the_environment(daemon_factory: Callable[..., Daemon]) -> None:

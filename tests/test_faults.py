@@ -1,6 +1,6 @@
 """Fault injection: the real daemon against fake upstreams that fail in every way upstreams do.
 
-The issue's promise is "a valid token in front of every caller, whatever the upstream does". Each test runs
+tokend's promise is "a valid token in front of every caller, whatever the upstream does". Each test runs
 `tokend run` as a subprocess against the fakes of tokend.testing (real HTTP servers on 127.0.0.1), breaks an
 upstream, and checks what callers get, what /status and the log say, and how many logins the upstream saw:
 that count is the product's promise to the provider (renew well before expiry, back off, never loop).

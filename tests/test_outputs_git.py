@@ -15,7 +15,7 @@ import pytest
 
 from tests.daemon import Daemon, add_settings, tokend_command, write_config
 from tests.git_server import GitServer
-from tests.tools import require
+from tests.tools import require_tool
 from tokend.testing import FakeProviders
 
 USER = "tokend-bot"
@@ -23,12 +23,12 @@ USER = "tokend-bot"
 
 @pytest.fixture
 def git() -> str:
-    return require("git", "apt-get install git")
+    return require_tool("git", "apt-get install git")
 
 
 @pytest.fixture
 def server(tmp_path: Path, fakes: FakeProviders, git: str) -> Iterator[GitServer]:
-    backend = require("/usr/lib/git-core/git-http-backend", "it comes with git: apt-get install git")
+    backend = require_tool("/usr/lib/git-core/git-http-backend", "it comes with git: apt-get install git")
     root = tmp_path / "served"
     root.mkdir()
     work = tmp_path / "work"

@@ -15,7 +15,7 @@ import pytest
 
 from tests.daemon import Daemon, tokend_command, write_config
 from tests.kube_server import KubeServer
-from tests.tools import require
+from tests.tools import require_tool
 from tokend.testing import FakeProviders, serve_fakes
 
 LIFETIME = 6.0  # renewed at about two thirds: a few seconds
@@ -23,7 +23,7 @@ LIFETIME = 6.0  # renewed at about two thirds: a few seconds
 
 @pytest.fixture
 def kubectl() -> str:
-    return require("kubectl", "Debian: apt-get install kubernetes-client; or the kubectl binary from kubernetes.io")
+    return require_tool("kubectl", "Debian: apt-get install kubernetes-client; or the kubectl binary from kubernetes.io")
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 
 from tests.daemon import Daemon, free_port, write_config
 from tests.test_sinks import eventually, sink
-from tests.tools import ThreadedHTTPServer, require
+from tests.tools import ThreadedHTTPServer, require_tool
 from tokend.credential import Credential
 from tokend.outputs import templated
 from tokend.testing import FakeProviders, serve_fakes
@@ -82,7 +82,7 @@ class Upstream(ThreadedHTTPServer):
 
 @pytest.fixture
 def nginx(tmp_path: Path) -> Iterator[Callable[[Path, str, Path], str]]:
-    program = require("nginx", "apt-get install nginx-light (or nginx)")
+    program = require_tool("nginx", "apt-get install nginx-light (or nginx)")
     started: list[subprocess.Popen[bytes]] = []
 
     def start(include: Path, upstream: str, pid_file: Path) -> str:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from tokend.config import Settings
+    from tokend.demo import Demo
     from tokend.fleet.probe import FleetReport
 
 
@@ -185,6 +186,8 @@ def _parser(kinds: tuple[str, ...] | None = None) -> argparse.ArgumentParser:
                       "is taken; 0 always picks a free one)")
     demo.add_argument("--lifetime", type=float, default=30.0, help="seconds each fake token lives (default 30)")
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    demo.add_argument("--check", action="store_true", help="a self-test: start, ask for each provider's token "
+                      "once and use it against its fake API, stop; exit 0 if all worked")
     demo.set_defaults(handler=_demo)
 
     init = commands.add_parser("init", help="write a commented starting config for the kinds asked for",
@@ -389,14 +392,43 @@ def _demo(args: argparse.Namespace) -> int:
     from tokend.logs import configure_logging
     from tokend.server import serve
 
-    configure_logging("info")
+    configure_logging("warning" if args.check else "info")
     with demo_environment(port=args.port, lifetime=args.lifetime) as demo:
+        if args.check:
+            return _demo_check(demo)
         print("\n".join(demo.banner), file=sys.stderr, flush=True)
         if args.duration is not None:  # stop as Ctrl-C would
             timer = threading.Timer(args.duration, os.kill, args=(os.getpid(), signal.SIGINT))
             timer.daemon = True
             timer.start()
         return Exit.OK if serve(demo.settings, demo.sock, config_path=demo.config_path) else Exit.FAILURE
+
+
+def _demo_check(demo: Demo) -> int:
+    import os
+    import signal
+    import threading
+
+    from tokend.demo import self_check
+    from tokend.server import serve
+
+    outcome: list[tuple[bool, list[str]]] = []
+
+    def check_then_stop() -> None:
+        try:
+            outcome.append(self_check(demo))
+        finally:  # stop as Ctrl-C would, whatever the check found
+            os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=check_then_stop, daemon=True).start()
+    stopped = serve(demo.settings, demo.sock, config_path=demo.config_path)
+    passed, lines = outcome[0] if outcome else (False, ["the check did not finish"])
+    print("\n".join(lines))
+    if passed and stopped:
+        print(f"tokend demo --check: {len(lines)} provider(s) served and used, then stopped cleanly")
+        return Exit.OK
+    print("tokend demo --check: failed", file=sys.stderr)
+    return Exit.FAILURE
 
 
 def _init(args: argparse.Namespace) -> int:

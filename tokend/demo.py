@@ -12,9 +12,12 @@ import contextlib
 import os
 import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
 
 from tokend.config import Settings
 from tokend.discovery import DEFAULT_PORT
@@ -37,6 +40,8 @@ class Demo:
     sock: socket.socket
     banner: list[str]
     config_path: Path  # the demo's config file, read again on SIGHUP or `tokend reload`
+    upstreams: dict[str, str]  # provider name -> an upstream URL that takes its credential
+    url: str
 
 
 @contextlib.contextmanager
@@ -60,7 +65,12 @@ def demo_environment(*, port: int | None, lifetime: float) -> Iterator[Demo]:
             # Else a `tokend get` without --url would ask whatever holds 8765, and be puzzled by its answer.
             lines[:0] = [f"tokend demo: port {DEFAULT_PORT} is in use (another tokend?), so this demo listens on "
                          f"port {actual_port}: give clients --url http://127.0.0.1:{actual_port}, as below.", ""]
-        yield Demo(settings, sock, lines, config_path)
+        # Where each provider's served credential is accepted, for `tokend demo --check`.
+        upstreams = {"felloh": fakes.felloh_url + fakes.felloh.protected_path,
+                     "fts": fakes.fintech_studios_url + fakes.fintech_studios.protected_path,
+                     "flotiq": fakes.flotiq_url + fakes.flotiq.protected_path,
+                     "github": github_server.url + github.protected_path}
+        yield Demo(settings, sock, lines, config_path, upstreams, f"http://127.0.0.1:{actual_port}")
 
 
 def _github_app(directory: Path, github: FakeGitHub, url: str) -> str:
@@ -138,6 +148,39 @@ def banner(config: Path, port: int, fakes: FakeProviders, lifetime: float, *, us
         "Each login and renewal shows below as a 'login provider=...' line. Press Ctrl-C to stop.",
         "",
     ]
+
+
+def self_check(demo: Demo, *, timeout: float = 30.0) -> tuple[bool, list[str]]:
+    """Once the demo is ready: each provider's token asked for through the local API, as a client would, and
+    used against its fake upstream. Whether all passed, and one line per provider (never a token)."""
+    with httpx.Client(base_url=demo.url, headers={"X-Tokend-Request": "1"}, timeout=10) as local:
+        # Not /readyz: the demo's user token holds nothing until someone runs `tokend login user`.
+        if not _ready(local, list(demo.upstreams), timeout):
+            return False, [f"not ready within {timeout:g}s: {local.get('/readyz').text}"]
+        results = [_check_one(local, name, upstream) for name, upstream in demo.upstreams.items()]
+    return all(ok for ok, _ in results), [line for _, line in results]
+
+
+def _ready(local: httpx.Client, names: list[str], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while any(local.get(f"/token/{name}").status_code != 200 for name in names):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def _check_one(local: httpx.Client, name: str, upstream_url: str) -> tuple[bool, str]:
+    answer = local.get(f"/token/{name}")
+    if answer.status_code != 200:
+        return False, f"{name}: tokend answered {answer.status_code}: {answer.json().get('message')}"
+    served = answer.json()
+    upstream = httpx.get(upstream_url, headers=served["headers"], params=served["query"], timeout=10)
+    what = f"{served['token_type']}, " + ("no expiry" if served["expires_in"] is None else
+                                          f"expires in {served['expires_in']}s")
+    if upstream.status_code != 200:
+        return False, f"{name}: served ({what}), but the fake API refused it ({upstream.status_code})"
+    return True, f"{name}: ok: served ({what}) and accepted by the fake API"
 
 
 def _span(low: float, high: float) -> str:

@@ -86,7 +86,7 @@ def test_fifty_concurrent_sync_401s_cost_one_refresh(stack: Stack, upstream: Ups
         barrier = threading.Barrier(50)
 
         def call(n: int) -> httpx.Response:
-            barrier.wait()
+            barrier.wait(timeout=60)
             return api.get(f"/item/{n}")
 
         with ThreadPoolExecutor(50) as pool:

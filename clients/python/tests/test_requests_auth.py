@@ -50,7 +50,7 @@ def test_fifty_concurrent_401s_cost_one_refresh(stack: Stack, upstream: Upstream
     barrier = threading.Barrier(50)
 
     def call(n: int) -> requests.Response:
-        barrier.wait()
+        barrier.wait(timeout=60)
         return requests.get(f"{upstream.url}/item/{n}", auth=auth, timeout=30)
 
     with ThreadPoolExecutor(50) as pool:

@@ -108,7 +108,7 @@ def test_a_refresh_naming_the_rejected_token_logs_in_once_for_fifty_callers(stac
         barrier = threading.Barrier(50)
 
         def refresh() -> str:
-            barrier.wait()
+            barrier.wait(timeout=60)
             return client.refresh("felloh", rejected=rejected).token
 
         with ThreadPoolExecutor(50) as pool:

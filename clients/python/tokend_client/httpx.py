@@ -6,7 +6,8 @@
     with httpx.Client(base_url="https://sandbox.felloh.com", auth=Auth("felloh")) as api:
         api.get("/agent/organisations")
 
-Needs the `httpx` extra: `pip install 'tokend-client[httpx]'`.
+Needs the `httpx` extra: `pip install './clients/python[httpx]'` from a checkout
+of tokend (or the built wheel with `[httpx]`).
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@
     session.auth = Auth("felloh")
     session.get("https://sandbox.felloh.com/agent/organisations")
 
-Needs the `requests` extra: `pip install 'tokend-client[requests]'`.
+Needs the `requests` extra: `pip install './clients/python[requests]'` from a
+checkout of tokend (or the built wheel with `[requests]`).
 """
 
 from __future__ import annotations
