@@ -23,7 +23,7 @@ LIFETIME = 6.0  # renewed at about two thirds: a few seconds
 
 @pytest.fixture
 def kubectl() -> str:
-    return require_tool("kubectl", "Debian: apt-get install kubernetes-client; or the kubectl binary from kubernetes.io")
+    return require_tool("kubectl", "Debian: apt-get install kubernetes-client; or kubectl from kubernetes.io")
 
 
 @pytest.fixture
