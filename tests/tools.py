@@ -30,9 +30,10 @@ def require_tool(name: str, how_to_get: str) -> str:
     found = shutil.which(name)
     if found is not None:
         return found
-    # The summary line points at this file, where the skip is raised: the reason names the test instead.
-    test = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" ", 1)[0]
-    reason = f"{test}: needs {name}, which is not installed ({how_to_get})"
+    # The summary line points at this file, where the skip is raised: the reason names the test file
+    # instead (not the test: a module's fixture is set up during its first test, and skips them all).
+    test_file = os.environ.get("PYTEST_CURRENT_TEST", "").split("::", 1)[0]
+    reason = f"{test_file}: needs {name}, which is not installed ({how_to_get})"
     if in_ci():
         pytest.fail(f"{reason}; CI=true, so a missing command is a failure, not a skip", pytrace=False)
     pytest.skip(reason)

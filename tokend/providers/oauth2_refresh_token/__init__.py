@@ -22,4 +22,17 @@ def _extension(parts: DaemonParts) -> Extension:
     return DeviceLogins(parts)
 
 
-KIND = Kind("oauth2_refresh_token", OAuth2RefreshTokenConfig, OAuth2RefreshToken, extension=_extension)
+EXAMPLE = """\
+[providers.me]
+kind = "oauth2_refresh_token"
+token_url = "https://auth.example.com/oauth/token"
+client_id = "my-cli-app"
+auth_method = "none"                       # a public client; or client_secret with client_secret_basic / _post
+scope = "openid offline_access"
+refresh_token = { env = "ME_REFRESH_TOKEN" }   # the first one; optional with device_authorization_url
+# device_authorization_url = "https://auth.example.com/oauth/device/code"   # `tokend login me`
+# revocation_url = "https://auth.example.com/oauth/revoke"                 # `tokend logout me` revokes it
+"""
+
+KIND = Kind("oauth2_refresh_token", OAuth2RefreshTokenConfig, OAuth2RefreshToken, extension=_extension,
+            example=EXAMPLE)
