@@ -193,7 +193,7 @@ def test_env_refuses_variables_that_change_how_the_command_runs(daemon_factory: 
 
 def test_the_library_refuses_an_unsafe_variable_too() -> None:
     from tokend.errors import TokendError
-    from tokend.execute import child_environment
+    from tokend.outputs.execute import child_environment
 
     with pytest.raises(TokendError, match="refusing to put a token in LD_PRELOAD"):
         child_environment(None, "http://127.0.0.1:1", None, [], {"fts": "LD_PRELOAD"})  # type: ignore[arg-type]

@@ -8,8 +8,8 @@ import pytest
 
 from tokend.config import Settings
 from tokend.errors import ConfigError
-from tokend.proxy import headers
-from tokend.proxy.paths import BadPath, Origin, bad_path, request_target, with_query
+from tokend.outputs.proxy import headers
+from tokend.outputs.proxy.paths import BadPath, Origin, bad_path, request_target, with_query
 
 
 def test_the_target_keeps_the_base_path_and_the_query() -> None:

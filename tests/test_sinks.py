@@ -316,7 +316,7 @@ def test_env_values_read_back_unchanged_in_a_shell_and_run_nothing(
 def test_a_value_no_shell_can_carry_is_refused() -> None:
     # A secret in the config cannot hold a control character; a token from an upstream's JSON can.
     from tokend.credential import Credential
-    from tokend.sinks import SinkConfig, render
+    from tokend.outputs.sinks import SinkConfig, render
 
     credential = Credential(token="before\0after", token_type="Bearer", expires_at=None, headers={})
     with pytest.raises(ValueError, match="NUL"):
@@ -331,7 +331,7 @@ def test_a_short_write_leaves_the_old_file_and_fails(tmp_path: Path) -> None:
     script = (
         "import resource, sys\n"
         "from pathlib import Path\n"
-        "from tokend.sinkfiles import write_sink_file\n"
+        "from tokend.outputs.sinkfiles import write_sink_file\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))\n"
         "try:\n"
         f"    write_sink_file(Path({str(path)!r}), b'x' * 1000, mode=0o600, uid=-1, gid=-1, atomic=True)\n"

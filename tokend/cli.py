@@ -624,7 +624,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _exec(args: argparse.Namespace) -> int:
-    from tokend.execute import Unrunnable, child_environment, run, unsafe_variable
+    from tokend.outputs.execute import Unrunnable, child_environment, run, unsafe_variable
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:

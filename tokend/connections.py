@@ -30,7 +30,7 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from tokend.guard import PEER_EXTENSION
-from tokend.proxy.cycle import ProxyCycle
+from tokend.outputs.proxy.cycle import ProxyCycle
 
 __all__ = ["MAX_CONNECTIONS", "MAX_HEADERS", "MAX_HEAD_SIZE", "READ_TIMEOUT", "Budget", "connection_cap",
            "limited_protocol"]

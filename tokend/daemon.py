@@ -30,14 +30,14 @@ from tokend.guard import RequestGuard
 from tokend.logins import DirectLogin, Login
 from tokend.manager import Manager
 from tokend.outputs.metadata import Metadata, MetadataListener
+from tokend.outputs.proxy.listen import Listener
+from tokend.outputs.proxy.router import Proxy
+from tokend.outputs.sinks import SinkWriter
 from tokend.providers import KINDS
-from tokend.proxy.listen import Listener
-from tokend.proxy.router import Proxy
 from tokend.redact import Redactor
 from tokend.reloading import Reloader
 from tokend.scheduler import Scheduler
 from tokend.sdnotify import Notifier, StatusLine, describe
-from tokend.sinks import SinkWriter
 from tokend.state.store import StateStore
 from tokend.upstream import build_client, trust_store
 from tokend.watch import SecretFileWatcher

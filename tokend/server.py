@@ -30,7 +30,7 @@ from tokend.daemon import Daemon
 from tokend.errors import TokendError
 from tokend.logs import install_redaction
 from tokend.outputs.metadata import closed_at_exit, open_metadata_listeners
-from tokend.proxy.listen import open_listeners, removed_at_exit
+from tokend.outputs.proxy.listen import open_listeners, removed_at_exit
 from tokend.sdnotify import Notifier
 
 log = logging.getLogger("tokend")

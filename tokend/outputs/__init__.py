@@ -1,5 +1,12 @@
-"""Ways a token leaves tokend for programs that were not written for it, each in the protocol the program
-already speaks: one module per protocol.
+"""Every way a token leaves tokend, one module (or folder) each. For programs written for tokend, or that
+read a file:
+
+    sinks.py     file sinks, written from the manager's login announcements (sinkfiles.py: the writes,
+                 which never follow a link)
+    proxy/       the auth-injecting proxy: the program holds no token at all
+    execute.py   `tokend exec`: a child process started with the token in its environment
+
+For programs that were not written for it, each in the protocol the program already speaks:
 
     git.py       `tokend git-credential`: git's credential helper protocol
     docker.py    `docker-credential-tokend`: Docker's credential helper protocol
@@ -11,8 +18,7 @@ already speaks: one module per protocol.
     environment.py  what `tokend exec` puts in a child's environment for the metadata listeners
     templated.py the file sinks' `format = "template"` (an nginx include, a .netrc)
 
-The other ways out are the file sinks (tokend.sinks), the auth-injecting proxy (tokend.proxy) and
-`tokend exec` (tokend.execute). The helpers run as client commands: standard library only, so that git
+The credential helpers run as client commands: standard library only, so that git
 and Docker, which start one for every request, wait for little more than Python itself. Nothing is
 imported here, for the same reason.
 """

@@ -16,9 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tokend.credential import Credential
 from tokend.fields import GitHost, ProxyListen, Registry, Seconds, UpstreamURL
+from tokend.outputs.sinks import SinkConfig
 from tokend.redact import Redactor
 from tokend.secrets import SecretValue, collect_secrets
-from tokend.sinks import SinkConfig
 
 if TYPE_CHECKING:
     from tokend.extensions import DaemonParts, Extension
@@ -53,8 +53,8 @@ class ProviderBase(BaseModel):
     max_lifetime: Seconds = 86400.0
     # A login answer larger than this once decoded fails the login (a decompression bomb, a runaway page).
     max_answer_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
-    sinks: tuple[SinkConfig, ...] = ()  # files each new credential is written to (tokend.sinks)
-    # The auth-injecting proxy (tokend.proxy): off unless asked for; api_url defaults per kind.
+    sinks: tuple[SinkConfig, ...] = ()  # files each new credential is written to (tokend.outputs.sinks)
+    # The auth-injecting proxy (tokend.outputs.proxy): off unless asked for; api_url defaults per kind.
     proxy: bool = False
     api_url: UpstreamURL | None = None
     proxy_listen: ProxyListen | None = None  # "127.0.0.1:9101" or a unix socket path: a listener of its own

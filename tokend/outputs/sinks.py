@@ -33,7 +33,7 @@ from tokend.credential import Credential, iso_utc
 from tokend.errors import UnknownProvider
 from tokend.fields import Seconds
 from tokend.outputs import templated
-from tokend.sinkfiles import remove_sink_file, send_signal, write_sink_file
+from tokend.outputs.sinkfiles import remove_sink_file, send_signal, write_sink_file
 
 if TYPE_CHECKING:
     from tokend.events import Listener

@@ -13,7 +13,7 @@ from starlette.types import Scope
 
 from tokend.config import ClientConfig
 from tokend.guard import NOT_YOURS, Denial, RequestGuard
-from tokend.proxy.app import Check
+from tokend.outputs.proxy.app import Check
 
 __all__ = ["FROM_BROWSER", "request_check"]
 

@@ -31,7 +31,7 @@ from typing import cast
 import httptools
 
 from tokend.connections import Budget
-from tokend.proxy.paths import Origin
+from tokend.outputs.proxy.paths import Origin
 
 __all__ = ["Answer", "Connection", "Pool", "UpstreamFailure"]
 

@@ -23,25 +23,25 @@ __all__ = ["Check", "Credentials", "Listener", "Pool", "Proxy", "ProxyApp", "Pro
            "open_listeners", "request_check"]
 
 _LAZY = {
-    "Check": "tokend.proxy.app",
-    "Credentials": "tokend.proxy.app",
-    "Listener": "tokend.proxy.listen",
-    "Pool": "tokend.proxy.pool",
-    "Proxy": "tokend.proxy.router",
-    "ProxyApp": "tokend.proxy.app",
-    "ProxyRouter": "tokend.proxy.router",
-    "ProxyStats": "tokend.proxy.stats",
-    "open_listeners": "tokend.proxy.listen",
-    "request_check": "tokend.proxy.checks",
+    "Check": "tokend.outputs.proxy.app",
+    "Credentials": "tokend.outputs.proxy.app",
+    "Listener": "tokend.outputs.proxy.listen",
+    "Pool": "tokend.outputs.proxy.pool",
+    "Proxy": "tokend.outputs.proxy.router",
+    "ProxyApp": "tokend.outputs.proxy.app",
+    "ProxyRouter": "tokend.outputs.proxy.router",
+    "ProxyStats": "tokend.outputs.proxy.stats",
+    "open_listeners": "tokend.outputs.proxy.listen",
+    "request_check": "tokend.outputs.proxy.checks",
 }
 
 if TYPE_CHECKING:
-    from tokend.proxy.app import Check, Credentials, ProxyApp
-    from tokend.proxy.checks import request_check
-    from tokend.proxy.listen import Listener, open_listeners
-    from tokend.proxy.pool import Pool
-    from tokend.proxy.router import Proxy, ProxyRouter
-    from tokend.proxy.stats import ProxyStats
+    from tokend.outputs.proxy.app import Check, Credentials, ProxyApp
+    from tokend.outputs.proxy.checks import request_check
+    from tokend.outputs.proxy.listen import Listener, open_listeners
+    from tokend.outputs.proxy.pool import Pool
+    from tokend.outputs.proxy.router import Proxy, ProxyRouter
+    from tokend.outputs.proxy.stats import ProxyStats
 
 
 def __getattr__(name: str) -> Any:
@@ -49,4 +49,4 @@ def __getattr__(name: str) -> Any:
         import importlib
 
         return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'tokend.proxy' has no attribute {name!r}")
+    raise AttributeError(f"module 'tokend.outputs.proxy' has no attribute {name!r}")

@@ -4,7 +4,7 @@
     asgi_app = proxy.wrap(local_api)     # /proxy/{name}/... and the providers' own listeners go to the proxy
     async with proxy: ...                # its upstream connections are closed on the way out
 
-The data path (tokend.proxy.app, .pool) is loaded on the first proxied request: a daemon that proxies
+The data path (tokend.outputs.proxy.app, .pool) is loaded on the first proxied request: a daemon that proxies
 nothing does not carry it (about a megabyte of resident memory).
 """
 
@@ -19,13 +19,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tokend.config import ClientConfig
 from tokend.guard import RequestGuard
-from tokend.proxy.listen import Listener
-from tokend.proxy.stats import ProxyStats
+from tokend.outputs.proxy.listen import Listener
+from tokend.outputs.proxy.stats import ProxyStats
 
 if TYPE_CHECKING:
     from tokend.connections import Budget
-    from tokend.proxy.app import Credentials, ProxyApp
-    from tokend.proxy.pool import Pool
+    from tokend.outputs.proxy.app import Credentials, ProxyApp
+    from tokend.outputs.proxy.pool import Pool
 
 __all__ = ["Proxy", "ProxyRouter"]
 
@@ -47,9 +47,9 @@ class Proxy:
     def apps(self) -> tuple[ProxyApp, dict[Any, ProxyApp]]:
         """The app for /proxy/..., and one per own listener by its address; made on first use."""
         if self._apps is None:
-            from tokend.proxy.app import ProxyApp
-            from tokend.proxy.checks import request_check
-            from tokend.proxy.pool import Pool
+            from tokend.outputs.proxy.app import ProxyApp
+            from tokend.outputs.proxy.checks import request_check
+            from tokend.outputs.proxy.pool import Pool
 
             pool = self._pool = Pool(self._tls, self._budget)
             main = ProxyApp(self._credentials, request_check(self._guard, self._clients), pool, self.stats)

@@ -4,7 +4,7 @@
 provider's own listener (`provider="name"`). For each request:
 
 1. the request checks (those of /token, handed in as `check`), then the provider and its proxy settings;
-2. the path (see tokend.proxy.paths: what could leave the origin is refused with 400);
+2. the path (see tokend.outputs.proxy.paths: what could leave the origin is refused with 400);
 3. a servable credential, or 503 token_unavailable without contacting the upstream;
 4. the body: up to `proxy_retry_body_limit` is read first and kept, so the request can be sent twice;
    a larger or longer one is streamed upstream as it arrives and cannot be;
@@ -29,10 +29,10 @@ from starlette.types import Receive, Scope, Send
 from tokend.credential import Credential
 from tokend.errors import TokendError, TokenUnavailable, UnknownProvider
 from tokend.guard import Denial
-from tokend.proxy import headers as header_rules
-from tokend.proxy.paths import BadPath, Origin, request_target, with_query
-from tokend.proxy.pool import Answer, Connection, Pool, UpstreamFailure
-from tokend.proxy.stats import ProxyStats
+from tokend.outputs.proxy import headers as header_rules
+from tokend.outputs.proxy.paths import BadPath, Origin, request_target, with_query
+from tokend.outputs.proxy.pool import Answer, Connection, Pool, UpstreamFailure
+from tokend.outputs.proxy.stats import ProxyStats
 
 __all__ = ["Check", "Credentials", "ProxyApp"]
 
