@@ -521,14 +521,7 @@ def test_bash_completion_is_generated_from_the_parser_and_completes_commands(tmp
 
 
 def test_zsh_and_fish_completion_come_from_the_same_table(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    import shutil
-
-    import pytest
-
-    shells = {shell: shutil.which(shell) for shell in ("zsh", "fish")}
-    missing = [shell for shell, path in shells.items() if path is None]
-    if missing:
-        pytest.skip(f"{' and '.join(missing)} not installed (Debian: apt-get install {' '.join(missing)})")
+    shells = {shell: require_tool(shell, f"{DEBIAN} {shell}") for shell in ("zsh", "fish")}
     zsh = tmp_path / "_tokend"
     zsh.write_text(tokend("completion", "zsh").stdout)
     probe = (f'autoload -Uz compinit && compinit -u -d {tmp_path}/zcompdump; source {zsh}; '
