@@ -127,6 +127,12 @@ def from_template(parts: list[Part], token: str, secrets: Mapping[str, str]) -> 
 
 def seal(credential: Credential, key: RecordKey, binding: str, secrets: Mapping[str, str]) -> str:
     """The record for `credential`, encrypted with `key`, bound to `binding`."""
+    return seal_json(credential_body(credential, secrets), key, binding)
+
+
+def credential_body(credential: Credential, secrets: Mapping[str, str]) -> dict[str, Any]:
+    """What a record holds of `credential`: the token once, and every value that repeats it or a secret as
+    a template, so that no secret is ever sealed (tokend.fleet.envelope seals the same body)."""
     token = credential.token
     body: dict[str, Any] = {
         "token": token, "token_type": credential.token_type, "expires_at": credential.expires_at,
@@ -135,9 +141,9 @@ def seal(credential: Credential, key: RecordKey, binding: str, secrets: Mapping[
         "headers": {name: to_template(value, token, secrets) for name, value in credential.headers.items()},
         "query": {name: to_template(value, token, secrets) for name, value in credential.query.items()},
     }
-    if credential.refresh_token is not None:
+    if credential.refresh_token is not None:  # a user token's: the next login spends it
         body["refresh_token"] = to_template(credential.refresh_token, token, secrets)
-    return seal_json(body, key, binding)
+    return body
 
 
 def seal_json(body: Any, key: RecordKey, binding: str) -> str:
@@ -178,7 +184,11 @@ def open_record(
     record: str, keys: Mapping[str, RecordKey], binding: str, secrets: Mapping[str, str], *, source: str = "fleet"
 ) -> Credential:
     """The credential in `record`, as this daemon serves it; RecordError when it must not be served."""
-    body = open_json(record, keys, binding)
+    return credential_from_body(open_json(record, keys, binding), secrets, source)
+
+
+def credential_from_body(body: Any, secrets: Mapping[str, str], source: str) -> Credential:
+    """The credential a record's body describes (see credential_body); RecordError when it describes none."""
     try:
         token = body["token"]
         refresh = body.get("refresh_token")

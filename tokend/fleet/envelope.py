@@ -27,7 +27,6 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -35,7 +34,14 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from tokend.credential import Credential
 from tokend.errors import CredentialsRejected, UpstreamError
 from tokend.providers import ProviderConfig
-from tokend.sealing import RecordError, from_template, login_identity, to_template
+from tokend.sealing import (
+    RecordError,
+    credential_body,
+    credential_from_body,
+    from_template,
+    login_identity,
+    to_template,
+)
 
 __all__ = ["FleetKey", "RecordError", "from_template", "key_id", "login_identity", "open_failure", "open_record",
            "seal", "seal_failure", "to_template"]
@@ -76,16 +82,7 @@ class FleetKey:
 
 def seal(credential: Credential, key: FleetKey, share_key: str, secrets: Mapping[str, str]) -> str:
     """The record for `credential`, encrypted with `key`, bound to `share_key`."""
-    token = credential.token
-    body: dict[str, Any] = {
-        "token": token, "token_type": credential.token_type, "expires_at": credential.expires_at,
-        "obtained_at": credential.obtained_at, "request_id": credential.request_id,
-        "renew_at": credential.renew_at,
-        "headers": {name: to_template(value, token, secrets) for name, value in credential.headers.items()},
-        "query": {name: to_template(value, token, secrets) for name, value in credential.query.items()},
-    }
-    if credential.refresh_token is not None:  # a user token's: the fleet's next login spends it
-        body["refresh_token"] = to_template(credential.refresh_token, token, secrets)
+    body = credential_body(credential, secrets)
     nonce = os.urandom(_NONCE)
     sealed = AESGCM(key.encryption).encrypt(nonce, json.dumps(body).encode(), _associated(key, share_key))
     return f"{VERSION}.{key.id}.{base64.b64encode(nonce + sealed).decode()}"
@@ -111,15 +108,7 @@ def open_record(record: str, keys: Mapping[str, FleetKey], share_key: str, secre
         body = json.loads(plain)
     except (InvalidTag, ValueError):
         raise RecordError(f"the record does not decrypt with key id {kid}: it was tampered with") from None
-    token = body["token"]
-    return Credential(
-        token=token, token_type=body["token_type"], expires_at=body["expires_at"],
-        headers={name: from_template(parts, token, secrets) for name, parts in body["headers"].items()},
-        query={name: from_template(parts, token, secrets) for name, parts in body["query"].items()},
-        request_id=body["request_id"], obtained_at=body["obtained_at"], renew_at=body.get("renew_at"),
-        source="fleet", refresh_token=None if (refresh := body.get("refresh_token")) is None
-        else from_template(refresh, token, secrets),
-    )
+    return credential_from_body(body, secrets, source="fleet")
 
 
 def seal_failure(error: UpstreamError, key: FleetKey, share_key: str, hold: float) -> str:
