@@ -23,7 +23,7 @@ import pytest
 
 from tests.daemon import Daemon, free_port, tokend_command
 from tests.fleet_redis import RedisServer
-from tokend.config import Settings
+from tokend.config.settings import Settings
 from tokend.fleet.envelope import FleetKey
 from tokend.testing import FakeProviders, serve_fakes, write_fake_config
 

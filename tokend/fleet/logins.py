@@ -39,9 +39,9 @@ from tokend.fleet.envelope import (
     seal_failure,
 )
 from tokend.fleet.store import MAX_KEY_IDS, Store, StoreError
-from tokend.logins import Login, LoginCall, LoginReason
-from tokend.policy import RENEW_BEFORE_EXPIRY, renewal_delay
 from tokend.providers import ProviderConfig
+from tokend.renewal.logins import Login, LoginCall, LoginReason
+from tokend.renewal.policy import RENEW_BEFORE_EXPIRY, renewal_delay
 
 log = logging.getLogger("tokend")
 

@@ -245,7 +245,7 @@ class Store:
                 yield share, record or None
         finally:
             with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
 
 
 def _reason(exc: BaseException) -> str:

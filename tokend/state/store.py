@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING
 
 from tokend.credential import Credential
 from tokend.errors import ConfigError, SignInNeeded, UnknownProvider
-from tokend.events import LoginEvent
 from tokend.providers import ProviderConfig
-from tokend.sealing import RecordError, RecordKey, login_identity, open_record, seal
+from tokend.renewal.events import LoginEvent
+from tokend.sealing import RecordError, RecordKey, open_record, seal
 from tokend.state.config import StateConfig
 
 if TYPE_CHECKING:
-    from tokend.manager import Manager
+    from tokend.renewal.manager import Manager
 
 __all__ = ["StateStore", "persisted"]
 
@@ -130,7 +130,7 @@ class StateStore:
             _sync_folder(self.folder)
 
     def _binding(self, name: str, config: ProviderConfig) -> str:
-        return self._key.bind({"provider": name, "login": login_identity(config)})
+        return self._key.bind({"provider": name, "login": config.login_identity()})
 
     def _refuse(self, name: str, record: str, why: str) -> None:
         if self._refused.get(name) != record:

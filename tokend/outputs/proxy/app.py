@@ -26,10 +26,10 @@ from typing import Any, Protocol
 
 from starlette.types import Receive, Scope, Send
 
+import tokend.outputs.proxy.headers as header_rules
+from tokend.api.guard import Denial
 from tokend.credential import Credential
 from tokend.errors import TokendError, TokenUnavailable, UnknownProvider
-from tokend.guard import Denial
-from tokend.outputs.proxy import headers as header_rules
 from tokend.outputs.proxy.paths import BadPath, Origin, request_target, with_query
 from tokend.outputs.proxy.pool import Answer, Connection, Pool, UpstreamFailure
 from tokend.outputs.proxy.stats import ProxyStats

@@ -20,14 +20,14 @@ from typing import Any, Literal
 import httpx
 from pydantic import Field, model_validator
 
+from tokend.config.fields import UpstreamURL
+from tokend.config.secrets import Secret
 from tokend.credential import Credential
 from tokend.errors import CredentialsRejected, SignInNeeded, UpstreamError
-from tokend.fields import UpstreamURL
 from tokend.providers.base import ProviderBase
 from tokend.providers.exchange import LoginRequest, exchange, limits, login_credential, malformed, number_or_none
 from tokend.providers.oauth2 import basic_authorization, describe
 from tokend.redact import Redactor
-from tokend.secrets import Secret
 
 __all__ = ["DEVICE_GRANT", "DeviceAnswer", "DeviceStart", "OAuth2RefreshToken", "OAuth2RefreshTokenConfig"]
 
