@@ -28,7 +28,6 @@ from typing import Any
 
 from tokend.credential import Credential
 
-
 __all__ = ["KEY_BYTES", "RecordError", "RecordKey", "decode_key", "from_template", "key_id", "open_record", "seal",
            "to_template"]
 

@@ -345,8 +345,8 @@ async def _rejected_token(request: Request) -> str | None:
     try:
         parsed = json.loads(body)
     except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
-        raise StarletteHTTPException(400, 'the body must be JSON: {"rejected": "<the token refused upstream>"}') \
-            from None
+        raise StarletteHTTPException(
+            400, 'the body must be JSON: {"rejected": "<the token refused upstream>"}') from None
     rejected = parsed.get("rejected") if isinstance(parsed, dict) else None
     if not isinstance(rejected, str) or not rejected or set(parsed) != {"rejected"}:
         raise StarletteHTTPException(400, 'the body must be {"rejected": "<the token refused upstream>"}')

@@ -613,8 +613,8 @@ def _status(args: argparse.Namespace) -> int:
         )
         last = _last_error(provider["last_error"])
         if provider.get("sign_in"):  # a user token that only its user can renew now
-            last = f"sign-in needed: run `{provider['sign_in']}`" if provider["sign_in"].startswith("tokend") \
-                else f"sign-in needed: {provider['sign_in']}"
+            last = (f"sign-in needed: run `{provider['sign_in']}`" if provider["sign_in"].startswith("tokend")
+                    else f"sign-in needed: {provider['sign_in']}")
         rows.append((name, provider["kind"], provider["state"], provider.get("source") or "-", expires,
                      until(provider["next_refresh"], time.time()), last))
     widths = [max(len(row[i]) for row in rows) for i in range(6)]

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, PlainValidator
 
-from tokend.outputs.docker import registry_key
+from tokend.config.tool_names import registry_key
 
 __all__ = ["Duration", "GitHost", "LoopbackListen", "ProxyListen", "Registry", "Seconds", "SocketMode", "UpstreamURL",
            "is_loopback_host", "shown_url"]

@@ -134,8 +134,8 @@ def open_failure(record: str, keys: Mapping[str, FleetKey], share_key: str, prov
         raise RecordError(f"the failure record does not decrypt with key id {kid}: it was tampered with") from None
     now = time.time()
     at, until = body.get("at"), body.get("until")
-    if not isinstance(at, float) or not isinstance(until, float) or not at - CLOCK_SKEW <= now < until \
-            or until - at > MAX_FAILURE_HOLD:
+    if (not isinstance(at, float) or not isinstance(until, float) or not at - CLOCK_SKEW <= now < until
+            or until - at > MAX_FAILURE_HOLD):
         raise RecordError("the failure record is out of its time (replayed, or from a clock far off): ignored")
     age = max(0, int(now - at))
     message = f"another daemon of the fleet tried this login {age}s ago and failed: {body['message']}"

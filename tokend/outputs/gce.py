@@ -144,8 +144,8 @@ class GoogleMetadataServer:
         async with self._minting.setdefault(key, asyncio.Lock()):  # many processes asking at once: one login
             now = time.time()
             held = self._minted.get(key)
-            if held is not None and held.expires_at is not None and \
-                    held.expires_at - now > (held.expires_at - held.obtained_at) / 3:
+            if (held is not None and held.expires_at is not None
+                    and held.expires_at - now > (held.expires_at - held.obtained_at) / 3):
                 return held
             if key[0] == "audience":
                 credential = await account.mint(self._client, audience=key[1])

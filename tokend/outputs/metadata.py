@@ -99,8 +99,8 @@ class Metadata:
         if (gce := self.where("gce")) is not None:
             env["GCE_METADATA_HOST"] = env["GCE_METADATA_IP"] = gce
         azure = self._manager.settings.metadata.azure
-        if (where := self.where("azure")) is not None and azure is not None and \
-                all(may_read(provider) for provider in azure.resources.values()):
+        if ((where := self.where("azure")) is not None and azure is not None
+                and all(may_read(provider) for provider in azure.resources.values())):
             env["IDENTITY_ENDPOINT"] = f"http://{where}{AZURE_PATH}"
             env["IDENTITY_HEADER"] = self.identity_header
         return env

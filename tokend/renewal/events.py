@@ -1,4 +1,5 @@
-"""Where a token flows out, there is one event: every login's outcome, announced once by the manager.
+"""Where a token flows out, there is one event: every login's outcome, announced once by the manager, and
+the one log line each outcome makes.
 
 Metrics listen with a plain callback (called at once, so keep it cheap); sinks and caches listen with
 `async for event in announcements.listen()`, each with a queue of its own, so a slow listener never holds
@@ -13,11 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from tokend.credential import Credential
+from tokend.credential import Credential, iso_utc
 from tokend.errors import UpstreamError
+from tokend.logs import seconds_until
 from tokend.renewal.logins import LoginReason
+from tokend.renewal.slots import Slot
 
-__all__ = ["Announcements", "Listener", "LoginEvent"]
+__all__ = ["Announcements", "Listener", "LoginEvent", "log_failure", "log_success"]
 
 log = logging.getLogger("tokend")
 
@@ -54,7 +57,7 @@ class Announcements:
             try:
                 queue.put_nowait(event)
             except asyncio.QueueFull:
-                log.warning("an event listener is %d events behind; provider=%s event dropped",
+                log.warning("event_dropped behind=%d provider=%s",
                             LISTENER_BACKLOG, event.name)
 
 
@@ -75,3 +78,28 @@ class Listener:
 
     async def aclose(self) -> None:
         self._queues.discard(self._queue)
+
+
+def log_success(slot: Slot, credential: Credential, duration: float, reason: LoginReason, now: float) -> None:
+    """The log line of a login that succeeded (or of a token adopted from the fleet)."""
+    # A token adopted from the fleet is no login of this daemon's: said apart, so that counting the
+    # "login" lines of a fleet's logs counts the upstream's logins.
+    what = "adopt" if credential.source == "fleet" else "login"
+    log.info(
+        "%s provider=%s outcome=ok expires_at=%s request_id=%s duration_ms=%d next_refresh_in=%s reason=%s "
+        "source=%s", what, slot.name, iso_utc(credential.expires_at) or "never", credential.request_id or "-",
+        duration * 1000, seconds_until(slot.next_refresh_at, now), reason, credential.source,
+    )
+    if credential.expiry_note and credential.expiry_note != slot.last_expiry_note:
+        log.warning("expiry_corrected provider=%s note=%s", slot.name, credential.expiry_note)
+    slot.last_expiry_note = credential.expiry_note
+
+
+def log_failure(slot: Slot, error: UpstreamError, outcome: str, duration: float, reason: LoginReason,
+                delay: float) -> None:
+    """The log line of a login that failed, with when the next one is."""
+    log.warning(
+        "login provider=%s outcome=%s status=%s request_id=%s duration_ms=%d next_attempt_in=%.1fs reason=%s "
+        "error=%s", slot.name, outcome, error.status or "-", error.request_id or "-", duration * 1000, delay,
+        reason, error.message,
+    )

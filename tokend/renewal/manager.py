@@ -13,9 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import math
 import random
-import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any, Literal
@@ -31,13 +29,14 @@ from tokend.errors import (
     UnknownProvider,
     UpstreamError,
 )
+from tokend.logs import seconds_until
 from tokend.providers import ProviderConfig
 from tokend.redact import Redactor
 from tokend.renewal.changes import Changes
-from tokend.renewal.events import Announcements, LoginEvent
+from tokend.renewal.events import Announcements, LoginEvent, log_failure, log_success
 from tokend.renewal.logins import Login, LoginCall, LoginReason
-from tokend.renewal.policy import REJECTED_RETRY, RENEW_BEFORE_EXPIRY, renewal_delay, retry_delay
-from tokend.renewal.scheduler import Scheduler
+from tokend.renewal.policy import RENEW_BEFORE_EXPIRY, renewal_delay
+from tokend.renewal.scheduler import Clock, Scheduler
 from tokend.renewal.slots import Slot, slot_state, slot_status
 
 log = logging.getLogger("tokend")
@@ -45,9 +44,6 @@ log = logging.getLogger("tokend")
 # A stale token makes a GET start a login at most this often: enough to bridge a late renewal, too
 # little to hammer a provider whose tokens are born nearly expired.
 STALE_LOGIN_GAP = 1.0
-# A client asked for an expired token this recently: retries are hurried (expired_retry_delay), so that
-# service comes back within seconds of the upstream, not after a backoff grown during the outage.
-ASKED_RECENTLY = 60.0
 
 # What a reload applies; the other settings ([server], [upstream], [fleet]) shape the listener and the
 # HTTP client, which are made once at start.
@@ -55,16 +51,6 @@ _APPLIED_LIVE = frozenset({"providers", "clients"})
 
 # A provider's credential kept from an earlier run (tokend.state), or None.
 Restore = Callable[[str, ProviderConfig], Credential | None]
-
-
-class Clock:
-    """Wall-clock and monotonic time. Unit tests hand in one they move by hand."""
-
-    def time(self) -> float:
-        return time.time()
-
-    def monotonic(self) -> float:
-        return time.monotonic()
 
 
 class Manager:
@@ -137,7 +123,7 @@ class Manager:
             else:
                 self._hurry(slot)
         if slot.inflight is None:
-            raise self._unavailable(slot)
+            raise slot.unavailable()
         try:
             async with asyncio.timeout(self.settings.server.wait_timeout):
                 credential = await asyncio.shield(slot.inflight)
@@ -150,7 +136,7 @@ class Manager:
                 name, f"the login to {name} is still under way after {self.settings.server.wait_timeout:g}s"
             ) from None
         except UpstreamError:
-            raise self._unavailable(slot) from None
+            raise slot.unavailable() from None
         return credential
 
     async def refresh(self, name: str, rejected: str | None = None) -> Credential:
@@ -166,10 +152,10 @@ class Manager:
         if rejected is not None:
             return await self._replace_rejected(slot, rejected)
         if slot.inflight is None:
-            self._check_not_quiet(slot)
+            slot.check_not_quiet(self._clock.time(), self._clock.monotonic())
             if self._clock.monotonic() - slot.last_attempt < slot.config.min_refresh_interval:
-                if slot.credential is not None and slot.credential.is_fresh(self._clock.time()) \
-                        and slot.consecutive_failures == 0:
+                if (slot.credential is not None and slot.credential.is_fresh(self._clock.time())
+                        and slot.consecutive_failures == 0):
                     return slot.credential
                 if slot.last_error is not None:
                     # Not the recorded error again as if it were new: say that no login was made, and why.
@@ -192,7 +178,7 @@ class Manager:
             return await self.refresh(slot.name)
         if current.token != rejected:
             return current  # already replaced
-        self._check_not_quiet(slot)
+        slot.check_not_quiet(self._clock.time(), self._clock.monotonic())
         wait = slot.last_forced + slot.config.min_refresh_interval - self._clock.monotonic()
         if wait > 0:
             raise RefreshThrottled(
@@ -220,23 +206,6 @@ class Manager:
             if _cancelled_by_us() or not slot.retired:
                 raise
             return await self.refresh(slot.name)  # replaced by a reload meanwhile: log in with the new settings
-
-    def _check_not_quiet(self, slot: Slot) -> None:
-        """RefreshThrottled when the provider asked for quiet or refused the credentials a moment ago."""
-        now = self._clock.monotonic()
-        if now < slot.quiet_until:
-            until = iso_utc(self._clock.time() + slot.quiet_until - now)
-            raise RefreshThrottled(
-                slot.name, f"not attempted: the provider asked for no login before {until} (Retry-After)",
-                retry_after=slot.quiet_until - now,
-            )
-        if isinstance(slot.last_error, CredentialsRejected) and now - slot.last_attempt < REJECTED_RETRY:
-            wait = slot.last_attempt + REJECTED_RETRY - now
-            raise RefreshThrottled(
-                slot.name, f"not attempted: the provider refused {slot.name}'s credentials "
-                f"({slot.last_error.message}); refused credentials are tried at most once a minute, next at "
-                f"{iso_utc(self._clock.time() + wait)}", retry_after=wait,
-            )
 
     def held_refresh_token(self, name: str) -> str | None:
         """The refresh token the provider's next login would spend (a user token), if it holds one."""
@@ -347,8 +316,8 @@ class Manager:
         not (an expired access token) still lends its refresh token to that login, as does one `inherited`
         from the slot a reload replaced (never served: the settings changed)."""
         kept = None if self._restore is None else self._restore(slot.name, slot.config)
-        if kept is not None and kept.expires_at is not None \
-                and kept.expires_at - self._clock.time() > RENEW_BEFORE_EXPIRY + SERVE_MARGIN:
+        if (kept is not None and kept.expires_at is not None
+                and kept.expires_at - self._clock.time() > RENEW_BEFORE_EXPIRY + SERVE_MARGIN):
             self._restored(slot, kept)
             return
         slot.carried = kept or inherited
@@ -365,7 +334,7 @@ class Manager:
         due = kept.obtained_at + renewal_delay(kept.expires_at - kept.obtained_at, self._rng) - now
         self._schedule(slot, max(0.0, min(due, kept.expires_at - now - RENEW_BEFORE_EXPIRY)))
         log.info("restored provider=%s expires_at=%s next_refresh_in=%s source=state", slot.name,
-                 iso_utc(kept.expires_at), _seconds(slot.next_refresh_at, now))
+                 iso_utc(kept.expires_at), seconds_until(slot.next_refresh_at, now))
 
     async def forget(self, name: str, error: SignInNeeded) -> None:
         """Drop the provider's credential (a sign-out): nothing is served or renewed until a new sign-in.
@@ -379,7 +348,7 @@ class Manager:
         slot.consecutive_failures += 1
         slot.last_error, slot.last_error_at = error, self._clock.time()
         self.announcements.announce(LoginEvent(slot.name, LoginReason.FORCED, "rejected", 0.0, error=error))
-        log.info("provider=%s signed out: %s", slot.name, error.message)
+        log.info("signed_out provider=%s reason=%s", slot.name, error.message)
 
     def _retire(self, slot: Slot) -> None:
         """Take a slot out of service: no more renewals, and its login in flight is cancelled."""
@@ -434,13 +403,12 @@ class Manager:
         try:
             fresh = await asyncio.to_thread(reread_secrets, config)
         except ValueError as exc:
-            log.warning("provider=%s refused the login, and its secrets cannot be read again: %s", slot.name,
+            log.warning("secrets_unreadable provider=%s after=rejected_login error=%s", slot.name,
                         self.redactor.scrub(str(exc)))
             return None
         if fresh == config or slot.retired or slot.config is not config:
             return None
-        log.info("provider=%s refused the login; its secrets have changed where they are kept: logging in with "
-                 "them now", slot.name)
+        log.info("secrets_changed provider=%s after=rejected_login next=login", slot.name)
         self.redactor.add_secrets(secret.get() for secret in fresh.secrets().values())
         slot.config = fresh
         return fresh
@@ -458,78 +426,34 @@ class Manager:
             return UpstreamError(call.name, f"unexpected {type(exc).__name__} during login")
 
     def _succeeded(self, slot: Slot, credential: Credential, duration: float, reason: LoginReason) -> None:
-        previous = slot.credential or slot.carried
-        slot.credential, slot.carried = credential, None
+        previous = slot.took(credential)
         self.redactor.set_tokens(slot.name, [
             credential.token, credential.refresh_token or "",
             *((previous.token, previous.refresh_token or "") if previous else ()),
         ])
-        slot.consecutive_failures = 0
-        slot.quiet_until = -math.inf
-        slot.logins_ok += 1
-        slot.last_success_at = credential.obtained_at
-        slot.last_request_id = credential.request_id or slot.last_request_id
+        self._schedule_renewal(slot, credential)
+        self.announcements.announce(LoginEvent(slot.name, reason, "ok", duration, credential=credential))
+        log_success(slot, credential, duration, reason, self._clock.time())
+
+    def _schedule_renewal(self, slot: Slot, credential: Credential) -> None:
         if credential.expires_at is None:
             self._unschedule(slot)
-        else:
-            first = slot.logins_ok == 1
-            delay = renewal_delay(credential.expires_at - self._clock.time(), self._rng, first=first)
-            if credential.renew_at is not None:  # the fleet's agreed time: the first daemon to fire renews for all
-                delay = max(0.0, credential.renew_at - self._clock.time())
-            self._schedule(slot, delay)
-        self.announcements.announce(LoginEvent(slot.name, reason, "ok", duration, credential=credential))
-        # A token adopted from the fleet is no login of this daemon's: said apart, so that counting the
-        # "login" lines of a fleet's logs counts the upstream's logins.
-        what = "adopt" if credential.source == "fleet" else "login"
-        log.info(
-            "%s provider=%s outcome=ok expires_at=%s request_id=%s duration_ms=%d next_refresh_in=%s reason=%s "
-            "source=%s", what, slot.name, iso_utc(credential.expires_at) or "never", credential.request_id or "-",
-            duration * 1000, _seconds(slot.next_refresh_at, self._clock.time()), reason, credential.source,
-        )
-        if credential.expiry_note and credential.expiry_note != slot.last_expiry_note:
-            log.warning("provider=%s expiry corrected: %s", slot.name, credential.expiry_note)
-        slot.last_expiry_note = credential.expiry_note
+            return
+        now = self._clock.time()
+        delay = renewal_delay(credential.expires_at - now, self._rng, first=slot.logins_ok == 1)
+        if credential.renew_at is not None:  # the fleet's agreed time: the first daemon to fire renews for all
+            delay = max(0.0, credential.renew_at - now)
+        self._schedule(slot, delay)
 
     def _failed(self, slot: Slot, error: UpstreamError, duration: float, reason: LoginReason) -> None:
         error.message = self.redactor.scrub(error.message)
         error.args = (error.message,)
-        slot.consecutive_failures += 1
-        slot.logins_failed += 1
-        slot.last_error, slot.last_error_at = error, self._clock.time()
-        slot.last_request_id = error.request_id or slot.last_request_id
-        outcome: Literal["rejected", "error"] = "rejected" if isinstance(error, CredentialsRejected) else "error"
-        if error.retry_after is not None:
-            slot.quiet_until = self._clock.monotonic() + error.retry_after
-        delay = self._retry_delay(slot, error)
+        slot.failed(error, self._clock.time(), self._clock.monotonic())
+        delay = slot.retry_delay(error, self._clock.time(), self._clock.monotonic(), self._rng)
         self._schedule(slot, delay)
+        outcome: Literal["rejected", "error"] = "rejected" if isinstance(error, CredentialsRejected) else "error"
         self.announcements.announce(LoginEvent(slot.name, reason, outcome, duration, error=error))
-        log.warning(
-            "login provider=%s outcome=%s status=%s request_id=%s duration_ms=%d next_attempt_in=%.1fs reason=%s "
-            "error=%s", slot.name, outcome, error.status or "-", error.request_id or "-", duration * 1000, delay,
-            reason, error.message,
-        )
-
-    def _retry_delay(self, slot: Slot, error: UpstreamError) -> float:
-        """The backoff, bounded so that the last retry comes while the token is still served (with room for
-        the login itself), and hurried while clients are asking for a token that has run out."""
-        now = self._clock.time()
-        credential = slot.credential
-        serving_left = None
-        if credential is not None and credential.expires_at is not None:
-            serving_left = credential.expires_at - SERVE_MARGIN - now - slot.last_duration
-        delay = retry_delay(
-            slot.consecutive_failures, self._rng, retryable=error.retryable, retry_after=error.retry_after,
-            time_left=serving_left if serving_left is not None and serving_left > 0 else None,
-            cap=slot.config.max_retry_delay,
-        )
-        if self._clients_waiting(slot) and error.retryable:
-            delay = max(min(delay, slot.config.expired_retry_delay), error.retry_after or 0.0)
-        return delay
-
-    def _clients_waiting(self, slot: Slot) -> bool:
-        """No token to serve, and a client asked for one within the last minute."""
-        fresh = slot.credential is not None and slot.credential.is_fresh(self._clock.time())
-        return not fresh and self._clock.monotonic() - slot.asked_at < ASKED_RECENTLY
+        log_failure(slot, error, outcome, duration, reason, delay)
 
     def _hurry(self, slot: Slot) -> None:
         """A client asks for a token that has run out: bring the next retry within expired_retry_delay,
@@ -551,15 +475,6 @@ class Manager:
         self._scheduler.cancel(slot.job_id)
         slot.next_refresh_at = None
 
-    def _unavailable(self, slot: Slot) -> TokenUnavailable:
-        if slot.last_error is None:
-            return TokenUnavailable(slot.name, f"no valid token for {slot.name} yet")
-        when = iso_utc(slot.next_refresh_at)
-        return TokenUnavailable(
-            slot.name,
-            f"no valid token for {slot.name}: {slot.last_error.message}" + (f"; next try at {when}" if when else ""),
-            next_attempt=slot.next_refresh_at,
-        )
 
 
 def _cancelled_by_us() -> bool:
@@ -573,6 +488,3 @@ def _retrieve(task: asyncio.Task[Credential]) -> None:
     if not task.cancelled():
         task.exception()
 
-
-def _seconds(timestamp: float | None, now: float) -> str:
-    return "-" if timestamp is None else f"{max(0.0, timestamp - now):.1f}s"

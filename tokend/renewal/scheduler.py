@@ -6,6 +6,7 @@ Felloh's rotation checks, the systemd watchdog), so that no part starts a schedu
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -13,7 +14,7 @@ from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-__all__ = ["Scheduler"]
+__all__ = ["Clock", "Scheduler"]
 
 
 class Scheduler:
@@ -59,3 +60,13 @@ class Scheduler:
     def cancel(self, job_id: str) -> None:
         if self.running and self._scheduler is not None and self._scheduler.get_job(job_id) is not None:
             self._scheduler.remove_job(job_id)
+
+
+class Clock:
+    """Wall-clock and monotonic time. Unit tests hand in one they move by hand."""
+
+    def time(self) -> float:
+        return time.time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()

@@ -48,8 +48,6 @@ class StateStore:
         self._key = RecordKey.derive(config.key_bytes(), b"tokend state ")
         self._refused: dict[str, str] = {}  # provider -> the record it refused last (logged once)
         self._manager: Manager | None = None
-        self.writes = 0
-        self.write_errors = 0
         self._lock_descriptor: int | None = None
 
     def open(self) -> StateStore:
@@ -122,7 +120,6 @@ class StateStore:
     def write(self, name: str, config: ProviderConfig, credential: Credential) -> None:
         record = seal(credential, self._key, self._binding(name, config), _secrets(config))
         _replace(self.path(name), (record + "\n").encode("ascii"))
-        self.writes += 1
 
     def forget(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -152,7 +149,6 @@ class StateStore:
             elif isinstance(event.error, SignInNeeded):
                 self.forget(event.name)  # a refused refresh token, or a logout: nothing left worth keeping
         except OSError as exc:
-            self.write_errors += 1
             log.warning("state provider=%s: cannot write %s (%s); the credential is served but will not "
                         "survive a restart", event.name, self.path(event.name), exc.strerror)
 

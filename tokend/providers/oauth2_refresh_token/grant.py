@@ -181,8 +181,8 @@ class OAuth2RefreshToken:
             response = await client.post(url, data=dict(request.form or {}), headers=dict(request.headers),
                                          timeout=request.timeout)
         except httpx.HTTPError as exc:
-            raise UpstreamError(self.name, f"revocation could not reach the server ({type(exc).__name__})") \
-                from None
+            message = f"revocation could not reach the server ({type(exc).__name__})"
+            raise UpstreamError(self.name, message) from None
         if not response.is_success:
             raise UpstreamError(self.name, f"revocation answered {response.status_code}", status=response.status_code)
 
