@@ -4,7 +4,7 @@ checks every one of them makes, and the ASGI wrapper that sends a request to the
 Cloud SDKs ask a metadata endpoint with no key of tokend's: so each listener takes only what the local
 API would (a loopback peer and Host, nothing relayed by a proxy, nothing from a web page), plus the
 protocol's own proof that the caller is an SDK (Google's `Metadata-Flavor: Google` header, Azure's
-per-run secret). The sockets are opened by tokend.api.server, which owns sockets, and served by the same
+per-run secret). The sockets are opened by tokend.api.sockets, like every listener, and served by the same
 server as the API; the app tells them apart by the address a request came in on.
 """
 
