@@ -29,7 +29,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-_ALPHANUMERIC = string.ascii_letters + string.digits
+ALPHANUMERIC = string.ascii_letters + string.digits
 # Status of an answer that nobody reads: the client gave up while a hang() held its request (nginx's 499).
 _CLIENT_GONE = 499
 # How report_expiry() can get a token's expiry wrong, the ways real APIs do (see FakeUpstream.report_expiry).
@@ -39,7 +39,7 @@ _KEPT = 10_000  # login attempt times a fake remembers
 
 
 @dataclass
-class _Failure:
+class Failure:
     status: int
     times: int | None  # None: every request until recover()
     retry_after: float | None
@@ -61,7 +61,7 @@ class FakeUpstream:
         # Unix time of each login request, on arrival: the last _KEPT ones, so that a long demo stays small.
         self.login_attempt_times: list[float] = []
         self._lock = threading.Lock()
-        self._failure: _Failure | None = None
+        self._failure: Failure | None = None
         self._hang = 0.0
         self._expiry_style: ExpiryStyle | None = None
         self._tokens: dict[str, int] = {}  # token -> expiry, Unix seconds
@@ -97,7 +97,7 @@ class FakeUpstream:
         if content_type is not None and body is None:
             raise ValueError("content_type needs a body")
         with self._lock:
-            self._failure = _Failure(status, times, retry_after, body, content_type)
+            self._failure = Failure(status, times, retry_after, body, content_type)
 
     def hang(self, seconds: float) -> None:
         """Hold every login request this long before answering (a slow or stuck upstream).
@@ -156,7 +156,7 @@ class FakeUpstream:
 
     def _api_authorised(self, request: Request) -> bool:
         """Whether an API request carries a valid credential, sent as this provider's docs say."""
-        token = _bearer_token(request)
+        token = bearer_token(request)
         return token is not None and self.is_valid(token)
 
     def _error(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
@@ -219,7 +219,7 @@ class FakeUpstream:
         failure = self._take_failure()
         return None if failure is None else self._failure_response(failure)
 
-    def _take_failure(self) -> _Failure | None:
+    def _take_failure(self) -> Failure | None:
         with self._lock:
             failure = self._failure
             if failure is not None and failure.times is not None:
@@ -228,18 +228,18 @@ class FakeUpstream:
                     self._failure = None
             return failure
 
-    def _failure_response(self, failure: _Failure) -> Response:
+    def _failure_response(self, failure: Failure) -> Response:
         headers = {} if failure.retry_after is None else {"Retry-After": _seconds(failure.retry_after)}
         if failure.body is None:
-            return self._error(failure.status, _phrase(failure.status), headers)
+            return self._error(failure.status, status_phrase(failure.status), headers)
         media_type = failure.content_type or ("application/json" if _parses_as_json(failure.body) else "text/html")
         return Response(failure.body, status_code=failure.status, headers=headers, media_type=media_type)
 
     async def _on_http_exception(self, request: Request, exc: Exception) -> Response:
         # 404 and 405 in the provider's own error shape, as a real API gateway answers them.
         if not isinstance(exc, HTTPException):
-            return self._error(500, _phrase(500))
-        return self._error(exc.status_code, _phrase(exc.status_code), exc.headers)
+            return self._error(500, status_phrase(500))
+        return self._error(exc.status_code, status_phrase(exc.status_code), exc.headers)
 
 
 class FakeServer:
@@ -460,7 +460,7 @@ async def _hold(request: Request, seconds: float) -> bool:
     return True
 
 
-def _phrase(status: int) -> str:
+def status_phrase(status: int) -> str:
     try:
         return HTTPStatus(status).phrase
     except ValueError:
@@ -472,26 +472,26 @@ def _seconds(value: float) -> str:
     return str(int(value)) if value == int(value) else str(value)
 
 
-def _same(given: str, expected: str) -> bool:
+def equal(given: str, expected: str) -> bool:
     # Constant time, as a real server compares secrets; bytes because compare_digest refuses non-ASCII str.
     return hmac.compare_digest(given.encode(), expected.encode())
 
 
-def _media_type(value: str) -> str:
+def media_type_of(value: str) -> str:
     return value.split(";", 1)[0].strip().lower()
 
 
-def _accepts_json(accept: str) -> bool:
-    return any(_media_type(part) == "application/json" for part in accept.split(","))
+def accepts_json(accept: str) -> bool:
+    return any(media_type_of(part) == "application/json" for part in accept.split(","))
 
 
-def _bearer_token(request: Request) -> str | None:
+def bearer_token(request: Request) -> str | None:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     token = token.strip()
     return token if scheme.lower() == "bearer" and token else None
 
 
-def _json_object(raw: bytes) -> dict[str, Any] | None:
+def json_object(raw: bytes) -> dict[str, Any] | None:
     try:
         value = json.loads(raw)
     except ValueError:  # also UnicodeDecodeError
@@ -507,16 +507,16 @@ def _parses_as_json(text: str) -> bool:
     return True
 
 
-def _compact_json(value: dict[str, Any]) -> bytes:
+def compact_json(value: dict[str, Any]) -> bytes:
     # No spaces, as JWT libraries write it: the header then encodes to the familiar "eyJhbGciOiJIUzI1NiIs...".
     return json.dumps(value, separators=(",", ":")).encode()
 
 
-def _b64url(data: bytes) -> str:
+def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
-def _b64url_decode(text: str) -> bytes:
+def b64url_decode(text: str) -> bytes:
     try:
         return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except ValueError:  # binascii.Error
@@ -532,13 +532,13 @@ def _b64url_decode(text: str) -> bytes:
 # made fresh per fake (cryptography and joserfc are imported only here and in tokend.providers.signing_keys).
 
 
-class _Refused(Exception):
+class Refused(Exception):
     def __init__(self, status: int, error: str, description: str) -> None:
         super().__init__(description)
         self.status, self.error, self.description = status, error, description
 
 
-async def _login_form(fake: FakeUpstream, request: Request) -> tuple[Response | None, dict[str, str]]:
+async def login_form(fake: FakeUpstream, request: Request) -> tuple[Response | None, dict[str, str]]:
     """A form-encoded login request counted, with hang() and fail() applied: (the answer replacing the real
     one or None, the form)."""
     interfered = await fake._login_attempt(request)
@@ -546,6 +546,6 @@ async def _login_form(fake: FakeUpstream, request: Request) -> tuple[Response | 
     return interfered, form
 
 
-def _oauth_error(status: int, error: str, description: str) -> Response:
+def oauth_error(status: int, error: str, description: str) -> Response:
     return JSONResponse({"error": error, "error_description": description}, status_code=status,
                         headers={"Cache-Control": "no-store"})

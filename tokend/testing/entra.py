@@ -16,12 +16,12 @@ from starlette.routing import Route
 
 from tokend.testing.base import (
     FakeUpstream,
-    _b64url,
-    _compact_json,
-    _login_form,
-    _Refused,
+    Refused,
+    b64url,
+    compact_json,
+    login_form,
 )
-from tokend.testing.keys import _public_jwk, _verified
+from tokend.testing.keys import public_jwk, verified_jws
 
 
 class FakeEntraID(FakeUpstream):
@@ -56,7 +56,7 @@ class FakeEntraID(FakeUpstream):
         """Upload a certificate (or, Okta- and Keycloak-style, a public key under `kid`) for the app."""
         from tokend.providers.signing_keys import certificate_thumbprints, load_key
 
-        jwk = _public_jwk(private_key)
+        jwk = public_jwk(private_key)
         names = list(certificate_thumbprints(certificate, load_key(private_key)).values()) if certificate else []
         with self._lock:
             self._credentials.update({name: jwk for name in [*names, *([kid] if kid else [])]})
@@ -71,14 +71,14 @@ class FakeEntraID(FakeUpstream):
                 Route(self.protected_path, self._users, methods=["GET"])]
 
     async def _token(self, request: Request) -> Response:
-        interfered, form = await _login_form(self, request)
+        interfered, form = await login_form(self, request)
         if interfered is not None:
             return interfered
         with self._lock:
             self.last_form = form
         try:
             self._check(form)
-        except _Refused as refused:
+        except Refused as refused:
             return self._aad_error(refused.status, refused.error, refused.description)
         token = self._access_token()
         expires = self._expiry()
@@ -88,29 +88,29 @@ class FakeEntraID(FakeUpstream):
 
     def _check(self, form: Mapping[str, str]) -> None:
         if form.get("grant_type") != "client_credentials":
-            raise _Refused(400, "unsupported_grant_type", "AADSTS70003: The app requested an unsupported grant type.")
+            raise Refused(400, "unsupported_grant_type", "AADSTS70003: The app requested an unsupported grant type.")
         if form.get("client_id") != self.client_id:
-            raise _Refused(400, "unauthorized_client", f"AADSTS700016: Application with identifier "
+            raise Refused(400, "unauthorized_client", f"AADSTS700016: Application with identifier "
                            f"'{form.get('client_id', '')[:40]}' was not found in the directory '{self.tenant}'.")
         if "client_secret" in form:
-            raise _Refused(401, "invalid_client", "AADSTS50027: Two client credentials were presented.")
+            raise Refused(401, "invalid_client", "AADSTS50027: Two client credentials were presented.")
         if form.get("client_assertion_type") != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer":
-            raise _Refused(401, "invalid_client", "AADSTS7000216: 'client_assertion', 'client_secret' or "
+            raise Refused(401, "invalid_client", "AADSTS7000216: 'client_assertion', 'client_secret' or "
                            "'request' is required for the 'client_credentials' grant type.")
         if not form.get("scope", "").endswith("/.default"):
-            raise _Refused(400, "invalid_scope", "AADSTS1002012: The provided value for scope is not valid. "
+            raise Refused(400, "invalid_scope", "AADSTS1002012: The provided value for scope is not valid. "
                            "Client credential flows must have a scope value with /.default suffixed to the "
                            "resource identifier.")
         with self._lock:
             keys = dict(self._credentials)
         try:
-            header, claims = _verified(form.get("client_assertion", ""), keys, ["RS256", "PS256", "ES256"],
+            header, claims = verified_jws(form.get("client_assertion", ""), keys, ["RS256", "PS256", "ES256"],
                                        lambda h: h.get("x5t#S256") or h.get("x5t") or h.get("kid") or "")
-        except _Refused as refused:
+        except Refused as refused:
             if refused.description == "unknown key id":
-                raise _Refused(401, "invalid_client", "AADSTS700027: The certificate with identifier used to sign "
+                raise Refused(401, "invalid_client", "AADSTS700027: The certificate with identifier used to sign "
                                "the client assertion is not registered on application.") from None
-            raise _Refused(401, "invalid_client", "AADSTS7000274: Key was found, but use of the key to verify "
+            raise Refused(401, "invalid_client", "AADSTS7000274: Key was found, but use of the key to verify "
                            "the signature failed.") from None
         with self._lock:
             self.last_header, self.last_claims = header, claims
@@ -118,31 +118,31 @@ class FakeEntraID(FakeUpstream):
 
     def _check_claims(self, claims: Mapping[str, Any]) -> None:
         if claims.get("iss") != self.client_id or claims.get("sub") != self.client_id:
-            raise _Refused(401, "invalid_client", "AADSTS700021: Client assertion application identifier doesn't "
+            raise Refused(401, "invalid_client", "AADSTS700021: Client assertion application identifier doesn't "
                            "match 'client_id' parameter.")
         if claims.get("aud") != self.token_url:
-            raise _Refused(401, "invalid_client", f"AADSTS700212: No matching federated identity record found for "
+            raise Refused(401, "invalid_client", f"AADSTS700212: No matching federated identity record found for "
                            f"presented assertion audience '{str(claims.get('aud'))[:80]}'.")
         now = time.time() + self.clock_offset
         nbf, exp = claims.get("nbf", claims.get("iat")), claims.get("exp")
         if not isinstance(nbf, int | float) or not isinstance(exp, int | float) or nbf > now + 300:
-            raise _Refused(401, "invalid_client", "AADSTS700025: Client assertion is not within its valid time range.")
+            raise Refused(401, "invalid_client", "AADSTS700025: Client assertion is not within its valid time range.")
         if exp <= now - 300 or exp - nbf > 600:
-            raise _Refused(401, "invalid_client", "AADSTS700024: Client assertion is not within its valid time range.")
+            raise Refused(401, "invalid_client", "AADSTS700024: Client assertion is not within its valid time range.")
         jti = claims.get("jti")
         with self._lock:
             seen = not isinstance(jti, str) or jti in self._jtis
             if isinstance(jti, str):
                 self._jtis.add(jti)
         if seen:
-            raise _Refused(401, "invalid_client", "AADSTS7000215: The client assertion has already been used "
+            raise Refused(401, "invalid_client", "AADSTS7000215: The client assertion has already been used "
                            "(jti replayed).")
 
     def _access_token(self) -> str:
         # Entra's access tokens are JWTs; this one is opaque-signed (alg none) but carries a real exp claim.
         claims = {"aud": "https://graph.microsoft.com", "appid": self.client_id, "exp": self._expiry(),
                   "jti": secrets.token_hex(8)}
-        return f"{_b64url(_compact_json({'typ': 'JWT', 'alg': 'none'}))}.{_b64url(_compact_json(claims))}.x"
+        return f"{b64url(compact_json({'typ': 'JWT', 'alg': 'none'}))}.{b64url(compact_json(claims))}.x"
 
     def _aad_error(self, status: int, error: str, description: str) -> Response:
         trace = str(uuid.uuid4())

@@ -15,15 +15,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tokend.testing.base import (
-    _ALPHANUMERIC,
+    ALPHANUMERIC,
+    Failure,
     FakeUpstream,
-    _accepts_json,
-    _bearer_token,
-    _Failure,
-    _json_object,
-    _media_type,
-    _phrase,
-    _same,
+    accepts_json,
+    bearer_token,
+    equal,
+    json_object,
+    media_type_of,
+    status_phrase,
 )
 
 
@@ -65,7 +65,7 @@ class FakeFelloh(FakeUpstream):
         first = self._new_key("dashboard key", public_key, private_key)
         self.keys: dict[str, FellohKey] = {first.id: first}
         self._first_key = first.id
-        self._key_failures: dict[str, _Failure] = {}
+        self._key_failures: dict[str, Failure] = {}
         super().__init__(lifetime=lifetime)
 
     @property
@@ -89,7 +89,7 @@ class FakeFelloh(FakeUpstream):
         if operation not in ("list", "create", "delete"):
             raise ValueError(f"operation must be list, create or delete, not {operation!r}")
         with self._lock:
-            self._key_failures[operation] = _Failure(status, times, None, None)
+            self._key_failures[operation] = Failure(status, times, None, None)
 
     def _routes(self) -> list[Route]:
         return [
@@ -106,7 +106,7 @@ class FakeFelloh(FakeUpstream):
 
     async def _key_request(self, request: Request, operation: str) -> Response | dict[str, Any]:
         """What the three key endpoints share: a valid token, the organisation, and fail_keys()."""
-        token = _bearer_token(request)
+        token = bearer_token(request)
         if token is None or not self.is_valid(token):
             return self._error(401, "A valid bearer token is required", title="Unauthorised")
         with self._lock:
@@ -116,8 +116,8 @@ class FakeFelloh(FakeUpstream):
                 if failure.times == 0:
                     del self._key_failures[operation]
         if failure is not None:
-            return self._error(failure.status, _phrase(failure.status))
-        body = _json_object(await request.body()) if operation != "delete" else {}
+            return self._error(failure.status, status_phrase(failure.status))
+        body = json_object(await request.body()) if operation != "delete" else {}
         if body is None:
             return self._error(400, "The request body must be a JSON object")
         if operation != "delete" and body.get("organisation") != self.organisation:
@@ -161,7 +161,7 @@ class FakeFelloh(FakeUpstream):
         refused = self._check_mime_types(request)
         if refused is not None:
             return refused
-        body = _json_object(await request.body())
+        body = json_object(await request.body())
         if body is None:
             return self._error(400, "The request body must be a JSON object")
         public_key, private_key = body.get("public_key"), body.get("private_key")
@@ -169,20 +169,20 @@ class FakeFelloh(FakeUpstream):
             return self._error(400, "public_key and private_key are required")
         with self._lock:
             pairs = [(key.public_key, key.secret_key) for key in self.keys.values()]
-        if not any(_same(public_key, known) and _same(private_key, secret) for known, secret in pairs):
+        if not any(equal(public_key, known) and equal(private_key, secret) for known, secret in pairs):
             return self._error(401, "The public or private key is not valid", title="Unauthorised")
         return self._new_token()
 
     def _check_mime_types(self, request: Request) -> Response | None:
         """Felloh speaks JSON only and says so: both headers are required."""
-        if _media_type(request.headers.get("content-type", "")) != "application/json":
+        if media_type_of(request.headers.get("content-type", "")) != "application/json":
             return self._error(415, "The Content-Type header must be application/json")
-        if not _accepts_json(request.headers.get("accept", "")):
+        if not accepts_json(request.headers.get("accept", "")):
             return self._error(406, "The Accept header must be application/json")
         return None
 
     def _new_token(self) -> Response:
-        token = "".join(secrets.choice(_ALPHANUMERIC) for _ in range(128))
+        token = "".join(secrets.choice(ALPHANUMERIC) for _ in range(128))
         expires = self._expiry()
         self._issue(token, expires)
         data: dict[str, Any] = {"token": token, "expiry_time": self._reported_expiry(expires), "type": "BEARER"}
@@ -191,7 +191,7 @@ class FakeFelloh(FakeUpstream):
         return _felloh_envelope(200, data)
 
     async def _organisations(self, request: Request) -> Response:
-        token = _bearer_token(request)
+        token = bearer_token(request)
         if token is None or not self.is_valid(token):
             return self._error(401, "A valid bearer token is required", title="Unauthorised")
         organisations = [{"id": "f3b2c1d0-5e6f-4a7b-8c9d-0e1f2a3b4c5d", "name": "Demo Travel Ltd"}]
@@ -205,7 +205,7 @@ class FakeFelloh(FakeUpstream):
         *,
         title: str | None = None,
     ) -> Response:
-        errors = [{"title": title or _phrase(status), "message": message}]
+        errors = [{"title": title or status_phrase(status), "message": message}]
         return _felloh_envelope(status, {}, errors=errors, message=message, headers=headers)
 
 
@@ -222,7 +222,7 @@ def _felloh_envelope(
     count: int | None = None,
 ) -> JSONResponse:
     """Felloh wraps every answer alike, and every one carries a fresh meta.request_id."""
-    meta: dict[str, Any] = {"code": status, "reason": _phrase(status), "message": message,
+    meta: dict[str, Any] = {"code": status, "reason": status_phrase(status), "message": message,
                             "request_id": str(uuid.uuid4())}
     if count is not None:
         meta["count"] = count

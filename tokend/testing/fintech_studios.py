@@ -16,12 +16,12 @@ from starlette.routing import Route
 
 from tokend.testing.base import (
     FakeUpstream,
-    _b64url,
-    _b64url_decode,
-    _bearer_token,
-    _compact_json,
-    _json_object,
-    _same,
+    b64url,
+    b64url_decode,
+    bearer_token,
+    compact_json,
+    equal,
+    json_object,
 )
 
 
@@ -62,13 +62,13 @@ class FakeFintechStudios(FakeUpstream):
             return interfered
         if not self._api_key_ok(request):
             return self._error(403, "Forbidden")
-        body = _json_object(await request.body())
+        body = json_object(await request.body())
         if body is None:
             return self._error(400, "The request body must be a JSON object")
         email, password = body.get("email"), body.get("password")
         if not isinstance(email, str) or not isinstance(password, str):
             return self._error(400, "email and password are required")
-        if not (_same(email, self.email) and _same(password, self.password)):
+        if not (equal(email, self.email) and equal(password, self.password)):
             return self._error(401, "Invalid email or password")
         return self._new_token()
 
@@ -85,33 +85,33 @@ class FakeFintechStudios(FakeUpstream):
         # Both are required: the static key names the organisation, the JWT the user.
         if not self._api_key_ok(request):
             return self._error(403, "Forbidden")
-        token = _bearer_token(request)
+        token = bearer_token(request)
         # is_valid() too: a revoked token still carries a good signature and exp.
         if token is None or not self._jwt_valid(token) or not self.is_valid(token):
             return self._error(401, "Unauthorized")
         return JSONResponse({"data": [{"id": "n-1", "title": "Markets open higher"}], "total": 1})
 
     def _api_key_ok(self, request: Request) -> bool:
-        return _same(request.headers.get("x-api-key", ""), self.api_key)
+        return equal(request.headers.get("x-api-key", ""), self.api_key)
 
     def _api_authorised(self, request: Request) -> bool:
-        token = _bearer_token(request)
+        token = bearer_token(request)
         return self._api_key_ok(request) and token is not None and self._jwt_valid(token) and self.is_valid(token)
 
     def _sign(self, claims: dict[str, Any]) -> str:
         """An HS256 JWT, made by hand so that the fake needs no JWT library."""
-        header = _b64url(_compact_json({"alg": "HS256", "typ": "JWT"}))
-        payload = _b64url(_compact_json(claims))
+        header = b64url(compact_json({"alg": "HS256", "typ": "JWT"}))
+        payload = b64url(compact_json(claims))
         signature = hmac.new(self._secret, f"{header}.{payload}".encode(), hashlib.sha256).digest()
-        return f"{header}.{payload}.{_b64url(signature)}"
+        return f"{header}.{payload}.{b64url(signature)}"
 
     def _jwt_valid(self, token: str) -> bool:
         """Checked as the real API would: our signature, and `exp` not reached."""
         header, _, rest = token.partition(".")
         payload, _, signature = rest.partition(".")
         expected = hmac.new(self._secret, f"{header}.{payload}".encode(), hashlib.sha256).digest()
-        if not hmac.compare_digest(_b64url(expected).encode(), signature.encode()):
+        if not hmac.compare_digest(b64url(expected).encode(), signature.encode()):
             return False
-        claims = _json_object(_b64url_decode(payload))
+        claims = json_object(b64url_decode(payload))
         expires = None if claims is None else claims.get("exp")
         return isinstance(expires, int) and time.time() < expires

@@ -14,13 +14,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tokend.testing.base import (
-    _ALPHANUMERIC,
+    ALPHANUMERIC,
     FakeUpstream,
-    _bearer_token,
-    _json_object,
-    _Refused,
+    Refused,
+    bearer_token,
+    json_object,
 )
-from tokend.testing.keys import _public_jwk, _verified, new_private_key
+from tokend.testing.keys import new_private_key, public_jwk, verified_jws
 
 
 class FakeGitHub(FakeUpstream):
@@ -46,7 +46,7 @@ class FakeGitHub(FakeUpstream):
         self.repositories = list(repositories)
         self.clock_offset = 0.0
         self.private_key = new_private_key()
-        self._key = _public_jwk(self.private_key)
+        self._key = public_jwk(self.private_key)
         self.last_headers: dict[str, str] = {}
         self.last_body: Any = None
         self.last_claims: dict[str, Any] = {}
@@ -56,7 +56,7 @@ class FakeGitHub(FakeUpstream):
         """A new private key for the app; the old one is deleted on the app's page (its JWTs refused)."""
         private_key = new_private_key()
         with self._lock:
-            self.private_key, self._key = private_key, _public_jwk(private_key)
+            self.private_key, self._key = private_key, public_jwk(private_key)
 
     def _routes(self) -> list[Route]:
         return [Route("/app/installations/{installation:int}/access_tokens", self._token, methods=["POST"]),
@@ -73,13 +73,13 @@ class FakeGitHub(FakeUpstream):
                                "a User-Agent header (https://docs.github.com/en/rest/overview/resources-in-the-rest-api#user-agent-required).")
         if request.headers.get("x-github-api-version", "2022-11-28") not in ("2022-11-28", "2026-03-10"):
             return self._error(400, "Unsupported 'X-GitHub-Api-Version' header")
-        refused = self._refused_jwt(_bearer_token(request) or "")
+        refused = self._refused_jwt(bearer_token(request) or "")
         if refused is not None:
             return self._error(401, refused)
         if request.path_params["installation"] not in self.installations:
             return self._error(404, "Not Found")
         raw = await request.body()
-        body = _json_object(raw) if raw else {}
+        body = json_object(raw) if raw else {}
         if body is None:
             return self._error(400, "Problems parsing JSON")
         with self._lock:
@@ -88,7 +88,7 @@ class FakeGitHub(FakeUpstream):
         if unknown:
             return self._error(422, "There is at least one repository that does not exist or is not accessible to "
                                "the parent installation.")
-        token = "ghs_" + "".join(secrets.choice(_ALPHANUMERIC) for _ in range(36))
+        token = "ghs_" + "".join(secrets.choice(ALPHANUMERIC) for _ in range(36))
         expires = self._expiry()
         self._issue(token, expires)
         answer: dict[str, Any] = {
@@ -105,8 +105,8 @@ class FakeGitHub(FakeUpstream):
         with self._lock:
             key = self._key
         try:
-            _, claims = _verified(assertion, {"app": key}, ["RS256"], lambda header: None)
-        except _Refused:
+            _, claims = verified_jws(assertion, {"app": key}, ["RS256"], lambda header: None)
+        except Refused:
             return "A JSON web token could not be decoded"
         with self._lock:
             self.last_claims = claims

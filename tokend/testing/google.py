@@ -15,11 +15,11 @@ from starlette.routing import Route
 
 from tokend.testing.base import (
     FakeUpstream,
-    _login_form,
-    _oauth_error,
-    _Refused,
+    Refused,
+    login_form,
+    oauth_error,
 )
-from tokend.testing.keys import _check_times, _public_jwk, _verified, new_private_key
+from tokend.testing.keys import check_times, new_private_key, public_jwk, verified_jws
 
 
 class FakeGoogle(FakeUpstream):
@@ -43,7 +43,7 @@ class FakeGoogle(FakeUpstream):
         self.token_uri = ""  # set by whoever serves it: the `aud` this fake wants
         self.private_key = new_private_key()
         self.private_key_id = secrets.token_hex(20)
-        self._keys = {self.private_key_id: _public_jwk(self.private_key)}
+        self._keys = {self.private_key_id: public_jwk(self.private_key)}
         self._google_key = new_private_key()  # signs the ID tokens
         self.last_claims: dict[str, Any] = {}
         self.last_header: dict[str, Any] = {}
@@ -62,29 +62,29 @@ class FakeGoogle(FakeUpstream):
         private_key, key_id = new_private_key(), secrets.token_hex(20)
         with self._lock:
             self.private_key, self.private_key_id = private_key, key_id
-            self._keys = {key_id: _public_jwk(private_key)}
+            self._keys = {key_id: public_jwk(private_key)}
 
     def _routes(self) -> list[Route]:
         return [Route("/token", self._token, methods=["POST"]),
                 Route(self.protected_path, self._buckets, methods=["GET"])]
 
     async def _token(self, request: Request) -> Response:
-        interfered, form = await _login_form(self, request)
+        interfered, form = await login_form(self, request)
         if interfered is not None:
             return interfered
         if form.get("grant_type") != self._GRANT:
-            return _oauth_error(400, "unsupported_grant_type", "Invalid grant_type: " + form.get("grant_type", ""))
+            return oauth_error(400, "unsupported_grant_type", "Invalid grant_type: " + form.get("grant_type", ""))
         try:
             claims = self._checked(form.get("assertion", ""))
-        except _Refused as refused:
-            return _oauth_error(refused.status, refused.error, refused.description)
+        except Refused as refused:
+            return oauth_error(refused.status, refused.error, refused.description)
         now = int(time.time())
         if "target_audience" in claims:
             token = self._id_token(str(claims["target_audience"]), now)
             self._issue(token, self._expiry())
             return JSONResponse({"id_token": token})
         if not claims.get("scope"):
-            return _oauth_error(400, "invalid_scope", "Empty or missing scope not allowed.")
+            return oauth_error(400, "invalid_scope", "Empty or missing scope not allowed.")
         token = "ya29." + secrets.token_urlsafe(48)
         expires = self._expiry()
         self._issue(token, expires)
@@ -94,17 +94,17 @@ class FakeGoogle(FakeUpstream):
         with self._lock:
             keys = dict(self._keys)
         try:
-            header, claims = _verified(assertion, keys, ["RS256"], lambda header: header.get("kid", ""))
-        except _Refused:
-            raise _Refused(400, "invalid_grant", "Invalid JWT Signature.") from None
+            header, claims = verified_jws(assertion, keys, ["RS256"], lambda header: header.get("kid", ""))
+        except Refused:
+            raise Refused(400, "invalid_grant", "Invalid JWT Signature.") from None
         with self._lock:
             self.last_header, self.last_claims = header, claims
         if claims.get("iss") != self.client_email:
-            raise _Refused(400, "invalid_grant", "Invalid grant: account not found")
+            raise Refused(400, "invalid_grant", "Invalid grant: account not found")
         if claims.get("aud") != self.token_uri:
-            raise _Refused(400, "invalid_grant", "Invalid JWT: Failed audience check.")
-        if _check_times(claims, time.time() + self.clock_offset, max_lifetime=3600) is not None:
-            raise _Refused(400, "invalid_grant", "Invalid JWT: Token must be a short-lived token (60 minutes) and "
+            raise Refused(400, "invalid_grant", "Invalid JWT: Failed audience check.")
+        if check_times(claims, time.time() + self.clock_offset, max_lifetime=3600) is not None:
+            raise Refused(400, "invalid_grant", "Invalid JWT: Token must be a short-lived token (60 minutes) and "
                            "in a reasonable timeframe. Check your iat and exp values in the JWT claim.")
         return claims
 

@@ -15,10 +15,10 @@ from starlette.routing import Route
 
 from tokend.testing.base import (
     FakeUpstream,
-    _b64url,
-    _compact_json,
-    _json_object,
-    _same,
+    b64url,
+    compact_json,
+    equal,
+    json_object,
 )
 
 
@@ -52,15 +52,15 @@ class FakeTokenAPI(FakeUpstream):
         interfered = await self._login_attempt(request)
         if interfered is not None:
             return interfered
-        body = _json_object(await request.body())
+        body = json_object(await request.body())
         if request.headers.get("x-client") != "demo" or body is None:
             return self._error(400, "X-Client header and a JSON body are required")
-        if not (_same(str(body.get("user")), self.user) and _same(str(body.get("password")), self.password)):
+        if not (equal(str(body.get("user")), self.user) and equal(str(body.get("password")), self.password)):
             return self._error(401, "bad user or password")
         expires = self._expiry()
         if self.expiry_format == "jwt":
             claims = {"exp": expires, "jti": secrets.token_hex(8)}
-            token = f"{_b64url(_compact_json({'alg': 'none'}))}.{_b64url(_compact_json(claims))}.x"
+            token = f"{b64url(compact_json({'alg': 'none'}))}.{b64url(compact_json(claims))}.x"
         else:
             token = secrets.token_hex(24)
         self._issue(token, expires)

@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from tokend.testing.base import (
-    _b64url_decode,
-    _Refused,
+    Refused,
+    b64url_decode,
 )
 
 
@@ -43,7 +43,7 @@ def self_signed_certificate(private_key_pem: str, common_name: str = "tokend tes
     return certificate.public_bytes(serialization.Encoding.PEM).decode()
 
 
-def _public_jwk(private_key_pem: str) -> Any:
+def public_jwk(private_key_pem: str) -> Any:
     from joserfc.jwk import ECKey, RSAKey
 
     from tokend.providers.signing_keys import load_key
@@ -53,19 +53,19 @@ def _public_jwk(private_key_pem: str) -> Any:
     return RSAKey.import_key(public) if key.type == "RSA" else ECKey.import_key(public)
 
 
-def _verified(assertion: str, keys: Mapping[str, Any], algorithms: list[str], key_id: Any) -> tuple[dict[str, Any],
+def verified_jws(assertion: str, keys: Mapping[str, Any], algorithms: list[str], key_id: Any) -> tuple[dict[str, Any],
                                                                                                      dict[str, Any]]:
     """(header, claims) of a JWS whose signature one of `keys` verifies; `key_id(header)` picks which (a kid,
-    an x5t#S256), None when the header names none. _Refused with `invalid signature` otherwise."""
+    an x5t#S256), None when the header names none. Refused with `invalid signature` otherwise."""
     from joserfc import jws
     from joserfc.errors import JoseError
 
     try:
-        header = json.loads(_b64url_decode(assertion.split(".")[0]))
+        header = json.loads(b64url_decode(assertion.split(".")[0]))
     except (ValueError, IndexError):
-        raise _Refused(400, "invalid_grant", "malformed JWT") from None
+        raise Refused(400, "invalid_grant", "malformed JWT") from None
     if not isinstance(header, dict) or header.get("alg") not in algorithms:
-        raise _Refused(400, "invalid_grant", f"unsupported alg {header.get('alg') if isinstance(header, dict) else ''}")
+        raise Refused(400, "invalid_grant", f"unsupported alg {header.get('alg') if isinstance(header, dict) else ''}")
     chosen = key_id(header)
     candidates = [keys[chosen]] if chosen in keys else [] if chosen is not None else list(keys.values())
     for key in candidates:
@@ -76,10 +76,10 @@ def _verified(assertion: str, keys: Mapping[str, Any], algorithms: list[str], ke
         claims = json.loads(payload)
         if isinstance(claims, dict):
             return header, claims
-    raise _Refused(400, "invalid_grant", "invalid signature" if candidates else "unknown key id")
+    raise Refused(400, "invalid_grant", "invalid signature" if candidates else "unknown key id")
 
 
-def _check_times(claims: Mapping[str, Any], now: float, *, max_lifetime: float, leeway: float = 60.0) -> str | None:
+def check_times(claims: Mapping[str, Any], now: float, *, max_lifetime: float, leeway: float = 60.0) -> str | None:
     """What is wrong with an assertion's iat and exp seen from a clock reading `now`, or None."""
     iat, exp = claims.get("iat"), claims.get("exp")
     if not isinstance(iat, int | float) or not isinstance(exp, int | float):

@@ -18,8 +18,8 @@ from starlette.routing import Route
 
 from tokend.testing.base import (
     FakeUpstream,
-    _bearer_token,
-    _same,
+    bearer_token,
+    equal,
 )
 
 
@@ -57,7 +57,7 @@ class FakeOAuth2(FakeUpstream):
         client = self._client(request, form)
         with self._lock:
             self.last_form = form
-        if client is None or not (_same(client[0], self.client_id) and _same(client[1], self.client_secret)):
+        if client is None or not (equal(client[0], self.client_id) and equal(client[1], self.client_secret)):
             return self._oauth_error(401, "invalid_client", "Client authentication failed")
         if form.get("grant_type") != "client_credentials":
             return self._oauth_error(400, "unsupported_grant_type", "Only client_credentials is supported")
@@ -88,7 +88,7 @@ class FakeOAuth2(FakeUpstream):
         return JSONResponse({"error": error, "error_description": description}, status_code=status, headers=headers)
 
     async def _resource(self, request: Request) -> Response:
-        token = _bearer_token(request)
+        token = bearer_token(request)
         if token is None or not self.is_valid(token):
             return JSONResponse({"error": "invalid_token"}, status_code=401)
         return JSONResponse({"ok": True})
@@ -306,7 +306,7 @@ class FakeAuthorizationServer(FakeUpstream):
         return Response(status_code=200)
 
     async def _me(self, request: Request) -> Response:
-        token = _bearer_token(request)
+        token = bearer_token(request)
         if token is None or not self.is_valid(token):
             return JSONResponse({"error": "invalid_token"}, status_code=401)
         return JSONResponse({"sub": "demo-user"})
@@ -335,7 +335,7 @@ class FakeAuthorizationServer(FakeUpstream):
     def _client_ok(self, request: Request, form: dict[str, str]) -> bool:
         authorization = request.headers.get("authorization", "")
         if self.client_secret is None:
-            return _same(form.get("client_id", ""), self.client_id) and "client_secret" not in form
+            return equal(form.get("client_id", ""), self.client_id) and "client_secret" not in form
         if authorization.lower().startswith("basic "):
             try:
                 pair = base64.b64decode(authorization[6:]).decode()
@@ -345,7 +345,7 @@ class FakeAuthorizationServer(FakeUpstream):
             given = urllib.parse.unquote_plus(client_id), urllib.parse.unquote_plus(client_secret)
         else:
             given = form.get("client_id", ""), form.get("client_secret", "")
-        return _same(given[0], self.client_id) and _same(given[1], self.client_secret)
+        return equal(given[0], self.client_id) and equal(given[1], self.client_secret)
 
     def _device(self, user_code: str | None) -> _DeviceGrant:
         grants = [grant for grant in self._devices.values() if user_code in (None, grant.user_code)]

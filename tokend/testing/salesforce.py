@@ -13,12 +13,12 @@ from starlette.routing import Route
 
 from tokend.testing.base import (
     FakeUpstream,
-    _login_form,
-    _oauth_error,
-    _Refused,
+    Refused,
+    login_form,
+    oauth_error,
 )
 from tokend.testing.google import FakeGoogle
-from tokend.testing.keys import _check_times, _public_jwk, _verified, new_private_key
+from tokend.testing.keys import check_times, new_private_key, public_jwk, verified_jws
 
 
 class FakeSalesforce(FakeUpstream):
@@ -39,7 +39,7 @@ class FakeSalesforce(FakeUpstream):
         self.consumer_key, self.username, self.audience = consumer_key, username, audience
         self.clock_offset = 0.0
         self.private_key = new_private_key()
-        self._key = _public_jwk(self.private_key)
+        self._key = public_jwk(self.private_key)
         self.last_claims: dict[str, Any] = {}
         self.last_form: dict[str, str] = {}
         super().__init__(lifetime=lifetime)
@@ -49,27 +49,27 @@ class FakeSalesforce(FakeUpstream):
                 Route(self.protected_path, self._limits, methods=["GET"])]
 
     async def _token(self, request: Request) -> Response:
-        interfered, form = await _login_form(self, request)
+        interfered, form = await login_form(self, request)
         if interfered is not None:
             return interfered
         with self._lock:
             self.last_form = form
         if form.get("grant_type") != FakeGoogle._GRANT:
-            return _oauth_error(400, "unsupported_grant_type", "grant type not supported")
+            return oauth_error(400, "unsupported_grant_type", "grant type not supported")
         try:
-            _, claims = _verified(form.get("assertion", ""), {"app": self._key}, ["RS256"], lambda header: None)
-        except _Refused:
-            return _oauth_error(400, "invalid_grant", "invalid assertion")
+            _, claims = verified_jws(form.get("assertion", ""), {"app": self._key}, ["RS256"], lambda header: None)
+        except Refused:
+            return oauth_error(400, "invalid_grant", "invalid assertion")
         with self._lock:
             self.last_claims = claims
         if claims.get("iss") != self.consumer_key:
-            return _oauth_error(400, "invalid_client_id", "client identifier invalid")
+            return oauth_error(400, "invalid_client_id", "client identifier invalid")
         if claims.get("aud") != self.audience:
-            return _oauth_error(400, "invalid_grant", "audience is invalid")
+            return oauth_error(400, "invalid_grant", "audience is invalid")
         if claims.get("sub") != self.username:
-            return _oauth_error(400, "invalid_grant", "user hasn't approved this consumer")
-        if _check_times(claims, time.time() + self.clock_offset, max_lifetime=300, leeway=180) is not None:
-            return _oauth_error(400, "invalid_grant", "expired authorization code")  # Salesforce's words for a bad exp
+            return oauth_error(400, "invalid_grant", "user hasn't approved this consumer")
+        if check_times(claims, time.time() + self.clock_offset, max_lifetime=300, leeway=180) is not None:
+            return oauth_error(400, "invalid_grant", "expired authorization code")  # Salesforce's words for a bad exp
         token = "00D" + secrets.token_urlsafe(40)
         self._issue(token, self._expiry())
         return JSONResponse({"access_token": token, "scope": form.get("scope", "api"), "instance_url": "",
