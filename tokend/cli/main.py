@@ -263,7 +263,16 @@ def _config_path(args: argparse.Namespace) -> Path:
     return path
 
 
+def _without_httpx_command_line() -> None:
+    """httpx imports its own command line (rich, click, pygments: about 6 MiB) whenever those happen to be
+    installed beside it; a daemon never runs it. Marking the module absent makes httpx skip it, as it does
+    where they are not installed. Only for the daemon's own process, before anything imports httpx."""
+    if "httpx" not in sys.modules:
+        sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+
+
 def _run(args: argparse.Namespace) -> int:
+    _without_httpx_command_line()
     from tokend.config.settings import Settings
     from tokend.daemon import serve
     from tokend.logs import configure_logging
@@ -388,6 +397,7 @@ def _demo(args: argparse.Namespace) -> int:
     import signal
     import threading
 
+    _without_httpx_command_line()
     from tokend.cli.demo import demo_environment
     from tokend.daemon import serve
     from tokend.logs import configure_logging
