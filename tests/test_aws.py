@@ -225,3 +225,55 @@ def test_role_chaining_and_renewal_twenty_minutes_before_expiry(aws_daemon: tupl
         expires = datetime.fromisoformat(status[name]["expires_at"]).timestamp()
         renews = datetime.fromisoformat(status[name]["next_refresh"]).timestamp()
         assert expires - renews >= 1200 - 1, (name, status[name])
+
+
+# -- credential_process ------------------------------------------------------------------------------------------
+
+
+def test_aws_credential_imports_no_web_framework(aws_daemon: tuple[Daemon, FakeSTS]) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from tests.test_outputs_docker import HEAVY
+
+    daemon, fake = aws_daemon
+    probe = (f"import sys; from tokend.cli import main; code = main(['aws-credential', 'role', '--url', "
+             f"{daemon.url!r}]); heavy = sorted(m for m in {HEAVY!r} if m in sys.modules); "
+             "print(heavy, code, file=sys.stderr)")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False)
+    assert result.stderr.strip().splitlines()[-1] == "[] 0", result.stderr
+    printed = json.loads(result.stdout)
+    assert printed["Version"] == 1 and set(printed) == {"Version", "AccessKeyId", "SecretAccessKey", "SessionToken",
+                                                        "Expiration"}
+    assert fake.caller(printed["AccessKeyId"]) == f"arn:aws:sts::{ACCOUNT}:assumed-role/app/tokend-role"
+
+
+def test_the_aws_cli_runs_tokend_as_its_credential_process(tmp_path: Path, aws_daemon: tuple[Daemon, FakeSTS],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.tools import require_tool
+
+    aws = require_tool("aws", "pip install awscli (the test extra)")
+    daemon, fake = aws_daemon
+    config = tmp_path / "aws-config"
+    config.write_text(f"[default]\nregion = us-east-1\ncredential_process = {sys.executable} -m tokend "
+                      f"aws-credential next --url {daemon.url}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_CONFIG_FILE=str(config), AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"))
+    url = fake_url(daemon)
+    result = subprocess.run([aws, "sts", "get-caller-identity", "--endpoint-url", url, "--output", "json"],
+                            capture_output=True, text=True, timeout=120, env=env, check=False)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["Arn"] == f"arn:aws:sts::{ACCOUNT}:assumed-role/next/tokend-next"
+    assert fake.calls[-1][0] == "GetCallerIdentity"
+
+
+def fake_url(daemon: Daemon) -> str:
+    """The fake STS's URL, as the daemon's config names it."""
+    line = next(line for line in daemon.config.read_text().splitlines() if line.startswith("sts_url"))
+    return line.split('"')[1]

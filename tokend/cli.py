@@ -179,6 +179,14 @@ def _parser(kinds: tuple[str, ...] | None = None) -> argparse.ArgumentParser:
     _client_options(kube)
     kube.set_defaults(handler=_kube_credential)
 
+    aws = commands.add_parser("aws-credential", help="the AWS CLI's and SDKs' credential_process: provider "
+                              "NAME's AWS credential as JSON",
+                              description="Print provider NAME's AWS credential in the credential_process "
+                              "protocol. In ~/.aws/config: credential_process = tokend aws-credential NAME")
+    aws.add_argument("name", help="the AWS provider's name in the config")
+    _client_options(aws)
+    aws.set_defaults(handler=_aws_credential)
+
     _felloh_commands(commands)
 
     demo = commands.add_parser("demo", help="run tokend against built-in fake providers (no accounts needed)")
@@ -678,6 +686,15 @@ def _kube_credential(args: argparse.Namespace) -> int:
 
     credential = exec_credential(_client(args), args.name, os.environ.get("KUBERNETES_EXEC_INFO"))
     print(json.dumps(credential))
+    return Exit.OK
+
+
+def _aws_credential(args: argparse.Namespace) -> int:
+    import json
+
+    from tokend.outputs.credential_process import process_credential
+
+    print(json.dumps(process_credential(_client(args), args.name)))
     return Exit.OK
 
 
