@@ -277,3 +277,74 @@ def fake_url(daemon: Daemon) -> str:
     """The fake STS's URL, as the daemon's config names it."""
     line = next(line for line in daemon.config.read_text().splitlines() if line.startswith("sts_url"))
     return line.split('"')[1]
+
+
+# -- [metadata.aws] and tokend exec ------------------------------------------------------------------------------
+
+_CHILD = """
+import json, os, stat, sys
+import boto3
+token_file = os.environ["AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"]
+mode = stat.S_IMODE(os.stat(token_file).st_mode)
+raw = open(token_file).read()
+session = boto3.session.Session(region_name="us-east-1")
+who = session.client("sts", endpoint_url=sys.argv[1]).get_caller_identity()["Arn"]
+print(json.dumps({"mode": mode, "newline": raw.endswith("\\n"), "who": who,
+                  "method": session.get_credentials().method,
+                  "leaked": sorted(k for k in ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_CONTAINER_AUTHORIZATION_TOKEN")
+                                   if k in os.environ),
+                  "shared": open(os.environ["AWS_SHARED_CREDENTIALS_FILE"]).read()}))
+"""
+
+
+@pytest.fixture
+def endpoint_daemon(tmp_path: Path, sts: tuple[FakeSTS, str]) -> Iterator[tuple[Daemon, FakeSTS, str]]:
+    fake, url = sts
+    key_id, secret = fake.add_user()
+    listen = f"127.0.0.1:{free_port()}"
+    body = role_table(url, key_id, secret) + f'[metadata.aws]\nlisten = "{listen}"\n'
+    daemon = Daemon(write(tmp_path, body), log_path=tmp_path / "daemon.log")
+    daemon.start()
+    yield daemon, fake, listen
+    daemon.kill()
+
+
+@pytest.mark.filterwarnings("ignore:.*plain string.*")
+def test_boto3_under_tokend_exec_uses_the_container_endpoint(
+    tmp_path: Path, endpoint_daemon: tuple[Daemon, FakeSTS, str]
+) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    daemon, _, _ = endpoint_daemon
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "AKIAFROMTHEPARENT", "AWS_SECRET_ACCESS_KEY": "nope",
+           "AWS_PROFILE": "elsewhere", "AWS_CONFIG_FILE": str(tmp_path / "no-config")}
+    result = subprocess.run([sys.executable, "-m", "tokend", "exec", "--url", daemon.url, "--", sys.executable,
+                             "-c", _CHILD, fake_url(daemon)], capture_output=True, text=True, timeout=120, env=env,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout)
+    assert seen == {"mode": 0o600, "newline": False, "who": f"arn:aws:sts::{ACCOUNT}:assumed-role/app/tokend-role",
+                    "method": "container-role", "leaked": [], "shared": ""}
+
+
+@pytest.mark.filterwarnings("ignore:.*plain string.*")
+def test_the_endpoint_asks_for_its_token_and_refuses_browsers_and_other_hosts(
+    endpoint_daemon: tuple[Daemon, FakeSTS, str]
+) -> None:
+    daemon, fake, listen = endpoint_daemon
+    token = daemon.get("/metadata/environment").json()["environment"]["AWS_CONTAINER_AUTHORIZATION_TOKEN"]
+    base = f"http://{listen}"
+    good = httpx.get(f"{base}/", headers={"Authorization": token})
+    assert good.status_code == 200 and set(good.json()) == {"AccessKeyId", "SecretAccessKey", "Token", "Expiration",
+                                                             "AccountId"}
+    assert fake.caller(good.json()["AccessKeyId"]) is not None and good.json()["AccountId"] == ACCOUNT
+    assert httpx.get(f"{base}/role", headers={"Authorization": token}).json() == good.json()
+    assert httpx.get(f"{base}/", headers={"Authorization": token[:-1]}).status_code == 401
+    assert httpx.get(f"{base}/").status_code == 401
+    for refused in ({"Origin": "https://evil.example"}, {"X-Forwarded-For": "10.0.0.1"}, {"Host": "evil.example"}):
+        assert httpx.get(f"{base}/", headers={"Authorization": token, **refused}).status_code == 403, refused
+    assert httpx.get(f"{base}/nope", headers={"Authorization": token}).status_code == 404
+    assert token not in daemon.log()

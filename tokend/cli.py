@@ -632,7 +632,10 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _exec(args: argparse.Namespace) -> int:
-    from tokend.outputs.execute import Unrunnable, child_environment, run, unsafe_variable
+    import tempfile
+    from pathlib import Path
+
+    from tokend.outputs.execute import Unrunnable, aws_profile_warning, child_environment, run, unsafe_variable
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
@@ -650,16 +653,20 @@ def _exec(args: argparse.Namespace) -> int:
         tokens[name] = variable
     client = _client(args)  # the same checks as every client command: the address, where the key may go
     key = _client_key(args)
-    try:
-        env = child_environment(client, client.address.url, key, args.provider, tokens)
-    except UnknownProvider as exc:  # as `tokend get` says it
-        _err(f"tokend exec: {exc.message}")
-        return Exit.UNKNOWN_PROVIDER
-    try:
-        return run(command, env)
-    except Unrunnable as exc:
-        _err(f"tokend exec: {exc.message}")
-        return exc.code
+    # Files the child's SDKs read (the AWS endpoint's token): private to this run, removed when it ends.
+    with tempfile.TemporaryDirectory(prefix="tokend-exec-") as files:
+        try:
+            env = child_environment(client, client.address.url, key, args.provider, tokens, Path(files))
+        except UnknownProvider as exc:  # as `tokend get` says it
+            _err(f"tokend exec: {exc.message}")
+            return Exit.UNKNOWN_PROVIDER
+        if "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE" in env and (warning := aws_profile_warning(env)) is not None:
+            _err(f"tokend exec: warning: {warning}")
+        try:
+            return run(command, env)
+        except Unrunnable as exc:
+            _err(f"tokend exec: {exc.message}")
+            return exc.code
 
 
 def _git_credential(args: argparse.Namespace) -> int:

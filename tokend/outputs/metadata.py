@@ -21,9 +21,11 @@ from pydantic import BaseModel, ConfigDict
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tokend.fields import is_loopback_host
+from tokend.outputs.aws import AwsMetadataConfig, ContainerCredentials, default_provider
 from tokend.outputs.azure import PATH as AZURE_PATH
 from tokend.outputs.azure import AzureConfig, AzureIdentityEndpoint
 from tokend.outputs.gce import ACCOUNT_KIND, GceConfig, GoogleMetadataServer
+from tokend.providers.aws.config import AWS_KINDS
 
 if TYPE_CHECKING:
     import httpx
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Metadata", "MetadataConfig", "MetadataListener", "open_metadata_listeners"]
 
-Protocol = Literal["gce", "azure"]
+Protocol = Literal["gce", "azure", "aws"]
 
 
 class MetadataConfig(BaseModel):
@@ -42,6 +44,7 @@ class MetadataConfig(BaseModel):
 
     gce: GceConfig | None = None
     azure: AzureConfig | None = None
+    aws: AwsMetadataConfig | None = None
 
     def problem(self, providers: Mapping[str, ProviderBase]) -> str | None:
         """Why these settings do not fit the providers (a sentence naming the field), or None."""
@@ -56,9 +59,14 @@ class MetadataConfig(BaseModel):
             for resource, name in self.azure.resources.items():
                 if name not in providers:
                     return f'field "metadata.azure.resources": {resource} names no provider "{name}"'
+        if self.aws is not None and self.aws.provider is not None:
+            found = providers.get(self.aws.provider)
+            if found is None or found.kind not in AWS_KINDS:
+                return (f'field "metadata.aws.provider": no AWS provider is named "{self.aws.provider}" '
+                        f"(one of kind {', '.join(AWS_KINDS)})")
         ports = list(self.listening().values())
         if len(set(ports)) != len(ports):
-            return "[metadata.gce] and [metadata.azure] need a listen address each"
+            return "each [metadata.*] table needs a listen address of its own"
         return None
 
     def listening(self) -> dict[Protocol, str]:
@@ -68,6 +76,8 @@ class MetadataConfig(BaseModel):
             found["gce"] = self.gce.listen
         if self.azure is not None:
             found["azure"] = self.azure.listen
+        if self.aws is not None:
+            found["aws"] = self.aws.listen
         return found
 
 
@@ -110,11 +120,20 @@ class Metadata:
                  listeners: Sequence[MetadataListener]) -> None:
         self._manager = manager
         self.identity_header = secrets.token_urlsafe(32)
+        aws = manager.settings.metadata.aws
+        # The AWS endpoint's token: configured (shared with programs started otherwise), or made for this run.
+        self.aws_token = (aws.authorization_token.get() if aws is not None and aws.authorization_token is not None
+                          else secrets.token_urlsafe(32))
         self.listeners = list(listeners)
         self._apps: dict[Any, ASGIApp] = {}
         for listener in self.listeners:
-            app: ASGIApp = (AzureIdentityEndpoint(manager, self.identity_header) if listener.protocol == "azure"
-                            else GoogleMetadataServer(manager, client, redactor))
+            app: ASGIApp
+            if listener.protocol == "azure":
+                app = AzureIdentityEndpoint(manager, self.identity_header)
+            elif listener.protocol == "aws":
+                app = ContainerCredentials(manager, self.aws_token)
+            else:
+                app = GoogleMetadataServer(manager, client, redactor)
             self._apps[listener.address] = _Checked(app, google=listener.protocol == "gce")
 
     @property
@@ -139,6 +158,11 @@ class Metadata:
                 all(may_read(provider) for provider in azure.resources.values()):
             env["IDENTITY_ENDPOINT"] = f"http://{where}{AZURE_PATH}"
             env["IDENTITY_HEADER"] = self.identity_header
+        aws = default_provider(self._manager.settings)
+        if (where := self.where("aws")) is not None and aws is not None and may_read(aws):
+            # The token goes to `tokend exec`, which writes it to a 0600 file for the child (never its environment).
+            env["AWS_CONTAINER_CREDENTIALS_FULL_URI"] = f"http://{where}/{aws}"
+            env["AWS_CONTAINER_AUTHORIZATION_TOKEN"] = self.aws_token
         return env
 
     def wrap(self, app: ASGIApp) -> ASGIApp:
