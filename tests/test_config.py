@@ -100,10 +100,10 @@ api_key = "k"
         'provider "fts", field "pasword": is not a known setting; did you mean password?',
         'provider "odd": unknown kind "vault"; kind must be one of "felloh", "fintech_studios", "flotiq", '
         '"oauth2_client_credentials", "http", "static", "github_app", '
-        '"google_service_account", "jwt_bearer", "oauth2_refresh_token"',
+        '"google_service_account", "jwt_bearer", "oauth2_refresh_token", "aws_assume_role", "aws_session_token"',
         'provider "nokind": kind is missing; it must be one of "felloh", "fintech_studios", "flotiq", '
         '"oauth2_client_credentials", "http", "static", "github_app", '
-        '"google_service_account", "jwt_bearer", "oauth2_refresh_token"',
+        '"google_service_account", "jwt_bearer", "oauth2_refresh_token", "aws_assume_role", "aws_session_token"',
     ]
     for problem in expected:
         assert problem in found, (problem, found)

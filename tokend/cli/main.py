@@ -179,6 +179,14 @@ def _parser(kinds: tuple[str, ...] | None = None) -> argparse.ArgumentParser:
     _client_options(kube)
     kube.set_defaults(handler=_kube_credential)
 
+    aws = commands.add_parser("aws-credential", help="the AWS CLI's and SDKs' credential_process: provider "
+                              "NAME's AWS credential as JSON",
+                              description="Print provider NAME's AWS credential in the credential_process "
+                              "protocol. In ~/.aws/config: credential_process = tokend aws-credential NAME")
+    aws.add_argument("name", help="the AWS provider's name in the config")
+    _client_options(aws)
+    aws.set_defaults(handler=_aws_credential)
+
     _felloh_commands(commands)
 
     demo = commands.add_parser("demo", help="run tokend against built-in fake providers (no accounts needed)")
@@ -634,7 +642,10 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _exec(args: argparse.Namespace) -> int:
-    from tokend.outputs.execute import Unrunnable, child_environment, run, unsafe_variable
+    import tempfile
+    from pathlib import Path
+
+    from tokend.outputs.execute import Unrunnable, aws_profile_warning, child_environment, run, unsafe_variable
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
@@ -652,16 +663,20 @@ def _exec(args: argparse.Namespace) -> int:
         tokens[name] = variable
     client = _client(args)  # the same checks as every client command: the address, where the key may go
     key = _client_key(args)
-    try:
-        env = child_environment(client, client.address.url, key, args.provider, tokens)
-    except UnknownProvider as exc:  # as `tokend get` says it
-        _err(f"tokend exec: {exc.message}")
-        return Exit.UNKNOWN_PROVIDER
-    try:
-        return run(command, env)
-    except Unrunnable as exc:
-        _err(f"tokend exec: {exc.message}")
-        return exc.code
+    # Files the child's SDKs read (the AWS endpoint's token): private to this run, removed when it ends.
+    with tempfile.TemporaryDirectory(prefix="tokend-exec-") as files:
+        try:
+            env = child_environment(client, client.address.url, key, args.provider, tokens, Path(files))
+        except UnknownProvider as exc:  # as `tokend get` says it
+            _err(f"tokend exec: {exc.message}")
+            return Exit.UNKNOWN_PROVIDER
+        if "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE" in env and (warning := aws_profile_warning(env)) is not None:
+            _err(f"tokend exec: warning: {warning}")
+        try:
+            return run(command, env)
+        except Unrunnable as exc:
+            _err(f"tokend exec: {exc.message}")
+            return exc.code
 
 
 def _git_credential(args: argparse.Namespace) -> int:
@@ -688,6 +703,15 @@ def _kube_credential(args: argparse.Namespace) -> int:
 
     credential = exec_credential(_client(args), args.name, os.environ.get("KUBERNETES_EXEC_INFO"))
     print(json.dumps(credential))
+    return Exit.OK
+
+
+def _aws_credential(args: argparse.Namespace) -> int:
+    import json
+
+    from tokend.outputs.credential_process import process_credential
+
+    print(json.dumps(process_credential(_client(args), args.name)))
     return Exit.OK
 
 

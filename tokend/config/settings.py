@@ -58,6 +58,19 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _sources_exist(self) -> Settings:
+        for name, config in self.providers.items():
+            if (problem := config.source_problem(self.providers)) is not None:
+                raise ValueError(f'provider "{name}", {problem}')
+            seen = [name]
+            while (after := self.providers[seen[-1]].sources()) and after[0] in self.providers:
+                if after[0] in seen:
+                    raise ValueError(f'provider "{name}", field "source": a loop ({" -> ".join([*seen, after[0]])}); '
+                                     "a chain of providers must end in one with keys of its own")
+                seen.append(after[0])
+        return self
+
+    @model_validator(mode="after")
     def _fleet_rotates_no_felloh_keys(self) -> Settings:
         if self.fleet is not None and (refused := self.fleet.refused_rotations(self.providers)):
             raise ValueError(refused)

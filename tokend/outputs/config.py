@@ -1,6 +1,6 @@
 """The settings of the ways a token leaves tokend: file sinks (`[[providers.NAME.sinks]]`) and the cloud
-metadata endpoints (`[metadata.gce]`, `[metadata.azure]`). Models only: the config and the providers' models
-import them, so nothing here may import a runtime module of the outputs.
+metadata endpoints (`[metadata.gce]`, `[metadata.azure]`, `[metadata.aws]`). Models only: the config and the
+providers' models import them, so nothing here may import a runtime module of the outputs.
 """
 
 from __future__ import annotations
@@ -8,19 +8,20 @@ from __future__ import annotations
 import signal
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, field_validator, model_validator
 
 from tokend.config.fields import LoopbackListen, Seconds
+from tokend.config.secrets import Secret
 from tokend.outputs import templated
 
-__all__ = ["ACCOUNT_KIND", "AzureConfig", "GceConfig", "MetadataConfig", "MetadataProtocol", "SinkConfig",
-           "resource_key"]
+__all__ = ["ACCOUNT_KIND", "AwsKeysConfig", "AwsMetadataConfig", "AzureConfig", "GceConfig", "MetadataConfig",
+           "MetadataProtocol", "SinkConfig", "resource_key"]
 
 # The kind [metadata.gce] serves: Google's metadata server hands out a service account's tokens.
 ACCOUNT_KIND = "google_service_account"
-MetadataProtocol = Literal["gce", "azure"]
+MetadataProtocol = Literal["gce", "azure", "aws"]
 
 
 class _Kinded(Protocol):
@@ -28,6 +29,15 @@ class _Kinded(Protocol):
 
     @property
     def kind(self) -> str: ...
+
+
+@runtime_checkable
+class AwsKeysConfig(Protocol):
+    """The settings of a kind whose credential is an AWS key pair (what [metadata.aws] serves): each signs
+    its STS calls for a region."""
+
+    @property
+    def signing_region(self) -> str: ...
 
 
 def _file_mode(value: Any) -> int:
@@ -110,11 +120,20 @@ class AzureConfig(BaseModel):
         return keyed
 
 
+class AwsMetadataConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    listen: LoopbackListen
+    provider: str | None = Field(default=None, min_length=1)  # GET /; default: the one AWS provider, if one
+    authorization_token: Secret | None = None  # default: made anew by every run
+
+
 class MetadataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     gce: GceConfig | None = None
     azure: AzureConfig | None = None
+    aws: AwsMetadataConfig | None = None
 
     def problem(self, providers: Mapping[str, _Kinded]) -> str | None:
         """Why these settings do not fit the providers (a sentence naming the field), or None."""
@@ -129,9 +148,14 @@ class MetadataConfig(BaseModel):
             for resource, name in self.azure.resources.items():
                 if name not in providers:
                     return f'field "metadata.azure.resources": {resource} names no provider "{name}"'
+        if self.aws is not None and self.aws.provider is not None:
+            found = providers.get(self.aws.provider)
+            if not isinstance(found, AwsKeysConfig):
+                return (f'field "metadata.aws.provider": no AWS provider is named "{self.aws.provider}" '
+                        "(one of kind aws_assume_role or aws_session_token)")
         ports = list(self.listening().values())
         if len(set(ports)) != len(ports):
-            return "[metadata.gce] and [metadata.azure] need a listen address each"
+            return "each [metadata.*] table needs a listen address of its own"
         return None
 
     def listening(self) -> dict[MetadataProtocol, str]:
@@ -141,4 +165,6 @@ class MetadataConfig(BaseModel):
             found["gce"] = self.gce.listen
         if self.azure is not None:
             found["azure"] = self.azure.listen
+        if self.aws is not None:
+            found["aws"] = self.aws.listen
         return found

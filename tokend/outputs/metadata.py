@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from tokend.api.sockets import listen_each
 from tokend.config.fields import is_loopback_host
 from tokend.config.tables import ServerConfig
+from tokend.outputs.aws import ContainerCredentials, default_provider
 from tokend.outputs.azure import PATH as AZURE_PATH
 from tokend.outputs.azure import AzureIdentityEndpoint
 from tokend.outputs.config import MetadataConfig, MetadataProtocol
@@ -74,11 +75,20 @@ class Metadata:
                  listeners: Sequence[MetadataListener]) -> None:
         self._manager = manager
         self.identity_header = secrets.token_urlsafe(32)
+        aws = manager.settings.metadata.aws
+        # The AWS endpoint's token: configured (shared with programs started otherwise), or made for this run.
+        self.aws_token = (aws.authorization_token.get() if aws is not None and aws.authorization_token is not None
+                          else secrets.token_urlsafe(32))
         self.listeners = list(listeners)
         self._apps: dict[Any, ASGIApp] = {}
         for listener in self.listeners:
-            app: ASGIApp = (AzureIdentityEndpoint(manager, self.identity_header) if listener.protocol == "azure"
-                            else GoogleMetadataServer(manager, client, redactor))
+            app: ASGIApp
+            if listener.protocol == "azure":
+                app = AzureIdentityEndpoint(manager, self.identity_header)
+            elif listener.protocol == "aws":
+                app = ContainerCredentials(manager, self.aws_token)
+            else:
+                app = GoogleMetadataServer(manager, client, redactor)
             self._apps[listener.address] = _Checked(app, google=listener.protocol == "gce")
 
     @property
@@ -103,6 +113,11 @@ class Metadata:
                 and all(may_read(provider) for provider in azure.resources.values())):
             env["IDENTITY_ENDPOINT"] = f"http://{where}{AZURE_PATH}"
             env["IDENTITY_HEADER"] = self.identity_header
+        aws = default_provider(self._manager.settings)
+        if (where := self.where("aws")) is not None and aws is not None and may_read(aws):
+            # The token goes to `tokend exec`, which writes it to a 0600 file for the child (never its environment).
+            env["AWS_CONTAINER_CREDENTIALS_FULL_URI"] = f"http://{where}/{aws}"
+            env["AWS_CONTAINER_AUTHORIZATION_TOKEN"] = self.aws_token
         return env
 
     def wrap(self, app: ASGIApp) -> ASGIApp:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Union
 from pydantic import Field
 
 from tokend.providers import (
+    aws,
     felloh,
     fintech_studios,
     flotiq,
@@ -28,6 +29,7 @@ __all__ = ["KINDS", "PROVIDER_KINDS", "Kind", "Provider", "ProviderBase", "Provi
 KINDS: tuple[Kind[Any], ...] = (
     felloh.KIND, fintech_studios.KIND, flotiq.KIND, oauth2.KIND, http.KIND, static.KIND,
     github_app.KIND, google_service_account.KIND, jwt_bearer.KIND, oauth2_refresh_token.KIND,
+    aws.ASSUME_ROLE, aws.SESSION_TOKEN,
 )
 PROVIDER_KINDS = tuple(kind.name for kind in KINDS)
 _BY_NAME = {kind.name: kind for kind in KINDS}

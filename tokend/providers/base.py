@@ -7,6 +7,7 @@ in (as google-auth hands in `request`), so tests give it a MockTransport and the
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 
@@ -19,7 +20,7 @@ from tokend.credential import Credential
 from tokend.outputs.config import SinkConfig
 from tokend.redact import Redactor
 
-__all__ = ["Continuing", "Kind", "Provider", "ProviderBase"]
+__all__ = ["Chained", "Continuing", "Kind", "Lookup", "Provider", "ProviderBase"]
 
 
 class ProviderBase(BaseModel):
@@ -36,6 +37,10 @@ class ProviderBase(BaseModel):
         "proxy_listen", "proxy_retry_body_limit", "fleet", "persist", "git_hosts", "git_username",
         "docker_registries", "registry_username",
     })
+
+    # How long before expiry a renewal starts at the latest (None: the renewal policy's own margin). A kind
+    # whose clients refresh early themselves (AWS SDKs) sets its own, so they never get one they would refresh.
+    RENEW_BEFORE_EXPIRY: ClassVar[float | None] = None
 
     kind: str
     timeout: Seconds = 10.0  # a whole login, every step included
@@ -114,6 +119,14 @@ class ProviderBase(BaseModel):
                              f"token (kind {self.kind} has no default; the registry's documentation names it)")
         return self
 
+    def sources(self) -> tuple[str, ...]:
+        """The other providers whose credentials this one's login uses (an AWS role assumed with another's)."""
+        return ()
+
+    def source_problem(self, providers: Mapping[str, ProviderBase]) -> str | None:
+        """Why `sources()` do not fit the config's providers (a sentence naming the field), or None."""
+        return None
+
     def key_descriptions(self) -> dict[str, str]:
         """Each private key this provider signs with, by field: its type, size and the fingerprint of its
         public key (`tokend check`); never the key."""
@@ -171,6 +184,18 @@ class Continuing(Protocol):
     answer left); the one place that logs in hands that credential in."""
 
     async def fetch_from(self, client: httpx.AsyncClient, current: Credential | None) -> Credential: ...
+
+
+# Another provider's credential by name, as the manager serves it (waiting, bounded, for a login under way).
+Lookup = Callable[[str], Awaitable[Credential]]
+
+
+@runtime_checkable
+class Chained(Protocol):
+    """A login made with other providers' credentials (`sources()`), looked up when it happens: the one
+    place that logs in hands the lookup in."""
+
+    async def fetch_with(self, client: httpx.AsyncClient, lookup: Lookup) -> Credential: ...
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import httpx
 from tokend.credential import Credential
 from tokend.errors import UpstreamError
 from tokend.providers import ProviderConfig, build_provider
-from tokend.providers.base import Continuing, Provider
+from tokend.providers.base import Chained, Continuing, Lookup, Provider
 from tokend.redact import Redactor
 
 __all__ = ["DirectLogin", "Login", "LoginCall", "LoginReason", "fetch_within_timeout", "login_once"]
@@ -43,6 +43,7 @@ class LoginCall:
     reason: LoginReason
     rejected: str | None = None  # the token a forced refresh named as rejected upstream
     current: Credential | None = None  # the credential held now, if any
+    lookup: Lookup | None = None  # other providers' credentials, for a login made with them (Chained)
 
 
 Login = Callable[[LoginCall], Awaitable[Credential]]
@@ -60,7 +61,7 @@ class DirectLogin:
     async def __call__(self, call: LoginCall) -> Credential:
         provider = self._provider(call.name, call.config)
         async with self._gate(call.config):  # queued here, before the login's own clock starts
-            return await fetch_within_timeout(provider, call.config.timeout, self._client, call.current)
+            return await fetch_within_timeout(provider, call.config.timeout, self._client, call.current, call.lookup)
 
     def _provider(self, name: str, config: ProviderConfig) -> Provider:
         known = self._providers.get(name)
@@ -82,13 +83,16 @@ class DirectLogin:
 
 
 async def fetch_within_timeout(
-    provider: Provider, timeout: float, client: httpx.AsyncClient, current: Credential | None = None
+    provider: Provider, timeout: float, client: httpx.AsyncClient, current: Credential | None = None,
+    lookup: Lookup | None = None,
 ) -> Credential:
     """One login, bounded as a whole by the provider's `timeout` (httpx's own bound each step only)."""
     try:
         async with asyncio.timeout(timeout):
             if isinstance(provider, Continuing):
                 return await provider.fetch_from(client, current)
+            if isinstance(provider, Chained) and lookup is not None:
+                return await provider.fetch_with(client, lookup)
             return await provider.fetch(client)
     except TimeoutError:
         raise UpstreamError(provider.name, f"login timed out after {timeout:g}s") from None

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tokend.testing.aws import FakeSTS
 from tokend.testing.base import ExpiryStyle, FakeAPI, FakeServer, FakeUpstream, pattern
 from tokend.testing.entra import FakeEntraID
 from tokend.testing.felloh import FakeFelloh, FellohKey
@@ -44,6 +45,7 @@ __all__ = [
     "FakeGoogle",
     "FakeOAuth2",
     "FakeProviders",
+    "FakeSTS",
     "FakeSalesforce",
     "FakeServer",
     "FakeTokenAPI",
