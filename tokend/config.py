@@ -174,6 +174,22 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _sources_known_and_acyclic(self) -> Settings:
+        # Refused here, not found at login: a chain that loops back would wait on itself until a timeout.
+        for name, config in self.providers.items():
+            for source in config.sources():
+                if source == name:
+                    raise ValueError(f'provider "{name}" reads its own token: name another provider')
+                if source not in self.providers:
+                    raise ValueError(f'provider "{name}" reads the token of provider "{source}", which is not '
+                                     "configured")
+        for name in self.providers:
+            if (loop := _source_loop(self.providers, name, ())) is not None:
+                raise ValueError(f"providers read each other's tokens in a loop ({' -> '.join(loop)}): one of "
+                                 "them must start from a token of its own")
+        return self
+
+    @model_validator(mode="after")
     def _fleet_rotates_no_felloh_keys(self) -> Settings:
         if self.fleet is not None and (refused := self.fleet.refused_rotations(self.providers)):
             raise ValueError(refused)
@@ -231,6 +247,16 @@ class Settings(BaseSettings):
             # `from None`: the ValidationError carries the input values, secrets included.
             problems = _describe_all(exc.errors(include_input=False, include_url=False))
             raise ConfigError(f"{path} has {len(problems)} problem(s)", problems) from None
+
+
+def _source_loop(providers: dict[str, Any], name: str, path: tuple[str, ...]) -> tuple[str, ...] | None:
+    """The chain of sources from `name` back to a provider already on `path`, or None."""
+    if name in path:
+        return (*path[path.index(name):], name)
+    for source in providers[name].sources():
+        if (loop := _source_loop(providers, source, (*path, name))) is not None:
+            return loop
+    return None
 
 
 def _environment_problem(exc: SettingsError) -> str:

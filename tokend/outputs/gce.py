@@ -2,7 +2,8 @@
 
     [metadata.gce]
     listen = "127.0.0.1:8771"
-    provider = "gcp"              # a google_service_account provider
+    provider = "gcp"              # a Google provider naming a service account (a key, impersonation,
+                                  # workload identity with service_account)
     project_id = "my-project"
 
 google-auth (and every Google client library) asks the host in GCE_METADATA_HOST, and probes the one in
@@ -42,11 +43,11 @@ if TYPE_CHECKING:
     import httpx
 
     from tokend.manager import Manager
+    from tokend.providers.base import Tokens
     from tokend.redact import Redactor
 
-__all__ = ["ACCOUNT_KIND", "MAX_MINTED", "GceConfig", "GoogleAccount", "GoogleMetadataServer"]
+__all__ = ["MAX_MINTED", "GceConfig", "GoogleAccount", "GoogleAccountConfig", "GoogleMetadataServer"]
 
-ACCOUNT_KIND = "google_service_account"
 _ROOT = "/computeMetadata/v1/"
 MAX_MINTED = 64  # audiences and scope sets held at once, beside the provider's own token
 _ACCOUNTS = f"{_ROOT}instance/service-accounts/"
@@ -56,13 +57,22 @@ class GceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     listen: LoopbackListen
-    provider: str = Field(min_length=1)  # a google_service_account provider
+    provider: str = Field(min_length=1)  # a Google provider that names a service account
     project_id: str | None = Field(default=None, min_length=1)
 
 
 @runtime_checkable
+class GoogleAccountConfig(Protocol):
+    """The settings of a Google kind that can stand behind the metadata server."""
+
+    def gce_problem(self) -> str | None:
+        """Why this provider cannot (a sentence to follow its name), or None."""
+        ...
+
+
+@runtime_checkable
 class GoogleAccount(Protocol):
-    """What the metadata server asks of a google_service_account provider besides its own token."""
+    """What the metadata server asks of a Google provider besides its own token."""
 
     @property
     def client_email(self) -> str: ...
@@ -71,7 +81,7 @@ class GoogleAccount(Protocol):
     def scopes(self) -> tuple[str, ...]: ...
 
     async def mint(self, client: httpx.AsyncClient, *, scopes: Sequence[str] | None = None,
-                   audience: str | None = None) -> Credential: ...
+                   audience: str | None = None, tokens: Tokens | None = None) -> Credential: ...
 
 
 class GoogleMetadataServer:
@@ -158,9 +168,9 @@ class GoogleMetadataServer:
                     held.expires_at - now > (held.expires_at - held.obtained_at) / 3:
                 return held
             if key[0] == "audience":
-                credential = await account.mint(self._client, audience=key[1])
+                credential = await account.mint(self._client, audience=key[1], tokens=self._manager)
             else:
-                credential = await account.mint(self._client, scopes=list(key[1:]))
+                credential = await account.mint(self._client, scopes=list(key[1:]), tokens=self._manager)
             self._minted[key] = credential
             return credential
 
@@ -184,7 +194,7 @@ class GoogleMetadataServer:
         if self._account is None or self._account[0] is not config:
             provider = build_provider(self._config().provider, config, self._redactor)
             if not isinstance(provider, GoogleAccount):
-                raise TokendError(f"provider {self._config().provider} is not a {ACCOUNT_KIND}")
+                raise TokendError(f"provider {self._config().provider} is not a Google service account")
             self._account = config, provider
             self._minted.clear()
             self._minting.clear()

@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from tokend.fields import is_loopback_host
 from tokend.outputs.azure import PATH as AZURE_PATH
 from tokend.outputs.azure import AzureConfig, AzureIdentityEndpoint
-from tokend.outputs.gce import ACCOUNT_KIND, GceConfig, GoogleMetadataServer
+from tokend.outputs.gce import GceConfig, GoogleAccountConfig, GoogleMetadataServer
 
 if TYPE_CHECKING:
     import httpx
@@ -49,9 +49,13 @@ class MetadataConfig(BaseModel):
             found = providers.get(self.gce.provider)
             if found is None:
                 return f'field "metadata.gce.provider": no provider is named "{self.gce.provider}"'
-            if found.kind != ACCOUNT_KIND:
+            if not isinstance(found, GoogleAccountConfig):
                 return (f'field "metadata.gce.provider": provider "{self.gce.provider}" is of kind {found.kind}; '
-                        f"Google's metadata server serves a {ACCOUNT_KIND}")
+                        "Google's metadata server serves a Google service account (google_service_account, "
+                        "google_impersonation, google_workload_identity with service_account)")
+            if (problem := found.gce_problem()) is not None:
+                return f'field "metadata.gce.provider": provider "{self.gce.provider}" {problem}'
+
         if self.azure is not None:
             for resource, name in self.azure.resources.items():
                 if name not in providers:

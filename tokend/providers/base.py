@@ -23,7 +23,7 @@ from tokend.secrets import SecretValue, collect_secrets
 if TYPE_CHECKING:
     from tokend.extensions import DaemonParts, Extension
 
-__all__ = ["Continuing", "Kind", "Provider", "ProviderBase"]
+__all__ = ["Chained", "Continuing", "Kind", "Provider", "ProviderBase", "Tokens"]
 
 
 class ProviderBase(BaseModel):
@@ -118,6 +118,11 @@ class ProviderBase(BaseModel):
                              f"token (kind {self.kind} has no default; the registry's documentation names it)")
         return self
 
+    def sources(self) -> tuple[str, ...]:
+        """The other providers whose current tokens this provider's login reads (a subject token, a source
+        credential to impersonate with); the config refuses unknown names and cycles."""
+        return ()
+
     def key_descriptions(self) -> dict[str, str]:
         """Each private key this provider signs with, by field: its type, size and the fingerprint of its
         public key (`tokend check`); never the key."""
@@ -158,6 +163,20 @@ class Continuing(Protocol):
     answer left); the one place that logs in hands that credential in."""
 
     async def fetch_from(self, client: httpx.AsyncClient, current: Credential | None) -> Credential: ...
+
+
+class Tokens(Protocol):
+    """Other providers' current credentials, as a login that builds on one reads them (the manager's `get`:
+    a valid token, waiting for a login under way; TokendError when there is none)."""
+
+    async def get(self, name: str) -> Credential: ...
+
+
+@runtime_checkable
+class Chained(Protocol):
+    """A login that reads other providers' tokens (`sources()`); the one place that logs in hands in how."""
+
+    async def fetch_chained(self, client: httpx.AsyncClient, tokens: Tokens | None) -> Credential: ...
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ class LoginRequest:
     redactor: Redactor
     describe: Describe
     json: Any = None  # a JSON body...
-    form: Mapping[str, str] | None = None  # ...or a form-encoded one
+    form: Mapping[str, str | list[str]] | None = None  # ...or a form-encoded one (a list: a repeated field)
     action: str = "login"  # what the call is, for its error messages ("list keys", ...)
     max_answer: int = 1024 * 1024  # bytes of answer, after decoding, beyond which the call fails
 
@@ -59,18 +59,7 @@ def limits(config: ProviderBase) -> dict[str, Any]:
 
 async def exchange(client: httpx.AsyncClient, login: LoginRequest) -> tuple[Any, str | None]:
     """Make the login call; return (the decoded JSON body, the request id) of a 2xx answer."""
-    try:
-        response, content = await _answer(client, login)
-    except httpx.ConnectTimeout:
-        raise UpstreamError(
-            login.provider, f"could not connect to {login.url} within {login.timeout.connect:g}s"
-        ) from None
-    except httpx.TimeoutException:
-        raise UpstreamError(
-            login.provider, f"{login.action} got no answer within {login.timeout.read:g}s"
-        ) from None
-    except httpx.HTTPError as exc:
-        raise UpstreamError(login.provider, f"could not reach {shown_url(login.url)}: {_reason(exc)}") from None
+    response, content = await sent(client, login)
     body = _json_or_none(content)
     request_id, message = login.describe(body) if body is not None else (None, None)
     if request_id is not None:  # shown in /status, logs and errors: as untrusted as any upstream text
@@ -84,6 +73,32 @@ async def exchange(client: httpx.AsyncClient, login: LoginRequest) -> tuple[Any,
             status=response.status_code,
         )
     return body, request_id
+
+
+async def sent(client: httpx.AsyncClient, login: LoginRequest) -> tuple[httpx.Response, bytes]:
+    """Make the call: the answer and its bounded body, whatever its status; UpstreamError when none came."""
+    try:
+        return await _answer(client, login)
+    except httpx.ConnectTimeout:
+        raise UpstreamError(
+            login.provider, f"could not connect to {login.url} within {login.timeout.connect:g}s"
+        ) from None
+    except httpx.TimeoutException:
+        raise UpstreamError(
+            login.provider, f"{login.action} got no answer within {login.timeout.read:g}s"
+        ) from None
+    except httpx.HTTPError as exc:
+        raise UpstreamError(login.provider, f"could not reach {shown_url(login.url)}: {_reason(exc)}") from None
+
+
+async def text_exchange(client: httpx.AsyncClient, login: LoginRequest) -> bytes:
+    """Make the call; return the body of a 2xx answer as it is (an answer that is not JSON: a token as text)."""
+    response, content = await sent(client, login)
+    if not response.is_success:
+        body = _json_or_none(content)
+        _, message = login.describe(body) if body is not None else (None, None)
+        raise _http_error(login, response, _text(response, content), message, None)
+    return content
 
 
 async def _answer(client: httpx.AsyncClient, login: LoginRequest) -> tuple[httpx.Response, bytes]:
