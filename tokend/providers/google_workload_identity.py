@@ -20,9 +20,10 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
 from tokend.credential import Credential
 from tokend.fields import UpstreamURL
@@ -65,9 +66,16 @@ class CredentialSource(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     file: Path | None = None
-    url: UpstreamURL | None = None
+    url: str | None = None  # may carry a query (a metadata endpoint's api-version, an audience)
     headers: dict[str, str] = {}
     json_field: str | None = None  # format.type = "json": the field holding the token
+
+    @field_validator("url")
+    @classmethod
+    def _upstream(cls, url: str | None) -> str | None:
+        if url is not None:  # checked as any upstream URL, its query aside
+            TypeAdapter(UpstreamURL).validate_python(urlsplit(url)._replace(query="").geturl())
+        return url
 
     @property
     def shown(self) -> str:
