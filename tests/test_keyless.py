@@ -231,13 +231,13 @@ subject_token = {{ provider = "github" }}
     assert fake_google.is_valid(_login(config, "gcp").token)
 
 
-def test_github_actions_oidc_outside_a_job_is_refused_with_a_sentence(
+def test_github_actions_oidc_outside_a_job_fails_its_login_with_a_sentence(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("ACTIONS_ID_TOKEN_REQUEST_URL", raising=False)
-    with pytest.raises(ConfigError) as refused:
-        Settings.load(_settings(tmp_path, '[providers.github]\nkind = "github_actions_oidc"\naudience = "a"'))
-    assert "ACTIONS_ID_TOKEN_REQUEST_URL is not set" in " ".join(refused.value.problems)
+    config = _settings(tmp_path, '[providers.github]\nkind = "github_actions_oidc"\naudience = "a"')
+    with pytest.raises(UpstreamError, match="ACTIONS_ID_TOKEN_REQUEST_URL is not set: run tokend inside"):
+        _login(config, "github")
 
 
 def test_a_wrong_request_token_names_the_workflow_permission(tmp_path: Path, issuer: FakeOIDCIssuer) -> None:
@@ -294,8 +294,8 @@ def test_workload_identity_from_a_credential_source_url(
     (tmp_path / "wif.json").write_text(json.dumps({
         "type": "external_account", "audience": fake.pool_provider, "token_url": f"{url}/v1/token",
         "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
-        "credential_source": {"url": f"{issuer.url}/_apis/token?api-version=2.0&audience="
-                              f"{fake.allowed_audience}", "headers": {"Authorization": f"Bearer {issuer.request_token}"},
+        "credential_source": {"url": f"{issuer.url}/_apis/token?api-version=2.0&audience={fake.allowed_audience}",
+                              "headers": {"Authorization": f"Bearer {issuer.request_token}"},
                               "format": {"type": "json", "subject_token_field_name": "value"}}}))
     config = _settings(tmp_path, '[providers.gcp]\nkind = "google_workload_identity"\ncredentials_file = "wif.json"')
     credential = _login(config, "gcp")
@@ -417,10 +417,11 @@ def test_the_daemon_serves_until_expiry_backs_off_and_shows_no_subject_token(
         daemon.kill()
 
 
-def test_twenty_concurrent_reads_cost_one_exchange(
+def test_twenty_concurrent_reads_cost_one_exchange_and_a_two_step_chain_renews_as_one_login(
     tmp_path: Path, issuer: FakeOIDCIssuer, google: tuple[FakeGoogleFederation, str]
 ) -> None:
     fake, url = google
+    fake.lifetime = 8.0  # renewed at about two thirds of it
     token_file = tmp_path / "token"
     issuer.write(token_file, fake.allowed_audience)
     config = _settings(tmp_path, _wif(url, fake, f'{{ file = "{token_file}" }}'))
@@ -432,8 +433,13 @@ def test_twenty_concurrent_reads_cost_one_exchange(
                 answers = await asyncio.gather(*(c.get("/token/gcp") for _ in range(20)))
             return {answer.json()["token"] for answer in answers}
 
-        assert len(asyncio.run(read_all())) == 1
+        served = asyncio.run(read_all())
+        assert len(served) == 1
         assert (fake.logins, fake.iam_calls) == (2, 1)  # one login: one STS exchange, one impersonation
+        issuer.write(token_file, fake.allowed_audience)  # the kubelet's rotation: the renewal reads it
+        daemon.wait_until(lambda: daemon.get("/token/gcp").json()["token"] not in served, timeout=60,
+                          what="the renewal")
+        assert fake.logins == 2 * fake.iam_calls and fake.iam_calls >= 2  # each renewal: both steps, together
     finally:
         daemon.kill()
 

@@ -261,12 +261,11 @@ class FakeGoogleFederation(FakeUpstream):
 
 def _permission_denied(email: str, method: str) -> Response:
     permission = "getAccessToken" if method == "generateAccessToken" else "getOpenIdToken"
+    metadata = {"permission": f"iam.serviceAccounts.{permission}", "resource": f"projects/-/serviceAccounts/{email}"}
     return JSONResponse({"error": {"code": 403, "status": "PERMISSION_DENIED", "message": (
         f"Permission 'iam.serviceAccounts.{permission}' denied on resource (or it may not exist)."),
         "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "IAM_PERMISSION_DENIED",
-                     "domain": "iam.googleapis.com", "metadata": {"permission": f"iam.serviceAccounts.{permission}",
-                                                                  "resource": f"projects/-/serviceAccounts/{email}"}}]}},
-        status_code=403)
+                     "domain": "iam.googleapis.com", "metadata": metadata}]}}, status_code=403)
 
 
 class FakeTokenExchange(FakeUpstream):

@@ -14,12 +14,12 @@ from typing import Literal
 from urllib.parse import urlencode, urlsplit
 
 import httpx
-from pydantic import Field, model_validator
+from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
 from tokend.credential import Credential
 from tokend.errors import UpstreamError
 from tokend.expiry import jwt_expiry
-from tokend.fields import shown_url
+from tokend.fields import UpstreamURL, shown_url
 from tokend.providers.base import Kind, ProviderBase
 from tokend.providers.exchange import LoginRequest, bearer_credential, exchange, limits, malformed
 from tokend.redact import Redactor
@@ -28,6 +28,7 @@ from tokend.secrets import Secret
 __all__ = ["GitHubActionsOIDC", "GitHubActionsOIDCConfig"]
 
 URL_VARIABLE = "ACTIONS_ID_TOKEN_REQUEST_URL"
+_GITHUB_DEFAULT = "https://pipelines.actions.githubusercontent.com"  # shown (and gated by host) outside a job
 TOKEN_VARIABLE = "ACTIONS_ID_TOKEN_REQUEST_TOKEN"
 
 
@@ -39,55 +40,40 @@ def _describe(body: object) -> tuple[str | None, str | None]:
 class GitHubActionsOIDCConfig(ProviderBase):
     kind: Literal["github_actions_oidc"]
     audience: str | None = Field(default=None, min_length=1)  # the `aud` the exchanging service expects
-    # Default: the job's variables, read when the config is loaded.
+    # Default: the job's variables, read at each login.
     request_url: str | None = Field(default=None, min_length=1)
     request_token: Secret | None = None
     default_lifetime: float = 300.0  # GitHub's tokens live minutes; the JWT's exp is used when it has one
 
-    @model_validator(mode="before")
-    @classmethod
-    def _from_the_job(cls, data: object) -> object:
-        # Here, not at login: a config used outside a workflow job is refused at start with a sentence.
-        if not isinstance(data, dict):
-            return data
-        data = dict(data)
-        if data.get("request_url") is None:
-            if not os.environ.get(URL_VARIABLE):
-                raise ValueError(f"{URL_VARIABLE} is not set: run inside a GitHub Actions job whose workflow has "
-                                 "`permissions: id-token: write`, or set request_url and request_token")
-            data["request_url"] = os.environ[URL_VARIABLE]
-        if data.get("request_token") is None:
-            if not os.environ.get(TOKEN_VARIABLE):
-                raise ValueError(f"{TOKEN_VARIABLE} is not set (GitHub sets it beside {URL_VARIABLE} when the "
-                                 "workflow has `permissions: id-token: write`)")
-            data["request_token"] = {"env": TOKEN_VARIABLE}
-        return data
-
     @model_validator(mode="after")
     def _usable_url(self) -> GitHubActionsOIDCConfig:
-        from pydantic import TypeAdapter
-
-        from tokend.fields import UpstreamURL
-
-        assert self.request_url is not None
-        # The URL carries a query (api-version): checked as an upstream URL without it.
-        parts = urlsplit(self.request_url)
-        TypeAdapter(UpstreamURL).validate_python(parts._replace(query="").geturl())
+        if self.request_url is not None:  # it carries a query (api-version): checked as an upstream URL without it
+            TypeAdapter(UpstreamURL).validate_python(urlsplit(self.request_url)._replace(query="").geturl())
         return self
 
     @property
     def url(self) -> str:
-        assert self.request_url is not None
-        return self.request_url
+        return self.request_url or os.environ.get(URL_VARIABLE) or _GITHUB_DEFAULT
 
-    @property
-    def token_url(self) -> str:
-        """The request URL with `audience` added as one more query parameter."""
-        assert self.request_url is not None
-        if self.audience is None:
-            return self.request_url
-        separator = "&" if urlsplit(self.request_url).query else "?"
-        return f"{self.request_url}{separator}{urlencode({'audience': self.audience})}"
+    def job_request(self, provider: str) -> tuple[str, str]:
+        """(the request URL with `audience` as one more query parameter, the request token). Read from the job's
+        variables at each login, not when the config is loaded: GitHub sets them only inside a job, and a
+        config checked elsewhere is still a good one."""
+        url = self.request_url or os.environ.get(URL_VARIABLE)
+        token = self.request_token.get() if self.request_token is not None else os.environ.get(TOKEN_VARIABLE)
+        if not url or not token:
+            missing = URL_VARIABLE if not url else TOKEN_VARIABLE
+            raise UpstreamError(provider, f"{missing} is not set: run tokend inside the GitHub Actions job (the "
+                                "workflow needs `permissions: id-token: write`), or set request_url and "
+                                "request_token", retryable=False)
+        try:
+            TypeAdapter(UpstreamURL).validate_python(urlsplit(url)._replace(query="").geturl())
+        except ValidationError as exc:
+            raise UpstreamError(provider, f"{URL_VARIABLE}: {exc.errors()[0]['msg']}", retryable=False) from None
+        checked = url
+        if self.audience is not None:
+            checked += ("&" if urlsplit(url).query else "?") + urlencode({"audience": self.audience})
+        return checked, token
 
 
 class GitHubActionsOIDC:
@@ -98,10 +84,11 @@ class GitHubActionsOIDC:
 
     async def fetch(self, client: httpx.AsyncClient) -> Credential:
         config = self.config
-        assert config.request_token is not None
+        url, request_token = config.job_request(self.name)
+        self._redactor.add_secrets([request_token])
         login = LoginRequest(
-            provider=self.name, method="GET", url=config.token_url, action="the job's OIDC token request",
-            headers={"Authorization": f"Bearer {config.request_token.get()}", "Accept": "application/json"},
+            provider=self.name, method="GET", url=url, action="the job's OIDC token request",
+            headers={"Authorization": f"Bearer {request_token}", "Accept": "application/json"},
             **limits(config), redactor=self._redactor, describe=_describe,
         )
         try:
@@ -122,7 +109,7 @@ class GitHubActionsOIDC:
 
 
 EXAMPLE = """\
-[providers.github]
+[providers.github-oidc]
 kind = "github_actions_oidc"               # the job's identity (needs `permissions: id-token: write`)
 audience = "sts.amazonaws.com"             # the aud the exchanging service expects
 # request_url and request_token default to ACTIONS_ID_TOKEN_REQUEST_URL / _TOKEN

@@ -98,9 +98,14 @@ class GoogleImpersonation:
 
 
 EXAMPLE = """\
+[providers.deployer-source]                # the caller: here a Kubernetes pod's identity, federated
+kind = "google_workload_identity"
+audience = "//iam.googleapis.com/projects/123456789/locations/global/workloadIdentityPools/pool/providers/k8s"
+subject_token = { file = "/var/run/secrets/tokens/gcp-token" }
+
 [providers.deployer]
 kind = "google_impersonation"              # act as a service account, with no key of its own
-source = "gcp"                             # any Google provider: a key, workload identity, a user's token
+source = "deployer-source"                 # any Google provider: a key, workload identity, a user's token
 service_account = "deployer@my-project.iam.gserviceaccount.com"
 # delegates = ["projects/-/serviceAccounts/middle@my-project.iam.gserviceaccount.com"]
 # scopes = ["https://www.googleapis.com/auth/cloud-platform"]

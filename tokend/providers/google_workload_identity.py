@@ -264,11 +264,11 @@ class GoogleWorkloadIdentity:
 
 
 EXAMPLE = """\
-[providers.gcp]
+[providers.gcp-keyless]
 kind = "google_workload_identity"          # another platform's token for a Google one: no key
 audience = "//iam.googleapis.com/projects/123456789/locations/global/workloadIdentityPools/pool/providers/provider"
 subject_token = { file = "/var/run/secrets/tokens/gcp-token" }   # read anew at every exchange
-# subject_token = { provider = "github" }  # or another provider's token (github_actions_oidc)
+# subject_token = { provider = "github-oidc" }   # or another provider's token (github_actions_oidc)
 service_account = "app@my-project.iam.gserviceaccount.com"   # impersonated; leave out for the federated token
 # scopes = ["https://www.googleapis.com/auth/cloud-platform"]
 # credentials_file = "/etc/tokend/gcp-wif.json"   # or all of it from gcloud's external_account file

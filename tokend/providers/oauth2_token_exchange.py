@@ -150,7 +150,7 @@ EXAMPLE = """\
 kind = "oauth2_token_exchange"             # RFC 8693
 token_url = "https://sts.example.com/oauth2/token"
 subject_token = { file = "/var/run/secrets/tokens/sts-token" }   # read anew at every exchange
-# subject_token = { provider = "github" }  # or another provider's current token
+# subject_token = { provider = "github-oidc" }   # or another provider's current token
 # subject_token_type = "urn:ietf:params:oauth:token-type:jwt"
 audience = "https://api.example.com"
 # scope = ["read"]
