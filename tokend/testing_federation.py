@@ -98,7 +98,8 @@ class FakeOIDCIssuer:
         _, claims = _verified(token, {self.kid: self._jwk}, ["RS256"], lambda header: header.get("kid"))
         if claims.get("iss") != self.url:
             raise _Refused(400, "invalid_grant", "The issuer of the subject token is not trusted.")
-        audiences = claims.get("aud") if isinstance(claims.get("aud"), list) else [claims.get("aud")]
+        aud = claims.get("aud")
+        audiences: list[Any] = aud if isinstance(aud, list) else [aud]
         if audience not in audiences:
             raise _Refused(400, "invalid_grant", "The audience in the subject token does not match.")
         exp = claims.get("exp")
@@ -242,12 +243,12 @@ class FakeGoogleFederation(FakeUpstream):
         audience = body.get("audience")
         if not isinstance(audience, str) or not audience:
             return _google_error(400, "Audience is required.")
-        now = int(time.time())
+        now, expires = int(time.time()), self._expiry()
         claims = {"iss": "https://accounts.google.com", "aud": audience, "azp": email, "sub": "1234567890",
-                  "iat": now, "exp": self._expiry(), **({"email": email, "email_verified": True}
+                  "iat": now, "exp": expires, **({"email": email, "email_verified": True}
                                                         if body.get("includeEmail") else {})}
         token = load_key(self._google_key).sign(claims, alg="RS256", header={"kid": "google-1"})
-        self._issue(token, int(claims["exp"]))
+        self._issue(token, expires)
         return JSONResponse({"token": token})
 
     async def _buckets(self, request: Request) -> Response:
