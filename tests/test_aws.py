@@ -19,7 +19,7 @@ from tokend.errors import ConfigError, CredentialsRejected, UpstreamError
 from tokend.providers import build_provider
 from tokend.providers.aws.sts import parse_xml
 from tokend.redact import Redactor
-from tokend.testing import FakeServer, FakeSTS
+from tokend.testing import FakeOIDCIssuer, FakeServer, FakeSTS
 from tokend.testing.aws import ACCOUNT
 
 ROLE = f"arn:aws:iam::{ACCOUNT}:role/app"
@@ -165,7 +165,7 @@ def test_xml_with_a_document_type_is_refused() -> None:
     ("duration = 50000\n", "the maximum is 43200"),
     ('role_session_name = "has space"\n', "AWS's pattern"),
     ('policy = "{not json"\n', "is not JSON"),
-    ('source = "other"\n', "set exactly one of access_key_id + secret_access_key or source"),
+    ('source = "other"\n', "set exactly one of access_key_id + secret_access_key, source, web_identity_token"),
 ])
 def test_check_refuses_bad_settings_with_a_sentence(tmp_path: Path, extra: str, said: str) -> None:
     body = role_table("https://sts.example.com", "AKIAEXAMPLE", "secret") + extra
@@ -176,12 +176,21 @@ def test_check_refuses_bad_settings_with_a_sentence(tmp_path: Path, extra: str, 
 
 def test_a_chained_role_lasts_an_hour_at_most_and_its_source_must_exist(tmp_path: Path) -> None:
     chained = f'[providers.next]\nkind = "aws_assume_role"\nrole_arn = "{CHAINED}"\nsource = "%s"\nduration = %d\n\n'
-    for source, duration, said in (("role", 7200, "at most 3600"), ("nope", 3600, 'no provider is named "nope"'),
-                                   ("next", 3600, "a loop (next -> next)")):
+    static = '[providers.plain]\nkind = "static"\nkey = "k"\n\n'
+    for source, duration, said in (("role", 7200, "at most 3600"),
+                                   ("nope", 3600, 'reads the credentials of provider "nope": no provider is named so'),
+                                   ("next", 3600, "reads its own credentials"),
+                                   ("plain", 3600, 'field "source": provider "plain" is of kind static')):
         with pytest.raises(ConfigError) as caught:
-            Settings.load(write(tmp_path, chained % (source, duration) + role_table("https://sts.example.com",
-                                                                                   "AKIAEXAMPLE", "secret")))
+            Settings.load(write(tmp_path, chained % (source, duration) + static + role_table(
+                "https://sts.example.com", "AKIAEXAMPLE", "secret")))
         assert any(said in problem for problem in caught.value.problems), caught.value.problems
+    # Two roles each assumed with the other's credentials: the config's one check of sources finds the loop.
+    looped = (chained % ("other", 3600)).replace("[providers.next]", "[providers.one]") + \
+        (chained % ("one", 3600)).replace("[providers.next]", "[providers.other]")
+    with pytest.raises(ConfigError) as caught:
+        Settings.load(write(tmp_path, looped))
+    assert any("in a loop (one -> other -> one)" in problem for problem in caught.value.problems), caught.value.problems
 
 
 # -- the daemon --------------------------------------------------------------------------------------------------
@@ -225,6 +234,85 @@ def test_role_chaining_and_renewal_twenty_minutes_before_expiry(aws_daemon: tupl
         expires = datetime.fromisoformat(status[name]["expires_at"]).timestamp()
         renews = datetime.fromisoformat(status[name]["next_refresh"]).timestamp()
         assert expires - renews >= 1200 - 1, (name, status[name])
+
+
+# -- AssumeRoleWithWebIdentity -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def issuer() -> Iterator[FakeOIDCIssuer]:
+    fake = FakeOIDCIssuer()
+    with FakeServer(fake.app) as server:
+        fake.url = server.url
+        yield fake
+
+
+def web_identity_table(url: str, token: str, **extra: object) -> str:
+    lines = "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in extra.items())
+    return (f'[providers.role]\nkind = "aws_assume_role"\nrole_arn = "{ROLE}"\nsts_url = "{url}"\n'
+            f"web_identity_token = {token}\n{lines}\n")
+
+
+def test_a_rotating_web_identity_token_file_is_read_fresh_at_each_login(
+    tmp_path: Path, sts: tuple[FakeSTS, str], issuer: FakeOIDCIssuer
+) -> None:
+    fake, url = sts
+    fake.trust(issuer)
+    token_file = tmp_path / "token"
+    first_token = issuer.write(token_file, "sts.amazonaws.com")
+    body = web_identity_table(url, f'{{ file = "{token_file}" }}', min_refresh_interval=0.1)
+    daemon = Daemon(write(tmp_path, body), log_path=tmp_path / "daemon.log")
+    daemon.start()
+    try:
+        first = daemon.get("/token/role").json()
+        issuer.subject = "system:serviceaccount:apps:rotated"
+        second_token = issuer.write(token_file, "sts.amazonaws.com")  # the kubelet's rotation, in place
+        assert daemon.post("/token/role/refresh").status_code == 200
+        second = daemon.get("/token/role").json()
+        log = daemon.log()
+    finally:
+        daemon.kill()
+    # Each login sent the token the file held then, unsigned (no AWS key anywhere), and got the role's session.
+    assert fake.web_identity_tokens == [first_token, second_token]
+    assert [call for call in fake.calls if call[0] == "AssumeRoleWithWebIdentity"] == [
+        ("AssumeRoleWithWebIdentity", "system:serviceaccount:apps:billing"),
+        ("AssumeRoleWithWebIdentity", "system:serviceaccount:apps:rotated")]
+    for answer in (first, second):
+        assert answer["type"] == "aws"
+        assert fake.caller(answer["aws"]["access_key_id"]) == f"arn:aws:sts::{ACCOUNT}:assumed-role/app/tokend-role"
+    assert first["aws"]["access_key_id"] != second["aws"]["access_key_id"]
+    assert first_token not in log and second_token not in log and second["aws"]["secret_access_key"] not in log
+
+
+def test_a_web_identity_token_sts_refuses_is_a_sentence_and_retried(
+    tmp_path: Path, sts: tuple[FakeSTS, str], issuer: FakeOIDCIssuer
+) -> None:
+    fake, url = sts
+    fake.trust(issuer, audience="sts.amazonaws.com")
+    token_file = tmp_path / "token"
+    token = issuer.write(token_file, "some-other-audience")
+    with pytest.raises(UpstreamError) as caught:
+        login(tmp_path, web_identity_table(url, f'{{ file = "{token_file}" }}'))
+    said = caught.value.message
+    assert not isinstance(caught.value, CredentialsRejected) and caught.value.retryable  # a new token may do
+    assert "AssumeRoleWithWebIdentity answered 400: InvalidIdentityToken" in said and "audience" in said
+    assert token not in said and fake.web_identity_tokens == []
+
+
+def test_web_identity_token_from_another_provider_is_a_source_of_the_config(
+    tmp_path: Path, sts: tuple[FakeSTS, str]
+) -> None:
+    url = sts[1]
+    body = web_identity_table(url, '{ provider = "gha" }')
+    with pytest.raises(ConfigError) as caught:
+        Settings.load(write(tmp_path, body))
+    assert any('reads the credentials of provider "gha": no provider is named so' in problem
+               for problem in caught.value.problems), caught.value.problems
+    both = web_identity_table(url, '{ file = "/t" }', access_key_id="AKIAEXAMPLE", secret_access_key="s")
+    with pytest.raises(ConfigError) as caught:
+        Settings.load(write(tmp_path, both))
+    assert any("set exactly one of" in problem and "access_key_id + secret_access_key and web_identity_token are "
+               "set" in problem for problem in caught.value.problems), caught.value.problems
 
 
 # -- credential_process ------------------------------------------------------------------------------------------

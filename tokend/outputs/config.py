@@ -16,11 +16,9 @@ from tokend.config.fields import LoopbackListen, Seconds
 from tokend.config.secrets import Secret
 from tokend.outputs import templated
 
-__all__ = ["ACCOUNT_KIND", "AwsKeysConfig", "AwsMetadataConfig", "AzureConfig", "GceConfig", "MetadataConfig",
+__all__ = ["AwsKeysConfig", "AwsMetadataConfig", "AzureConfig", "GceConfig", "GoogleAccountConfig", "MetadataConfig",
            "MetadataProtocol", "SinkConfig", "resource_key"]
 
-# The kind [metadata.gce] serves: Google's metadata server hands out a service account's tokens.
-ACCOUNT_KIND = "google_service_account"
 MetadataProtocol = Literal["gce", "azure", "aws"]
 
 
@@ -29,6 +27,15 @@ class _Kinded(Protocol):
 
     @property
     def kind(self) -> str: ...
+
+
+@runtime_checkable
+class GoogleAccountConfig(Protocol):
+    """The settings of a Google kind that can stand behind the metadata server (one naming a service account)."""
+
+    def gce_problem(self) -> str | None:
+        """Why this provider cannot (a sentence to follow its name), or None."""
+        ...
 
 
 @runtime_checkable
@@ -94,7 +101,7 @@ class GceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     listen: LoopbackListen
-    provider: str = Field(min_length=1)  # a google_service_account provider
+    provider: str = Field(min_length=1)  # a Google provider that names a service account
     project_id: str | None = Field(default=None, min_length=1)
 
 
@@ -141,9 +148,12 @@ class MetadataConfig(BaseModel):
             found = providers.get(self.gce.provider)
             if found is None:
                 return f'field "metadata.gce.provider": no provider is named "{self.gce.provider}"'
-            if found.kind != ACCOUNT_KIND:
+            if not isinstance(found, GoogleAccountConfig):
                 return (f'field "metadata.gce.provider": provider "{self.gce.provider}" is of kind {found.kind}; '
-                        f"Google's metadata server serves a {ACCOUNT_KIND}")
+                        "Google's metadata server serves a Google service account (google_service_account, "
+                        "google_impersonation, google_workload_identity with service_account)")
+            if (problem := found.gce_problem()) is not None:
+                return f'field "metadata.gce.provider": provider "{self.gce.provider}" {problem}'
         if self.azure is not None:
             for resource, name in self.azure.resources.items():
                 if name not in providers:

@@ -2,7 +2,8 @@
 
     [metadata.gce]
     listen = "127.0.0.1:8771"
-    provider = "gcp"              # a google_service_account provider
+    provider = "gcp"              # a Google provider naming a service account (a key, impersonation,
+                                  # workload identity with service_account)
     project_id = "my-project"
 
 google-auth (and every Google client library) asks the host in GCE_METADATA_HOST, and probes the one in
@@ -35,11 +36,12 @@ from starlette.types import Receive, Scope, Send
 
 from tokend.credential import Credential
 from tokend.errors import TokendError
-from tokend.outputs.config import ACCOUNT_KIND, GceConfig
+from tokend.outputs.config import GceConfig
 
 if TYPE_CHECKING:
     import httpx
 
+    from tokend.providers.base import Tokens
     from tokend.redact import Redactor
     from tokend.renewal.manager import Manager
 
@@ -52,7 +54,7 @@ _ACCOUNTS = f"{_ROOT}instance/service-accounts/"
 
 @runtime_checkable
 class GoogleAccount(Protocol):
-    """What the metadata server asks of a google_service_account provider besides its own token."""
+    """What the metadata server asks of a Google provider besides its own token."""
 
     @property
     def client_email(self) -> str: ...
@@ -61,7 +63,7 @@ class GoogleAccount(Protocol):
     def scopes(self) -> tuple[str, ...]: ...
 
     async def mint(self, client: httpx.AsyncClient, *, scopes: Sequence[str] | None = None,
-                   audience: str | None = None) -> Credential: ...
+                   audience: str | None = None, tokens: Tokens | None = None) -> Credential: ...
 
 
 class GoogleMetadataServer:
@@ -148,9 +150,9 @@ class GoogleMetadataServer:
                     and held.expires_at - now > (held.expires_at - held.obtained_at) / 3):
                 return held
             if key[0] == "audience":
-                credential = await account.mint(self._client, audience=key[1])
+                credential = await account.mint(self._client, audience=key[1], tokens=self._manager)
             else:
-                credential = await account.mint(self._client, scopes=list(key[1:]))
+                credential = await account.mint(self._client, scopes=list(key[1:]), tokens=self._manager)
             self._minted[key] = credential
             return credential
 
@@ -174,7 +176,7 @@ class GoogleMetadataServer:
         if self._account is None or self._account[0] is not config:
             provider = build_provider(self._config().provider, config, self._redactor)
             if not isinstance(provider, GoogleAccount):
-                raise TokendError(f"provider {self._config().provider} is not a {ACCOUNT_KIND}")
+                raise TokendError(f"provider {self._config().provider} is not a Google service account")
             self._account = config, provider
             self._minted.clear()
             self._minting.clear()

@@ -7,7 +7,6 @@ in (as google-auth hands in `request`), so tests give it a MockTransport and the
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 
@@ -20,7 +19,7 @@ from tokend.credential import Credential
 from tokend.outputs.config import SinkConfig
 from tokend.redact import Redactor
 
-__all__ = ["Chained", "Continuing", "Kind", "Lookup", "Provider", "ProviderBase"]
+__all__ = ["Chained", "Continuing", "Kind", "Provider", "ProviderBase", "Tokens"]
 
 
 class ProviderBase(BaseModel):
@@ -120,11 +119,14 @@ class ProviderBase(BaseModel):
         return self
 
     def sources(self) -> tuple[str, ...]:
-        """The other providers whose credentials this one's login uses (an AWS role assumed with another's)."""
+        """The other providers whose current credentials this provider's login reads (a subject token, a
+        source credential to impersonate with, an AWS role assumed with another's); the config refuses unknown
+        names, a provider naming itself and loops, then asks `source_problem` of each."""
         return ()
 
-    def source_problem(self, providers: Mapping[str, ProviderBase]) -> str | None:
-        """Why `sources()` do not fit the config's providers (a sentence naming the field), or None."""
+    def source_problem(self, source: str, config: ProviderBase) -> str | None:
+        """Why provider `source` (its settings `config`) cannot be one of `sources()` (a sentence naming the
+        field), or None: a kind that needs a particular kind of credential says so here."""
         return None
 
     def key_descriptions(self) -> dict[str, str]:
@@ -186,16 +188,19 @@ class Continuing(Protocol):
     async def fetch_from(self, client: httpx.AsyncClient, current: Credential | None) -> Credential: ...
 
 
-# Another provider's credential by name, as the manager serves it (waiting, bounded, for a login under way).
-Lookup = Callable[[str], Awaitable[Credential]]
+class Tokens(Protocol):
+    """Other providers' current credentials, as a login that builds on them reads them (the manager's `get`:
+    a valid credential, waiting, bounded, for a login under way; TokendError when there is none)."""
+
+    async def get(self, name: str) -> Credential: ...
 
 
 @runtime_checkable
 class Chained(Protocol):
-    """A login made with other providers' credentials (`sources()`), looked up when it happens: the one
-    place that logs in hands the lookup in."""
+    """A login that reads other providers' credentials (`sources()`) when it happens; the one place that logs
+    in hands in how (`tokens`: None where no other provider can be read, and such a login fails saying so)."""
 
-    async def fetch_with(self, client: httpx.AsyncClient, lookup: Lookup) -> Credential: ...
+    async def fetch_chained(self, client: httpx.AsyncClient, tokens: Tokens | None) -> Credential: ...
 
 
 @dataclass(frozen=True)

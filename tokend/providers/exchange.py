@@ -39,7 +39,7 @@ class LoginRequest:
     redactor: Redactor
     describe: Describe
     json: Any = None  # a JSON body...
-    form: Mapping[str, str] | None = None  # ...or a form-encoded one
+    form: Mapping[str, str | list[str]] | None = None  # ...or a form-encoded one (a list: a repeated field)
     content: bytes | None = None  # ...or bytes as they are (a body a signature covers)
     action: str = "login"  # what the call is, for its error messages ("list keys", ...)
     max_answer: int = 1024 * 1024  # bytes of answer, after decoding, beyond which the call fails
@@ -91,6 +91,16 @@ async def fetch_answer(client: httpx.AsyncClient, login: LoginRequest) -> tuple[
         ) from None
     except httpx.HTTPError as exc:
         raise UpstreamError(login.provider, f"could not reach {shown_url(login.url)}: {_reason(exc)}") from None
+
+
+async def text_exchange(client: httpx.AsyncClient, login: LoginRequest) -> bytes:
+    """Make the call; return the body of a 2xx answer as it is (an answer that is not JSON: a token as text)."""
+    response, content = await fetch_answer(client, login)
+    if not response.is_success:
+        body = _json_or_none(content)
+        _, message = login.describe(body) if body is not None else (None, None)
+        raise _http_error(login, response, _text(response, content), message, None)
+    return content
 
 
 async def _answer(client: httpx.AsyncClient, login: LoginRequest) -> tuple[httpx.Response, bytes]:

@@ -360,7 +360,7 @@ class Manager:
 
     def _start_login(self, slot: Slot, reason: LoginReason, rejected: str | None = None) -> asyncio.Task[Credential]:
         if slot.inflight is None:
-            call = LoginCall(slot.name, slot.config, reason, rejected, slot.credential or slot.carried, self.get)
+            call = LoginCall(slot.name, slot.config, reason, rejected, slot.credential or slot.carried, tokens=self)
             slot.inflight = asyncio.create_task(self._login(slot, call), name=f"tokend-login-{slot.name}")
             slot.inflight.add_done_callback(_retrieve)
         return slot.inflight

@@ -24,9 +24,10 @@ import string
 import threading
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 from xml.sax.saxutils import escape
 
 from starlette.requests import Request
@@ -34,7 +35,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tokend.providers.aws.sigv4 import UNSIGNED_PAYLOAD, canonical_request, signature, string_to_sign
-from tokend.testing.base import FakeUpstream
+from tokend.testing.base import FakeUpstream, Refused
 
 __all__ = ["ACCOUNT", "FakeSTS", "Session"]
 
@@ -74,6 +75,9 @@ class FakeSTS(FakeUpstream):
         self.calls: list[tuple[str, str]] = []  # (action or path, the caller's ARN) of every accepted request
         self.service = service
         self.region: str | None = None  # the region requests must be signed for; None: any
+        # AssumeRoleWithWebIdentity: the OIDC issuer trusted (its `verify(token, audience)`), and the audience
+        self._web_identity: tuple[Callable[[str, str], dict[str, Any]], str] | None = None
+        self.web_identity_tokens: list[str] = []  # every web identity token accepted, in order
         self._throttled = 0
         self._aws_lock = threading.Lock()
 
@@ -90,6 +94,12 @@ class FakeSTS(FakeUpstream):
         with self._aws_lock:
             self.roles[arn] = max_duration
         return arn
+
+    def trust(self, issuer: Any, audience: str = "sts.amazonaws.com") -> None:
+        """Accept AssumeRoleWithWebIdentity with tokens of `issuer` (a FakeOIDCIssuer: signature from its JWKS,
+        iss, aud, exp), as an IAM OIDC identity provider with that audience does."""
+        with self._aws_lock:
+            self._web_identity = issuer.verify, audience
 
     def throttle(self, times: int) -> None:
         """Answer the next `times` STS calls 400 Throttling ("Rate exceeded"), as STS does."""
@@ -128,6 +138,12 @@ class FakeSTS(FakeUpstream):
             return replaced
         body = await request.body()
         params = dict(urllib.parse.parse_qsl(body.decode()))
+        if params.get("Action") == "AssumeRoleWithWebIdentity":  # unsigned: the token is the proof
+            try:
+                answer = self._assume_role_with_web_identity(params)
+            except _Error as exc:
+                return _error_response(exc)
+            return Response(answer, media_type="text/xml")
         try:
             session = self._verified(request, body, "sts")
             action = params.get("Action", "")
@@ -239,6 +255,39 @@ class FakeSTS(FakeUpstream):
         user = (f"<AssumedRoleUser><AssumedRoleId>AROA{role_name.upper()[:12]}:{escape(name)}</AssumedRoleId>"
                 f"<Arn>arn:aws:sts::{ACCOUNT}:assumed-role/{escape(role_name)}/{escape(name)}</Arn></AssumedRoleUser>")
         return _xml("AssumeRole", issued + user)
+
+    def _assume_role_with_web_identity(self, params: dict[str, str]) -> str:
+        token, arn, name = (params.get(key, "") for key in ("WebIdentityToken", "RoleArn", "RoleSessionName"))
+        with self._aws_lock:
+            trusted, maximum = self._web_identity, self.roles.get(arn)
+        if not token:
+            raise _Error(400, "ValidationError", "1 validation error detected: Value at 'webIdentityToken' failed to "
+                         "satisfy constraint: Member must not be null")
+        if trusted is None:
+            raise _Error(400, "InvalidIdentityToken", "No OpenIDConnect provider found in your account for the "
+                         "token's issuer")
+        verify, audience = trusted
+        try:
+            claims = verify(token, audience)
+        except Refused as refused:
+            code = "ExpiredTokenException" if "expired" in refused.description else "InvalidIdentityToken"
+            raise _Error(400, code, refused.description) from None
+        if maximum is None:
+            raise _Error(403, "AccessDenied", "Not authorized to perform sts:AssumeRoleWithWebIdentity")
+        if not 2 <= len(name) <= 64:
+            raise _Error(400, "ValidationError", "1 validation error detected: Value at 'roleSessionName' failed "
+                         "to satisfy constraint")
+        duration = self._duration(params, default=3600, maximum=maximum)
+        role_name = arn.rpartition("/")[2]
+        assumed = f"arn:aws:sts::{ACCOUNT}:assumed-role/{role_name}/{name}"
+        issued = self._new_session(assumed, duration)
+        with self._aws_lock:
+            self.web_identity_tokens.append(token)
+            self.calls.append(("AssumeRoleWithWebIdentity", str(claims.get("sub", ""))))
+        user = (f"<SubjectFromWebIdentityToken>{escape(str(claims.get('sub', '')))}</SubjectFromWebIdentityToken>"
+                f"<AssumedRoleUser><AssumedRoleId>AROA{role_name.upper()[:12]}:{escape(name)}</AssumedRoleId>"
+                f"<Arn>{escape(assumed)}</Arn></AssumedRoleUser>")
+        return _xml("AssumeRoleWithWebIdentity", issued + user)
 
     @staticmethod
     def _duration(params: dict[str, str], *, default: int, maximum: int) -> int:

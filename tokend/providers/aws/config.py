@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
 from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -13,6 +12,7 @@ from pydantic import Field, field_validator, model_validator
 from tokend.config.fields import UpstreamURL
 from tokend.config.secrets import Secret
 from tokend.providers.base import ProviderBase
+from tokend.providers.subject_token import SubjectToken, source_names
 
 __all__ = [
     "AWS_KINDS",
@@ -94,7 +94,8 @@ class AwsKeyPair(ProviderBase):
 
 
 class AwsAssumeRoleConfig(AwsKeyPair):
-    """`AssumeRole` with an access key pair, or with another AWS provider's credentials (`source`)."""
+    """`AssumeRole` with an access key pair, or with another AWS provider's credentials (`source`); or
+    `AssumeRoleWithWebIdentity` with a token the platform issues (`web_identity_token`, read at every login)."""
 
     MAX_DURATION: ClassVar[int] = 43200
 
@@ -104,6 +105,8 @@ class AwsAssumeRoleConfig(AwsKeyPair):
     external_id: str | None = Field(default=None, min_length=2, max_length=1224)
     policy: str | None = None  # a session policy (JSON): narrows what the role may do
     source: str | None = Field(default=None, min_length=1)  # another AWS provider: role chaining
+    # An OIDC token (a Kubernetes service account's, GitHub Actions'): { file = ... } or { provider = ... }
+    web_identity_token: SubjectToken | None = None
 
     @field_validator("role_arn")
     @classmethod
@@ -133,11 +136,11 @@ class AwsAssumeRoleConfig(AwsKeyPair):
     def _one_origin(self) -> AwsAssumeRoleConfig:
         # Where the role is assumed from: each way is one entry here.
         origins = {"access_key_id + secret_access_key": self.access_key_id is not None,
-                   "source": self.source is not None}
+                   "source": self.source is not None, "web_identity_token": self.web_identity_token is not None}
         chosen = [name for name, given in origins.items() if given]
         if len(chosen) != 1:
-            raise ValueError(f"set exactly one of {' or '.join(origins)}: where the role is assumed from "
-                             f"({'both are set' if chosen else 'neither is set'})")
+            raise ValueError(f"set exactly one of {', '.join(origins)}: where the role is assumed from "
+                             f"({' and '.join(chosen) + ' are set' if chosen else 'none is set'})")
         return self
 
     @model_validator(mode="after")
@@ -149,16 +152,11 @@ class AwsAssumeRoleConfig(AwsKeyPair):
         return self
 
     def sources(self) -> tuple[str, ...]:
-        return () if self.source is None else (self.source,)
+        return (*(() if self.source is None else (self.source,)), *source_names(self.web_identity_token))
 
-    def source_problem(self, providers: Mapping[str, ProviderBase]) -> str | None:
-        if self.source is None:
-            return None
-        found = providers.get(self.source)
-        if found is None:
-            return f'field "source": no provider is named "{self.source}"'
-        if found.kind not in AWS_KINDS:
-            return (f'field "source": provider "{self.source}" is of kind {found.kind}; a role is assumed with '
+    def source_problem(self, source: str, config: ProviderBase) -> str | None:
+        if source == self.source and not isinstance(config, AwsKeyPair):
+            return (f'field "source": provider "{source}" is of kind {config.kind}; a role is assumed with '
                     f"AWS credentials ({', '.join(AWS_KINDS)})")
         return None
 

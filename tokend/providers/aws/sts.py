@@ -25,8 +25,9 @@ from tokend.credential import AwsKeys, Credential
 from tokend.errors import CredentialsRejected, TokendError, UpstreamError
 from tokend.providers.aws.config import AwsAssumeRoleConfig, AwsKeyPair, AwsSessionTokenConfig, session_name
 from tokend.providers.aws.sigv4 import Keys, sign
-from tokend.providers.base import Lookup
+from tokend.providers.base import Tokens
 from tokend.providers.exchange import LoginRequest, fetch_answer, limits, login_credential, parse_retry_after
+from tokend.providers.subject_token import read_subject_token
 from tokend.redact import SHORT_FIELD_LENGTH, Redactor, excerpt, untrusted
 
 __all__ = ["AssumeRole", "SessionToken", "parse_xml"]
@@ -40,6 +41,8 @@ _TRANSIENT = frozenset({"Throttling", "ThrottlingException", "RequestLimitExceed
 _REJECTED = frozenset({"SignatureDoesNotMatch", "InvalidClientTokenId", "AccessDenied", "AccessDeniedException",
                        "UnrecognizedClientException", "MissingAuthenticationToken", "IncompleteSignature"})
 _EXPIRED = frozenset({"ExpiredToken", "ExpiredTokenException"})
+# ...and those AssumeRoleWithWebIdentity answers about the token itself.
+_WEB_IDENTITY_REFUSED = frozenset({"InvalidIdentityToken", "ExpiredTokenException", "IDPRejectedClaim"})
 
 
 class _Refused(Exception):
@@ -99,11 +102,15 @@ class _StsLogin:
     def _parameters(self) -> dict[str, str]:
         raise NotImplementedError
 
-    async def _call(self, client: httpx.AsyncClient, keys: Keys) -> Credential:
+    async def _call(self, client: httpx.AsyncClient, keys: Keys | None, **extra: str) -> Credential:
+        """The STS call with this login's parameters (and `extra`), signed with `keys` (None: unsigned, as
+        AssumeRoleWithWebIdentity is: its token is the proof)."""
         config = self.config
-        body = urlencode({"Action": self.action, "Version": VERSION, **self._parameters()}).encode()
-        headers = sign("POST", config.url, {"content-type": CONTENT_TYPE}, keys, region=config.signing_region,
-                       service="sts", payload_hash=hashlib.sha256(body).hexdigest())
+        body = urlencode({"Action": self.action, "Version": VERSION, **self._parameters(), **extra}).encode()
+        headers = {"content-type": CONTENT_TYPE}
+        if keys is not None:
+            headers = sign("POST", config.url, headers, keys, region=config.signing_region, service="sts",
+                           payload_hash=hashlib.sha256(body).hexdigest())
         request = LoginRequest(provider=self.name, method="POST", url=config.url, headers=headers, content=body,
                                redactor=self._redactor, describe=lambda _: (None, None), action=self.action,
                                **limits(config))
@@ -119,11 +126,15 @@ class _StsLogin:
             raise self._error(response, answer.get("Error") or {}, request_id)
         return self._credential(answer, request_id)
 
-    def _error(self, response: httpx.Response, error: dict[str, str], request_id: str | None) -> UpstreamError:
+    def _said(self, response: httpx.Response, error: dict[str, str], request_id: str | None) -> tuple[str, str]:
+        """STS's error code, and the sentence that shows it (its Message, scrubbed and bounded)."""
         code = untrusted(error.get("Code", ""), self._redactor, SHORT_FIELD_LENGTH) or "no error code"
         message = excerpt(error.get("Message", ""), self._redactor) or response.reason_phrase
         text = f"{self.action} answered {response.status_code}: {code}: {message}"
-        text += f" (request id {request_id})" if request_id else ""
+        return code, text + (f" (request id {request_id})" if request_id else "")
+
+    def _error(self, response: httpx.Response, error: dict[str, str], request_id: str | None) -> UpstreamError:
+        code, text = self._said(response, error, request_id)
         status = response.status_code
         if code in _REJECTED:
             hint = {"SignatureDoesNotMatch": "is secret_access_key the secret of access_key_id? A clock far off "
@@ -165,6 +176,11 @@ class AssumeRole(_StsLogin):
     action = "AssumeRole"
     config: AwsAssumeRoleConfig
 
+    def __init__(self, name: str, config: AwsAssumeRoleConfig, redactor: Redactor) -> None:
+        super().__init__(name, config, redactor)
+        if config.web_identity_token is not None:
+            self.action = "AssumeRoleWithWebIdentity"
+
     def _parameters(self) -> dict[str, str]:
         config = self.config
         found = {"RoleArn": config.role_arn, "RoleSessionName": config.role_session_name or session_name(self.name),
@@ -176,23 +192,37 @@ class AssumeRole(_StsLogin):
         return found
 
     async def fetch(self, client: httpx.AsyncClient) -> Credential:
-        if self.config.source is not None:
-            raise UpstreamError(self.name, f"this role is assumed with the credentials of provider "
-                                f"{self.config.source!r}, which only a running daemon holds", retryable=False)
-        return await self._call(client, self._configured_keys())
+        return await self.fetch_chained(client, None)
 
-    async def fetch_with(self, client: httpx.AsyncClient, lookup: Lookup) -> Credential:
+    async def fetch_chained(self, client: httpx.AsyncClient, tokens: Tokens | None) -> Credential:
         source = self.config.source
+        if self.config.web_identity_token is not None:  # read as it is now: the platform rotates it in place
+            token = await read_subject_token(self.config.web_identity_token, provider=self.name,
+                                             field="web_identity_token", tokens=tokens, redactor=self._redactor)
+            return await self._call(client, None, WebIdentityToken=token)
         if source is None:
-            return await self.fetch(client)
+            return await self._call(client, self._configured_keys())
+        if tokens is None:
+            raise UpstreamError(self.name, f"this role is assumed with the credentials of provider {source!r}, "
+                                "which cannot be read here", retryable=False)
         try:
-            held = await lookup(source)
+            held = await tokens.get(source)
         except TokendError as exc:
             raise UpstreamError(self.name, f"source provider {source!r} has no credentials yet: "
                                 f"{exc.message}") from None
         if held.aws is None:
             raise UpstreamError(self.name, f"source provider {source!r} holds no AWS credentials", retryable=False)
         return await self._call(client, Keys(held.aws.access_key_id, held.aws.secret_access_key, held.token))
+
+    def _error(self, response: httpx.Response, error: dict[str, str], request_id: str | None) -> UpstreamError:
+        code, text = self._said(response, error, request_id)
+        if self.config.web_identity_token is not None and code in _WEB_IDENTITY_REFUSED:
+            # The token, not a key: retried with backoff, as the platform writes a new one; or STS's trust is off.
+            hint = ("the web identity token had expired: check that the platform still rewrites it"
+                    if code in _EXPIRED else "check the account's OIDC identity provider (its issuer URL and "
+                    "audience) and the role's trust policy for this token's issuer, audience and subject")
+            return UpstreamError(self.name, f"{text} ({hint})", status=response.status_code, request_id=request_id)
+        return super()._error(response, error, request_id)
 
     def _expired(self, text: str, status: int, request_id: str | None) -> UpstreamError:
         if self.config.source is not None:  # the source renews its own: retried with its next credential
