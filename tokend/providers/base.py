@@ -25,7 +25,9 @@ __all__ = ["Chained", "Continuing", "Kind", "Provider", "ProviderBase", "Tokens"
 class ProviderBase(BaseModel):
     """The settings every kind has. A kind's model adds its own and names itself in `kind`."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # defer_build: the config's union of every kind's model validates a file; a kind's own validator and
+    # serializer are built on first use, so kinds a config does not name cost a daemon no memory for them.
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     # The settings that change when a login happens, how long its answer is kept, or where the token goes
     # afterwards, but never what a login sends or gets back: fleet mode shares one login between daemons
