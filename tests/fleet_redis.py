@@ -176,9 +176,10 @@ class SentinelSet:
 
 
 class Cluster:
-    """Three primaries, no replicas, made into a Cluster by `redis-cli --cluster create`."""
+    """Three primaries (and `replicas` replicas of each), made into a Cluster by `redis-cli --cluster create`."""
 
-    def __init__(self, directory: Path, count: int = 3) -> None:
+    def __init__(self, directory: Path, count: int = 3, replicas: int = 0) -> None:
+        self.replicas = replicas
         self.nodes = [RedisServer(directory / f"node-{index}", args=[]) for index in range(count)]
         for node in self.nodes:
             node.args = ["--cluster-enabled", "yes", "--cluster-config-file", str(node.directory / "nodes.conf"),
@@ -192,7 +193,8 @@ class Cluster:
         cli = require_tool("redis-cli", f"{DEBIAN} redis-tools")
         for node in self.nodes:
             node.start()
-        subprocess.run([cli, "--cluster", "create", *self.addresses, "--cluster-replicas", "0", "--cluster-yes"],
+        subprocess.run([cli, "--cluster", "create", *self.addresses, "--cluster-replicas", str(self.replicas),
+                        "--cluster-yes"],
                        check=True, capture_output=True, timeout=60)
         wait_until(lambda: all(node.client().cluster("info")["cluster_state"] == "ok" for node in self.nodes),
                    "the cluster to be ok")
@@ -204,6 +206,14 @@ class Cluster:
     def keys(self) -> dict[str, list[str]]:
         """Node address -> the keys it holds."""
         return {f"127.0.0.1:{node.port}": sorted(node.client().scan_iter("*")) for node in self.nodes}
+
+    def kill_a_primary(self) -> None:
+        """Kill one primary; wait until its replica took over and the cluster is ok again."""
+        primary = next(node for node in self.nodes if node.client().info("replication")["role"] == "master")
+        primary.kill()
+        alive = [node for node in self.nodes if node is not primary]
+        wait_until(lambda: all(node.client().cluster("info")["cluster_state"] == "ok" for node in alive),
+                   "the cluster to promote a replica", timeout=30)
 
     def kill(self) -> None:
         for node in self.nodes:

@@ -12,10 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from tests.daemon import Daemon, tokend_command
 from tests.fleet_redis import Cluster, RedisServer, SentinelSet, fleet_key
 from tests.test_fleet import Fleet, Poller, fleet_status, fts_share_key, wait_for
+from tokend.fleet.config import FleetConfig
 from tokend.testing import FakeProviders, serve_fakes
 
 LIFETIME = 12.0  # seconds: a failover (about 3 s here) fits between renewals; a test still sees several
@@ -311,3 +313,41 @@ def test_the_cluster_refuses_nothing_tokend_sends(tmp_path: Path) -> None:
                 fleet.stop()
     finally:
         cluster.kill()
+
+
+# --- the settings, as units ------------------------------------------------------------------------------------
+
+FLEET_KEY = "a" * 43 + "="  # 32 bytes, base64
+
+
+@pytest.mark.parametrize(("settings", "said"), [
+    ({}, "give exactly one of redis_url (one Redis), sentinels (Sentinel) or cluster_nodes (Cluster); none is set"),
+    ({"redis_url": "redis://h:6379", "cluster_nodes": ["h:7000"]}, "redis_url and cluster_nodes are set"),
+    ({"sentinels": ["h:26379"]}, "sentinels needs sentinel_service"),
+    ({"redis_url": "redis://h:6379", "sentinel_service": "m"}, "sentinel_service apply only with sentinels"),
+    ({"sentinels": ["h"], "sentinel_service": "m"}, "sentinels entry 'h' is not host:port"),
+    ({"redis_url": "redis://h:6379", "ca_bundle": __file__}, "ca_bundle would not be used"),
+    ({"cluster_nodes": ["h:7000"], "tls_server_name": "x"}, "use tls = true"),
+    ({"redis_url": "redis://h:6379", "tls": True}, "for redis_url, TLS is rediss://"),
+    ({"redis_url": "rediss://h:6379", "client_certificate": __file__}, "client_certificate and client_key go together"),
+    ({"redis_url": "rediss://h:6379", "ca_bundle": __file__}, "cannot be loaded"),
+    ({"redis_url": "redis://u:p@h:6379", "password": "q"}, "give the password once"),
+    ({"redis_url": "redis://h:6379/x"}, "a path that is not a database number"),
+    ({"redis_url": "redis://h:6379", "namespace": "{tokend}"}, "namespace"),
+])
+def test_fleet_settings_refused_with_a_sentence(settings: dict[str, object], said: str) -> None:
+    with pytest.raises(ValidationError) as refused:
+        FleetConfig.model_validate({"encryption_key": FLEET_KEY, **settings})
+    assert said in str(refused.value)
+    assert ":p@" not in str(refused.value)
+
+
+def test_fleet_settings_for_each_deployment() -> None:
+    standalone = FleetConfig.model_validate({"encryption_key": FLEET_KEY, "redis_url": "redis://tokend:pw@h:6379/2"})
+    assert standalone.mode == "standalone" and standalone.user == "tokend" and not standalone.data_tls
+    assert standalone.secrets()[0].get() == "redis://tokend:pw@h:6379/2"
+    sentinel = FleetConfig.model_validate({"encryption_key": FLEET_KEY, "sentinels": ["[::1]:26379", "h:26379"],
+                                           "sentinel_service": "m", "tls": True, "username": "u"})
+    assert sentinel.mode == "sentinel" and sentinel.data_tls and sentinel.user == "u"
+    cluster = FleetConfig.model_validate({"encryption_key": FLEET_KEY, "cluster_nodes": ["h:7000"]})
+    assert cluster.mode == "cluster" and cluster.user is None

@@ -5,6 +5,9 @@ from __future__ import annotations
 import base64
 import binascii
 import importlib
+import os
+import ssl
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -176,6 +179,12 @@ class FleetConfig(BaseModel):
             self._url_matches_settings(urlsplit(self.redis_url.get()))
         elif not (self.tls or self.sentinel_tls):
             self._no_tls_settings("tls = true" if self.cluster_nodes else "tls = true (or sentinel_tls = true)")
+        if self.data_tls or self.sentinel_tls:
+            try:
+                tls_context(self)  # a CA file or a key pair that does not load is refused now, not at the first call
+            except (ssl.SSLError, OSError) as exc:
+                raise ValueError(f"ca_bundle, client_certificate or client_key cannot be loaded ({exc.strerror or exc})"
+                                 ": check that they are PEM files and that the key is the certificate's") from None
         return self
 
     def _url_matches_settings(self, parts: Any) -> None:
@@ -231,6 +240,25 @@ class FleetConfig(BaseModel):
         return (f"provider(s) {', '.join(rotating)}: rotate_every cannot be used in fleet mode, since a rotation "
                 "would delete the key pair the other daemons log in with; rotate the key files on every daemon "
                 "instead, or set fleet = false on the provider")
+
+
+def tls_context(config: FleetConfig) -> ssl.SSLContext:
+    """Verification always on: against ca_bundle, or the system's trust store without one. Built once: the
+    client key is loaded into it and never kept on disk by tokend (a key that is not already a file goes
+    through a 0600 temporary file, removed once loaded)."""
+    context = ssl.create_default_context(cafile=str(config.ca_bundle) if config.ca_bundle else None)
+    if config.client_certificate is not None and config.client_key is not None:
+        key = config.client_key
+        if key.path is not None:
+            context.load_cert_chain(str(config.client_certificate), str(key.path))
+        else:
+            # Python's ssl loads a key from a file only.
+            with tempfile.TemporaryDirectory(prefix="tokend-redis-") as folder:
+                path = os.path.join(folder, "client.key")
+                with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:
+                    file.write(key.get() + "\n")
+                context.load_cert_chain(str(config.client_certificate), path)
+    return context
 
 
 FLEET_ROTATION_REFUSED = (

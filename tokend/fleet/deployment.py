@@ -1,17 +1,13 @@
 """How the fleet reaches Redis: one standalone server, a primary found through Sentinel, or a Cluster; each
-with redis-py's own client for it, and TLS (server verification, a client certificate, the name checked).
-
-The SSL context is built once, here: the client key is loaded into it and never kept on disk by tokend (a key
-that is not already a file goes through a 0600 temporary file, removed once loaded).
+with redis-py's own client for it, and TLS (server verification, a client certificate, the name checked) with
+the one SSL context tokend.fleet.config builds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import ssl
-import tempfile
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -25,28 +21,11 @@ from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from tokend.fleet.config import FleetConfig, parse_address
+from tokend.fleet.config import FleetConfig, parse_address, tls_context
 
-__all__ = ["Deployment", "tls_context"]
+__all__ = ["Deployment"]
 
 _FIND_EVERY = 0.2  # seconds between looks for a new primary during a failover
-
-
-def tls_context(config: FleetConfig) -> ssl.SSLContext:
-    """Verification always on: against ca_bundle, or the system's trust store without one."""
-    context = ssl.create_default_context(cafile=str(config.ca_bundle) if config.ca_bundle else None)
-    if config.client_certificate is not None and config.client_key is not None:
-        key = config.client_key
-        if key.path is not None:
-            context.load_cert_chain(str(config.client_certificate), str(key.path))
-        else:
-            # Python's ssl loads a key from a file only.
-            with tempfile.TemporaryDirectory(prefix="tokend-redis-") as folder:
-                path = os.path.join(folder, "client.key")
-                with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:
-                    file.write(key.get() + "\n")
-                context.load_cert_chain(str(config.client_certificate), path)
-    return context
 
 
 def _tls_connection(base: type[Connection], context: ssl.SSLContext, server_name: str | None) -> type[Connection]:
