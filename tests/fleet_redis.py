@@ -207,6 +207,29 @@ class Cluster:
         """Node address -> the keys it holds."""
         return {f"127.0.0.1:{node.port}": sorted(node.client().scan_iter("*")) for node in self.nodes}
 
+    def move_slot_of(self, key: str) -> tuple[str, str]:
+        """Migrate the slot of `key` to another primary, as `redis-cli --cluster reshard` does (IMPORTING,
+        MIGRATING, MIGRATE each key, SETSLOT NODE everywhere): (from, to) node addresses."""
+        clients = {node.port: node.client() for node in self.nodes}
+        first = next(iter(clients.values()))
+        slot = int(first.cluster("keyslot", key))
+        ids = {port: str(client.cluster("myid")) for port, client in clients.items()}
+        owner = self._owner(slot)
+        target = next(port for port in clients if port != owner)
+        clients[target].execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[owner])
+        clients[owner].execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[target])
+        while keys := clients[owner].execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+            clients[owner].execute_command("MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", *keys)
+        for client in clients.values():
+            client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[target])
+        return f"127.0.0.1:{owner}", f"127.0.0.1:{target}"
+
+    def _owner(self, slot: int) -> int:
+        for start, end, primary, *_ in self.nodes[0].client().execute_command("CLUSTER", "SLOTS"):
+            if int(start) <= slot <= int(end):
+                return int(primary[1])
+        raise AssertionError(f"no node serves slot {slot}")
+
     def kill_a_primary(self) -> None:
         """Kill one primary; wait until its replica took over and the cluster is ok again."""
         primary = next(node for node in self.nodes if node.client().info("replication")["role"] == "master")

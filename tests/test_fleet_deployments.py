@@ -93,7 +93,7 @@ def test_sentinel_failover_then_a_killed_primary_under_load_costs_no_503_and_at_
 # --- Cluster ----------------------------------------------------------------------------------------------------
 
 
-def test_a_cluster_of_three_primaries_shares_logins_like_one_daemon(tmp_path: Path) -> None:
+def test_a_cluster_of_three_primaries_shares_logins_like_one_daemon_through_a_slot_migration(tmp_path: Path) -> None:
     cluster = Cluster(tmp_path / "cluster").start()
     lifetime = 6.0
     try:
@@ -104,9 +104,12 @@ def test_a_cluster_of_three_primaries_shares_logins_like_one_daemon(tmp_path: Pa
                 for _ in range(3):
                     fleet.add(where=where)
                 fleet.start()
+                share = fts_share_key(fleet.daemons[0])
                 started = time.monotonic()
                 with Poller(fleet.daemons) as poller:
-                    time.sleep(3 * lifetime)
+                    time.sleep(1.5 * lifetime)
+                    moved = cluster.move_slot_of(fleet_key("test", share, "token"))  # under load
+                    time.sleep(1.5 * lifetime)
                 elapsed = time.monotonic() - started
                 assert not poller.failures, poller.failures[:5]
                 ideal = elapsed / (lifetime * 2 / 3)
@@ -115,10 +118,9 @@ def test_a_cluster_of_three_primaries_shares_logins_like_one_daemon(tmp_path: Pa
                 for daemon in fleet.daemons:
                     tallies = fleet_status(daemon)["fleet"]["providers"]
                     assert all(t["logins_alone"] == 0 for t in tallies.values()), tallies
-                # Each provider's keys in one slot, and so on one node; the providers spread over the nodes.
-                share = fts_share_key(fleet.daemons[0])
+                # Each provider's keys in one slot, and so on one node: the node the slot moved to.
                 holding = [node for node, keys in cluster.keys().items() if fleet_key("test", share, "token") in keys]
-                assert len(holding) == 1
+                assert holding == [moved[1]]
                 result = check(fleet.daemons[0].config)
                 assert result.returncode == 0, result.stdout + result.stderr
                 assert "reached: Cluster: 3 primaries" in result.stdout
