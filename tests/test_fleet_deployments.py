@@ -18,7 +18,7 @@ from tests.daemon import Daemon, tokend_command
 from tests.fleet_redis import Cluster, RedisServer, SentinelSet, fleet_key
 from tests.test_fleet import Fleet, Poller, fleet_status, fts_share_key, wait_for
 from tokend.fleet.config import FleetConfig
-from tokend.policy import RENEW_AT, RENEW_BEFORE_EXPIRY, RENEW_LATEST
+from tokend.renewal.policy import RENEW_AT, RENEW_BEFORE_EXPIRY, RENEW_LATEST
 from tokend.testing import FakeProviders, serve_fakes
 
 LIFETIME = 12.0  # seconds: a failover (about 3 s here) fits between renewals; a test still sees several
