@@ -53,6 +53,9 @@ class Credential:
     refresh_token: str | None = field(default=None, repr=False)
     # An AWS credential is three values: the key pair here, its session token in `token` (token_type "aws").
     aws: AwsKeys | None = field(default=None, repr=False)
+    # The registry host the token is for, where the login's answer names it (ECR's proxyEndpoint): the
+    # Docker helper's registry when the config lists none.
+    registry: str | None = None
 
     @property
     def held_secrets(self) -> list[str]:

@@ -143,6 +143,8 @@ def credential_body(credential: Credential, secrets: Mapping[str, str]) -> dict[
         body["refresh_token"] = to_template(credential.refresh_token, token, secrets)
     if credential.aws is not None:  # temporary keys STS issued: the credential itself, never a configured secret
         body["aws"] = dataclasses.asdict(credential.aws)
+    if credential.registry is not None:
+        body["registry"] = credential.registry
     return body
 
 
@@ -199,7 +201,7 @@ def credential_from_body(body: Any, secrets: Mapping[str, str], source: str) -> 
             query={name: from_template(parts, token, secrets) for name, parts in body["query"].items()},
             request_id=body["request_id"], obtained_at=body["obtained_at"], renew_at=body.get("renew_at"),
             source=source, refresh_token=None if refresh is None else from_template(refresh, token, secrets),
-            aws=None if body.get("aws") is None else AwsKeys(**body["aws"]),
+            aws=None if body.get("aws") is None else AwsKeys(**body["aws"]), registry=body.get("registry"),
         )
     except (KeyError, TypeError, AttributeError):
         raise RecordError("the record decrypts but does not hold a credential this tokend reads") from None

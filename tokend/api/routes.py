@@ -288,7 +288,7 @@ def _daemon_routes(app: FastAPI, daemon: Served, checks: _Checks) -> None:
             if (config := manager.provider_config(name)).proxy:
                 state["proxy"] = {"target": shown_url(config.proxy_target or ""),
                                   "url": _proxy_url(daemon.where, name, config.proxy_listen)}
-            state.update(_tool_settings(config))
+            state.update(_tool_settings(config, manager.current(name, time.time())))
         fleet = {} if daemon.fleet is None else {"fleet": daemon.fleet.status()}
         return {"version": __version__, "ready": manager.ready(providers), "providers": providers, **fleet}
 
@@ -322,13 +322,15 @@ def _health_routes(app: FastAPI, manager: Manager, metrics: Metrics) -> None:
         return JSONResponse({"ready": ready, "providers": states}, status_code=200 if ready else 503)
 
 
-def _tool_settings(config: ProviderConfig) -> dict[str, Any]:
-    """What the git and Docker credential helpers match a request against (tokend.outputs)."""
+def _tool_settings(config: ProviderConfig, credential: Credential | None) -> dict[str, Any]:
+    """What the git and Docker credential helpers match a request against (tokend.outputs): the registries
+    configured, else the one the current credential names (ECR's)."""
     shown: dict[str, Any] = {}
     if config.git_hosts or config.git_user:
         shown["git"] = {"hosts": list(config.git_hosts), "username": config.git_user}
-    if config.docker_registries:
-        shown["docker"] = {"registries": list(config.docker_registries), "username": config.registry_user}
+    registries = config.docker_registries or ((credential.registry,) if credential and credential.registry else ())
+    if registries and config.registry_user:
+        shown["docker"] = {"registries": list(registries), "username": config.registry_user}
     return shown
 
 

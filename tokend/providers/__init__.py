@@ -33,7 +33,7 @@ __all__ = ["KINDS", "PROVIDER_KINDS", "Kind", "Provider", "ProviderBase", "Provi
 KINDS: tuple[Kind[Any], ...] = (
     felloh.KIND, fintech_studios.KIND, flotiq.KIND, oauth2.KIND, http.KIND, static.KIND,
     github_app.KIND, google_service_account.KIND, jwt_bearer.KIND, oauth2_refresh_token.KIND,
-    aws.ASSUME_ROLE, aws.SESSION_TOKEN,
+    aws.ASSUME_ROLE, aws.SESSION_TOKEN, aws.ECR,
     oauth2_token_exchange.KIND, github_actions_oidc.KIND, google_workload_identity.KIND, google_impersonation.KIND,
 )
 PROVIDER_KINDS = tuple(kind.name for kind in KINDS)

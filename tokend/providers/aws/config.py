@@ -19,6 +19,7 @@ __all__ = [
     "MIN_DURATION",
     "RENEW_BEFORE",
     "AwsAssumeRoleConfig",
+    "AwsEcrConfig",
     "AwsKeyPair",
     "AwsSessionTokenConfig",
     "session_name",
@@ -170,3 +171,29 @@ class AwsSessionTokenConfig(AwsKeyPair):
     kind: Literal["aws_session_token"]
     access_key_id: Secret
     secret_access_key: Secret
+
+
+class AwsEcrConfig(ProviderBase):
+    """ECR's `GetAuthorizationToken` with another AWS provider's credentials (`source`): a registry password
+    for Docker, 12 hours long, answered to Docker's credential helper with the user name AWS."""
+
+    kind: Literal["aws_ecr"]
+    source: str = Field(min_length=1)  # the AWS provider whose credentials sign the call
+    region: str = Field(pattern=_REGION)  # the registry's region
+    ecr_url: UpstreamURL | None = None  # a VPC endpoint, a test: signed for region
+
+    @property
+    def url(self) -> str:
+        return self.ecr_url or f"https://api.ecr.{self.region}.amazonaws.com"
+
+    def _default_registry_username(self) -> str | None:
+        return "AWS"  # what ECR's password goes with, as `aws ecr get-login-password` documents
+
+    def sources(self) -> tuple[str, ...]:
+        return (self.source,)
+
+    def source_problem(self, source: str, config: ProviderBase) -> str | None:
+        if not isinstance(config, AwsKeyPair):
+            return (f'field "source": provider "{source}" is of kind {config.kind}; ECR is asked with AWS '
+                    f"credentials ({', '.join(AWS_KINDS)})")
+        return None
