@@ -85,6 +85,12 @@ class ProviderBase(BaseModel):
         return None
 
     @property
+    def proxy_sigv4(self) -> tuple[str, str] | None:
+        """(service, region) when the proxy signs this provider's requests with AWS Signature Version 4
+        instead of adding the credential's headers; None for every kind but AWS's."""
+        return None
+
+    @property
     def git_user(self) -> str | None:
         """The user name git sends with the token: git_username, else the kind's default."""
         return self.git_username or self._default_git_username()

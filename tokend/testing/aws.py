@@ -10,8 +10,9 @@ Served Query actions: AssumeRole, GetSessionToken and GetCallerIdentity (the "wh
 CLI can call with endpoint_url; it answers the ARN of whoever signed, so a test sees which credentials were
 used). A `POST /` with ECR's `X-Amz-Target` is ECR's GetAuthorizationToken (JSON 1.1, service `ecr`): a
 registry password of `ecr_lifetime` seconds, for the registry `ACCOUNT.dkr.ecr.REGION.amazonaws.com`.
-Any other path is a fake service (`GET/POST/PUT /anything`), which answers JSON naming the caller, so a
-proxied or SDK request can be checked too; `service` in the scope decides which service name it accepts.
+Any other path is a fake service (`GET/POST/PUT /anything`), which answers JSON (XML for S3) naming the
+caller and the body's SHA-256, so a proxied or SDK request can be checked too; `service` in the scope
+decides which service name it accepts.
 
 Switches: `throttle(times)` (STS's 400 Throttling), `fail(...)` from FakeUpstream, `expire_sessions()`
 (every session issued so far answers ExpiredToken), `require_region(region)`.
@@ -175,8 +176,12 @@ class FakeSTS(FakeUpstream):
         path = "/" + request.path_params["path"]
         with self._aws_lock:
             self.calls.append((path, session.arn))
-        return JSONResponse({"caller": session.arn, "method": request.method, "path": path,
-                             "body_sha256": hashlib.sha256(body).hexdigest()})
+        seen = {"caller": session.arn, "method": request.method, "path": path,
+                "body_sha256": hashlib.sha256(body).hexdigest()}
+        if self.service == "s3":  # XML, as S3 answers (an SDK reads an S3 answer that is not XML as an error)
+            fields = "".join(f"<{key}>{escape(value)}</{key}>" for key, value in seen.items())
+            return Response(f"<Result>{fields}</Result>", media_type="application/xml")
+        return JSONResponse(seen)
 
     def _ecr(self, request: Request, body: bytes) -> Response:
         """ECR's GetAuthorizationToken, as its JSON 1.1 protocol answers it."""

@@ -48,7 +48,7 @@ def session_name(provider: str) -> str:
 class AwsKeyPair(ProviderBase):
     """What the AWS kinds share: an access key pair, and where STS is."""
 
-    NOT_LOGIN: ClassVar[frozenset[str]] = ProviderBase.NOT_LOGIN
+    NOT_LOGIN: ClassVar[frozenset[str]] = ProviderBase.NOT_LOGIN | {"aws_service", "aws_region"}
     RENEW_BEFORE_EXPIRY: ClassVar[float | None] = RENEW_BEFORE
     MAX_DURATION: ClassVar[int]
 
@@ -58,6 +58,10 @@ class AwsKeyPair(ProviderBase):
     duration: int = 3600
     region: str | None = Field(default=None, pattern=_REGION)  # STS's regional endpoint; default the global one
     sts_url: UpstreamURL | None = None  # a VPC endpoint, a test: signed for region, else us-east-1
+    # The proxy signs requests to api_url with these (SigV4): the service's signing name ("s3", "dynamodb",
+    # "execute-api") and its region (default region, else us-east-1).
+    aws_service: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9.-]{0,62}$")
+    aws_region: str | None = Field(default=None, pattern=_REGION)
 
     @property
     def url(self) -> str:
@@ -68,6 +72,17 @@ class AwsKeyPair(ProviderBase):
     @property
     def signing_region(self) -> str:
         return self.region or "us-east-1"  # the global endpoint signs as us-east-1
+
+    @property
+    def proxy_sigv4(self) -> tuple[str, str] | None:
+        return None if self.aws_service is None else (self.aws_service, self.aws_region or self.signing_region)
+
+    @model_validator(mode="after")
+    def _proxy_signs_for_a_service(self) -> AwsKeyPair:
+        if self.proxy and self.aws_service is None:
+            raise ValueError('proxy = true needs aws_service, the name requests are signed for ("s3", "dynamodb", '
+                             '"execute-api", ...: the service part of its endpoint, or its SigV4 signing name)')
+        return self
 
     @model_validator(mode="after")
     def _pair_complete(self) -> AwsKeyPair:
