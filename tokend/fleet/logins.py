@@ -41,7 +41,7 @@ from tokend.fleet.envelope import (
 from tokend.fleet.store import MAX_KEY_IDS, Store, StoreError
 from tokend.providers import ProviderConfig
 from tokend.renewal.logins import Login, LoginCall, LoginReason
-from tokend.renewal.policy import RENEW_BEFORE_EXPIRY, renewal_delay
+from tokend.renewal.policy import renew_margin, renewal_delay
 
 log = logging.getLogger("tokend")
 
@@ -250,7 +250,7 @@ class FleetLogins:
         current = call.current
         if current is not None and current.expires_at is not None and call.reason is not LoginReason.FORCED:
             # A token still serves: spread the fleet's lone logins, so Redis failing is not a burst upstream.
-            left = current.expires_at - time.time() - RENEW_BEFORE_EXPIRY
+            left = current.expires_at - time.time() - _margin(call.config, current)
             if left > 0:
                 await asyncio.sleep(self._rng.uniform(0, min(MAX_ALONE_JITTER, left / 4)))
         return await self._inner(call)
@@ -283,7 +283,9 @@ class FleetLogins:
             return credential if now - credential.obtained_at < call.config.min_refresh_interval else None
         if current is not None and credential.token == current.token:
             return None  # the very token being renewed
-        return credential if credential.expires_at - now > RENEW_BEFORE_EXPIRY + SERVE_MARGIN else None
+        # Only with more left than the kind's margin (AWS: 20 minutes, as SDKs refresh 15 minutes ahead): a
+        # token due for renewal is renewed, not adopted and served.
+        return credential if credential.expires_at - now > _margin(call.config, credential) + SERVE_MARGIN else None
 
     def _adopt(
         self, call: LoginCall, tally: _Tally, share: str, record: str | None, credential: Credential
@@ -422,6 +424,12 @@ class FleetLogins:
 
     def collector(self) -> Collector:
         return _FleetCollector(self)
+
+
+def _margin(config: ProviderConfig, credential: Credential) -> float:
+    """How long before its expiry `credential` is renewed, by its kind's margin and its lifetime."""
+    assert credential.expires_at is not None
+    return renew_margin(config.RENEW_BEFORE_EXPIRY, credential.expires_at - credential.obtained_at)
 
 
 class _FleetCollector(Collector):

@@ -35,7 +35,7 @@ from tokend.redact import Redactor
 from tokend.renewal.changes import Changes
 from tokend.renewal.events import Announcements, LoginEvent, log_failure, log_success
 from tokend.renewal.logins import Login, LoginCall, LoginReason
-from tokend.renewal.policy import RENEW_BEFORE_EXPIRY, renewal_delay
+from tokend.renewal.policy import renew_margin, renewal_delay
 from tokend.renewal.scheduler import Clock, Scheduler
 from tokend.renewal.slots import Slot, slot_state, slot_status
 
@@ -317,7 +317,7 @@ class Manager:
         from the slot a reload replaced (never served: the settings changed)."""
         kept = None if self._restore is None else self._restore(slot.name, slot.config)
         if (kept is not None and kept.expires_at is not None
-                and kept.expires_at - self._clock.time() > RENEW_BEFORE_EXPIRY + SERVE_MARGIN):
+                and kept.expires_at - self._clock.time() > self._margin(slot, kept) + SERVE_MARGIN):
             self._restored(slot, kept)
             return
         slot.carried = kept or inherited
@@ -325,13 +325,19 @@ class Manager:
             self.redactor.set_tokens(slot.name, [slot.carried.refresh_token or ""])
         self._start_login(slot, LoginReason.FIRST)
 
+    @staticmethod
+    def _margin(slot: Slot, kept: Credential) -> float:
+        """How long before its expiry a kept credential is renewed (its kind's margin, for its lifetime)."""
+        assert kept.expires_at is not None
+        return renew_margin(slot.config.RENEW_BEFORE_EXPIRY, kept.expires_at - kept.obtained_at)
+
     def _restored(self, slot: Slot, kept: Credential) -> None:
         assert kept.expires_at is not None
         now = self._clock.time()
         slot.credential, slot.last_success_at = kept, kept.obtained_at
         self.redactor.set_tokens(slot.name, kept.held_secrets)
         # Renewed when it would have been had the daemon not stopped (two thirds into its life, jittered).
-        before = slot.config.RENEW_BEFORE_EXPIRY or RENEW_BEFORE_EXPIRY
+        before = self._margin(slot, kept)
         due = kept.obtained_at + renewal_delay(kept.expires_at - kept.obtained_at, self._rng, before=before) - now
         self._schedule(slot, max(0.0, min(due, kept.expires_at - now - before)))
         log.info("restored provider=%s expires_at=%s next_refresh_in=%s source=state", slot.name,
