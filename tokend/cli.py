@@ -655,9 +655,9 @@ def _exec(args: argparse.Namespace) -> int:
 
 
 def _git_credential(args: argparse.Namespace) -> int:
-    from tokend.outputs import git
+    from tokend.outputs import asking, git
 
-    attributes = git.parse(sys.stdin.read())
+    attributes = git.parse(sys.stdin.buffer.read(asking.REQUEST_LIMIT + 1))
     if args.operation == "store":
         return Exit.OK  # nothing to keep: the daemon renews its tokens itself
     client = _client(args)
@@ -704,16 +704,16 @@ def docker_credential_main(argv: list[str] | None = None) -> int:
 def _docker_credential(operation: str, args: argparse.Namespace) -> int:
     import json
 
-    from tokend.outputs import docker
+    from tokend.outputs import asking, docker
 
-    request = sys.stdin.read()
+    request = sys.stdin.buffer.read(asking.REQUEST_LIMIT + 1)
     if operation in ("store", "erase"):
         return Exit.OK  # docker login and logout: the daemon's tokens are its own to renew
     client = _client(args)
     if operation == "list":
         print(json.dumps(docker.listing(client)))
         return Exit.OK
-    credential = docker.get(client, request)
+    credential = docker.get(client, docker.server_url(request))
     if credential is None:
         print(docker.NOT_FOUND)
         return Exit.FAILURE
