@@ -316,7 +316,7 @@ def _print_parts(settings: Settings, fleet: FleetReport | None) -> None:
                 user = provider.git_user if tool == "git" else provider.registry_user
                 print(f"    {tool}: {', '.join(hosts)} as {user}")
         for sink in provider.sinks:
-            print(f"    sink: {sink.path} ({sink.format}, mode {sink.mode:04o})")
+            print(f"    sink: {sink.path} ({sink.describe()})")
         if settings.fleet is not None and not provider.fleet:
             print("    fleet: off for this provider (fleet = false)")
     listening = settings.server.socket or f"http://{settings.server.host}:{settings.server.port}"

@@ -70,6 +70,7 @@ class SinkConfig(BaseModel):
     path: Path
     format: Literal["raw", "json", "header", "env", "template"] = "raw"
     template: Annotated[str, AfterValidator(templated.check)] | None = None  # format = "template" only
+    escape: templated.Escape | None = None  # how a template writes values beyond RFC 6750's token68
     mode: Annotated[int, PlainValidator(_file_mode)] = 0o600
     owner: str | None = None
     group: str | None = None
@@ -91,7 +92,17 @@ class SinkConfig(BaseModel):
             raise ValueError("signal and pid_file go together: the signal is sent to the process in pid_file")
         if (self.format == "template") != (self.template is not None):
             raise ValueError('format = "template" and template go together: the template is what the file holds')
+        if self.escape is not None and self.template is None:
+            raise ValueError('escape is how a template writes its values: it goes with format = "template"')
         return self
+
+    def describe(self) -> str:
+        """What `tokend check` says of the sink: its format, mode and, for a template, how values are written."""
+        values = ""
+        if self.template is not None:
+            values = (", values RFC 6750 token68 only (set escape for others)" if self.escape is None
+                      else f", values escaped for {self.escape}" if self.escape != "none" else ", values as they are")
+        return f"{self.format}, mode {self.mode:04o}{values}"
 
 
 def render(name: str, credential: Credential, sink: SinkConfig) -> bytes:
@@ -99,7 +110,7 @@ def render(name: str, credential: Credential, sink: SinkConfig) -> bytes:
     if sink.format == "raw":
         return credential.token.encode()
     if sink.template is not None:
-        return templated.render(sink.template, credential)
+        return templated.render(sink.template, credential, sink.escape)
     if sink.format == "json":
         return (json.dumps({
             "provider": name, "token": credential.token, "token_type": credential.token_type,
@@ -115,19 +126,11 @@ def render(name: str, credential: Credential, sink: SinkConfig) -> bytes:
         lines[f"{prefix}HEADER_{_env_name(header)}"] = value
     for parameter, value in credential.query.items():
         lines[f"{prefix}QUERY_{_env_name(parameter)}"] = value
-    return "".join(f"{key}={_shell_quoted(value)}\n" for key, value in lines.items()).encode()
+    return "".join(f"{key}={templated.shell_quoted(value)}\n" for key, value in lines.items()).encode()
 
 
 def _env_name(text: str) -> str:
     return "".join(char if char.isascii() and char.isalnum() else "_" for char in text).upper()
-
-
-def _shell_quoted(value: str) -> str:
-    """`value` as a POSIX shell reads it back unchanged when the file is sourced: in single quotes, inside
-    which nothing is special but the quote itself (written '\\'')."""
-    if "\0" in value:
-        raise ValueError("a value holds a NUL character, which no shell variable can carry")
-    return "'" + value.replace("'", "'\\''") + "'"
 
 
 @dataclass
