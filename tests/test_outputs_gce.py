@@ -160,3 +160,33 @@ def test_endless_new_audiences_cost_a_bounded_number_of_logins(gce: tuple[Daemon
         assert google.logins - logins == MAX_MINTED
         # One already held is still answered.
         assert client.get(identity, params={"audience": "aud-0"}).status_code == 200
+
+
+@pytest.mark.parametrize("google", [3600.0], indirect=True)  # no renewal of the provider's own token meanwhile
+def test_failing_mints_are_remembered_shared_and_counted_toward_the_cap(
+    gce: tuple[Daemon, str], google: FakeGoogle
+) -> None:
+    import concurrent.futures
+
+    from tokend.outputs.gce import MAX_MINTED
+
+    _, url = gce
+    identity = f"{url}/computeMetadata/v1/instance/service-accounts/default/identity"
+    google.fail(500)  # every login from now on
+    attempts = google.login_attempts
+    with httpx.Client(headers={"Metadata-Flavor": "Google"}, timeout=30) as client:
+        # One failing audience asked again and again: one login, the others answered from its failure.
+        assert {client.get(identity, params={"audience": "failing"}).status_code for _ in range(15)} == {503}
+        assert google.login_attempts - attempts == 1
+        # Many processes asking at once for one new audience share one attempt.
+        with concurrent.futures.ThreadPoolExecutor(30) as pool:
+            asked = list(pool.map(lambda _: client.get(identity, params={"audience": "together"}).status_code,
+                                  range(30)))
+        assert set(asked) == {503} and google.login_attempts - attempts == 2
+        # Failed audiences count toward the cap: endless new ones cost a bounded number of logins.
+        for n in range(150):
+            assert client.get(identity, params={"audience": f"aud-{n}"}).status_code == 503
+        assert google.login_attempts - attempts <= MAX_MINTED
+        token = f"{url}/computeMetadata/v1/instance/service-accounts/default/token"
+        minted = client.get(token, params={"scopes": READ_ONLY})
+        assert minted.status_code == 503 and google.login_attempts - attempts <= MAX_MINTED
