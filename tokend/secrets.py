@@ -21,6 +21,8 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, PlainValidator, SecretStr
 
+from tokend.secretfile import NotAFile, read_regular_file
+
 __all__ = [
     "Secret",
     "SecretText",
@@ -104,11 +106,13 @@ def _absolute(path: Path) -> Path:
 def _read_secret_file(path: Path, what: str, *, multiline: bool = False) -> SecretValue:
     path = _absolute(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular_file(path).decode("utf-8")
     except FileNotFoundError:
         raise ValueError(f"{what} {path} does not exist") from None
     except OSError as exc:
         raise ValueError(f"{what} {path} cannot be read ({exc.strerror})") from None
+    except NotAFile as exc:
+        raise ValueError(f"{what} {path} {exc}") from None
     except UnicodeDecodeError:
         raise ValueError(f"{what} {path} is not UTF-8 text") from None
     value = text.removesuffix("\n").removesuffix("\r")
