@@ -276,7 +276,7 @@ def _asked_in_time(ask: Callable[[], tuple[str | None, str]], timeout: float, wh
     def run() -> None:
         try:
             answer.append(ask())
-        except BaseException as exc:  # noqa: BLE001 (reported below by its type alone)
+        except BaseException as exc:  # reported below by its type alone
             failure.append(exc)
 
     worker = threading.Thread(target=run, name="tokend-keyring", daemon=True)  # left behind if it never returns
