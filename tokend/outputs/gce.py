@@ -32,7 +32,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import Receive, Scope, Send
@@ -102,7 +102,8 @@ class GoogleMetadataServer:
         await send({"type": "http.response.body", "body": data})
 
     async def _answer(self, scope: Scope) -> tuple[int, str, bytes]:
-        path, query = unquote(scope["path"]), dict(parse_qsl(scope["query_string"].decode("latin-1")))
+        # The server has decoded the path once already: decoding it again would make `%252F` a `/`.
+        path, query = scope["path"], dict(parse_qsl(scope["query_string"].decode("latin-1")))
         if scope["method"] != "GET":
             return _text(405, "Only GET is served here.\n")
         if path == "/":

@@ -11,6 +11,7 @@ server as the API; the app tells them apart by the address a request came in on.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import secrets
 import socket
 from collections.abc import Iterator, Mapping, Sequence
@@ -43,8 +44,9 @@ class MetadataConfig(BaseModel):
     gce: GceConfig | None = None
     azure: AzureConfig | None = None
 
-    def problem(self, providers: Mapping[str, ProviderBase]) -> str | None:
-        """Why these settings do not fit the providers (a sentence naming the field), or None."""
+    def problem(self, providers: Mapping[str, ProviderBase], api: tuple[str, int] | None = None) -> str | None:
+        """Why these settings do not fit the providers, or the API's own address `api` (host, port; None on a
+        unix socket): a sentence naming the field, or None."""
         if self.gce is not None:
             found = providers.get(self.gce.provider)
             if found is None:
@@ -59,6 +61,10 @@ class MetadataConfig(BaseModel):
         ports = list(self.listening().values())
         if len(set(ports)) != len(ports):
             return "[metadata.gce] and [metadata.azure] need a listen address each"
+        for protocol, listen in self.listening().items():
+            if api is not None and _same_address(_split_listen(listen), api):
+                return (f'field "metadata.{protocol}.listen": {listen} is the API\'s own address ([server] host and '
+                        "port); give the metadata endpoint a port of its own")
         return None
 
     def listening(self) -> dict[Protocol, str]:
@@ -88,7 +94,7 @@ def open_metadata_listeners(config: MetadataConfig) -> list[MetadataListener]:
     from tokend.config import ServerConfig
     from tokend.server import listen_each  # here: tokend.server imports the app, which imports this module
 
-    wanted = [(protocol, ServerConfig(host=listen.rpartition(":")[0].strip("[]"), port=int(listen.rpartition(":")[2])))
+    wanted = [(protocol, ServerConfig(host=_split_listen(listen)[0], port=_split_listen(listen)[1]))
               for protocol, listen in config.listening().items()]
     return [MetadataListener(protocol, sock) for protocol, sock in listen_each(wanted)]
 
@@ -156,7 +162,7 @@ class Metadata:
 
 
 _RELAYED = frozenset({b"x-forwarded-for", b"forwarded"})
-_FROM_BROWSER = frozenset({b"origin", b"sec-fetch-site", b"sec-fetch-mode"})
+_FROM_BROWSER = frozenset({b"origin", b"sec-fetch-site", b"sec-fetch-mode", b"sec-fetch-dest", b"sec-fetch-user"})
 
 
 class _Checked:
@@ -190,6 +196,8 @@ def _refusal(scope: Scope, *, google: bool) -> str | None:
         if name in _FROM_BROWSER:
             return "Requests from web pages are refused.\n"
         if name == b"host":
+            if host is not None:  # two: which one a proxy or the app would read is anybody's guess
+                return "A request may carry one Host header.\n"
             host = value.decode("latin-1")
         elif name == b"metadata-flavor":
             flavor = value
@@ -198,6 +206,23 @@ def _refusal(scope: Scope, *, google: bool) -> str | None:
     if google and flavor != b"Google":
         return "Missing required header: Metadata-Flavor: Google\n"
     return None
+
+
+def _split_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _same_address(one: tuple[str, int], other: tuple[str, int]) -> bool:
+    """Whether two listeners would want one socket: the same port, on the same host or on names that may be
+    the same address (`localhost` is 127.0.0.1 and ::1; a wildcard is every address)."""
+    if one[1] != other[1]:
+        return False
+    try:
+        first, second = ipaddress.ip_address(one[0]), ipaddress.ip_address(other[0])
+    except ValueError:
+        return True
+    return first == second or first.is_unspecified or second.is_unspecified
 
 
 def _hostname(host: str) -> str:
