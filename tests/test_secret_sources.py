@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.daemon import Daemon, tokend_command, write_config
-from tokend.config import Settings
+from tokend.config.settings import Settings
 from tokend.errors import ConfigError
 from tokend.testing import FakeProviders
 
@@ -192,7 +192,7 @@ def test_a_keyring_secret_without_the_extra_names_it(tmp_path: Path) -> None:
 
 
 def test_a_command_for_a_secret_that_spans_lines_gives_all_it_prints(tmp_path: Path) -> None:
-    from tokend.secrets import resolve_secret_text
+    from tokend.config.secrets import resolve_secret_text
 
     pem = "-----BEGIN PRIVATE KEY-----\nMIIB\nVQIB\n-----END PRIVATE KEY-----"
     vault = script(tmp_path, "vault", f"printf '%s\\n' '{pem}'\n")
@@ -216,7 +216,7 @@ def test_a_keyring_backend_that_hangs_or_fails_is_a_sentence_without_its_text(tm
 def test_a_commands_output_is_read_to_its_first_line_within_a_bound(tmp_path: Path) -> None:
     import tracemalloc
 
-    from tokend.secrets import resolve_secret
+    from tokend.config.secrets import resolve_secret
 
     flood = [sys.executable, "-c", "import sys; sys.stdout.write('s3cret\\n'); "
              "[sys.stdout.buffer.write(b'x' * 1048576) for _ in range(200)]"]
@@ -230,7 +230,7 @@ def test_a_commands_output_is_read_to_its_first_line_within_a_bound(tmp_path: Pa
     long_line = [sys.executable, "-c", "import sys; sys.stdout.write('x' * 70000 + '\\n')"]
     assert "longer than 65536 bytes" in problem(tmp_path, "{ command = " + json.dumps(long_line) + " }")
     key = [sys.executable, "-c", "import sys; sys.stdout.write('k' * (2 * 1024 * 1024))"]
-    from tokend.secrets import resolve_secret_text
+    from tokend.config.secrets import resolve_secret_text
 
     with pytest.raises(ValueError, match="more than 1048576 bytes"):
         resolve_secret_text({"command": key})

@@ -19,7 +19,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from tokend.client import Client
+    from tokend.api.client import Client
 
 __all__ = ["REQUEST_LIMIT", "checked_text", "decoded", "json_object", "plain_http_refusal", "providers", "reject",
            "token"]

@@ -4,82 +4,42 @@ checks every one of them makes, and the ASGI wrapper that sends a request to the
 Cloud SDKs ask a metadata endpoint with no key of tokend's: so each listener takes only what the local
 API would (a loopback peer and Host, nothing relayed by a proxy, nothing from a web page), plus the
 protocol's own proof that the caller is an SDK (Google's `Metadata-Flavor: Google` header, Azure's
-per-run secret). The sockets are opened by tokend.server, which owns sockets, and served by the same
+per-run secret). The sockets are opened by tokend.api.sockets, like every listener, and served by the same
 server as the API; the app tells them apart by the address a request came in on.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import secrets
 import socket
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from tokend.fields import is_loopback_host
+from tokend.api.sockets import listen_each
+from tokend.config.fields import is_loopback_host
+from tokend.config.tables import ServerConfig
 from tokend.outputs.azure import PATH as AZURE_PATH
-from tokend.outputs.azure import AzureConfig, AzureIdentityEndpoint
-from tokend.outputs.gce import ACCOUNT_KIND, GceConfig, GoogleMetadataServer
+from tokend.outputs.azure import AzureIdentityEndpoint
+from tokend.outputs.config import MetadataConfig, MetadataProtocol, split_listen
+from tokend.outputs.gce import GoogleMetadataServer
 
 if TYPE_CHECKING:
     import httpx
 
-    from tokend.manager import Manager
-    from tokend.providers.base import ProviderBase
     from tokend.redact import Redactor
+    from tokend.renewal.manager import Manager
 
-__all__ = ["Metadata", "MetadataConfig", "MetadataListener", "open_metadata_listeners"]
+__all__ = ["Metadata", "MetadataListener", "open_metadata_listeners"]
 
-Protocol = Literal["gce", "azure"]
-
-
-class MetadataConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    gce: GceConfig | None = None
-    azure: AzureConfig | None = None
-
-    def problem(self, providers: Mapping[str, ProviderBase], api: tuple[str, int] | None = None) -> str | None:
-        """Why these settings do not fit the providers, or the API's own address `api` (host, port; None on a
-        unix socket): a sentence naming the field, or None."""
-        if self.gce is not None:
-            found = providers.get(self.gce.provider)
-            if found is None:
-                return f'field "metadata.gce.provider": no provider is named "{self.gce.provider}"'
-            if found.kind != ACCOUNT_KIND:
-                return (f'field "metadata.gce.provider": provider "{self.gce.provider}" is of kind {found.kind}; '
-                        f"Google's metadata server serves a {ACCOUNT_KIND}")
-        if self.azure is not None:
-            for resource, name in self.azure.resources.items():
-                if name not in providers:
-                    return f'field "metadata.azure.resources": {resource} names no provider "{name}"'
-        ports = list(self.listening().values())
-        if len(set(ports)) != len(ports):
-            return "[metadata.gce] and [metadata.azure] need a listen address each"
-        for protocol, listen in self.listening().items():
-            if api is not None and _same_address(_split_listen(listen), api):
-                return (f'field "metadata.{protocol}.listen": {listen} is the API\'s own address ([server] host and '
-                        "port); give the metadata endpoint a port of its own")
-        return None
-
-    def listening(self) -> dict[Protocol, str]:
-        """Each listener that is on, and its host:port."""
-        found: dict[Protocol, str] = {}
-        if self.gce is not None:
-            found["gce"] = self.gce.listen
-        if self.azure is not None:
-            found["azure"] = self.azure.listen
-        return found
 
 
 @dataclass(frozen=True)
 class MetadataListener:
-    protocol: Protocol
+    protocol: MetadataProtocol
     sock: socket.socket
 
     @property
@@ -91,10 +51,8 @@ class MetadataListener:
 
 def open_metadata_listeners(config: MetadataConfig) -> list[MetadataListener]:
     """A socket per listener that is on; TokendError (all closed) if one cannot be had."""
-    from tokend.config import ServerConfig
-    from tokend.server import listen_each  # here: tokend.server imports the app, which imports this module
 
-    wanted = [(protocol, ServerConfig(host=_split_listen(listen)[0], port=_split_listen(listen)[1]))
+    wanted = [(protocol, ServerConfig(host=split_listen(listen)[0], port=split_listen(listen)[1]))
               for protocol, listen in config.listening().items()]
     return [MetadataListener(protocol, sock) for protocol, sock in listen_each(wanted)]
 
@@ -127,7 +85,7 @@ class Metadata:
     def addresses(self) -> frozenset[Any]:
         return frozenset(self._apps)
 
-    def where(self, protocol: Protocol) -> str | None:
+    def where(self, protocol: MetadataProtocol) -> str | None:
         """host:port of the listener, as the environment variables name it; None when it is off."""
         for listener in self.listeners:
             if listener.protocol == protocol:
@@ -141,8 +99,8 @@ class Metadata:
         if (gce := self.where("gce")) is not None:
             env["GCE_METADATA_HOST"] = env["GCE_METADATA_IP"] = gce
         azure = self._manager.settings.metadata.azure
-        if (where := self.where("azure")) is not None and azure is not None and \
-                all(may_read(provider) for provider in azure.resources.values()):
+        if ((where := self.where("azure")) is not None and azure is not None
+                and all(may_read(provider) for provider in azure.resources.values())):
             env["IDENTITY_ENDPOINT"] = f"http://{where}{AZURE_PATH}"
             env["IDENTITY_HEADER"] = self.identity_header
         return env
@@ -206,23 +164,6 @@ def _refusal(scope: Scope, *, google: bool) -> str | None:
     if google and flavor != b"Google":
         return "Missing required header: Metadata-Flavor: Google\n"
     return None
-
-
-def _split_listen(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
-def _same_address(one: tuple[str, int], other: tuple[str, int]) -> bool:
-    """Whether two listeners would want one socket: the same port, on the same host or on names that may be
-    the same address (`localhost` is 127.0.0.1 and ::1; a wildcard is every address)."""
-    if one[1] != other[1]:
-        return False
-    try:
-        first, second = ipaddress.ip_address(one[0]), ipaddress.ip_address(other[0])
-    except ValueError:
-        return True
-    return first == second or first.is_unspecified or second.is_unspecified
 
 
 def _hostname(host: str) -> str:

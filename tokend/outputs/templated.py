@@ -9,7 +9,7 @@
 
 The names are those of `GET /token`: `{token}`, `{token_type}`, `{expires_at}` (RFC 3339, empty for a key
 that never expires), and `{header:NAME}` for each header a client must send (its name in any case);
-`{{` and `}}` are literal braces. The rules are the `http` kind's templates' (tokend.template).
+`{{` and `}}` are literal braces. The rules are the `http` kind's templates' (tokend.config.templates).
 
 A value is written only where the file's format cannot misread it. Without `escape`, each value (the token,
 its type, a header) must be RFC 6750's token68 (`Bearer ` and the like before it, for a header): letters,
@@ -27,7 +27,7 @@ import re
 import unicodedata
 from typing import Literal
 
-from tokend import template
+from tokend.config import templates as template
 from tokend.credential import Credential, iso_utc
 
 __all__ = ["ESCAPES", "Escape", "check", "render", "shell_quoted"]
