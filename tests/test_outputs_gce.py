@@ -219,7 +219,7 @@ def test_browser_headers_alone_two_hosts_and_a_double_encoded_path_are_refused(g
 
 def test_check_refuses_a_metadata_listener_on_the_apis_own_port(tmp_path: Path, fakes: FakeProviders,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    from tokend.cli import main
+    from tokend.cli.main import main
 
     key = tmp_path / "service-account.json"
     key.touch(mode=0o600)

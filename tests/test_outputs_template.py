@@ -253,7 +253,7 @@ def test_each_escaping_renders_a_value_its_format_reads_back() -> None:
 
 def test_check_says_how_each_template_sink_writes_its_values(tmp_path: Path, fakes: FakeProviders,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
-    from tokend.cli import main
+    from tokend.cli.main import main
 
     extra = (sink("fts", tmp_path / "a", format="template", template="{token}")
              + sink("fts", tmp_path / "b", format="template", template="{token}", escape="shell"))
