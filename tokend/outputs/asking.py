@@ -7,12 +7,12 @@ read, and environment overrides apply there only.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import unicodedata
 from urllib.parse import quote
 
-from tokend.config.fields import is_loopback_host
 from tokend.errors import TokendError
 
 TYPE_CHECKING = False
@@ -133,7 +133,12 @@ def _loopback(host: str) -> bool:
         name, _, port = host.partition(":")
     if port and not (port.isascii() and port.isdigit()):
         return False
-    return is_loopback_host(name)
+    if name.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def _json(client: Client, method: str, path: str, body: Any = None) -> Any:
