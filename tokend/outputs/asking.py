@@ -122,7 +122,8 @@ def plain_http_refusal(scheme: str, host: str) -> str | None:
 
 def _loopback(host: str) -> bool:
     """`127.0.0.1:8443`, `localhost`, `[::1]:80`: the name parsed as an address (never matched by its start,
-    which `127.0.0.1.example.com` shares), the port, when there is one, a number."""
+    which `127.0.0.1.example.com` shares), the port, when there is one, a number. Not config.fields' test: that
+    module brings pydantic, which the helpers, started by git and Docker for every request, never import."""
     if host.startswith("["):
         end = host.find("]")
         name, port = (host[1:end], host[end + 1:]) if end > 0 else ("", "")
