@@ -91,7 +91,8 @@ class SecretFileWatcher:
             except ValueError as exc:
                 why = f"{', '.join(str(path) for path in changed)} changed but was not taken: {_reason(exc)}"
                 if self._manager.secret_refused(name) != why:
-                    log.error("provider=%s %s; keeping the running key", name, why)
+                    log.error("provider=%s a secret file changed but cannot be used (%s); keeping the running key",
+                              name, why)
                 self._manager.refuse_secret(name, why)
                 return
             self._manager.refuse_secret(name, None)
