@@ -262,6 +262,14 @@ class Manager:
         self._retire(self._slot(name))
         self._add_slot(name, config)
 
+    def refuse_secret(self, name: str, why: str | None) -> None:
+        """Shown in /status until the file is usable again: a changed secret file that was not taken, and why
+        (a sentence naming the file, never its content). None: nothing refused."""
+        self._slot(name).secret_refused = why
+
+    def secret_refused(self, name: str) -> str | None:
+        return self._slot(name).secret_refused
+
     async def settled(self) -> None:
         """Return once no login is in flight (after start: once every first login has succeeded or failed)."""
         while tasks := [slot.inflight for slot in self._slots.values() if slot.inflight is not None]:
