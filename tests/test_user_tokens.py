@@ -336,11 +336,15 @@ def test_a_reload_that_leaves_the_login_alone_keeps_the_rotated_refresh_token_wi
                           what="the changed provider's first login")
         assert fake.is_valid(token(daemon)) and fake.reuse_detected == 0
 
-        # A change of the login itself (another scope) never hands the held refresh token over.
+        # A change of the login itself (another scope) never hands the held refresh token over, and the
+        # configured one, spent at the first login, is not sent again: the user is asked to sign in.
         config.write_text(config.read_text().replace('scope = "openid offline_access"', 'scope = "openid"'))
+        refreshes = fake.refreshes
         assert daemon.post("/reload").json()["changed"] == ["user"]
         daemon.wait_until(lambda: daemon.get("/status").json()["providers"]["user"]["last_error"] is not None,
-                          what="the login with the configured (spent) refresh token")
-        assert fake.last_form["scope"] == "openid" and fake.reuse_detected == 1
+                          what="the changed provider's refusal to send a spent refresh token")
+        status = daemon.get("/status").json()["providers"]["user"]
+        assert status["sign_in_reason"] == "refresh_token_spent" and status["sign_in"] == "tokend login user"
+        assert fake.refreshes == refreshes and fake.reuse_detected == 0
     finally:
         stop(daemon)

@@ -75,7 +75,12 @@ class Daemon:
         # anything listens. Nothing connects until the first login.
         self.client = build_client(settings, transport)
         self.scheduler = Scheduler()
-        self.direct_login = DirectLogin(self.client, self.redactor)
+        self.state: StateStore | None = None
+        if settings.state is not None:
+            self.redactor.add_secrets(secret.get() for secret in settings.state.secrets())
+            self.state = StateStore(settings.state)
+        # The refresh tokens sent are noted before they are sent: in the state folder, else for this run only.
+        self.direct_login = DirectLogin(self.client, self.redactor, self.state)
         self.login: Login = self.direct_login
         self.fleet: FleetLogins | None = None
         if settings.fleet is not None:  # only then is a Redis library imported
@@ -83,10 +88,6 @@ class Daemon:
 
             self.redactor.add_secrets(secret.get() for secret in settings.fleet.secrets())
             self.login = self.fleet = FleetLogins(self.direct_login, settings.fleet)
-        self.state: StateStore | None = None
-        if settings.state is not None:
-            self.redactor.add_secrets(secret.get() for secret in settings.state.secrets())
-            self.state = StateStore(settings.state)
         self.manager = Manager(
             settings, login=self.login, scheduler=self.scheduler, redactor=self.redactor, rng=rng,
             restore=None if self.state is None else self.state.restore,
@@ -94,7 +95,7 @@ class Daemon:
         if self.state is not None:
             self.state.follow(self.manager)
         parts = DaemonParts(self.manager, self.scheduler, self.client, self.redactor, self.direct_login,
-                            fleet=self.fleet is not None)
+                            fleet=self.fleet is not None, ledger=self.direct_login.ledger)
         self.extensions: list[Extension] = [kind.extension(parts) for kind in KINDS if kind.extension is not None]
         self.sinks = SinkWriter(self.manager)
         # The auth-injecting proxy: /proxy/{name}/... on the API, and the providers' own listeners (opened by

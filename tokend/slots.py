@@ -77,4 +77,5 @@ def slot_status(slot: Slot, now: float) -> dict[str, Any]:
         "consecutive_failures": slot.consecutive_failures,
         # A user token that only its user can renew: what they should run.
         "sign_in": error.command if isinstance(error, SignInNeeded) and slot.consecutive_failures else None,
+        "sign_in_reason": error.reason if isinstance(error, SignInNeeded) and slot.consecutive_failures else None,
     }
