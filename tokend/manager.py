@@ -250,7 +250,8 @@ class Manager:
                 slot.name, f"not attempted: the provider asked for no login before {until} (Retry-After)",
                 retry_after=slot.quiet_until - now,
             )
-        if isinstance(slot.last_error, CredentialsRejected) and now - slot.last_attempt < REJECTED_RETRY:
+        if isinstance(slot.last_error, CredentialsRejected) and slot.consecutive_failures \
+                and now - slot.last_attempt < REJECTED_RETRY:
             wait = slot.last_attempt + REJECTED_RETRY - now
             raise RefreshThrottled(
                 slot.name, f"not attempted: the provider refused {slot.name}'s credentials "
@@ -378,11 +379,11 @@ class Manager:
         self._first_login(slot, None if predecessor is None else self._inheritance(predecessor, config))
 
     async def _take_over(self, slot: Slot, predecessor: Slot, running: asyncio.Task[Credential]) -> Credential:
-        with contextlib.suppress(UpstreamError, asyncio.CancelledError):
-            await asyncio.shield(running)
-        if _cancelled_by_us():
-            raise asyncio.CancelledError
-        slot.inflight = None
+        try:
+            # Whatever it ended with (a credential, an error, or a predecessor's own takeover giving way).
+            await asyncio.wait([running])
+        finally:
+            slot.inflight = None
         if slot.retired or self._stopping:
             raise self._unavailable(slot)
         self._first_login(slot, self._inheritance(predecessor, slot.config))

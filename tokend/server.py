@@ -37,7 +37,7 @@ log = logging.getLogger("tokend")
 
 SOCKET_MODE = 0o600
 T = TypeVar("T")
-GRACEFUL_SHUTDOWN = 3  # seconds for in-flight local requests after SIGTERM
+GRACEFUL_SHUTDOWN = 3  # seconds for in-flight local requests after SIGTERM, beyond the longest login
 
 
 def listen(server: ServerConfig) -> socket.socket:
@@ -170,7 +170,8 @@ def serve(settings: Settings, sock: socket.socket | None = None, *, config_path:
         lifespan="off",  # the daemon's parts are started and stopped around the server, below
         ws="none",
         server_header=False,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
+        # A request waiting for a login in flight is answered, not cut off: the stop waits for that login anyway.
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN + max((p.timeout for p in settings.providers.values()), default=0),
         # A header timeout, a connection cap and header limits, which uvicorn has not on its own.
         http=limited_protocol(daemon.budget, streamed),
     )

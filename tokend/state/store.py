@@ -50,13 +50,18 @@ class _Ledger:
     """One provider's ledger as read: digests sent (and those the server has shown it keeps), the highest
     generation spent from, and the lines as written (for a rewrite)."""
 
+    key_id: str
     spent: set[str] = field(default_factory=set)
     kept: set[str] = field(default_factory=set)
     generation: int = 0
     lines: list[str] = field(default_factory=list)
+    foreign: bool = False  # written with another state key: its digests say nothing of this key's tokens
 
     def take(self, line: str) -> None:
         what, _, rest = line.partition(" ")
+        if what == "key":
+            self.foreign = self.foreign or rest != self.key_id
+            return
         generation, _, digest = rest.partition(" ")
         if what == "g" and generation.isdigit():
             self.generation = max(self.generation, int(generation))
@@ -171,6 +176,9 @@ class StateStore:
         digest = self._digest(name, token)
         if digest in ledger.spent and digest not in ledger.kept:
             return f"it was sent before, as the ledger {self._ledger_path(name)} notes"
+        if generation is None and ledger.foreign:
+            return f"the ledger {self._ledger_path(name)} was written with another state key, so whether the " \
+                   "configured one was sent cannot be known"
         if generation is not None and generation < ledger.generation:
             return f"its record is of generation {generation}, older than generation {ledger.generation}, " \
                    "already spent: an old record put back"
@@ -211,7 +219,7 @@ class StateStore:
     def _ledger(self, name: str) -> _Ledger:
         ledger = self._ledgers.get(name)
         if ledger is None:
-            ledger = self._ledgers[name] = _Ledger()
+            ledger = self._ledgers[name] = _Ledger(self._key.id)
             with contextlib.suppress(FileNotFoundError):
                 for line in self._ledger_path(name).read_text(encoding="ascii", errors="replace").splitlines():
                     ledger.take(line.strip())
@@ -227,7 +235,7 @@ class StateStore:
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
         try:
             size = os.fstat(descriptor).st_size
-            data = (line + "\n").encode("ascii")
+            data = (("" if size else f"key {self._key.id}\n") + line + "\n").encode("ascii")
             try:
                 if os.write(descriptor, data) != len(data):
                     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -246,7 +254,8 @@ class StateStore:
         configured = dict.fromkeys(line for line in ledger.lines[:-_LEDGER_KEEP] if line.split(" ")[1] == "-")
         kept = [*configured, *ledger.lines[-_LEDGER_KEEP:]]
         with contextlib.suppress(OSError):  # not rewritten: it grows a little more, which is no harm
-            _replace(self._ledger_path(name), "".join(f"{line}\n" for line in [f"g {ledger.generation}", *kept])
+            _replace(self._ledger_path(name), "".join(f"{line}\n" for line in [
+                f"key {self._key.id}", *(["key foreign"] if ledger.foreign else []), f"g {ledger.generation}", *kept])
                      .encode("ascii"))
             ledger.lines = kept
 
