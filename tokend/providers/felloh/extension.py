@@ -24,7 +24,6 @@ MAX_CHECK_INTERVAL = 3600.0  # look at a key's age at least hourly, and ten time
 class FellohExtension:
     def __init__(self, parts: DaemonParts) -> None:
         self._parts = parts
-        self._scheduled: set[str] = set()
 
     def router(self) -> APIRouter:
         return felloh_router(self._parts)
