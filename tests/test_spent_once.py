@@ -398,3 +398,41 @@ def test_stops_and_kills_at_random_points_of_renewals_never_reuse(tmp_path) -> N
             assert server.reuse_detected == 0, daemon.log()
     assert server.reuse_detected == 0 and server.refreshes >= runs // 2
     print(f"runs={runs} killed={killed} sign_ins={sign_ins} refreshes={server.refreshes} reuse=0")
+
+
+# --- 5. fleet: Redis stopped across renewals ---------------------------------------------------------------------
+
+
+def test_redis_stopped_across_renewals_leaves_one_spender(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tests.fleet_redis import RedisServer
+    from tests.test_user_tokens import KEY, secret_file
+
+    server = FakeAuthorizationServer(client_secret="user-app-secret-123", lifetime=4)
+    redis = RedisServer(tmp_path / "redis").start()
+    try:
+        with FakeServer(server.app) as running:
+            first = server.sign_in()
+            daemons = []
+            for index in range(3):
+                directory = tmp_path / f"daemon-{index}"
+                key = secret_file(tmp_path, "fleet_key", KEY)
+                fleet = (f'[fleet]\nredis_url = "{redis.url}"\nnamespace = "users"\nlease = 2\ntimeout = 0.5\n'
+                         f'retry_after = 1\nencryption_key = {{ file = "{key}" }}\n')
+                daemons.append(started(user_config(directory, running.url, refresh_token=first, extra=fleet)))
+            assert all(server.is_valid(token(daemon)) for daemon in daemons)
+            redis.kill()  # across the next renewals
+            time.sleep(8)  # two lifetimes: every daemon's token has needed renewing
+            assert server.reuse_detected == 0, [daemon.log() for daemon in daemons]
+            served = [daemon.get("/token/user") for daemon in daemons]
+            assert sum(answer.status_code == 200 for answer in served) >= 1  # the daemon that rotated last
+            for answer in served:
+                assert answer.status_code == 200 or "fleet_unavailable" in answer.text, answer.text
+            redis.start()  # back, empty: the rotator writes its record, the others adopt it
+            for daemon in daemons:
+                daemon.wait_until(lambda d=daemon: d.get("/token/user").status_code == 200, timeout=40,
+                                  what="the fleet's token after Redis returned")
+            assert server.reuse_detected == 0 and len(server.live_refresh_tokens()) == 1
+            for daemon in daemons:
+                stop(daemon)
+    finally:
+        redis.kill()
