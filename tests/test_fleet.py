@@ -413,7 +413,7 @@ def test_a_daemon_with_another_encryption_key_never_serves_the_fleets_token_and_
             shared = fleet.tokens("fts")
             assert len(set(shared[:3])) == 1 and shared[3] != shared[0]
             assert fleet_status(wrong)["providers"]["fts"]["source"] == "login"
-            wait_for(lambda: "which this daemon does not have" in wrong.log(), what="the odd daemon to say why")
+            wait_for(lambda: "fleet_foreign_key namespace=" in wrong.log(), what="the odd daemon to say why")
             assert fleet_status(wrong)["fleet"]["other_key_ids"]
 
             # A record that does not decrypt (tampered with, or written with a key this daemon lacks) is never
@@ -529,7 +529,7 @@ def _tls_fleet(tmp_path: Path, fakes: FakeProviders, server: RedisServer, ca_fil
         untrusting = fleet.add()
         fleet.start([untrusting])
         assert fleet_status(untrusting)["fleet"]["state"] == "unavailable"
-        assert "logs in by itself" in untrusting.log()
+        assert "fleet_login_alone provider=" in untrusting.log()
     finally:
         fleet.stop()
         server.kill()

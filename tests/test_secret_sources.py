@@ -94,7 +94,7 @@ def test_a_refused_login_runs_the_command_again_and_a_reload_does_too(tmp_path: 
         refreshed = daemon.post("/token/fts/refresh", json={"rejected": first})
         assert refreshed.status_code == 200, refreshed.text
         assert refreshed.json()["token"] != first
-        assert "secrets have changed where they are kept" in daemon.log()
+        assert "secrets_changed provider=" in daemon.log()
         assert daemon.get("/status").json()["providers"]["fts"]["state"] == "ok"
         # A reload runs it again too.
         fakes.fintech_studios.password = "a-newer-password-2"

@@ -103,7 +103,7 @@ def _remove_stale_socket(path: Path) -> None:
             probe.connect(str(path))
         except ConnectionRefusedError:
             path.unlink()  # left behind by a daemon that did not exit cleanly
-            log.info("removed stale socket %s", path)
+            log.info("stale_socket_removed path=%s", path)
         else:
             raise TokendError(f"another process is already serving on {path}")
         finally:

@@ -44,17 +44,17 @@ class Reloader:
             except ConfigError as exc:
                 # A TOML syntax error is its own one problem: say it once, not again as a detail.
                 details = exc.problems if exc.problems != [exc.message] else []
-                log.error("reload (%s) refused, the running config stays: %s%s", reason, exc.message,
+                log.error("reload_refused reason=%s error=%s next=keep_running_config%s", reason, exc.message,
                           "".join(f"\n  {problem}" for problem in details))
                 raise
             changes = self._manager.apply(settings)
             for then in self._then:
                 then()
-        log.info("reload (%s): added=%s changed=%s removed=%s unchanged=%d", reason, _names(changes.added),
+        log.info("reload reason=%s added=%s changed=%s removed=%s unchanged=%d", reason, _names(changes.added),
                  _names(changes.changed), _names(changes.removed), len(changes.unchanged))
         if changes.restart_needed:
-            log.warning("reload: the [%s] settings changed; they apply only at start: restart tokend to use them",
-                        "], [".join(changes.restart_needed))
+            log.warning("reload_needs_restart tables=[%s] hint=%s", "], [".join(changes.restart_needed),
+                        "these apply only at start: restart tokend to use them")
         log_findings(audit(settings, self.path))
         return changes
 
@@ -82,7 +82,7 @@ class Reloader:
         except ConfigError:
             pass  # reload() has logged why; a signal has nobody else to tell
         except Exception:
-            log.exception("reload (SIGHUP) failed")
+            log.exception("reload_failed reason=SIGHUP")
 
 
 def _names(names: list[str]) -> str:

@@ -97,8 +97,7 @@ class StateStore:
             mode = self.folder.stat().st_mode & 0o777
             if mode & 0o077:
                 os.chmod(self.folder, 0o700)
-                log.warning("state: %s was mode %04o; now 0700 (only tokend's user may read its state)",
-                            self.folder, mode)
+                log.warning("state_folder_tightened path=%s mode=%04o now=0700", self.folder, mode)
         except OSError as exc:
             raise ConfigError(f"state: cannot use {self.folder} as the state folder ({exc.strerror}); set "
                               "[state] path to a folder tokend's user may write") from None
@@ -279,8 +278,8 @@ class StateStore:
             elif isinstance(event.error, SignInNeeded):
                 self.forget(event.name)  # a refused refresh token, or a logout: nothing left worth keeping
         except OSError as exc:
-            log.warning("state provider=%s: cannot write %s (%s); the credential is served but will not "
-                        "survive a restart", event.name, self.path(event.name), exc.strerror)
+            log.warning("state_write_failed provider=%s path=%s error=%s hint=%s", event.name, self.path(event.name),
+                        exc.strerror, "the credential is served but will not survive a restart")
 
 
 def _worth_keeping(config: ProviderConfig, credential: Credential) -> bool:

@@ -219,4 +219,4 @@ async def _discard(keys: FellohKeys, organisation: str, new: NewKey) -> None:
             if key.public_key == new.public_key:
                 await keys.delete(key.id)
     except UpstreamError as exc:
-        log.warning("rotation could not delete its unused new key %r: %s", new.name, exc.message)
+        log.warning("rotation_cleanup_failed key=%r error=%s", new.name, exc.message)
