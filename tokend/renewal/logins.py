@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import hashlib
 import hmac
@@ -134,6 +135,10 @@ class DirectLogin:
             credential = await fetch_within_timeout(provider, call.config.timeout, self._client, call.current)
             if sent is not None and credential.refresh_token == sent:
                 self.ledger.keep(call.name, sent)  # the server keeps it: sending it again is no reuse
+            elif sent is not None and (call.current is None or call.current.refresh_token != sent):
+                # From the configured one: a new line of rotations, above every generation already spent.
+                credential = dataclasses.replace(
+                    credential, generation=max(credential.generation, self.ledger.highest(call.name) + 1))
             return credential
 
     def _note_spending(self, call: LoginCall, provider: Spending) -> str | None:
