@@ -2,8 +2,8 @@
 server that rotates refresh tokens and revokes the whole family when a spent one comes back (`reuse_detected`).
 
 Stops and reloads during a renewal, a full state folder, records put back, logout during a renewal, concurrent
-sign-ins, hostile device answers; SIGTERM and SIGKILL at random points of renewals (TOKEND_SPENT_RUNS runs,
-10 by default: `TOKEND_SPENT_RUNS=50 pytest tests/test_spent_once.py -k random` for the long run).
+sign-ins, hostile device answers; SIGTERM and SIGKILL at random points of renewals (SPENT_ONCE_RUNS runs,
+10 by default: `SPENT_ONCE_RUNS=50 pytest tests/test_spent_once.py -k random` for the long run).
 """
 
 from __future__ import annotations
@@ -365,8 +365,8 @@ def test_a_device_answer_that_could_mislead_the_user_is_refused(tmp_path, fake, 
 
 
 def test_stops_and_kills_at_random_points_of_renewals_never_reuse(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    runs = int(os.environ.get("TOKEND_SPENT_RUNS", "10"))
-    rng = random.Random(int(os.environ.get("TOKEND_SPENT_SEED", "30")))
+    runs = int(os.environ.get("SPENT_ONCE_RUNS", "10"))
+    rng = random.Random(int(os.environ.get("SPENT_ONCE_SEED", "30")))
     server = FakeAuthorizationServer(client_secret="user-app-secret-123", lifetime=3)
     killed = sign_ins = 0
     with FakeServer(server.app) as running:
