@@ -22,6 +22,15 @@ class State(enum.Enum):
     FAILED = "failed"  # no token was ever obtained: every login so far failed
 
 
+@dataclass(frozen=True)
+class AwsKeys:
+    """The key pair of temporary AWS credentials (its session token is the credential's token)."""
+
+    access_key_id: str
+    secret_access_key: str = field(repr=False)
+    account_id: str | None = None  # from the assumed role's ARN, which the container endpoint may answer
+
+
 # eq=False: credentials are compared by identity, which is how the API knows that the bytes it rendered
 # are still those of the provider's current credential.
 @dataclass(frozen=True, eq=False)
@@ -45,6 +54,13 @@ class Credential:
     # A user token's place in its line of rotations: one more with each new refresh token, never less. A
     # record of a lower generation than one held or seen spent is an old one put back, never used.
     generation: int = 0
+    # An AWS credential is three values: the key pair here, its session token in `token` (token_type "aws").
+    aws: AwsKeys | None = field(default=None, repr=False)
+
+    @property
+    def held_secrets(self) -> list[str]:
+        """Every secret value this credential holds, for the redactor."""
+        return [self.token, self.refresh_token or "", self.aws.secret_access_key if self.aws else ""]
 
     def expires_in(self, now: float) -> float | None:
         return None if self.expires_at is None else self.expires_at - now

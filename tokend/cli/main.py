@@ -179,6 +179,14 @@ def _parser(kinds: tuple[str, ...] | None = None) -> argparse.ArgumentParser:
     _client_options(kube)
     kube.set_defaults(handler=_kube_credential)
 
+    aws = commands.add_parser("aws-credential", help="the AWS CLI's and SDKs' credential_process: provider "
+                              "NAME's AWS credential as JSON",
+                              description="Print provider NAME's AWS credential in the credential_process "
+                              "protocol. In ~/.aws/config: credential_process = tokend aws-credential NAME")
+    aws.add_argument("name", help="the AWS provider's name in the config")
+    _client_options(aws)
+    aws.set_defaults(handler=_aws_credential)
+
     _felloh_commands(commands)
 
     demo = commands.add_parser("demo", help="run tokend against built-in fake providers (no accounts needed)")
@@ -325,7 +333,7 @@ def _print_parts(settings: Settings, fleet: FleetReport | None) -> None:
                 user = provider.git_user if tool == "git" else provider.registry_user
                 print(f"    {tool}: {', '.join(hosts)} as {user}")
         for sink in provider.sinks:
-            print(f"    sink: {sink.path} ({sink.format}, mode {sink.mode:04o})")
+            print(f"    sink: {sink.path} ({sink.describe()})")
         if settings.fleet is not None and not provider.fleet:
             print("    fleet: off for this provider (fleet = false)")
     listening = settings.server.socket or f"http://{settings.server.host}:{settings.server.port}"
@@ -643,7 +651,10 @@ def _sign_in_hint(command: str, reason: str | None) -> str:
 
 
 def _exec(args: argparse.Namespace) -> int:
-    from tokend.outputs.execute import Unrunnable, child_environment, run, unsafe_variable
+    import tempfile
+    from pathlib import Path
+
+    from tokend.outputs.execute import Unrunnable, aws_profile_warning, child_environment, run, unsafe_variable
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
@@ -661,22 +672,26 @@ def _exec(args: argparse.Namespace) -> int:
         tokens[name] = variable
     client = _client(args)  # the same checks as every client command: the address, where the key may go
     key = _client_key(args)
-    try:
-        env = child_environment(client, client.address.url, key, args.provider, tokens)
-    except UnknownProvider as exc:  # as `tokend get` says it
-        _err(f"tokend exec: {exc.message}")
-        return Exit.UNKNOWN_PROVIDER
-    try:
-        return run(command, env)
-    except Unrunnable as exc:
-        _err(f"tokend exec: {exc.message}")
-        return exc.code
+    # Files the child's SDKs read (the AWS endpoint's token): private to this run, removed when it ends.
+    with tempfile.TemporaryDirectory(prefix="tokend-exec-") as files:
+        try:
+            env = child_environment(client, client.address.url, key, args.provider, tokens, Path(files))
+        except UnknownProvider as exc:  # as `tokend get` says it
+            _err(f"tokend exec: {exc.message}")
+            return Exit.UNKNOWN_PROVIDER
+        if "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE" in env and (warning := aws_profile_warning(env)) is not None:
+            _err(f"tokend exec: warning: {warning}")
+        try:
+            return run(command, env)
+        except Unrunnable as exc:
+            _err(f"tokend exec: {exc.message}")
+            return exc.code
 
 
 def _git_credential(args: argparse.Namespace) -> int:
-    from tokend.outputs import git
+    from tokend.outputs import asking, git
 
-    attributes = git.parse(sys.stdin.read())
+    attributes = git.parse(sys.stdin.buffer.read(asking.REQUEST_LIMIT + 1))
     if args.operation == "store":
         return Exit.OK  # nothing to keep: the daemon renews its tokens itself
     client = _client(args)
@@ -697,6 +712,15 @@ def _kube_credential(args: argparse.Namespace) -> int:
 
     credential = exec_credential(_client(args), args.name, os.environ.get("KUBERNETES_EXEC_INFO"))
     print(json.dumps(credential))
+    return Exit.OK
+
+
+def _aws_credential(args: argparse.Namespace) -> int:
+    import json
+
+    from tokend.outputs.credential_process import process_credential
+
+    print(json.dumps(process_credential(_client(args), args.name)))
     return Exit.OK
 
 
@@ -723,16 +747,16 @@ def docker_credential_main(argv: list[str] | None = None) -> int:
 def _docker_credential(operation: str, args: argparse.Namespace) -> int:
     import json
 
-    from tokend.outputs import docker
+    from tokend.outputs import asking, docker
 
-    request = sys.stdin.read()
+    request = sys.stdin.buffer.read(asking.REQUEST_LIMIT + 1)
     if operation in ("store", "erase"):
         return Exit.OK  # docker login and logout: the daemon's tokens are its own to renew
     client = _client(args)
     if operation == "list":
         print(json.dumps(docker.listing(client)))
         return Exit.OK
-    credential = docker.get(client, request)
+    credential = docker.get(client, docker.server_url(request))
     if credential is None:
         print(docker.NOT_FOUND)
         return Exit.FAILURE
