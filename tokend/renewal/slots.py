@@ -80,7 +80,8 @@ class Slot:
                 self.name, f"not attempted: the provider asked for no login before {until} (Retry-After)",
                 retry_after=self.quiet_until - monotonic,
             )
-        if isinstance(self.last_error, CredentialsRejected) and monotonic - self.last_attempt < REJECTED_RETRY:
+        if isinstance(self.last_error, CredentialsRejected) and self.consecutive_failures \
+                and monotonic - self.last_attempt < REJECTED_RETRY:
             wait = self.last_attempt + REJECTED_RETRY - monotonic
             raise RefreshThrottled(
                 self.name, f"not attempted: the provider refused {self.name}'s credentials "
@@ -155,5 +156,6 @@ def slot_status(slot: Slot, now: float) -> dict[str, Any]:
         "consecutive_failures": slot.consecutive_failures,
         # A user token that only its user can renew: what they should run.
         "sign_in": error.command if isinstance(error, SignInNeeded) and slot.consecutive_failures else None,
+        "sign_in_reason": error.reason if isinstance(error, SignInNeeded) and slot.consecutive_failures else None,
         **({"secret_file_refused": {"message": slot.secret_refused}} if slot.secret_refused else {}),
     }
