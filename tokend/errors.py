@@ -68,12 +68,15 @@ class CredentialsRejected(UpstreamError):
 
 class SignInNeeded(CredentialsRejected):
     """A user token cannot be renewed without its user: there is no refresh token, or the authorization
-    server refused it (invalid_grant), or the user signed out. `command` is what the user should run."""
+    server refused it (invalid_grant), or the user signed out, or the only one held may already have been
+    spent. `command` is what the user should run; `reason` says why, as /status shows it:
+    never_signed_in, refresh_token_rejected, refresh_token_spent, signed_out."""
 
     def __init__(self, provider: str, message: str, *, command: str, status: int = 400,
-                 request_id: str | None = None) -> None:
+                 request_id: str | None = None, reason: str = "refresh_token_rejected") -> None:
         super().__init__(provider, message, status=status, request_id=request_id)
         self.command = command
+        self.reason = reason
 
 
 class UnknownProvider(TokendError):

@@ -333,7 +333,7 @@ def _print_parts(settings: Settings, fleet: FleetReport | None) -> None:
                 user = provider.git_user if tool == "git" else provider.registry_user
                 print(f"    {tool}: {', '.join(hosts)} as {user}")
         for sink in provider.sinks:
-            print(f"    sink: {sink.path} ({sink.format}, mode {sink.mode:04o})")
+            print(f"    sink: {sink.path} ({sink.describe()})")
         if settings.fleet is not None and not provider.fleet:
             print("    fleet: off for this provider (fleet = false)")
     listening = settings.server.socket or f"http://{settings.server.host}:{settings.server.port}"
@@ -631,14 +631,23 @@ def _status(args: argparse.Namespace) -> int:
         )
         last = _last_error(provider["last_error"])
         if provider.get("sign_in"):  # a user token that only its user can renew now
-            last = (f"sign-in needed: run `{provider['sign_in']}`" if provider["sign_in"].startswith("tokend")
-                    else f"sign-in needed: {provider['sign_in']}")
+            last = _sign_in_hint(provider["sign_in"], provider.get("sign_in_reason"))
         rows.append((name, provider["kind"], provider["state"], provider.get("source") or "-", expires,
                      until(provider["next_refresh"], time.time()), last))
     widths = [max(len(row[i]) for row in rows) for i in range(6)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row[:6], widths, strict=True)), row[6])
     return Exit.OK if data["ready"] else Exit.UNAVAILABLE
+
+
+def _sign_in_hint(command: str, reason: str | None) -> str:
+    what = "sign-in needed"
+    if reason == "refresh_token_spent":  # not sent again: a second use would revoke the user's whole sign-in
+        what = "sign-in needed (its refresh token may already have been spent)"
+    if not command.startswith("tokend"):
+        return f"{what}: {command}"
+    return f"{what}: run `{command}`" + (" or put a new refresh_token in the config" if reason ==
+                                         "refresh_token_spent" else "")
 
 
 def _exec(args: argparse.Namespace) -> int:
@@ -680,9 +689,9 @@ def _exec(args: argparse.Namespace) -> int:
 
 
 def _git_credential(args: argparse.Namespace) -> int:
-    from tokend.outputs import git
+    from tokend.outputs import asking, git
 
-    attributes = git.parse(sys.stdin.read())
+    attributes = git.parse(sys.stdin.buffer.read(asking.REQUEST_LIMIT + 1))
     if args.operation == "store":
         return Exit.OK  # nothing to keep: the daemon renews its tokens itself
     client = _client(args)
@@ -738,16 +747,16 @@ def docker_credential_main(argv: list[str] | None = None) -> int:
 def _docker_credential(operation: str, args: argparse.Namespace) -> int:
     import json
 
-    from tokend.outputs import docker
+    from tokend.outputs import asking, docker
 
-    request = sys.stdin.read()
+    request = sys.stdin.buffer.read(asking.REQUEST_LIMIT + 1)
     if operation in ("store", "erase"):
         return Exit.OK  # docker login and logout: the daemon's tokens are its own to renew
     client = _client(args)
     if operation == "list":
         print(json.dumps(docker.listing(client)))
         return Exit.OK
-    credential = docker.get(client, request)
+    credential = docker.get(client, docker.server_url(request))
     if credential is None:
         print(docker.NOT_FOUND)
         return Exit.FAILURE

@@ -53,7 +53,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _metadata_names_providers(self) -> Settings:
-        if (problem := self.metadata.problem(self.providers)) is not None:
+        api = None if self.server.socket else (self.server.host, self.server.port)
+        if (problem := self.metadata.problem(self.providers, api)) is not None:
             raise ValueError(problem)
         return self
 

@@ -87,6 +87,9 @@ class FleetLogins:
         self._latest: dict[str, str] = {}  # share key -> the last record seen on the channel
         self._events: dict[str, asyncio.Event] = {}  # share key -> set at the next message for it
         self._held: dict[str, tuple[str, str]] = {}  # share key -> (token, record) this daemon holds
+        # share key -> the access token of the user token this daemon rotated last (its refresh token is then
+        # this daemon's to spend alone, while Redis cannot be reached); gone once it adopts another's
+        self._rotated: dict[str, str] = {}
         self._down_until = -1.0
         self._down_since: float | None = None
         self._last_error: str | None = None
@@ -152,6 +155,12 @@ class FleetLogins:
                         and (fresh := self._usable(call, tally, share, again)) is not None):
                     await self._let_go(share)
                     return self._adopt(call, tally, share, again, fresh)
+            if won and record is None and call.current is not None and call.current.source == "fleet" \
+                    and not self._may_spend_own(call, share):
+                # An empty Redis (restarted, or failed over): the daemon that rotated last writes its record
+                # first; spending the refresh token this one holds could be a second use of it.
+                await self._let_go(share)
+                won = False
             if won:
                 tally.leases_won += 1
                 call, base = self._continued(call, share, record)
@@ -215,6 +224,8 @@ class FleetLogins:
                             "the fleet keeps the other one", call.name)
             self._held[share] = (credential.token, record)
             await self._store.release(share, self.holder)
+            if credential.refresh_token is not None:
+                self._rotated[share] = credential.token
             await self._check_key_ids()
         except StoreError as exc:
             self._trouble(exc)  # the login stands; the others log in alone or find it later
@@ -244,6 +255,7 @@ class FleetLogins:
         return error
 
     async def _alone(self, call: LoginCall, tally: _Tally, why: str) -> Credential:
+        self._one_spender(call, why)
         tally.logins_alone += 1
         tally.last = f"logged in alone ({call.reason}): {why}"
         log.warning("fleet_login_alone provider=%s reason=%s", call.name, why)
@@ -253,7 +265,30 @@ class FleetLogins:
             left = current.expires_at - time.time() - _margin(call.config, current)
             if left > 0:
                 await asyncio.sleep(self._rng.uniform(0, min(MAX_ALONE_JITTER, left / 4)))
-        return await self._inner(call)
+        credential = await self._inner(call)
+        if credential.refresh_token is not None:  # still the one spender, until Redis answers again
+            self._rotated[self._share_keys(call.name, call.config)[0]] = credential.token
+        return credential
+
+    def _one_spender(self, call: LoginCall, why: str) -> None:
+        """A user token's refresh token that other daemons of the fleet hold too is spent without Redis only by
+        the daemon that rotated it last: two spending it alone would be a reuse, and the server revokes the
+        user's sign-in for it. The others serve the access token they hold until it expires, and wait."""
+        if self._may_spend_own(call, self._share_keys(call.name, call.config)[0]):
+            return
+        raise UpstreamError(call.name, f"fleet_unavailable: the fleet's Redis cannot be reached ({why}), and only "
+                            "the daemon that rotated this user token last may spend its refresh token meanwhile; "
+                            "the token held is served until it expires", retryable=True,
+                            retry_after=self.config.retry_after)
+
+    def _may_spend_own(self, call: LoginCall, share: str) -> bool:
+        """Whether this daemon may spend the refresh token it holds without the fleet's record: it is no user
+        token, or this daemon rotated it last (a refresh token adopted from the fleet, or the configured one,
+        is held by the other daemons too)."""
+        current = call.current
+        user_token = (current is not None and current.refresh_token is not None) or \
+            "refresh_token" in type(call.config).model_fields
+        return not user_token or (current is not None and self._rotated.get(share) == current.token)
 
     # --- deciding ----------------------------------------------------------------------------------------
 
@@ -294,6 +329,8 @@ class FleetLogins:
         tally.last = f"adopted the fleet's token ({call.reason})"
         if record is not None:
             self._held[share] = (credential.token, record)
+        if self._rotated.get(share) != credential.token:
+            self._rotated.pop(share, None)
         return credential  # the manager logs it, as an adoption
 
     def _expected(self, share: str, current: Credential | None) -> str:
@@ -364,6 +401,8 @@ class FleetLogins:
                         continue  # not a provider of this daemon: remembering it would let a publisher fill memory
                     if record is not None:
                         self._latest[share] = record
+                        if record != self._held.get(share, ("", ""))[1]:
+                            self._rotated.pop(share, None)  # another daemon rotated it: no longer ours to spend
                     if (event := self._events.pop(share, None)) is not None:
                         event.set()
             except StoreError as exc:

@@ -5,6 +5,7 @@ providers' models import them, so nothing here may import a runtime module of th
 
 from __future__ import annotations
 
+import ipaddress
 import signal
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,7 +18,7 @@ from tokend.config.secrets import Secret
 from tokend.outputs import templated
 
 __all__ = ["AwsKeysConfig", "AwsMetadataConfig", "AzureConfig", "GceConfig", "GoogleAccountConfig", "MetadataConfig",
-           "MetadataProtocol", "SinkConfig", "resource_key"]
+           "MetadataProtocol", "SinkConfig", "resource_key", "split_listen"]
 
 MetadataProtocol = Literal["gce", "azure", "aws"]
 
@@ -73,6 +74,7 @@ class SinkConfig(BaseModel):
     path: Path
     format: Literal["raw", "json", "header", "env", "template"] = "raw"
     template: Annotated[str, AfterValidator(templated.check)] | None = None  # format = "template" only
+    escape: templated.Escape | None = None  # how a template writes values beyond RFC 6750's token68
     mode: Annotated[int, PlainValidator(_file_mode)] = 0o600
     owner: str | None = None
     group: str | None = None
@@ -94,7 +96,17 @@ class SinkConfig(BaseModel):
             raise ValueError("signal and pid_file go together: the signal is sent to the process in pid_file")
         if (self.format == "template") != (self.template is not None):
             raise ValueError('format = "template" and template go together: the template is what the file holds')
+        if self.escape is not None and self.template is None:
+            raise ValueError('escape is how a template writes its values: it goes with format = "template"')
         return self
+
+    def describe(self) -> str:
+        """What `tokend check` says of the sink: its format, mode and, for a template, how values are written."""
+        values = ""
+        if self.template is not None:
+            values = (", values RFC 6750 token68 only (set escape for others)" if self.escape is None
+                      else f", values escaped for {self.escape}" if self.escape != "none" else ", values as they are")
+        return f"{self.format}, mode {self.mode:04o}{values}"
 
 
 class GceConfig(BaseModel):
@@ -142,8 +154,9 @@ class MetadataConfig(BaseModel):
     azure: AzureConfig | None = None
     aws: AwsMetadataConfig | None = None
 
-    def problem(self, providers: Mapping[str, _Kinded]) -> str | None:
-        """Why these settings do not fit the providers (a sentence naming the field), or None."""
+    def problem(self, providers: Mapping[str, _Kinded], api: tuple[str, int] | None = None) -> str | None:
+        """Why these settings do not fit the providers, or the API's own address `api` (host, port; None on a
+        unix socket): a sentence naming the field, or None."""
         if self.gce is not None:
             found = providers.get(self.gce.provider)
             if found is None:
@@ -166,6 +179,10 @@ class MetadataConfig(BaseModel):
         ports = list(self.listening().values())
         if len(set(ports)) != len(ports):
             return "each [metadata.*] table needs a listen address of its own"
+        for protocol, listen in self.listening().items():
+            if api is not None and _same_address(split_listen(listen), api):
+                return (f'field "metadata.{protocol}.listen": {listen} is the API\'s own address ([server] host and '
+                        "port); give the metadata endpoint a port of its own")
         return None
 
     def listening(self) -> dict[MetadataProtocol, str]:
@@ -178,3 +195,21 @@ class MetadataConfig(BaseModel):
         if self.aws is not None:
             found["aws"] = self.aws.listen
         return found
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """`127.0.0.1:8771` -> ("127.0.0.1", 8771); `[::1]:8771` -> ("::1", 8771)."""
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _same_address(one: tuple[str, int], other: tuple[str, int]) -> bool:
+    """Whether two listeners would want one socket: the same port, on the same host or on names that may be
+    the same address (`localhost` is 127.0.0.1 and ::1; a wildcard is every address)."""
+    if one[1] != other[1]:
+        return False
+    try:
+        first, second = ipaddress.ip_address(one[0]), ipaddress.ip_address(other[0])
+    except ValueError:
+        return True
+    return first == second or first.is_unspecified or second.is_unspecified

@@ -25,7 +25,7 @@ from tokend.config.tables import ServerConfig
 from tokend.outputs.aws import ContainerCredentials, default_provider
 from tokend.outputs.azure import PATH as AZURE_PATH
 from tokend.outputs.azure import AzureIdentityEndpoint
-from tokend.outputs.config import MetadataConfig, MetadataProtocol
+from tokend.outputs.config import MetadataConfig, MetadataProtocol, split_listen
 from tokend.outputs.gce import GoogleMetadataServer
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ class MetadataListener:
 def open_metadata_listeners(config: MetadataConfig) -> list[MetadataListener]:
     """A socket per listener that is on; TokendError (all closed) if one cannot be had."""
 
-    wanted = [(protocol, ServerConfig(host=listen.rpartition(":")[0].strip("[]"), port=int(listen.rpartition(":")[2])))
+    wanted = [(protocol, ServerConfig(host=split_listen(listen)[0], port=split_listen(listen)[1]))
               for protocol, listen in config.listening().items()]
     return [MetadataListener(protocol, sock) for protocol, sock in listen_each(wanted)]
 
@@ -135,7 +135,7 @@ class Metadata:
 
 
 _RELAYED = frozenset({b"x-forwarded-for", b"forwarded"})
-_FROM_BROWSER = frozenset({b"origin", b"sec-fetch-site", b"sec-fetch-mode"})
+_FROM_BROWSER = frozenset({b"origin", b"sec-fetch-site", b"sec-fetch-mode", b"sec-fetch-dest", b"sec-fetch-user"})
 
 
 class _Checked:
@@ -169,6 +169,8 @@ def _refusal(scope: Scope, *, google: bool) -> str | None:
         if name in _FROM_BROWSER:
             return "Requests from web pages are refused.\n"
         if name == b"host":
+            if host is not None:  # two: which one a proxy or the app would read is anybody's guess
+                return "A request may carry one Host header.\n"
             host = value.decode("latin-1")
         elif name == b"metadata-flavor":
             flavor = value

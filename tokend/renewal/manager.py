@@ -45,6 +45,9 @@ log = logging.getLogger("tokend")
 # little to hammer a provider whose tokens are born nearly expired.
 STALE_LOGIN_GAP = 1.0
 
+# A stop waits for a login in flight this much longer than the provider's own timeout (its bound).
+FINISH_GRACE = 2.0
+
 # What a reload applies; the other settings ([server], [upstream], [fleet]) shape the listener and the
 # HTTP client, which are made once at start.
 _APPLIED_LIVE = frozenset({"providers", "clients"})
@@ -77,7 +80,9 @@ class Manager:
         self._rng = rng or random.Random()  # noqa: S311 (jitter, not cryptography)
         self._slots = {name: Slot(name, config) for name, config in settings.providers.items()}
         self._started = False
+        self._stopping = False
         self._changes: dict[str, asyncio.Lock] = {}
+        self._retiring: set[asyncio.Task[Credential]] = set()  # logins of retired slots, still finishing
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
@@ -90,8 +95,23 @@ class Manager:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        tasks = [slot.inflight for slot in self._slots.values() if slot.inflight is not None]
-        for task in tasks:
+        await self._finish_logins()
+
+    async def _finish_logins(self) -> None:
+        """At a stop: no new login starts, and those in flight are waited for (each as long as its provider's
+        `timeout`, the bound of a login) so that their answers are kept. A refresh token sent and its answer
+        dropped is a spent one left behind; only a login still running past its bound is cancelled."""
+        self._stopping = True
+        for slot in self._slots.values():
+            self._unschedule(slot)
+        slots = [slot for slot in self._slots.values() if slot.inflight is not None]
+        tasks = {slot.inflight for slot in slots if slot.inflight is not None} | self._retiring
+        if not tasks:
+            return
+        bound = max((slot.config.timeout for slot in slots), default=0.0) + FINISH_GRACE
+        log.info("stopping: waiting up to %.0fs for %d login(s) in flight to finish", bound, len(tasks))
+        _, pending = await asyncio.wait(tasks, timeout=bound)
+        for task in pending:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
@@ -213,6 +233,23 @@ class Manager:
         held = slot.credential or slot.carried
         return None if held is None else held.refresh_token
 
+    def held_generation(self, name: str) -> int:
+        slot = self._slot(name)
+        held = slot.credential or slot.carried
+        return 0 if held is None else held.generation
+
+    async def quiesce(self, name: str) -> str | None:
+        """No renewal from now on, and the login in flight finished: the refresh token held then (a sign-out
+        revokes it). A login a client starts afterwards is waited for by `forget`."""
+        slot = self._slot(name)
+        self._unschedule(slot)
+        while slot.inflight is not None:
+            with contextlib.suppress(UpstreamError):
+                await asyncio.shield(slot.inflight)
+            slot = self._slot(name)
+        self._unschedule(slot)
+        return self.held_refresh_token(name)
+
     def provider_config(self, name: str) -> ProviderConfig:
         return self._slot(name).config
 
@@ -248,19 +285,28 @@ class Manager:
             part for part in type(settings).model_fields
             if part not in _APPLIED_LIVE and getattr(settings, part) != getattr(self.settings, part)
         ]
-        inherited = {name: self._inheritance(self._slots[name], settings.providers[name]) for name in changes.changed}
+        predecessors = {name: self._slots[name] for name in changes.changed}
         for name in (*changes.removed, *changes.changed):
             self._retire(self._slots.pop(name))
         for name in (*changes.added, *changes.changed):
-            self._add_slot(name, settings.providers[name], inherited.get(name))
+            self._add_slot(name, settings.providers[name], predecessors.get(name))
         kept = {part: getattr(self.settings, part) for part in changes.restart_needed}
         self.settings = settings.model_copy(update=kept)
         return changes
 
     def replace_provider(self, name: str, config: ProviderConfig) -> None:
         """Run provider `name` with `config` from now on: its old credential is dropped, a login starts."""
-        self._retire(self._slot(name))
-        self._add_slot(name, config)
+        old = self._slot(name)
+        self._retire(old)
+        self._add_slot(name, config, old)
+
+    def refuse_secret(self, name: str, why: str | None) -> None:
+        """Shown in /status until the file is usable again: a changed secret file that was not taken, and why
+        (a sentence naming the file, never its content). None: nothing refused."""
+        self._slot(name).secret_refused = why
+
+    def secret_refused(self, name: str) -> str | None:
+        return self._slot(name).secret_refused
 
     async def settled(self) -> None:
         """Return once no login is in flight (after start: once every first login has succeeded or failed)."""
@@ -294,11 +340,34 @@ class Manager:
             raise UnknownProvider(name)
         return slot
 
-    def _add_slot(self, name: str, config: ProviderConfig, inherited: Credential | None = None) -> None:
+    def _add_slot(self, name: str, config: ProviderConfig, predecessor: Slot | None = None) -> None:
         self.redactor.add_secrets(secret.get() for secret in config.secrets().values())
         slot = self._slots[name] = Slot(name, config)
-        if self._started:
-            self._first_login(slot, inherited)
+        if not self._started:
+            return
+        if predecessor is not None and predecessor.inflight is not None:
+            # The old settings' login is never cancelled (its refresh token is already sent): the new slot
+            # starts from its answer, and answers its callers meanwhile by waiting for it.
+            slot.inflight = asyncio.create_task(self._take_over(slot, predecessor, predecessor.inflight),
+                                                name=f"tokend-login-{name}")
+            slot.inflight.add_done_callback(_retrieve)
+            return
+        self._first_login(slot, None if predecessor is None else self._inheritance(predecessor, config))
+
+    async def _take_over(self, slot: Slot, predecessor: Slot, running: asyncio.Task[Credential]) -> Credential:
+        try:
+            # Whatever it ended with (a credential, an error, or a predecessor's own takeover giving way).
+            await asyncio.wait([running])
+        finally:
+            slot.inflight = None
+        if slot.retired or self._stopping:
+            raise slot.unavailable()
+        self._first_login(slot, self._inheritance(predecessor, slot.config))
+        if slot.inflight is not None:
+            return await asyncio.shield(slot.inflight)
+        if slot.credential is None:
+            raise slot.unavailable()
+        return slot.credential
 
     @staticmethod
     def _inheritance(slot: Slot, config: ProviderConfig) -> Credential | None:
@@ -358,13 +427,17 @@ class Manager:
         log.info("signed_out provider=%s reason=%s", slot.name, error.message)
 
     def _retire(self, slot: Slot) -> None:
-        """Take a slot out of service: no more renewals, and its login in flight is cancelled."""
+        """Take a slot out of service: no more renewals. Its login in flight finishes (it may have sent a
+        refresh token already, whose answer must be kept) but lands nowhere a client sees."""
         slot.retired = True
         self._unschedule(slot)
         if slot.inflight is not None:
-            slot.inflight.cancel()
+            self._retiring.add(slot.inflight)
+            slot.inflight.add_done_callback(self._retiring.discard)
 
     def _start_login(self, slot: Slot, reason: LoginReason, rejected: str | None = None) -> asyncio.Task[Credential]:
+        if slot.inflight is None and self._stopping:
+            raise TokenUnavailable(slot.name, "tokend is stopping")
         if slot.inflight is None:
             call = LoginCall(slot.name, slot.config, reason, rejected, slot.credential or slot.carried, tokens=self)
             slot.inflight = asyncio.create_task(self._login(slot, call), name=f"tokend-login-{slot.name}")
@@ -373,14 +446,14 @@ class Manager:
 
     async def _scheduled_login(self, name: str) -> None:
         slot = self._slots.get(name)
-        if slot is None:
+        if slot is None or self._stopping:
             return
         try:
             await asyncio.shield(self._start_login(slot, LoginReason.RENEWAL))
         except UpstreamError:
             pass  # logged and rescheduled by _login
         except asyncio.CancelledError:
-            if _cancelled_by_us() or not slot.retired:
+            if not (self._stopping or slot.retired):
                 raise
 
     async def _login(self, slot: Slot, call: LoginCall) -> Credential:
@@ -394,11 +467,20 @@ class Manager:
         finally:
             slot.inflight = None
         duration = slot.last_duration = self._clock.monotonic() - started
+        if isinstance(outcome, Credential) and slot.retired and not self._lands(slot):
+            slot.credential, slot.carried = outcome, None  # for the slot that replaced it: its refresh token
+            return outcome
         if isinstance(outcome, Credential):
             self._succeeded(slot, outcome, duration, call.reason)
             return outcome
         self._failed(slot, outcome, duration, call.reason)
         raise outcome
+
+    def _lands(self, slot: Slot) -> bool:
+        """Whether a retired slot's login may still be announced (and so kept in the state folder): only when
+        the provider is still there, with the same login settings."""
+        now = self._slots.get(slot.name)
+        return now is not None and now.config.login_identity() == slot.config.login_identity()
 
     async def _reread_refused(self, slot: Slot) -> ProviderConfig | None:
         """After a refused login: the provider's settings with its secrets read anew (files, commands run again,
@@ -471,7 +553,7 @@ class Manager:
             self._schedule(slot, wait)
 
     def _schedule(self, slot: Slot, delay: float) -> None:
-        if slot.retired:
+        if slot.retired or self._stopping:
             return
         if self._scheduler.at(slot.job_id, delay, self._scheduled_login, slot.name):
             slot.next_refresh_at = self._clock.time() + delay

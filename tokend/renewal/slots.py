@@ -46,6 +46,7 @@ class Slot:
     logins_ok: int = 0
     logins_failed: int = 0
     retired: bool = False  # replaced or removed by a reload: its login in flight lands nowhere
+    secret_refused: str | None = None  # why a changed secret file was not taken (the running one stays)
 
     @property
     def job_id(self) -> str:
@@ -79,7 +80,8 @@ class Slot:
                 self.name, f"not attempted: the provider asked for no login before {until} (Retry-After)",
                 retry_after=self.quiet_until - monotonic,
             )
-        if isinstance(self.last_error, CredentialsRejected) and monotonic - self.last_attempt < REJECTED_RETRY:
+        if isinstance(self.last_error, CredentialsRejected) and self.consecutive_failures \
+                and monotonic - self.last_attempt < REJECTED_RETRY:
             wait = self.last_attempt + REJECTED_RETRY - monotonic
             raise RefreshThrottled(
                 self.name, f"not attempted: the provider refused {self.name}'s credentials "
@@ -154,4 +156,6 @@ def slot_status(slot: Slot, now: float) -> dict[str, Any]:
         "consecutive_failures": slot.consecutive_failures,
         # A user token that only its user can renew: what they should run.
         "sign_in": error.command if isinstance(error, SignInNeeded) and slot.consecutive_failures else None,
+        "sign_in_reason": error.reason if isinstance(error, SignInNeeded) and slot.consecutive_failures else None,
+        **({"secret_file_refused": {"message": slot.secret_refused}} if slot.secret_refused else {}),
     }

@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from starlette.types import Receive, Scope, Send
 
@@ -31,10 +31,12 @@ import tokend.outputs.proxy.headers as header_rules
 from tokend.api.guard import Denial
 from tokend.credential import Credential
 from tokend.errors import TokendError, TokenUnavailable, UnknownProvider
-from tokend.outputs.proxy.aws import CLIENT_SIGNATURE, AwsSigning
 from tokend.outputs.proxy.paths import BadPath, Origin, request_target, with_query
 from tokend.outputs.proxy.pool import Answer, Connection, Pool, UpstreamFailure
 from tokend.outputs.proxy.stats import ProxyStats
+
+if TYPE_CHECKING:
+    from tokend.outputs.proxy.aws import AwsSigning
 
 __all__ = ["Check", "Credentials", "ProxyApp"]
 
@@ -96,7 +98,12 @@ class _Route:
         target = config.proxy_target if config.proxy else None
         origin = Origin.from_url(target) if target is not None else None
         read_timeout = config.read_timeout or config.timeout
-        aws = None if (sigv4 := config.proxy_sigv4) is None else AwsSigning(*sigv4)
+        aws = None
+        if (sigv4 := config.proxy_sigv4) is not None:
+            # Imported here: the signer is for a daemon that proxies for an AWS provider, not every daemon.
+            from tokend.outputs.proxy.aws import AwsSigning
+
+            aws = AwsSigning(*sigv4)
         return cls(config, origin, config.proxy_retry_body_limit, config.connect_timeout, read_timeout, aws)
 
 
@@ -114,7 +121,7 @@ class _Prepared:
     def of(cls, name: str, credential: Credential, origin: Origin, *, signed: bool = False) -> _Prepared:
         dropped = header_rules.never_out(credential.headers)
         if signed:  # the client's own signature (an SDK given dummy keys) goes; the proxy signs anew
-            dropped |= CLIENT_SIGNATURE
+            dropped |= header_rules.AWS_SIGNATURE
             if credential.aws is None:
                 return cls(credential, origin, b"", dropped, f"The credential of {name} holds no AWS keys to sign "
                            "requests with.")

@@ -17,9 +17,8 @@ from tokend.credential import Credential
 from tokend.outputs.proxy.paths import Origin
 from tokend.providers.aws.sigv4 import UNSIGNED_PAYLOAD, Keys, sign
 
-__all__ = ["CLIENT_SIGNATURE", "AwsSigning"]
+__all__ = ["AwsSigning"]
 
-CLIENT_SIGNATURE = frozenset({b"authorization", b"x-amz-date", b"x-amz-security-token", b"x-amz-content-sha256"})
 _SIGNED = frozenset({b"content-type", b"content-md5"})  # with every x-amz-* header
 _ADDED = ("x-amz-date", "x-amz-security-token", "x-amz-content-sha256", "authorization")
 

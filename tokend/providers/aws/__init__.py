@@ -11,8 +11,6 @@ daemon with an AWS provider builds them.
 from __future__ import annotations
 
 from tokend.providers.aws.config import AwsAssumeRoleConfig, AwsEcrConfig, AwsSessionTokenConfig
-from tokend.providers.aws.ecr import AuthorizationToken
-from tokend.providers.aws.sts import AssumeRole, SessionToken
 from tokend.providers.base import Kind
 
 __all__ = ["ASSUME_ROLE", "ECR", "SESSION_TOKEN", "AwsAssumeRoleConfig", "AwsEcrConfig", "AwsSessionTokenConfig"]
@@ -52,6 +50,8 @@ region = "eu-west-1"                       # the registry's region
 # docker_registries = ["123456789012.dkr.ecr.eu-west-1.amazonaws.com"]   # default: the one ECR names
 """
 
-ASSUME_ROLE = Kind("aws_assume_role", AwsAssumeRoleConfig, AssumeRole, example=ASSUME_ROLE_EXAMPLE)
-SESSION_TOKEN = Kind("aws_session_token", AwsSessionTokenConfig, SessionToken, example=SESSION_TOKEN_EXAMPLE)
-ECR = Kind("aws_ecr", AwsEcrConfig, AuthorizationToken, example=ECR_EXAMPLE)
+ASSUME_ROLE = Kind("aws_assume_role", AwsAssumeRoleConfig,
+                   "tokend.providers.aws.sts:AssumeRole", example=ASSUME_ROLE_EXAMPLE)
+SESSION_TOKEN = Kind("aws_session_token", AwsSessionTokenConfig,
+                     "tokend.providers.aws.sts:SessionToken", example=SESSION_TOKEN_EXAMPLE)
+ECR = Kind("aws_ecr", AwsEcrConfig, "tokend.providers.aws.ecr:AuthorizationToken", example=ECR_EXAMPLE)
