@@ -40,7 +40,7 @@ from tokend.outputs.metadata import Metadata, MetadataListener, closed_at_exit, 
 from tokend.outputs.proxy.listen import Listener, open_listeners, removed_at_exit
 from tokend.outputs.proxy.router import Proxy
 from tokend.outputs.sinks import SinkWriter
-from tokend.providers import KINDS
+from tokend.providers import KINDS, import_logins
 from tokend.providers.upstream import build_client, trust_store
 from tokend.redact import Redactor
 from tokend.renewal.logins import DirectLogin, Login
@@ -86,6 +86,9 @@ class Daemon:
         # anything listens. Nothing connects until the first login.
         self.client = build_client(settings.upstream.ca_bundle, transport)
         self.scheduler = Scheduler()
+        # Only the kinds the config names have their login modules imported, at start: a kind's module
+        # imported later, among the daemon's first logins, costs more memory than the same import here.
+        import_logins(settings.providers.values())
         self.state: StateStore | None = None
         if settings.state is not None:
             self.redactor.add_secrets(secret.get() for secret in settings.state.secrets())

@@ -10,7 +10,6 @@ AWS provider builds them.
 from __future__ import annotations
 
 from tokend.providers.aws.config import AwsAssumeRoleConfig, AwsSessionTokenConfig
-from tokend.providers.aws.sts import AssumeRole, SessionToken
 from tokend.providers.base import Kind
 
 __all__ = ["ASSUME_ROLE", "SESSION_TOKEN", "AwsAssumeRoleConfig", "AwsSessionTokenConfig"]
@@ -36,5 +35,7 @@ secret_access_key = { env = "AWS_SESSION_SECRET_ACCESS_KEY" }
 # duration = 43200                         # seconds, 1800 to 129600
 """
 
-ASSUME_ROLE = Kind("aws_assume_role", AwsAssumeRoleConfig, AssumeRole, example=ASSUME_ROLE_EXAMPLE)
-SESSION_TOKEN = Kind("aws_session_token", AwsSessionTokenConfig, SessionToken, example=SESSION_TOKEN_EXAMPLE)
+ASSUME_ROLE = Kind("aws_assume_role", AwsAssumeRoleConfig,
+                   "tokend.providers.aws.sts:AssumeRole", example=ASSUME_ROLE_EXAMPLE)
+SESSION_TOKEN = Kind("aws_session_token", AwsSessionTokenConfig,
+                     "tokend.providers.aws.sts:SessionToken", example=SESSION_TOKEN_EXAMPLE)
