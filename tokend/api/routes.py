@@ -32,6 +32,7 @@ from tokend.config.fields import shown_url
 from tokend.credential import MAX_TOKEN_LENGTH, Credential, iso_utc
 from tokend.errors import (
     ConfigError,
+    FleetUnavailable,
     OperationRefused,
     RefreshThrottled,
     TokenUnavailable,
@@ -250,6 +251,10 @@ def _token_routes(app: FastAPI, manager: Manager, checks: _Checks) -> None:
             wait = max(1, math.ceil(exc.retry_after))
             return _error(429, "refresh_throttled", exc.message, headers={"retry-after": str(wait)}, provider=name,
                           retry_after=wait)
+        except FleetUnavailable as exc:
+            wait = max(1, math.ceil(exc.retry_after or 1))
+            return _error(503, "fleet_unavailable", exc.message, headers={"retry-after": str(wait)}, provider=name,
+                          retry_after=wait)
         except UpstreamError as exc:
             return _error(502, "refresh_failed", exc.message, provider=name,
                           upstream_status=exc.status, request_id=exc.request_id)
@@ -373,7 +378,8 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(TokenUnavailable)
     async def unavailable(request: Request, exc: TokenUnavailable) -> JSONResponse:
-        return _error(503, "token_unavailable", exc.message, provider=exc.provider,
+        headers = None if exc.retry_after is None else {"retry-after": str(max(1, math.ceil(exc.retry_after)))}
+        return _error(503, exc.code, exc.message, headers=headers, provider=exc.provider,
                       next_attempt=iso_utc(exc.next_attempt))
 
     @app.exception_handler(OperationRefused)

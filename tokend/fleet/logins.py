@@ -27,17 +27,19 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from tokend.credential import SERVE_MARGIN, Credential, iso_utc
-from tokend.errors import CredentialsRejected, UpstreamError
+from tokend.errors import CredentialsRejected, SignInNeeded, UpstreamError
 from tokend.fleet.config import FleetConfig
 from tokend.fleet.envelope import (
     MAX_FAILURE_HOLD,
     FleetKey,
+    Lineage,
     RecordError,
     open_failure,
-    open_record,
+    open_with_lineage,
     seal,
     seal_failure,
 )
+from tokend.fleet.spenders import Spenders
 from tokend.fleet.store import MAX_KEY_IDS, Store, StoreError
 from tokend.providers import ProviderConfig
 from tokend.renewal.logins import Login, LoginCall, LoginReason
@@ -87,9 +89,11 @@ class FleetLogins:
         self._latest: dict[str, str] = {}  # share key -> the last record seen on the channel
         self._events: dict[str, asyncio.Event] = {}  # share key -> set at the next message for it
         self._held: dict[str, tuple[str, str]] = {}  # share key -> (token, record) this daemon holds
-        # share key -> the access token of the user token this daemon rotated last (its refresh token is then
-        # this daemon's to spend alone, while Redis cannot be reached); gone once it adopts another's
-        self._rotated: dict[str, str] = {}
+        # A user token's line of rotations, per share key: who may spend it, and which records are old ones
+        self.spender = secrets.token_hex(8)  # this daemon, as the records it writes name it; stable for the run
+        grace = 2 * config.retry_after + config.lease + config.timeout + 2.0
+        self._spend = Spenders(self.spender, self._keys[0], grace)
+        self._writing: set[asyncio.Task[None]] = set()
         self._down_until = -1.0
         self._down_since: float | None = None
         self._last_error: str | None = None
@@ -155,16 +159,26 @@ class FleetLogins:
                         and (fresh := self._usable(call, tally, share, again)) is not None):
                     await self._let_go(share)
                     return self._adopt(call, tally, share, again, fresh)
+            if won and record is not None and (opened := self._opened(call, share, record)) is not None:
+                try:
+                    self._spend.wait_for_spender(call.name, share, call.config, *opened, self.config.retry_after)
+                except UpstreamError:
+                    await self._let_go(share)
+                    raise
             if won and record is None and call.current is not None and call.current.source == "fleet" \
-                    and not self._may_spend_own(call, share):
+                    and not self._spend.may_spend_own(share, call.config, call.current):
                 # An empty Redis (restarted, or failed over): the daemon that rotated last writes its record
                 # first; spending the refresh token this one holds could be a second use of it.
                 await self._let_go(share)
                 won = False
             if won:
                 tally.leases_won += 1
-                call, base = self._continued(call, share, record)
-                return await self._log_in_for_fleet(call, tally, share, base)
+                try:
+                    call, base, lineage = self._continued(call, share, record)
+                except UpstreamError:
+                    await self._let_go(share)
+                    raise
+                return await self._log_in_for_fleet(call, tally, share, base, lineage)
             if not counted_loss:
                 tally.leases_lost += 1
                 counted_loss = True
@@ -175,24 +189,47 @@ class FleetLogins:
             if latest is not None and (credential := self._usable(call, tally, share, latest)) is not None:
                 return self._adopt(call, tally, share, latest, credential)
 
-    def _continued(self, call: LoginCall, share: str, record: str | None) -> tuple[LoginCall, str | None]:
-        """The call to log in with under the lease, and the record it continues from (for a user token).
+    def _continued(
+        self, call: LoginCall, share: str, record: str | None
+    ) -> tuple[LoginCall, str | None, Lineage]:
+        """The call to log in with under the lease, the record it continues from (for a user token), and that
+        record's lineage.
 
         A user token's refresh token lives in the fleet's record: whoever holds the lease spends the fleet's
         latest one (even from a record whose access token has expired), never an older one of its own, which
-        the server would take for a stolen one. None: not a user token, nothing to compare and set."""
+        the server would take for a stolen one; nor one put back (SignInNeeded, refresh_token_spent), except
+        for the daemon that has rotated past it alone. None: not a user token, nothing to compare and set."""
         if record is None:
-            return call, None if call.current is None or call.current.refresh_token is None else ""
+            return call, None if call.current is None or call.current.refresh_token is None else "", Lineage()
         try:
-            fleets = open_record(record, self._by_id, share, _secrets(call.config))
+            fleets, lineage = open_with_lineage(record, self._by_id, share, _secrets(call.config))
         except RecordError:
-            return call, None
+            return call, None, Lineage()
         if fleets.refresh_token is None:
-            return call, None
-        return dataclasses.replace(call, current=fleets), record
+            return call, None, lineage
+        if (why := self._spend.rolled_back(share, fleets, lineage, call.current)) is not None:
+            current = call.current
+            if current is not None and self._spend.line(share).rotated == current.token \
+                    and current.generation > fleets.generation:
+                return call, record, lineage  # rotated alone past it: this daemon's own is the newest
+            log.warning("fleet_record_rolled_back provider=%s generation=%d reason=%s", call.name,
+                        fleets.generation, why)
+            command = getattr(call.config, "sign_in", "tokend login {name}").format(name=call.name)
+            raise SignInNeeded(call.name, f"{call.name}'s refresh token in the fleet's record may already have been "
+                               f"spent ({why}: an old record put back), and a second use would make the server "
+                               f"revoke the whole sign-in: its user must sign in again: run `{command}`",
+                               command=command, reason="refresh_token_spent")
+        self._spend.saw(share, fleets, lineage)
+        return dataclasses.replace(call, current=fleets), record, lineage
+
+    def _opened(self, call: LoginCall, share: str, record: str) -> tuple[Credential, Lineage] | None:
+        try:
+            return open_with_lineage(record, self._by_id, share, _secrets(call.config))
+        except RecordError:
+            return None
 
     async def _log_in_for_fleet(
-        self, call: LoginCall, tally: _Tally, share: str, base: str | None = None
+        self, call: LoginCall, tally: _Tally, share: str, base: str | None = None, lineage: Lineage | None = None
     ) -> Credential:
         keeper = asyncio.create_task(self._keep_lease(share, call.name))
         try:
@@ -214,7 +251,9 @@ class FleetLogins:
         delay = renewal_delay(expires_at - now, self._rng, first=call.reason is LoginReason.FIRST,
                               before=call.config.RENEW_BEFORE_EXPIRY)
         credential = dataclasses.replace(credential, renew_at=now + delay)
-        record = seal(credential, self._keys[0], share, _secrets(call.config))
+        spent = call.current.refresh_token if call.current is not None else None
+        after = self._spend.after(share, spent, lineage or Lineage()) if credential.refresh_token else None
+        record = seal(credential, self._keys[0], share, _secrets(call.config), after)
         try:
             if credential.refresh_token is None:
                 await self._store.publish(share, record, expires_at, self._keys[0].id)
@@ -223,12 +262,15 @@ class FleetLogins:
                 log.warning("fleet provider=%s: another daemon replaced the fleet's refresh token during this login; "
                             "the fleet keeps the other one", call.name)
             self._held[share] = (credential.token, record)
+            if credential.refresh_token is not None:  # ours to spend, alone too, until another daemon rotates it
+                self._spend.rotated(share, credential)
             await self._store.release(share, self.holder)
-            if credential.refresh_token is not None:
-                self._rotated[share] = credential.token
             await self._check_key_ids()
         except StoreError as exc:
             self._trouble(exc)  # the login stands; the others log in alone or find it later
+            if after is not None:  # rotated, and not written: ours alone to spend, and to write when Redis answers
+                self._spend.rotated(share, credential, after)
+                self._spend.line(share).unwritten = (credential, after, call.config)
         tally.last = f"logged in for the fleet ({call.reason})"
         return credential
 
@@ -255,7 +297,10 @@ class FleetLogins:
         return error
 
     async def _alone(self, call: LoginCall, tally: _Tally, why: str) -> Credential:
-        self._one_spender(call, why)
+        share = self._share_keys(call.name, call.config)[0]
+        if not self._spend.may_spend_own(share, call.config, call.current):
+            # Another daemon of the fleet may spend the same refresh token alone: this one waits.
+            self._spend.refuse(call.name, share, call.current, why, self.config.retry_after)
         tally.logins_alone += 1
         tally.last = f"logged in alone ({call.reason}): {why}"
         log.warning("fleet_login_alone provider=%s reason=%s", call.name, why)
@@ -266,29 +311,14 @@ class FleetLogins:
             if left > 0:
                 await asyncio.sleep(self._rng.uniform(0, min(MAX_ALONE_JITTER, left / 4)))
         credential = await self._inner(call)
-        if credential.refresh_token is not None:  # still the one spender, until Redis answers again
-            self._rotated[self._share_keys(call.name, call.config)[0]] = credential.token
+        if credential.refresh_token is not None:  # still the one spender: written when Redis answers again
+            held = self._held.get(share)
+            base = self._opened(call, share, held[1]) if held is not None else None
+            spent = call.current.refresh_token if call.current is not None else None
+            lineage = self._spend.after(share, spent, base[1] if base is not None else Lineage())
+            self._spend.rotated(share, credential, lineage)
+            self._spend.line(share).unwritten = (credential, lineage, call.config)
         return credential
-
-    def _one_spender(self, call: LoginCall, why: str) -> None:
-        """A user token's refresh token that other daemons of the fleet hold too is spent without Redis only by
-        the daemon that rotated it last: two spending it alone would be a reuse, and the server revokes the
-        user's sign-in for it. The others serve the access token they hold until it expires, and wait."""
-        if self._may_spend_own(call, self._share_keys(call.name, call.config)[0]):
-            return
-        raise UpstreamError(call.name, f"fleet_unavailable: the fleet's Redis cannot be reached ({why}), and only "
-                            "the daemon that rotated this user token last may spend its refresh token meanwhile; "
-                            "the token held is served until it expires", retryable=True,
-                            retry_after=self.config.retry_after)
-
-    def _may_spend_own(self, call: LoginCall, share: str) -> bool:
-        """Whether this daemon may spend the refresh token it holds without the fleet's record: it is no user
-        token, or this daemon rotated it last (a refresh token adopted from the fleet, or the configured one,
-        is held by the other daemons too)."""
-        current = call.current
-        user_token = (current is not None and current.refresh_token is not None) or \
-            "refresh_token" in type(call.config).model_fields
-        return not user_token or (current is not None and self._rotated.get(share) == current.token)
 
     # --- deciding ----------------------------------------------------------------------------------------
 
@@ -297,11 +327,14 @@ class FleetLogins:
         if record is None:
             return None
         try:
-            credential = open_record(record, self._by_id, share, _secrets(call.config))
+            credential, lineage = open_with_lineage(record, self._by_id, share, _secrets(call.config))
         except RecordError as exc:
             tally.unreadable_records += 1
             log.warning("fleet provider=%s cannot use the fleet's token, logging in itself: %s", call.name, exc)
             return None
+        if self._spend.rolled_back(share, credential, lineage, call.current) is not None:
+            return None  # never adopted; its refresh token is never spent (see _continued)
+        self._spend.saw(share, credential, lineage)
         now = time.time()
         if credential.expires_at is None or not credential.is_fresh(now):
             return None
@@ -329,8 +362,9 @@ class FleetLogins:
         tally.last = f"adopted the fleet's token ({call.reason})"
         if record is not None:
             self._held[share] = (credential.token, record)
-        if self._rotated.get(share) != credential.token:
-            self._rotated.pop(share, None)
+        line = self._spend.line(share)
+        if line.rotated != credential.token:
+            line.rotated = line.unwritten = None  # another daemon's token: no longer ours to spend alone
         return credential  # the manager logs it, as an adoption
 
     def _expected(self, share: str, current: Credential | None) -> str:
@@ -401,8 +435,8 @@ class FleetLogins:
                         continue  # not a provider of this daemon: remembering it would let a publisher fill memory
                     if record is not None:
                         self._latest[share] = record
-                        if record != self._held.get(share, ("", ""))[1]:
-                            self._rotated.pop(share, None)  # another daemon rotated it: no longer ours to spend
+                        if record != self._held.get(share, ("", ""))[1] and self._spend.line(share).unwritten is None:
+                            self._spend.line(share).rotated = None  # another daemon rotated it: not ours to spend
                     if (event := self._events.pop(share, None)) is not None:
                         event.set()
             except StoreError as exc:
@@ -444,6 +478,36 @@ class FleetLogins:
         if self._down_since is not None:
             log.info("fleet_redis_up redis=%s next=share", self._store.where)
             self._down_since = None
+        self._spend.back()
+        for share, line in self._spend.lines():
+            if line.unwritten is not None and not self._writing:
+                task = asyncio.create_task(self._write_alone(share), name="tokend-fleet-write")
+                self._writing.add(task)
+                task.add_done_callback(self._writing.discard)
+
+    async def _write_alone(self, share: str) -> None:
+        """Write what this daemon rotated while Redis could not be reached, over the record it held then, so
+        the others continue from it and never spend what it spent."""
+        line = self._spend.line(share)
+        if line.unwritten is None:
+            return
+        credential, lineage, config = line.unwritten
+        expected = self._held.get(share, ("", ""))[1]
+        record = seal(credential, self._keys[0], share, _secrets(config), lineage)
+        keep = max(credential.expires_at or 0.0, time.time() + REFRESH_KEPT)
+        try:
+            written = await self._store.replace(share, record, keep, self._keys[0].id, expected)
+        except StoreError as exc:
+            self._trouble(exc)
+            return
+        if line.unwritten is not None and line.unwritten[0] is credential:
+            line.unwritten = None
+        if written:
+            self._held[share] = (credential.token, record)
+            log.info("fleet_written_after_outage generation=%d", credential.generation)
+        else:
+            log.warning("fleet_write_after_outage_refused generation=%d reason=%s", credential.generation,
+                        "another daemon replaced the fleet's record meanwhile")
 
     # --- /status and /metrics ----------------------------------------------------------------------------
 

@@ -9,7 +9,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from tokend.credential import SERVE_MARGIN, Credential, State, iso_utc
-from tokend.errors import CredentialsRejected, RefreshThrottled, SignInNeeded, TokenUnavailable, UpstreamError
+from tokend.errors import (
+    CredentialsRejected,
+    FleetUnavailable,
+    RefreshThrottled,
+    SignInNeeded,
+    TokenUnavailable,
+    UpstreamError,
+)
 from tokend.providers import ProviderConfig
 from tokend.renewal.policy import REJECTED_RETRY, retry_delay
 
@@ -94,10 +101,12 @@ class Slot:
         if self.last_error is None:
             return TokenUnavailable(self.name, f"no valid token for {self.name} yet")
         when = iso_utc(self.next_refresh_at)
+        fleet = isinstance(self.last_error, FleetUnavailable)
         return TokenUnavailable(
             self.name,
             f"no valid token for {self.name}: {self.last_error.message}" + (f"; next try at {when}" if when else ""),
-            next_attempt=self.next_refresh_at,
+            next_attempt=self.next_refresh_at, code="fleet_unavailable" if fleet else "token_unavailable",
+            retry_after=self.last_error.retry_after if fleet else None,
         )
 
 
