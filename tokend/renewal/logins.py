@@ -28,8 +28,8 @@ from tokend.providers import ProviderConfig, build_provider
 from tokend.providers.base import Chained, Continuing, Provider, Tokens
 from tokend.redact import Redactor
 
-__all__ = ["DirectLogin", "Ledger", "Login", "LoginCall", "LoginReason", "MemoryLedger", "Spending",
-           "fetch_within_timeout", "login_once"]
+__all__ = ["DirectLogin", "Ledger", "Login", "LoginCall", "LoginReason", "MemoryLedger", "Spending", "cancelled_by_us",
+           "fetch_within_timeout", "login_once", "retrieve_failure"]
 
 LOGINS_PER_HOST = 32  # logins in flight to one upstream host at once; see DirectLogin._gate
 
@@ -222,3 +222,15 @@ class _EachOnce:
             call = LoginCall(name, self._providers[name], LoginReason.FIRST, tokens=self)
             self._held[name] = await self._login(call)
         return self._held[name]
+
+
+def cancelled_by_us() -> bool:
+    """True when the running task itself is being cancelled (shutdown, a client gone), not what it awaits."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def retrieve_failure(task: asyncio.Task[Credential]) -> None:
+    # A login nobody awaits (the first one, a scheduled one) has already logged its failure.
+    if not task.cancelled():
+        task.exception()

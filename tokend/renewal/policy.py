@@ -71,3 +71,10 @@ def retry_delay(
         # in before expiry would turn into a burst of refused logins, which is what locks accounts.
         delay = min(delay, time_left / 2 if retryable else max(time_left / 2, REJECTED_RETRY))
     return max(RETRY_FLOOR, delay)
+
+# A stale token makes a GET start a login at most this often: enough to bridge a late renewal, too
+# little to hammer a provider whose tokens are born nearly expired.
+STALE_LOGIN_GAP = 1.0
+
+# A stop waits for a login in flight this much longer than the provider's own timeout (its bound).
+FINISH_GRACE = 2.0
