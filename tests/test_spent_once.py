@@ -215,7 +215,8 @@ def test_a_full_state_folder_leaves_nothing_a_restart_could_spend_again(tmp_path
             filler = fill(disk)
             served = refresh(daemon)  # rotated again, and nothing can be written
             assert server.is_valid(served)
-            assert "will not survive a restart" in daemon.log() or "record is removed" in daemon.log()
+            daemon.wait_until(lambda: "state_write_failed provider=" in daemon.log()
+                              or "state_ledger_unwritable provider=" in daemon.log(), what="the failed write's warning")
         finally:
             daemon.kill()  # a crash while the disk is full: no stop to write anything
         filler.unlink()  # the space returns

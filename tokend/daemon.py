@@ -186,7 +186,9 @@ def serve(settings: Settings, sock: socket.socket | None = None, *, config_path:
                         proxy_listeners=proxy_listeners, metadata_listeners=metadata_listeners)
         install_redaction(daemon.redactor)
         streamed = frozenset(listener.sock.getsockname() for listener in proxy_listeners)
-        longest = max((provider.timeout for provider in settings.providers.values()), default=0.0)
+        # A request waiting for a login that spends a refresh token is given that login's time at a stop.
+        longest = max((provider.timeout for provider in settings.providers.values()
+                       if provider.SPENDS_REFRESH_TOKENS), default=0.0)
         server = http_server(create_app(daemon), daemon.budget, streamed, longest)
         _log_start(settings, where, proxy_listeners, config_path)
 

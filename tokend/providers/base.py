@@ -31,6 +31,10 @@ class ProviderBase(BaseModel):
     # serializer are built on first use, so kinds a config does not name cost a daemon no memory for them.
     model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
+    # Whether a login spends a refresh token a rotating server accepts once (a user token): a stop then waits
+    # for its login in flight to keep the answer, where any other login is simply cancelled.
+    SPENDS_REFRESH_TOKENS: ClassVar[bool] = False
+
     # The settings that change when a login happens, how long its answer is kept, or where the token goes
     # afterwards, but never what a login sends or gets back: fleet mode shares one login between daemons
     # that differ only in these. Every other setting is part of the login. A kind adds its own with `|`.

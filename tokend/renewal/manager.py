@@ -91,13 +91,17 @@ class Manager:
         await self._finish_logins()
 
     async def _finish_logins(self) -> None:
-        """At a stop: no new login starts, and those in flight are waited for (each as long as its provider's
-        `timeout`, the bound of a login) so that their answers are kept. A refresh token sent and its answer
-        dropped is a spent one left behind; only a login still running past its bound is cancelled."""
+        """At a stop: no new login starts; a login in flight that spends a refresh token is waited for (as long
+        as its provider's `timeout`, the bound of a login) so that its answer is kept: a refresh token sent and
+        its answer dropped is a spent one left behind. Any other login is cancelled at once: nothing is lost."""
         self._stopping = True
         for slot in self._slots.values():
             self._unschedule(slot)
         slots = [slot for slot in self._slots.values() if slot.inflight is not None]
+        for slot in slots:
+            if not slot.config.SPENDS_REFRESH_TOKENS and slot.inflight is not None:
+                slot.inflight.cancel()
+        slots = [slot for slot in slots if slot.config.SPENDS_REFRESH_TOKENS]
         tasks = {slot.inflight for slot in slots if slot.inflight is not None} | self._retiring
         if not tasks:
             return

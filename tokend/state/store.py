@@ -211,10 +211,10 @@ class StateStore:
         try:
             self.forget(name)
         except OSError as exc:
-            log.warning("state provider=%s: cannot remove %s (%s)", name, self.path(name), exc.strerror)
+            log.warning("state_remove_failed provider=%s path=%s error=%s", name, self.path(name), exc.strerror)
             return False
-        log.warning("state provider=%s: the ledger %s cannot be written; the record is removed so that no restart "
-                    "can send its refresh token again", name, self._ledger_path(name))
+        log.warning("state_ledger_unwritable provider=%s path=%s next=record_removed hint=%s", name,
+                    self._ledger_path(name), "no restart can send its refresh token again")
         return True
 
     def highest(self, name: str) -> int:
@@ -274,7 +274,7 @@ class StateStore:
 
     def _refuse(self, name: str, record: str, why: str) -> None:
         if self._refused.get(name) != record:
-            log.warning("state provider=%s: the stored record %s %s", name, self.path(name), why)
+            log.warning("state_record_refused provider=%s path=%s reason=%s", name, self.path(name), why)
         self._refused[name] = record
 
     def _on_login(self, event: LoginEvent) -> None:

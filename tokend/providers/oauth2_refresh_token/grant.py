@@ -16,7 +16,7 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 import httpx
@@ -47,6 +47,7 @@ _MAX_URI = 2048
 class OAuth2RefreshTokenConfig(ProviderBase):
     """A user token: a refresh token (configured, or from a device login) renewed into access tokens."""
 
+    SPENDS_REFRESH_TOKENS: ClassVar[bool] = True
     kind: Literal["oauth2_refresh_token"]
     token_url: UpstreamURL
     client_id: str = Field(min_length=1)
