@@ -17,6 +17,11 @@ import httpx
 from tokend.testing import FakeProviders, write_fake_config
 
 HEADERS = {"X-Tokend-Request": "test"}
+# How long a daemon may take to listen and to be ready. Starting is its imports and the first logins
+# against local fakes: a second or two, but far more on a machine whose cores run other suites too (the
+# suite runs in parallel). A daemon that exits meanwhile fails the wait at once, so the bound only matters
+# for one that hangs.
+STARTUP_TIMEOUT = 120.0
 
 
 def free_port() -> int:
@@ -75,9 +80,10 @@ class Daemon:
             )
         self.wait_listening()
         if ready:
-            self.wait_until(lambda: self.client.get("/readyz").status_code == 200, what="all providers ready")
+            self.wait_until(lambda: self.client.get("/readyz").status_code == 200, timeout=STARTUP_TIMEOUT,
+                            what="all providers ready")
 
-    def wait_listening(self, timeout: float = 30.0) -> None:
+    def wait_listening(self, timeout: float = STARTUP_TIMEOUT) -> None:
         def listening() -> bool:
             assert self.process is not None
             if self.process.poll() is not None:
@@ -142,7 +148,8 @@ class LimitedDaemon(Daemon):
             )
         self.wait_listening()
         if ready:
-            self.wait_until(lambda: self.client.get("/readyz").status_code == 200, what="all providers ready")
+            self.wait_until(lambda: self.client.get("/readyz").status_code == 200, timeout=STARTUP_TIMEOUT,
+                            what="all providers ready")
 
     def peak_memory(self) -> int:
         """The daemon's peak resident memory so far, in bytes."""
