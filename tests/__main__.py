@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 NODE = ROOT / "clients" / "node"
 PYTEST_SUMMARY = re.compile(r"^=* ?((?:\d+ \w+|no tests ran)[^=]* in [\d.]+s(?: \([\d:]+\))?) ?=*$")
 NODE_COUNT = re.compile(r"^(?:# |\u2139 )(tests|pass|fail|cancelled|skipped|todo) (\d+)$")
-WORKERS = 2 * (os.cpu_count() or 1) + 1
+WORKERS = 2 * (os.cpu_count() or 1)
 XDIST_OPTIONS = ("-n", "--numprocesses", "--dist", "-d", "--tx", "no:xdist", "-pno:xdist")
 
 
