@@ -14,7 +14,7 @@ import httpx
 
 from tests.daemon import HEADERS, free_port, tokend_command, write_config
 from tests.tools import DEBIAN, require_tool
-from tokend import __version__
+from tokend._version import __version__
 
 
 def tokend(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -162,7 +162,7 @@ def test_get_status_and_refresh_against_the_daemon(daemon_factory, fakes) -> Non
 def test_get_imports_no_web_framework(daemon_factory) -> None:  # type: ignore[no-untyped-def]
     daemon = daemon_factory()
     probe = (
-        "import sys; from tokend.cli import main; code = main(['get', 'felloh', '--url', sys.argv[1]]); "
+        "import sys; from tokend.cli.main import main; code = main(['get', 'felloh', '--url', sys.argv[1]]); "
         "heavy = sorted(m for m in ('fastapi', 'starlette', 'pydantic', 'httpx', 'uvicorn', 'apscheduler') "
         "if m in sys.modules); print(heavy, code, file=sys.stderr)"
     )
@@ -235,7 +235,7 @@ def test_a_bad_proxy_variable_is_a_config_error_that_never_shows_its_url(tmp_pat
 
 
 def test_help_lists_every_exit_code() -> None:
-    from tokend.cli import Exit
+    from tokend.cli.main import Exit
 
     result = tokend("--help")
     assert result.returncode == 0
@@ -430,10 +430,10 @@ def test_the_demo_banner_says_when_tokens_are_renewed(tmp_path) -> None:  # type
 def test_init_writes_a_starting_config_that_passes_check_once_its_variables_are_set(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     import json
 
-    from tokend.audit import audit
-    from tokend.config import Settings
+    from tokend.cli.init import DEFAULT_KINDS, environment_variables, starter_config
+    from tokend.config.audit import audit
+    from tokend.config.settings import Settings
     from tokend.providers import PROVIDER_KINDS
-    from tokend.starter import DEFAULT_KINDS, environment_variables, starter_config
 
     assert set(DEFAULT_KINDS) == set(PROVIDER_KINDS), "every kind has a starting table"
     pem = _rsa_pem()
@@ -447,7 +447,8 @@ def test_init_writes_a_starting_config_that_passes_check_once_its_variables_are_
         for name in environment_variables(single.read_text()):
             monkeypatch.setenv(name, values.get(name, f"value-of-{name}"))
         settings = Settings.load(single)
-        assert [config.kind for config in settings.providers.values()] == [kind]
+        # A kind that starts from another provider's token brings that provider along, before its own table.
+        assert [config.kind for config in settings.providers.values()][-1] == kind
         assert [finding for finding in audit(settings, single) if finding.level == "error"] == [], kind
 
     # All of them, through the command line: a new file, mode 0600; check passes once the variables are set.
@@ -456,10 +457,12 @@ def test_init_writes_a_starting_config_that_passes_check_once_its_variables_are_
     assert written.returncode == 0, written.stderr
     assert output.stat().st_mode & 0o777 == 0o600
     names = environment_variables(output.read_text())
-    assert len(names) >= len(DEFAULT_KINDS) and f"set {', '.join(names)}, then run" in written.stderr
+    # Every table's variables (keyless kinds name none: their proof is the platform's token).
+    assert set(names) == {name for kind in DEFAULT_KINDS for name in environment_variables(starter_config([kind]))}
+    assert f"set {', '.join(names)}, then run" in written.stderr
     checked = tokend("--config", str(output), "check")  # the variables are set in this process's environment
     assert checked.returncode == 0 and "error:" not in checked.stdout, (checked.stdout, checked.stderr)
-    assert f"config OK: {len(DEFAULT_KINDS)} provider(s)" in checked.stdout
+    assert f"config OK: {len(Settings.load(output).providers)} provider(s)" in checked.stdout
     for name in names:
         monkeypatch.delenv(name)
     unset = tokend("--config", str(output), "check")
@@ -503,7 +506,7 @@ def complete_in_bash(script: str, *words: str) -> list[str]:
 
 
 def test_bash_completion_is_generated_from_the_parser_and_completes_commands(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from tokend.cli import _parser
+    from tokend.cli.main import _parser
 
     script = tmp_path / "tokend.bash"
     script.write_text(tokend("completion", "bash").stdout)

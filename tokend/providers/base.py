@@ -7,29 +7,27 @@ in (as google-auth hands in `request`), so tests give it a MockTransport and the
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from tokend.config.fields import GitHost, ProxyListen, Registry, Seconds, UpstreamURL
+from tokend.config.secrets import SecretValue, collect_secrets
 from tokend.credential import Credential
-from tokend.fields import GitHost, ProxyListen, Registry, Seconds, UpstreamURL
-from tokend.outputs.sinks import SinkConfig
+from tokend.outputs.config import SinkConfig
 from tokend.redact import Redactor
-from tokend.secrets import SecretValue, collect_secrets
 
-if TYPE_CHECKING:
-    from tokend.extensions import DaemonParts, Extension
-
-__all__ = ["Continuing", "Kind", "Provider", "ProviderBase"]
+__all__ = ["Chained", "Continuing", "Kind", "Provider", "ProviderBase", "Tokens"]
 
 
 class ProviderBase(BaseModel):
     """The settings every kind has. A kind's model adds its own and names itself in `kind`."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # defer_build: the config's union of every kind's model validates a file; a kind's own validator and
+    # serializer are built on first use, so kinds a config does not name cost a daemon no memory for them.
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     # The settings that change when a login happens, how long its answer is kept, or where the token goes
     # afterwards, but never what a login sends or gets back: fleet mode shares one login between daemons
@@ -40,6 +38,10 @@ class ProviderBase(BaseModel):
         "proxy_listen", "proxy_retry_body_limit", "fleet", "persist", "git_hosts", "git_username",
         "docker_registries", "registry_username",
     })
+
+    # How long before expiry a renewal starts at the latest (None: the renewal policy's own margin). A kind
+    # whose clients refresh early themselves (AWS SDKs) sets its own, so they never get one they would refresh.
+    RENEW_BEFORE_EXPIRY: ClassVar[float | None] = None
 
     kind: str
     timeout: Seconds = 10.0  # a whole login, every step included
@@ -118,6 +120,17 @@ class ProviderBase(BaseModel):
                              f"token (kind {self.kind} has no default; the registry's documentation names it)")
         return self
 
+    def sources(self) -> tuple[str, ...]:
+        """The other providers whose current credentials this provider's login reads (a subject token, a
+        source credential to impersonate with, an AWS role assumed with another's); the config refuses unknown
+        names, a provider naming itself and loops, then asks `source_problem` of each."""
+        return ()
+
+    def source_problem(self, source: str, config: ProviderBase) -> str | None:
+        """Why provider `source` (its settings `config`) cannot be one of `sources()` (a sentence naming the
+        field), or None: a kind that needs a particular kind of credential says so here."""
+        return None
+
     def key_descriptions(self) -> dict[str, str]:
         """Each private key this provider signs with, by field: its type, size and the fingerprint of its
         public key (`tokend check`); never the key."""
@@ -127,6 +140,23 @@ class ProviderBase(BaseModel):
         """The secrets that make this provider's login the one it is, by field (fleet mode's keyed share
         hash). A signing kind names its key by fingerprint: the same key in another encoding is the same login."""
         return {where: secret.get() for where, secret in self.secrets().items()}
+
+    def login_identity(self) -> dict[str, Any]:
+        """What makes a provider's logins the same: every setting but those its kind names as no part of the
+        login (NOT_LOGIN: timing, sinks, the proxy), and the secrets by value (not by where they are read from:
+        the same password in another file is the same login), a private key by its public key's fingerprint.
+        The secrets only ever enter a keyed hash."""
+        secrets = self.secrets()
+        secret_fields = {where.split(".")[0].split("[")[0] for where in secrets}
+        identity: dict[str, Any] = {"kind": self.kind, "url": self.url}
+        # An unset optional secret (a key's passphrase) is skipped too: set or not, it is no part of the identity
+        # (the key it opens is, by its fingerprint).
+        skipped = {name for name, field in type(self).model_fields.items()
+                   if name in self.NOT_LOGIN or (field.alias or name) in secret_fields
+                   or (getattr(self, name) is None and "SecretValue" in str(field.annotation))}
+        identity.update(self.model_dump(by_alias=True, mode="json", exclude=skipped))
+        identity.update({f"secret:{where}": value for where, value in self.login_secrets().items()})
+        return identity
 
     def secrets(self) -> dict[str, SecretValue]:
         """Every secret in this provider's settings, by where it sits (`password`, `secrets.api_key`)."""
@@ -160,6 +190,21 @@ class Continuing(Protocol):
     async def fetch_from(self, client: httpx.AsyncClient, current: Credential | None) -> Credential: ...
 
 
+class Tokens(Protocol):
+    """Other providers' current credentials, as a login that builds on them reads them (the manager's `get`:
+    a valid credential, waiting, bounded, for a login under way; TokendError when there is none)."""
+
+    async def get(self, name: str) -> Credential: ...
+
+
+@runtime_checkable
+class Chained(Protocol):
+    """A login that reads other providers' credentials (`sources()`) when it happens; the one place that logs
+    in hands in how (`tokens`: None where no other provider can be read, and such a login fails saying so)."""
+
+    async def fetch_chained(self, client: httpx.AsyncClient, tokens: Tokens | None) -> Credential: ...
+
+
 @dataclass(frozen=True)
 class Kind(Generic[ConfigT]):
     """A provider kind: the `kind` value, its settings model, its login, and what it adds to the daemon."""
@@ -167,8 +212,10 @@ class Kind(Generic[ConfigT]):
     name: str
     config: type[ConfigT]
     provider: type[Provider]
-    # Built once per daemon when the daemon starts; it loops over the providers of its kind itself.
-    extension: Callable[[DaemonParts], Extension] | None = None
+    # What the kind adds to the daemon, as "module:Class" (a class taking the daemon's DaemonParts): built
+    # once per daemon by the daemon, which imports it by name. Named rather than imported here, so that
+    # loading a config imports no web framework and no kind's module imports the daemon's parts.
+    extension: str | None = None
     # The kind's table for `tokend init`: a working starting point, its secrets as { env } references
     # named after the table, so that it passes `tokend check` once they are set.
     example: str = ""

@@ -13,21 +13,23 @@ folder): a crash leaves the old record or the new one, never half of either.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tokend.config.secret_files import NotAFile, read_regular_file
 from tokend.credential import Credential
 from tokend.errors import ConfigError, SignInNeeded, UnknownProvider
-from tokend.events import LoginEvent
 from tokend.providers import ProviderConfig
-from tokend.sealing import RecordError, RecordKey, login_identity, open_record, seal
+from tokend.renewal.events import LoginEvent
+from tokend.sealing import RecordError, RecordKey, open_record, seal
 from tokend.state.config import StateConfig
 
 if TYPE_CHECKING:
-    from tokend.manager import Manager
+    from tokend.renewal.manager import Manager
 
 __all__ = ["StateStore", "persisted"]
 
@@ -48,8 +50,6 @@ class StateStore:
         self._key = RecordKey.derive(config.key_bytes(), b"tokend state ")
         self._refused: dict[str, str] = {}  # provider -> the record it refused last (logged once)
         self._manager: Manager | None = None
-        self.writes = 0
-        self.write_errors = 0
         self._lock_descriptor: int | None = None
 
     def open(self) -> StateStore:
@@ -59,8 +59,7 @@ class StateStore:
             mode = self.folder.stat().st_mode & 0o777
             if mode & 0o077:
                 os.chmod(self.folder, 0o700)
-                log.warning("state: %s was mode %04o; now 0700 (only tokend's user may read its state)",
-                            self.folder, mode)
+                log.warning("state_folder_tightened path=%s mode=%04o now=0700", self.folder, mode)
         except OSError as exc:
             raise ConfigError(f"state: cannot use {self.folder} as the state folder ({exc.strerror}); set "
                               "[state] path to a folder tokend's user may write") from None
@@ -74,7 +73,13 @@ class StateStore:
         for theft. The lock dies with the process (a crash leaves no stale lock)."""
         import fcntl
 
-        descriptor = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            descriptor = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
+        except OSError as exc:
+            # ELOOP: a symlink put there, which tokend never follows in its state folder.
+            why = "it is a symlink" if exc.errno == errno.ELOOP else exc.strerror
+            raise ConfigError(f"state: cannot use {self.folder / '.lock'} as the state folder's lock ({why}); "
+                              "remove it: tokend creates it") from None
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -104,11 +109,18 @@ class StateStore:
         if not persisted(config):
             return None
         try:
-            record = self.path(name).read_text(encoding="ascii").strip()
+            record = read_regular_file(self.path(name), follow=False).decode("ascii").strip()
         except FileNotFoundError:
             return None
-        except (OSError, UnicodeDecodeError) as exc:
-            self._refuse(name, "unreadable", f"cannot be read ({getattr(exc, 'strerror', None) or 'not text'})")
+        except OSError as exc:
+            why = "is a symlink, which tokend never follows here" if exc.errno == errno.ELOOP else exc.strerror
+            self._refuse(name, "unreadable", f"cannot be read ({why})")
+            return None
+        except NotAFile as exc:
+            self._refuse(name, "unreadable", f"{exc}; it is ignored and a fresh login made")
+            return None
+        except UnicodeDecodeError:
+            self._refuse(name, "unreadable", "cannot be read (not text)")
             return None
         try:
             credential = open_record(record, {self._key.id: self._key}, self._binding(name, config),
@@ -122,7 +134,6 @@ class StateStore:
     def write(self, name: str, config: ProviderConfig, credential: Credential) -> None:
         record = seal(credential, self._key, self._binding(name, config), _secrets(config))
         _replace(self.path(name), (record + "\n").encode("ascii"))
-        self.writes += 1
 
     def forget(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -130,7 +141,7 @@ class StateStore:
             _sync_folder(self.folder)
 
     def _binding(self, name: str, config: ProviderConfig) -> str:
-        return self._key.bind({"provider": name, "login": login_identity(config)})
+        return self._key.bind({"provider": name, "login": config.login_identity()})
 
     def _refuse(self, name: str, record: str, why: str) -> None:
         if self._refused.get(name) != record:
@@ -152,9 +163,8 @@ class StateStore:
             elif isinstance(event.error, SignInNeeded):
                 self.forget(event.name)  # a refused refresh token, or a logout: nothing left worth keeping
         except OSError as exc:
-            self.write_errors += 1
-            log.warning("state provider=%s: cannot write %s (%s); the credential is served but will not "
-                        "survive a restart", event.name, self.path(event.name), exc.strerror)
+            log.warning("state_write_failed provider=%s path=%s error=%s hint=%s", event.name, self.path(event.name),
+                        exc.strerror, "the credential is served but will not survive a restart")
 
 
 def _worth_keeping(config: ProviderConfig, credential: Credential) -> bool:
