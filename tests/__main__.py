@@ -14,6 +14,7 @@ get it, except under CI (CI=true), where that is a failure.
 from __future__ import annotations
 
 import concurrent.futures
+import importlib.util
 import io
 import os
 import re
@@ -35,8 +36,9 @@ XDIST_OPTIONS = ("-n", "--numprocesses", "--dist", "-d", "--tx", "no:xdist", "-p
 
 
 def parallel(args: list[str]) -> list[str]:
-    """pytest-xdist's options, unless `args` (the caller's pytest arguments) choose their own."""
-    if any(arg.startswith(XDIST_OPTIONS) for arg in args):
+    """pytest-xdist's options, unless `args` (the caller's pytest arguments) choose their own, or xdist is not
+    installed (an environment from before it was in the test extra: the suite then runs in one process)."""
+    if any(arg.startswith(XDIST_OPTIONS) for arg in args) or importlib.util.find_spec("xdist") is None:
         return []
     return ["-n", str(WORKERS), "--dist", "loadgroup"]
 
