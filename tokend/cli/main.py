@@ -631,14 +631,23 @@ def _status(args: argparse.Namespace) -> int:
         )
         last = _last_error(provider["last_error"])
         if provider.get("sign_in"):  # a user token that only its user can renew now
-            last = (f"sign-in needed: run `{provider['sign_in']}`" if provider["sign_in"].startswith("tokend")
-                    else f"sign-in needed: {provider['sign_in']}")
+            last = _sign_in_hint(provider["sign_in"], provider.get("sign_in_reason"))
         rows.append((name, provider["kind"], provider["state"], provider.get("source") or "-", expires,
                      until(provider["next_refresh"], time.time()), last))
     widths = [max(len(row[i]) for row in rows) for i in range(6)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row[:6], widths, strict=True)), row[6])
     return Exit.OK if data["ready"] else Exit.UNAVAILABLE
+
+
+def _sign_in_hint(command: str, reason: str | None) -> str:
+    what = "sign-in needed"
+    if reason == "refresh_token_spent":  # not sent again: a second use would revoke the user's whole sign-in
+        what = "sign-in needed (its refresh token may already have been spent)"
+    if not command.startswith("tokend"):
+        return f"{what}: {command}"
+    return f"{what}: run `{command}`" + (" or put a new refresh_token in the config" if reason ==
+                                         "refresh_token_spent" else "")
 
 
 def _exec(args: argparse.Namespace) -> int:
