@@ -6,7 +6,12 @@ from collections.abc import Iterator
 import pytest
 
 from tests.daemon import Daemon, write_config
+from tests.tools import group_shared_fixtures
 from tokend.testing import FakeProviders, serve_fakes
+
+# Under pytest-xdist (`python -m tests` runs with it), the tests that share a fixture wider than one test,
+# such as a module's daemon, run on one worker; see group_shared_fixtures.
+pytest_collection_modifyitems = pytest.hookimpl(tryfirst=True)(group_shared_fixtures)
 
 
 @pytest.fixture(autouse=True)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import random
 import resource
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +20,46 @@ import httpx
 from tokend.testing import FakeProviders, write_fake_config
 
 HEADERS = {"X-Tokend-Request": "test"}
+# How long a daemon may take to listen and to be ready. Starting is its imports and the first logins
+# against local fakes: a second or two, but far more on a machine whose cores run other suites too (the
+# suite runs in parallel). A daemon that exits meanwhile fails the wait at once, so the bound only matters
+# for one that hangs.
+STARTUP_TIMEOUT = 120.0
+
+
+def _port_candidates() -> Iterator[int]:
+    """This process's share of the ports between 20000 and the kernel's ephemeral range, from a random
+    place on: another xdist worker of the same run has a share of its own (none of the same ports), the
+    ports the kernel hands out (a bind to port 0, an outgoing connection) are never among them, and a
+    port is not offered again before the share is used up."""
+    try:
+        ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return iter(())
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    share = range(20000 + worker, ephemeral, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    if not share:
+        return iter(())
+    start = random.randrange(len(share))
+    return itertools.cycle(itertools.chain(share[start:], share[:start]))
+
+
+_CANDIDATES = _port_candidates()
 
 
 def free_port() -> int:
+    """A port on 127.0.0.1 that nothing holds, for a server a test starts (or a URL that must find none).
+
+    The server binds it a moment later: a port the kernel could give to anyone meanwhile (another test's
+    bind to port 0, any outgoing connection) would make that a race, so it is taken outside the range the
+    kernel hands out, from this worker's own share, where the system says what that range is."""
+    for port in itertools.islice(_CANDIDATES, 200):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -75,9 +115,10 @@ class Daemon:
             )
         self.wait_listening()
         if ready:
-            self.wait_until(lambda: self.client.get("/readyz").status_code == 200, what="all providers ready")
+            self.wait_until(lambda: self.client.get("/readyz").status_code == 200, timeout=STARTUP_TIMEOUT,
+                            what="all providers ready")
 
-    def wait_listening(self, timeout: float = 30.0) -> None:
+    def wait_listening(self, timeout: float = STARTUP_TIMEOUT) -> None:
         def listening() -> bool:
             assert self.process is not None
             if self.process.poll() is not None:
@@ -142,7 +183,8 @@ class LimitedDaemon(Daemon):
             )
         self.wait_listening()
         if ready:
-            self.wait_until(lambda: self.client.get("/readyz").status_code == 200, what="all providers ready")
+            self.wait_until(lambda: self.client.get("/readyz").status_code == 200, timeout=STARTUP_TIMEOUT,
+                            what="all providers ready")
 
     def peak_memory(self) -> int:
         """The daemon's peak resident memory so far, in bytes."""

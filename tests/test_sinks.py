@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -203,9 +204,13 @@ def as_root_with_a_reader(tmp_path: Path) -> tuple[Path, Path]:
     return folder, victim
 
 
+def sinks_of(daemon: Daemon, provider: str) -> list[dict[str, Any]]:
+    sinks: list[dict[str, Any]] = daemon.get("/status").json()["providers"][provider]["sinks"]
+    return sinks
+
+
 def sink_error(daemon: Daemon, provider: str, index: int = 0) -> str | None:
-    sinks = daemon.get("/status").json()["providers"][provider]["sinks"]
-    error: str | None = sinks[index]["error"]
+    error: str | None = sinks_of(daemon, provider)[index]["error"]
     return error
 
 
@@ -385,8 +390,12 @@ def test_a_pid_file_of_root_or_of_the_process_owner_is_signalled(
         extra = (sink("fts", tmp_path / "fts.token", signal="HUP", pid_file=str(by_root))
                  + sink("felloh", tmp_path / "felloh.token", signal="HUP", pid_file=str(by_reader)))
         daemon = daemon_factory(extra=extra)
+        # Each sink written (and so its signal sent, or its error recorded), then each SIGHUP told: waits on
+        # states, which a loaded machine only delays.
+        eventually(lambda: all(s["written_at"] for p in ("fts", "felloh") for s in sinks_of(daemon, p)),
+                   "both sinks written")
+        assert all(s["ok"] for p in ("fts", "felloh") for s in sinks_of(daemon, p)), daemon.get("/status").text
         eventually(lambda: told == [[b"r", b"h"], [b"r", b"h"]], "a SIGHUP through each pid file")
-        assert all(s["ok"] for p in ("fts", "felloh") for s in daemon.get("/status").json()["providers"][p]["sinks"])
     finally:
         for app in apps:
             app.kill()

@@ -39,6 +39,26 @@ def require_tool(name: str, how_to_get: str) -> str:
     pytest.skip(reason)
 
 
+SHARED_SCOPES = {"package", "module", "class"}
+
+
+def group_shared_fixtures(items: list[pytest.Item]) -> None:
+    """Mark the tests that use a fixture wider than one test (a module's daemon, a package's server) with
+    pytest-xdist's `xdist_group`, one group per module (or package): `--dist loadgroup` then runs each such
+    module's tests on one worker, in order, the fixture set up once, while every other test goes wherever
+    a worker is free. Used as `pytest_collection_modifyitems` (tryfirst, before xdist reads the marks)."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is not None:
+            continue
+        definitions = getattr(item, "_fixtureinfo", None)
+        scopes = {definition[-1].scope: definition[-1].baseid
+                  for definition in (definitions.name2fixturedefs.values() if definitions else ())
+                  if definition and definition[-1].scope in SHARED_SCOPES}
+        if scopes:
+            group = scopes["package"] or "." if "package" in scopes else item.nodeid.split("::", 1)[0]
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
 class ThreadedHTTPServer:
     """An http.server on 127.0.0.1 and a free port, in a thread: every GET and POST goes to `handle`.
     `tls`: a server-side SSL context, for HTTPS."""

@@ -15,8 +15,12 @@ from pathlib import Path
 
 import pytest
 from tests.daemon import accepting, tokend_command, write_config
+from tests.tools import group_shared_fixtures
 from tokend.testing import FakeProviders, FakeServer, serve_fakes
 from tokend_client_stack import MIN_REFRESH_INTERVAL, Stack, Upstream, start_daemon, wait_until
+
+# The stack fixture below serves a whole module: its tests run on one pytest-xdist worker (tests/tools.py).
+pytest_collection_modifyitems = pytest.hookimpl(tryfirst=True)(group_shared_fixtures)
 
 
 @pytest.fixture(autouse=True)
