@@ -6,7 +6,6 @@ start fast; the daemon's modules are imported only by the commands that need the
 
 from __future__ import annotations
 
-import argparse
 import enum
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from tokend.errors import ConfigError, DaemonUnavailable, TokendError, UnknownPr
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing, ~2 ms of `tokend get`; mypy reads it alike
 if TYPE_CHECKING:
+    import argparse
     from typing import Any
 
     from tokend.config import Settings
@@ -68,11 +68,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    try:
-        args = _parser().parse_args(argv)
-    except SystemExit as exc:  # --help, --version, or argparse's own usage error (2)
-        sys.stdout.flush()
-        return exc.code if isinstance(exc.code, int) else Exit.USAGE
+    from tokend.quickargs import quick_args
+
+    words = sys.argv[1:] if argv is None else argv
+    # The helpers git, kubectl and scripts run again and again skip argparse (tokend.quickargs).
+    args: Any = quick_args(words)
+    if args is not None:
+        args.handler = _QUICK_HANDLERS[args.command]
+    else:
+        try:
+            args = _parser().parse_args(words)
+        except SystemExit as exc:  # --help, --version, or argparse's own usage error (2)
+            sys.stdout.flush()
+            return exc.code if isinstance(exc.code, int) else Exit.USAGE
     try:
         return int(args.handler(args))
     except _UsageError as exc:
@@ -84,7 +92,7 @@ def _main(argv: list[str] | None) -> int:
             _err(f"  - {problem}")
         return Exit.CONFIG
     except DaemonUnavailable as exc:
-        _err(f"tokend: {exc.message}")
+        _err(f"tokend: {exc.message}{_where_looked(args)}")
         return Exit.UNREACHABLE
     except TokendError as exc:
         _err(f"tokend: {exc.message}")
@@ -96,6 +104,8 @@ def _main(argv: list[str] | None) -> int:
 def _parser(kinds: tuple[str, ...] | None = None) -> argparse.ArgumentParser:
     """tokend's command line. `kinds`: the provider kinds, for `init`'s completion; left out otherwise, so that
     a client command does not import the provider models just to parse its arguments."""
+    import argparse
+
     exit_codes = "\n".join(f"  {int(code)}  {meaning}" for code, meaning in _EXIT_MEANINGS.items())
     parser = argparse.ArgumentParser(prog="tokend", description="A loopback credential daemon.",
                                      epilog=f"exit codes:\n{exit_codes}",
@@ -165,7 +175,9 @@ def _parser(kinds: tuple[str, ...] | None = None) -> argparse.ArgumentParser:
     git = commands.add_parser("git-credential", help="git's credential helper: the token of the provider whose "
                               "git_hosts lists the host git asks for",
                               description="git's credential helper protocol on stdin and stdout. Set up with: "
-                              "git config --global credential.https://HOST.helper 'tokend git-credential'")
+                              "git config --global credential.https://HOST.helper tokend (git runs "
+                              "git-credential-tokend, installed with tokend, which takes these options; "
+                              "'!tokend git-credential' works too)")
     git.add_argument("--provider", metavar="NAME", help="answer with this provider, whatever the host")
     git.add_argument("operation", choices=("get", "store", "erase"), help="what git asks (it says which)")
     _client_options(git)
@@ -208,6 +220,8 @@ def _parser(kinds: tuple[str, ...] | None = None) -> argparse.ArgumentParser:
 def _config_after_command(commands: Any) -> None:
     """Accept `tokend run --config PATH` as well as `tokend --config PATH run`. SUPPRESS keeps a value
     given before the command when none is given after it."""
+    import argparse
+
     for command in commands.choices.values():
         command.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         for action in command._actions:  # nested commands: tokend felloh keys list --config PATH
@@ -254,12 +268,12 @@ def _err(line: str) -> None:
 
 
 def _config_path(args: argparse.Namespace) -> Path:
-    from tokend.discovery import CONFIG_CANDIDATES, find_config
+    from tokend.discovery import find_config, looked_for_config
 
     path = find_config(args.config)
     if path is None:
-        looked = ", ".join(str(p) for p in CONFIG_CANDIDATES)
-        raise ConfigError(f"no config file: pass --config PATH or set $TOKEND_CONFIG (looked at {looked})")
+        raise ConfigError(f"no config file: pass --config PATH or set $TOKEND_CONFIG (looked at "
+                          f"{looked_for_config()})")
     return path
 
 
@@ -472,13 +486,24 @@ def _client(args: argparse.Namespace) -> Any:
     from tokend.discovery import address_problem, check_key_destination, daemon_address, find_config
 
     config = find_config(args.config)
-    address, key = daemon_address(args.url, config), _client_key(args)
+    plain = getattr(args, "quick", False)  # a credential helper: tomllib only for a file that needs it
+    address, key = daemon_address(args.url, config, plain=plain), _client_key(args)
     given = "--url" if args.url else "$TOKEND_URL"
     if (args.url or _environ("TOKEND_URL")) and (problem := address_problem(address)):
         raise _UsageError(f"{given} {address.url!r} {problem}")
     if key is not None:
-        check_key_destination(address, config)
+        check_key_destination(address, config, plain=plain)
     return Client(address, client_key=key)
+
+
+def _where_looked(args: Any) -> str:
+    """After "tokend is not running at URL": that URL was only the default, when no config file named one."""
+    from tokend.discovery import find_config, looked_for_config
+
+    if getattr(args, "url", None) or _environ("TOKEND_URL") or find_config(getattr(args, "config", None)):
+        return ""
+    return (f"\n  no config file was found (looked at {looked_for_config()}), so tokend tried the default address; "
+            "name the config with --config PATH or $TOKEND_CONFIG, or the daemon with --url or $TOKEND_URL")
 
 
 def _environ(name: str) -> str | None:
@@ -681,27 +706,39 @@ def _kube_credential(args: argparse.Namespace) -> int:
     return Exit.OK
 
 
+_QUICK_HANDLERS = {"get": _get, "git-credential": _git_credential, "kube-credential": _kube_credential}
+
+
 def docker_credential_main(argv: list[str] | None = None) -> int:
     """`docker-credential-tokend OPERATION`: Docker's credential helper. Docker shows what is on stdout when
     the exit status is not 0, so errors go there too."""
-    import argparse as _argparse
+    from tokend.quickargs import Args
 
     operation = (sys.argv[1:] if argv is None else argv)[:1]
     if operation not in (["get"], ["list"], ["store"], ["erase"]):
         print("usage: docker-credential-tokend get|list|store|erase (run by Docker, not by hand)")
         return Exit.USAGE
-    args = _argparse.Namespace(config=None, url=None, client_key_file=None)  # Docker passes no options
+    args = Args(config=None, url=None, client_key_file=None, quick=True)  # Docker passes no options
     try:
         return _docker_credential(operation[0], args)
     except _UsageError as exc:  # a $TOKEND_URL that is no daemon's
         print(f"tokend: {exc}")
+        return Exit.FAILURE
+    except DaemonUnavailable as exc:
+        print(f"tokend: {exc.message}{_where_looked(args)}")
         return Exit.FAILURE
     except TokendError as exc:
         print(f"tokend: {exc.message}")
         return Exit.FAILURE
 
 
-def _docker_credential(operation: str, args: argparse.Namespace) -> int:
+def git_credential_main(argv: list[str] | None = None) -> int:
+    """`git-credential-tokend [OPTIONS] get|store|erase`: what git runs for `credential.helper = tokend` (git
+    puts `git credential-` before a helper's name that is not a path or a `!command`)."""
+    return main(["git-credential", *(sys.argv[1:] if argv is None else argv)])
+
+
+def _docker_credential(operation: str, args: Any) -> int:
     import json
 
     from tokend.outputs import docker
