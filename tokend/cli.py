@@ -71,6 +71,9 @@ def _main(argv: list[str] | None) -> int:
     from tokend.quickargs import quick_args
 
     words = sys.argv[1:] if argv is None else argv
+    if not words:  # a bare `tokend`: what it can do, rather than "the following arguments are required"
+        _parser().print_help()
+        return Exit.USAGE
     # The helpers git, kubectl and scripts run again and again skip argparse (tokend.quickargs).
     args: Any = quick_args(words)
     if args is not None:
@@ -210,6 +213,10 @@ def _parser(kinds: tuple[str, ...] | None = None) -> argparse.ArgumentParser:
     init.add_argument("--output", metavar="FILE", help="write to FILE, which must not exist yet (default: stdout)")
     init.set_defaults(handler=_init)
 
+    help_command = commands.add_parser("help", help="show this help, or a command's: tokend help COMMAND")
+    help_command.add_argument("topic", nargs="*", metavar="COMMAND", help="a command (felloh keys: its commands)")
+    help_command.set_defaults(handler=_help)
+
     completion = commands.add_parser("completion", help="print a shell completion script (bash, zsh or fish)")
     completion.add_argument("shell", choices=("bash", "zsh", "fish"))
     completion.set_defaults(handler=_completion)
@@ -278,12 +285,14 @@ def _config_path(args: argparse.Namespace) -> Path:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from tokend.audit import audit, refuse_exposures
     from tokend.config import Settings
     from tokend.logs import configure_logging
     from tokend.server import serve
 
     path = _config_path(args)
     settings = Settings.load(path)
+    refuse_exposures(audit(settings, path))  # as `tokend check` fails: one verdict
     configure_logging(args.log_level, args.log_format)
     return Exit.OK if serve(settings, config_path=path) else Exit.FAILURE
 
@@ -470,6 +479,15 @@ def _init(args: argparse.Namespace) -> int:
     return Exit.OK
 
 
+def _help(args: argparse.Namespace) -> int:
+    """`tokend help felloh keys` is `tokend felloh keys --help`."""
+    try:
+        _parser().parse_args([*args.topic, "--help"])
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else Exit.USAGE
+    return Exit.OK
+
+
 def _completion(args: argparse.Namespace) -> int:
     from tokend.completion import completion_script
     from tokend.starter import DEFAULT_KINDS
@@ -537,7 +555,10 @@ def _token_command(args: argparse.Namespace, method: str, path: str, body: Any =
     client = _client(args)
     reply = client.request(method, path.format(name=quote(args.name, safe="")) + query, body)
     if reply.status != 200:
-        return _failed(reply, client.address.url)
+        code = _failed(reply, client.address.url)
+        if code == Exit.UNKNOWN_PROVIDER:
+            _say_which_providers(client, args.name)
+        return code
     if method == "POST":
         _say_how_refreshed(args.name, reply, named=body is not None)
     if args.format == "raw":
@@ -552,6 +573,18 @@ def _token_command(args: argparse.Namespace, method: str, path: str, body: Any =
         for header, value in data["headers"].items():
             print(f"{header}: {value}")
     return Exit.OK
+
+
+def _say_which_providers(client: Any, name: str) -> None:
+    """After "No provider named X": the providers this caller may ask for, and the one X is likely a typo of."""
+    import difflib
+
+    reply = client.request("GET", "/status")
+    names = sorted(reply.json().get("providers", {})) if reply.status == 200 else []
+    if not names:
+        return
+    near = difflib.get_close_matches(name, names, n=1)
+    _err(f"  configured: {', '.join(names)}" + (f"; did you mean {near[0]}?" if near else ""))
 
 
 def _get(args: argparse.Namespace) -> int:

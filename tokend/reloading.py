@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 
-from tokend.audit import audit, log_findings
+from tokend.audit import audit, log_findings, refuse_exposures
 from tokend.changes import Changes
 from tokend.config import Settings
 from tokend.errors import ConfigError
@@ -41,6 +41,8 @@ class Reloader:
         async with self._lock:
             try:
                 settings = await asyncio.to_thread(Settings.load, self.path)
+                findings = audit(settings, self.path)
+                refuse_exposures(findings)
             except ConfigError as exc:
                 # A TOML syntax error is its own one problem: say it once, not again as a detail.
                 details = exc.problems if exc.problems != [exc.message] else []
@@ -55,7 +57,7 @@ class Reloader:
         if changes.restart_needed:
             log.warning("reload: the [%s] settings changed; they apply only at start: restart tokend to use them",
                         "], [".join(changes.restart_needed))
-        log_findings(audit(settings, self.path))
+        log_findings(findings)
         return changes
 
     async def __aenter__(self) -> Reloader:

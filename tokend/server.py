@@ -40,11 +40,15 @@ T = TypeVar("T")
 GRACEFUL_SHUTDOWN = 3  # seconds for in-flight local requests after SIGTERM
 
 
-def listen(server: ServerConfig) -> socket.socket:
+# What a port in use most likely means for the daemon's own [server] port, and what to do about it.
+IN_USE = "address already in use: is tokend already running? `tokend status`, or change `[server] port`"
+
+
+def listen(server: ServerConfig, *, in_use: str = "address already in use") -> socket.socket:
     """The listening socket the config asks for, or TokendError saying why it cannot be had."""
     if server.socket is not None:
         return _listen_unix(server.socket, server.socket_mode, server.socket_group)
-    return listen_tcp(server.host, server.port)
+    return listen_tcp(server.host, server.port, in_use=in_use)
 
 
 def listen_each(wanted: Iterable[tuple[T, ServerConfig]]) -> list[tuple[T, socket.socket]]:
@@ -60,7 +64,7 @@ def listen_each(wanted: Iterable[tuple[T, ServerConfig]]) -> list[tuple[T, socke
     return opened
 
 
-def listen_tcp(host: str, port: int) -> socket.socket:
+def listen_tcp(host: str, port: int, *, in_use: str = "address already in use") -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP, and without
     # it every keep-alive answer waits ~40 ms for Nagle's algorithm.
@@ -71,7 +75,7 @@ def listen_tcp(host: str, port: int) -> socket.socket:
         sock.listen(1024)
     except OSError as exc:
         sock.close()
-        reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+        reason = in_use if exc.errno == errno.EADDRINUSE else exc.strerror
         raise TokendError(f"cannot listen on {host}:{port}: {reason}") from None
     return sock
 
@@ -138,7 +142,7 @@ def serve(settings: Settings, sock: socket.socket | None = None, *, config_path:
 
     With `config_path` (the file `settings` came from), SIGHUP and POST /reload read it again.
     """
-    sock = sock or listen(settings.server)
+    sock = sock or listen(settings.server, in_use=IN_USE)
     host, port = sock.getsockname()[:2]
     where = settings.server.socket or (f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}")
     try:

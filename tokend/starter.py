@@ -6,6 +6,7 @@ variables it names are set. Asked for none, every kind's table is there commente
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Sequence
 
@@ -17,7 +18,7 @@ DEFAULT_KINDS: tuple[str, ...] = tuple(kind.name for kind in KINDS if kind.examp
 
 _HEADER = """\
 # tokend configuration, written by `tokend init`. Check it with `tokend check --config FILE`, then
-# run it with `tokend run --config FILE` (or put it at ./tokend.toml or /etc/tokend/config.toml).
+# run it with `tokend run --config FILE` (or put it at ~/.config/tokend/config.toml, found from anywhere).
 #
 # A secret is { env = "NAME" }, { file = "/path" } (mode 0600), { credential = "name" } (systemd's
 # LoadCredential=), { command = ["prog", "arg"] } (the first line it prints), { keyring = "service/user" },
@@ -42,7 +43,9 @@ def starter_config(kinds: Sequence[str] = ()) -> str:
     if unknown:
         known = {kind.name for kind in KINDS}
         what = "has no starting table yet" if unknown[0] in known else "is not a provider kind"
-        raise ValueError(f"{unknown[0]!r} {what}; tokend init knows {', '.join(examples)}")
+        near = difflib.get_close_matches(unknown[0].lower().replace("-", "_"), examples, n=1)
+        guess = f"did you mean {near[0]}? " if near and unknown[0] not in known else ""
+        raise ValueError(f"{unknown[0]!r} {what}; {guess}tokend init knows {', '.join(examples)}")
     if kinds:
         tables = [examples[name] for name in dict.fromkeys(kinds)]
         names = environment_variables("".join(tables))
