@@ -111,3 +111,71 @@ def test_provider_names_complete_from_the_config_in_bash_zsh_and_fish(
                                  capture_output=True, text=True, timeout=30)
         names = sorted(c.split("\t")[0] for c in offered.stdout.splitlines() if not c.startswith("-"))
         assert names == expected, (line, offered.stdout, offered.stderr)
+
+
+def test_init_of_a_user_token_offers_state_with_its_key_command_and_check_shows_no_empty_sources(
+    tmp_path: Path
+) -> None:
+    started = tokend("init", "oauth2_refresh_token")
+    assert started.returncode == 0
+    assert started.stdout.endswith(
+        "# each one. Make its key in this file's folder, readable by you alone, then uncomment:\n"
+        "#   (umask 077; openssl rand -base64 32 > state_key)\n"
+        "# [state]\n"
+        '# encryption_key = { file = "state_key" }   # a relative path is read from this file\'s folder\n')
+    assert "[state]" not in tokend("init", "static").stdout
+    # Uncommented as it says, in the folder it says: the config holds and the key is found.
+    text = started.stdout.replace("# [state]", "[state]").replace('# encryption_key = { file = "state_key" }',
+                                                                  'encryption_key = { file = "state_key" }')
+    config = tmp_path / "tokend.toml"
+    config.write_text(text.replace('{ env = "ME_REFRESH_TOKEN" }', '"a-first-refresh-token-0123"'))
+    config.chmod(0o600)
+    shell = require_tool("sh", "any POSIX system has it")
+    subprocess.run([shell, "-c", "umask 022; (umask 077; openssl rand -base64 32 > state_key)"], cwd=tmp_path,
+                   check=True, timeout=60)
+    checked = tokend("--config", str(config), "check")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"(encryption_key from file {tmp_path / 'state_key'})" in checked.stdout
+    keyless = tmp_path / "keyless.toml"
+    keyless.write_text('[providers.open]\nkind = "http"\nurl = "https://auth.example.com/token"\n'
+                       'token_pointer = "/access_token"\n')
+    keyless.chmod(0o600)
+    listed = tokend("--config", str(keyless), "check")
+    assert "  open: http at https://auth.example.com/token\n" in listed.stdout, listed.stdout + listed.stderr
+
+
+def test_status_durations_read_as_people_say_them_and_both_views_have_the_same_columns() -> None:
+    import io
+    import time
+
+    from tokend.live import duration, status_rows, table, watch
+
+    assert [duration(s) for s in (0, 42, 60, 3420, 3599, 3600, 7380, 86399, 90000, 86400 * 3)] == [
+        "0s", "42s", "1m", "57m", "59m", "1h", "2h3m", "23h59m", "1d1h", "3d"]
+    now = float(int(time.time()))  # whole seconds, as /status's times are
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - 125))
+    later = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + 3450))  # 57m30s: 57m for the next 30 s
+    data = {"ready": True, "providers": {
+        "api": {"kind": "oauth2_client_credentials", "state": "retrying", "source": "login", "expires_in": 7380,
+                "next_refresh": later, "last_error": {"message": "login answered 503", "at": stamp}},
+        "old": {"kind": "static", "state": "ok", "source": "static", "expires_in": None, "next_refresh": None,
+                "last_error": {"message": "gone", "at": stamp, "since_last_success": False}},
+    }}
+    shown = table(status_rows(data, now)).splitlines()
+    assert shown == [
+        "PROVIDER  KIND                       STATE     SOURCE  EXPIRES IN  NEXT REFRESH  LAST ERROR",
+        "api       oauth2_client_credentials  retrying  login   2h3m        in 57m        login answered 503 (2m ago)",
+        "old       static                     ok        static  never       -             -",
+    ]
+
+    class Replying:
+        def request(self, method: str, path: str) -> object:
+            import json
+
+            from tokend.client import Reply
+
+            return Reply(200, json.dumps(data).encode())
+
+    out = io.StringIO()
+    assert watch(Replying(), out=out, rounds=1) == 0  # type: ignore[arg-type]
+    assert out.getvalue().splitlines()[1:] == shown  # --watch: the same columns, KIND and LAST ERROR too

@@ -328,7 +328,7 @@ def _print_parts(settings: Settings, fleet: FleetReport | None) -> None:
     for name, provider in settings.providers.items():
         sources = ", ".join(f"{field} from {secret.source}" for field, secret in provider.secrets().items())
         login_url = f" at {provider.url}" if provider.url else ""
-        print(f"  {name}: {provider.kind}{login_url} ({sources})")
+        print(f"  {name}: {provider.kind}{login_url}" + (f" ({sources})" if sources else ""))
         for field, description in provider.key_descriptions().items():
             print(f"    {field}: {description}")
         if provider.proxy:
@@ -662,22 +662,9 @@ def _status(args: argparse.Namespace) -> int:
         return Exit.OK
     import time
 
-    from tokend.live import until
+    from tokend.live import status_rows, table
 
-    rows = [("PROVIDER", "KIND", "STATE", "SOURCE", "EXPIRES IN", "NEXT REFRESH", "LAST ERROR")]
-    for name, provider in data["providers"].items():
-        expires = "never" if provider["expires_at"] is None and provider["state"] == "ok" else (
-            f"{provider['expires_in']}s" if provider["expires_in"] is not None else "-"
-        )
-        last = _last_error(provider["last_error"])
-        if provider.get("sign_in"):  # a user token that only its user can renew now
-            last = f"sign-in needed: run `{provider['sign_in']}`" if provider["sign_in"].startswith("tokend") \
-                else f"sign-in needed: {provider['sign_in']}"
-        rows.append((name, provider["kind"], provider["state"], provider.get("source") or "-", expires,
-                     until(provider["next_refresh"], time.time()), last))
-    widths = [max(len(row[i]) for row in rows) for i in range(6)]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row[:6], widths, strict=True)), row[6])
+    print(table(status_rows(data, time.time())))
     return Exit.OK if data["ready"] else Exit.UNAVAILABLE
 
 
@@ -789,30 +776,6 @@ def _docker_credential(operation: str, args: Any) -> int:
         return Exit.FAILURE
     print(json.dumps(credential))
     return Exit.OK
-
-
-def _last_error(error: dict[str, Any] | None) -> str:
-    """The last login error, with when it happened, and whether a login has succeeded since."""
-    if not error:
-        return ""
-    when = []
-    if error.get("at"):
-        when.append(f"{_ago(error['at'])} ago")
-    if error.get("since_last_success") is False:
-        when.append("recovered")
-    return f"{error['message']} ({', '.join(when)})" if when else error["message"]
-
-
-def _ago(stamp: str) -> str:
-    """`2026-11-30T10:02:13Z` as a rough age: `12 s`, `3 min`, `2 h`, `4 d`."""
-    import calendar
-    import time
-
-    seconds = max(0, int(time.time() - calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"))))
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size:
-            return f"{seconds // size} {unit}"
-    return f"{seconds} s"
 
 
 def _reload(args: argparse.Namespace) -> int:

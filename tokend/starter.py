@@ -50,10 +50,21 @@ def starter_config(kinds: Sequence[str] = ()) -> str:
         tables = [examples[name] for name in dict.fromkeys(kinds)]
         names = environment_variables("".join(tables))
         needs = f"#\n# Set before tokend starts: {', '.join(names)}.\n" if names else ""
-        return "\n".join([_HEADER + needs, _SERVER, *tables])
+        state = [_STATE] if any(name in _KEEP_STATE for name in kinds) else []
+        return "\n".join([_HEADER + needs, _SERVER, *tables, *state])
     commented = [_commented(examples[name]) for name in DEFAULT_KINDS]
     intro = "# Uncomment the providers you use (or run `tokend init KIND ...` for live tables):\n"
     return "\n".join([_HEADER, _SERVER, intro, *commented])
+
+# Kinds whose credential only its user can renew (a rotated refresh token): without [state], a restart loses it.
+_KEEP_STATE = ("oauth2_refresh_token",)
+_STATE = """\
+# A user token's refresh token rotates: keep it across restarts (docs/state.md), or its user signs in again after
+# each one. Make its key in this file's folder, readable by you alone, then uncomment:
+#   (umask 077; openssl rand -base64 32 > state_key)
+# [state]
+# encryption_key = { file = "state_key" }   # a relative path is read from this file's folder
+"""
 
 
 def environment_variables(text: str) -> list[str]:
