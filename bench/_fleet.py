@@ -190,13 +190,13 @@ class _Fixed:
 
 def mean_renewal_interval(kind: str, lifetime: float, steps: int = 200) -> float:
     """The mean time between two renewals of a provider whose fake issues `lifetime`-second tokens, by the
-    daemon's own policy (tokend.policy.renewal_delay) averaged over its jitter.
+    daemon's own policy (tokend.renewal.policy.renewal_delay) averaged over its jitter.
 
     Felloh, FinTech Studios and the `http` fake write the expiry as whole Unix seconds, as the real APIs do,
     so the lifetime the daemon sees is `lifetime` less the fraction of a second cut off: uniform in
     (lifetime - 1, lifetime]. The OAuth 2 fake answers `expires_in`, whole seconds from now: `lifetime`.
     """
-    from tokend.policy import renewal_delay
+    from tokend.renewal.policy import renewal_delay
 
     points = [(i + 0.5) / steps for i in range(steps)]
     lifetimes = [lifetime] if kind == "oauth2_client_credentials" else [lifetime - cut for cut in points]

@@ -22,7 +22,7 @@ from typing import Any
 import _load
 from _procs import HEADER, Helpers, Server, get
 
-from tokend.server import listen_tcp
+from tokend.api.sockets import listen_tcp
 
 PROVIDER = "bench"
 JSON_PATH = "/json"

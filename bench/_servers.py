@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     daemon.add_argument("--config", type=Path, required=True)
     bare = _server_parser(roles, "bare", _bare, common)
     bare.add_argument("--body-size", type=int, required=True)
-    bare.add_argument("--graceful", type=float, required=True, help="tokend.server.GRACEFUL_SHUTDOWN")
+    bare.add_argument("--graceful", type=float, required=True, help="tokend.api.server.GRACEFUL_SHUTDOWN")
     nginx = roles.add_parser("nginx", parents=[common])
     nginx.add_argument("--conf", type=Path, required=True)
     nginx.set_defaults(role=_nginx)
@@ -83,9 +83,9 @@ def _fleet_fakes(args: argparse.Namespace) -> None:
 
 
 def _daemon(args: argparse.Namespace) -> None:
-    from tokend.config import Settings
+    from tokend.config.settings import Settings
+    from tokend.daemon import serve
     from tokend.logs import configure_logging
-    from tokend.server import serve
 
     configure_logging("info")  # as `tokend run` does by default: the same handler and redaction filter
     _exit_with_stdin()
@@ -94,10 +94,10 @@ def _daemon(args: argparse.Namespace) -> None:
 
 
 def _bare(args: argparse.Namespace) -> None:
-    # The keyword arguments of tokend.server.serve(), so that only the app differs between the two servers,
+    # The keyword arguments of tokend.daemon.serve(), so that only the app differs between the two servers,
     # the HTTP protocol with tokend's connection limits included. Of tokend only that module is imported
     # (it imports nothing but uvicorn's protocol): this process's RSS is the floor uvicorn alone sets.
-    from tokend.connections import Budget, limited_protocol
+    from tokend.api.connections import Budget, limited_protocol
 
     config = uvicorn.Config(
         _bare_app(_body(args.body_size)),

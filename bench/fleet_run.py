@@ -6,7 +6,7 @@
 Three runs, each against the same fakes (bench/_fleet.py: every login is real and written down):
   1. fleet: 20 daemons x 3 providers (felloh, fintech_studios, oauth2_client_credentials), 8-second tokens,
      `--seconds` under a client load over every daemon and provider: fleet-wide logins per provider against
-     one daemon's ideal (tokend.policy.renewal_delay averaged over its jitter); Redis commands per daemon
+     one daemon's ideal (tokend.renewal.policy.renewal_delay averaged over its jitter); Redis commands per daemon
      per second; memory per daemon.
   2. outage: the same fleet, Redis killed for 20 s in the middle: non-200 answers (503s) under load.
   3. alone: the same 20 daemons without [fleet]: logins per provider (about 20 times the ideal), memory.
@@ -35,7 +35,7 @@ from typing import Any
 import _fleet
 from _procs import HEADER, Helpers, Server, get, wait_until_ok
 
-from tokend.server import listen_tcp
+from tokend.api.sockets import listen_tcp
 
 DAEMONS = 20
 KINDS = ["felloh", "fintech_studios", "oauth2_client_credentials"]

@@ -42,8 +42,9 @@ import _proxy
 from _procs import HEADER, CpuSampler, Helpers, Server, get, wait_until_ok
 
 import tokend
-from tokend.policy import RENEW_JITTER
-from tokend.server import GRACEFUL_SHUTDOWN, listen_tcp
+from tokend.api.server import GRACEFUL_SHUTDOWN
+from tokend.api.sockets import listen_tcp
+from tokend.renewal.policy import RENEW_JITTER
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).with_name("results") / "latest.json"

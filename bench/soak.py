@@ -57,7 +57,7 @@ from typing import Any
 
 import httpx
 
-from tokend.policy import RENEW_AT
+from tokend.renewal.policy import RENEW_AT
 from tokend.testing import (
     FakeAuthorizationServer,
     FakeFelloh,

@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 
 from tests.daemon import HEADERS, write_config
-from tokend.api import create_app
-from tokend.config import Settings
+from tokend.api.routes import create_app
+from tokend.config.settings import Settings
 from tokend.daemon import Daemon
 from tokend.testing import FakeProviders
 

@@ -14,7 +14,7 @@ import httpx
 
 from tests.daemon import HEADERS, free_port, tokend_command, write_config
 from tests.tools import DEBIAN, require_tool
-from tokend import __version__
+from tokend._version import __version__
 
 
 def tokend(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -163,7 +163,7 @@ def test_get_status_and_refresh_against_the_daemon(daemon_factory, fakes) -> Non
 def test_get_imports_no_web_framework(daemon_factory) -> None:  # type: ignore[no-untyped-def]
     daemon = daemon_factory()
     probe = (
-        "import sys; from tokend.cli import main; code = main(['get', 'felloh', '--url', sys.argv[1]]); "
+        "import sys; from tokend.cli.main import main; code = main(['get', 'felloh', '--url', sys.argv[1]]); "
         "heavy = sorted(m for m in ('fastapi', 'starlette', 'pydantic', 'httpx', 'uvicorn', 'apscheduler') "
         "if m in sys.modules); print(heavy, code, file=sys.stderr)"
     )
@@ -236,7 +236,7 @@ def test_a_bad_proxy_variable_is_a_config_error_that_never_shows_its_url(tmp_pat
 
 
 def test_help_lists_every_exit_code() -> None:
-    from tokend.cli import Exit
+    from tokend.cli.main import Exit
 
     result = tokend("--help")
     assert result.returncode == 0
@@ -432,10 +432,10 @@ def test_the_demo_banner_says_when_tokens_are_renewed(tmp_path) -> None:  # type
 def test_init_writes_a_starting_config_that_passes_check_once_its_variables_are_set(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     import json
 
-    from tokend.audit import audit
-    from tokend.config import Settings
+    from tokend.cli.init import DEFAULT_KINDS, environment_variables, starter_config
+    from tokend.config.audit import audit
+    from tokend.config.settings import Settings
     from tokend.providers import PROVIDER_KINDS
-    from tokend.starter import DEFAULT_KINDS, environment_variables, starter_config
 
     assert set(DEFAULT_KINDS) == set(PROVIDER_KINDS), "every kind has a starting table"
     pem = _rsa_pem()
@@ -505,7 +505,7 @@ def complete_in_bash(script: str, *words: str) -> list[str]:
 
 
 def test_bash_completion_is_generated_from_the_parser_and_completes_commands(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from tokend.cli import _parser
+    from tokend.cli.main import _parser
 
     script = tmp_path / "tokend.bash"
     script.write_text(tokend("completion", "bash").stdout)

@@ -148,7 +148,7 @@ def test_status_durations_read_as_people_say_them_and_both_views_have_the_same_c
     import io
     import time
 
-    from tokend.live import duration, status_rows, table, watch
+    from tokend.cli.status_watch import duration, status_rows, table, watch
 
     assert [duration(s) for s in (0, 42, 60, 3420, 3599, 3600, 7380, 86399, 90000, 86400 * 3)] == [
         "0s", "42s", "1m", "57m", "59m", "1h", "2h3m", "23h59m", "1d1h", "3d"]
@@ -172,7 +172,7 @@ def test_status_durations_read_as_people_say_them_and_both_views_have_the_same_c
         def request(self, method: str, path: str) -> object:
             import json
 
-            from tokend.client import Reply
+            from tokend.api.client import Reply
 
             return Reply(200, json.dumps(data).encode())
 

@@ -1,4 +1,4 @@
-"""The CLI's HTTP client (tokend.client): against the real daemon, against a server that answers in
+"""The CLI's HTTP client (tokend.api.client): against the real daemon, against a server that answers in
 scripted bytes (chunked, split at odd places, cut short, garbage), and what `tokend get` imports."""
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import pytest
 from starlette.types import Receive, Scope, Send
 
 from tests.daemon import free_port, tokend_command, write_config
-from tokend import signed
-from tokend.client import Client, Reply
-from tokend.discovery import Address
+from tokend.api import request_signing as signed
+from tokend.api.client import Client, Reply
+from tokend.config.discovery import Address
 from tokend.errors import DaemonUnavailable, TokendError
 from tokend.testing import FakeProviders, FakeServer
 
@@ -80,7 +80,7 @@ def test_get_imports_no_framework_nor_heavy_standard_library(daemon_factory) -> 
     assert result.stdout.strip() == daemon.get("/token/felloh").json()["token"]
     imported = {line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines()
                 if line.startswith("import time:")}
-    assert "tokend.client" in imported  # the parse found the imports
+    assert "tokend.api.client" in imported  # the parse found the imports
     heavy = {"fastapi", "starlette", "pydantic", "pydantic_core", "httpx", "httpcore", "anyio", "uvicorn",
              "apscheduler", "asyncio", "http", "http.client", "email", "ssl", "dataclasses", "inspect",
              # raw, the default, is asked for as text: no JSON to parse; and --url needs no config file

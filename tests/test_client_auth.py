@@ -21,9 +21,9 @@ import httpx
 import pytest
 
 from tests.daemon import HEADERS, Daemon, accepting, free_port, tokend_command, write_config
-from tokend import signed
-from tokend.config import ClientConfig
-from tokend.guard import NO_CLIENT_KEY, RequestGuard
+from tokend.api import request_signing as signed
+from tokend.api.guard import NO_CLIENT_KEY, RequestGuard
+from tokend.config.tables import ClientConfig
 from tokend.testing import FakeProviders
 
 KEY = "app-key-0123456789-abcdefghijkl"
@@ -249,7 +249,7 @@ def test_a_key_and_a_unix_user_are_both_required_where_both_are_named(socket_dae
 
 
 def test_over_tcp_a_client_known_by_its_unix_user_cannot_be_matched() -> None:
-    from tokend.config import ServerConfig
+    from tokend.config.tables import ServerConfig
 
     me = pwd.getpwuid(os.geteuid()).pw_name
     guard = RequestGuard(ServerConfig())

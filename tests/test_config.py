@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tokend.audit import audit
-from tokend.config import Settings
+from tokend.config.audit import audit
+from tokend.config.settings import Settings
 from tokend.errors import ConfigError
 
 FELLOH = '[providers.felloh]\nkind = "felloh"\nenvironment = "sandbox"\npublic_key = "pub-1234"\n'

@@ -20,8 +20,8 @@ import yaml
 
 from tests.daemon import Daemon, write_config
 from tests.tools import DEBIAN, require_tool
-from tokend import cli
-from tokend.config import Settings
+from tokend.cli import main as cli
+from tokend.config.settings import Settings
 from tokend.testing import FakeProviders
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -524,7 +524,7 @@ def test_senseless_expiries_are_corrected_logged_once_and_never_loop(
     for odd in ODD_EXPIRIES:
         if odd.name != "skewed-short":
             assert odd_fakes[odd.name].logins == 3, (odd.name, odd_fakes[odd.name].logins)
-        notes = log_lines(daemon, f"provider={odd.name} expiry corrected:")
+        notes = log_lines(daemon, f"expiry_corrected provider={odd.name} ")
         assert len(notes) == 1 and odd.note in notes[0], (odd.name, notes)
 
 

@@ -14,7 +14,7 @@ import httpx
 
 from tests.daemon import HEADERS, tokend_command, write_config
 from tests.test_api import serving, settings_for
-from tokend.config import Settings
+from tokend.config.settings import Settings
 from tokend.testing import FakeFelloh, FakeProviders
 
 ORG = "X9876"

@@ -23,7 +23,7 @@ import pytest
 
 from tests.daemon import Daemon, free_port, tokend_command
 from tests.fleet_redis import RedisServer
-from tokend.config import Settings
+from tokend.config.settings import Settings
 from tokend.fleet.envelope import FleetKey
 from tokend.testing import FakeProviders, serve_fakes, write_fake_config
 
@@ -318,7 +318,7 @@ def test_redis_killed_and_restarted_mid_run_no_503_fall_back_and_converge(fleet:
     assert poller.answers > 100
     for daemon in fleet.daemons:
         log = daemon.log()
-        assert "logs in by itself" in log and "Redis answers again" in log
+        assert "fleet_login_alone provider=" in log and "fleet_redis_up redis=" in log
         status = fleet_status(daemon)["fleet"]
         assert status["redis_errors"] > 0
         assert sum(t["logins_alone"] for t in status["providers"].values()) > 0

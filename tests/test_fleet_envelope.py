@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tokend.config import Settings
+from tokend.config.settings import Settings
 from tokend.credential import Credential
 from tokend.errors import ConfigError, UpstreamError
 from tokend.fleet.envelope import (
@@ -156,8 +156,8 @@ def test_without_a_fleet_table_no_redis_library_is_imported(tmp_path) -> None:  
     config = tmp_path / "tokend.toml"
     config.write_text('[providers.felloh]\nkind = "felloh"\nenvironment = "sandbox"\npublic_key = "p"\n'
                       'private_key = "s"\n')
-    code = ("import sys; from pathlib import Path; import tokend.server, tokend.cli; "
-            "from tokend.config import Settings; from tokend.daemon import Daemon; "
+    code = ("import sys; from pathlib import Path; import tokend.api.server, tokend.cli.main; "
+            "from tokend.config.settings import Settings; from tokend.daemon import Daemon; "
             "Daemon(Settings.load(Path(sys.argv[1]))); "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('redis', 'cryptography')))")
     out = subprocess.run([sys.executable, "-c", code, str(config)], capture_output=True, text=True, check=True)
@@ -221,9 +221,8 @@ def freeze(at: float) -> Iterator[None]:
 def test_a_signing_key_enters_the_share_key_by_its_fingerprint_never_its_text() -> None:
     from cryptography.hazmat.primitives import serialization
 
-    from tokend.fleet.envelope import login_identity
     from tokend.providers.github_app import GitHubAppConfig
-    from tokend.signing import load_key
+    from tokend.providers.signing_keys import load_key
     from tokend.testing import new_private_key
 
     pkcs8 = new_private_key()
@@ -243,6 +242,6 @@ def test_a_signing_key_enters_the_share_key_by_its_fingerprint_never_its_text() 
     assert key.share_key(app(pkcs1)) == key.share_key(app(encrypted, private_key_passphrase="passphrase-1")) == base
     assert key.share_key(app(new_private_key())) != base
     assert key.share_key(app(pkcs8, installation_id=8)) != base
-    identity = repr(login_identity(app(encrypted, private_key_passphrase="passphrase-1")))
+    identity = repr(app(encrypted, private_key_passphrase="passphrase-1").login_identity())
     assert load_key(pkcs8).fingerprint in identity
     assert "PRIVATE KEY" not in identity and "passphrase-1" not in identity

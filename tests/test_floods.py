@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from tests.daemon import HEADERS, Daemon, LimitedDaemon, room_for, tokend_command, write_config
-from tokend.connections import READ_TIMEOUT
+from tokend.api.connections import READ_TIMEOUT
 from tokend.testing import FakeProviders
 
 MiB = 1024 * 1024
@@ -358,7 +358,7 @@ def test_the_client_key_is_not_sent_to_a_port_when_the_config_names_a_socket(tmp
 
 
 def test_the_systemd_unit_leaves_room_for_every_connection() -> None:
-    from tokend.connections import FD_RESERVE, MAX_CONNECTIONS
+    from tokend.api.connections import FD_RESERVE, MAX_CONNECTIONS
 
     unit = (Path(__file__).parent.parent / "deploy" / "systemd" / "tokend.service").read_text()
     limits = [line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("LimitNOFILE=")]
@@ -369,9 +369,9 @@ def test_streamed_paths_are_checked_but_not_capped() -> None:
     """For a route that passes bodies on as they come (a proxy), in-process: the checks, but no cap here."""
     import asyncio
 
-    from tokend.config import ServerConfig
-    from tokend.guard import RequestGuard
-    from tokend.limits import BODY_LIMIT, RequestLimits
+    from tokend.api.guard import RequestGuard
+    from tokend.api.limits import BODY_LIMIT, RequestLimits
+    from tokend.config.tables import ServerConfig
 
     async def echo_size(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
         size, more = 0, True

@@ -14,13 +14,13 @@ import pytest
 
 from tests.daemon import tokend_command, write_config
 from tests.test_api import serving, settings_for
-from tokend.config import Settings
+from tokend.config.settings import Settings
 from tokend.credential import Credential
 from tokend.errors import ConfigError, CredentialsRejected, UpstreamError
-from tokend.logins import login_once
 from tokend.providers.base import ProviderBase
 from tokend.providers.http import HttpConfig
 from tokend.providers.oauth2 import OAuth2ClientCredentialsConfig
+from tokend.renewal.logins import login_once
 from tokend.testing import FakeOAuth2, FakeServer, FakeTokenAPI
 
 HTTP_PAGE = Path(__file__).parent.parent / "docs" / "providers" / "http.md"

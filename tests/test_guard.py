@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tokend.config import ServerConfig
-from tokend.guard import FOREIGN_HOST, FORWARDED, MISSING_HEADER, REMOTE_PEER, RequestGuard
+from tokend.api.guard import FOREIGN_HOST, FORWARDED, MISSING_HEADER, REMOTE_PEER, RequestGuard
+from tokend.config.tables import ServerConfig
 
 
 def scope(*headers: tuple[str, str], client: str = "127.0.0.1") -> dict[str, Any]:

@@ -19,13 +19,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.daemon import Daemon as DaemonProcess
-from tokend.config import Settings
+from tokend.config.settings import Settings
 from tokend.credential import Credential
 from tokend.daemon import Daemon
 from tokend.errors import ConfigError, TokenUnavailable, UpstreamError
-from tokend.expiry import SKEWED_LIFETIME, resolve_expiry
 from tokend.providers import build_provider
 from tokend.providers.base import ProviderBase
+from tokend.providers.expiry import SKEWED_LIFETIME, resolve_expiry
 from tokend.providers.felloh import FellohConfig
 from tokend.providers.fintech_studios import FintechStudiosConfig
 from tokend.providers.http import HttpConfig

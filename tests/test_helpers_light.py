@@ -15,9 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.daemon import Daemon, add_settings, tokend_command, write_config
-from tokend.cli import _parser
-from tokend.discovery import _plain_server_table, config_candidates, find_config
-from tokend.quickargs import quick_args
+from tokend.cli.main import _parser
+from tokend.config.discovery import _plain_server_table, config_candidates, find_config
+from tokend.cli.quickargs import quick_args
 from tokend.testing import FakeProviders
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,7 +72,7 @@ def test_each_helper_finds_the_daemon_from_the_user_config_and_imports_little(
     assert daemon.get("/token/felloh").json()["token"] in result.stdout
     imported = {line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines()
                 if line.startswith("import time:")}
-    assert "tokend.client" in imported  # the parse found the imports
+    assert "tokend.api.client" in imported  # the parse found the imports
     assert sorted(imported & HEAVY) == []
 
 

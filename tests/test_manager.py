@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
-from tokend.config import Settings
+from tokend.config.settings import Settings
 from tokend.credential import SERVE_MARGIN, Credential
 from tokend.errors import CredentialsRejected, RefreshThrottled, TokenUnavailable, UpstreamError
-from tokend.events import LoginEvent
-from tokend.logins import LoginCall, LoginReason
-from tokend.manager import Manager
 from tokend.redact import Redactor
+from tokend.renewal.events import LoginEvent
+from tokend.renewal.logins import LoginCall, LoginReason
+from tokend.renewal.manager import Manager
 
 START = 1_800_000_000.0
 

@@ -152,7 +152,7 @@ def test_a_client_key_that_may_not_read_the_resources_providers_is_not_told_the_
 
 
 def test_resources_must_name_providers(tmp_path: Path, fakes: FakeProviders) -> None:
-    from tokend.cli import main
+    from tokend.cli.main import main
 
     config = write_config(tmp_path, fakes, extra='[metadata.azure]\nlisten = "127.0.0.1:8770"\n'
                           'resources = { "https://vault.azure.net" = "nope" }\n')

@@ -123,9 +123,9 @@ HEAVY = ("fastapi", "starlette", "pydantic", "httpx", "uvicorn", "apscheduler", 
 
 
 @pytest.mark.parametrize("helper", [
-    ("tokend.cli", "docker_credential_main", ["get"], "ghcr.io"),
-    ("tokend.cli", "main", ["git-credential", "get"], "protocol=https\nhost=git.example.com\n"),
-    ("tokend.cli", "main", ["kube-credential", "fts"], ""),
+    ("tokend.cli.main", "docker_credential_main", ["get"], "ghcr.io"),
+    ("tokend.cli.main", "main", ["git-credential", "get"], "protocol=https\nhost=git.example.com\n"),
+    ("tokend.cli.main", "main", ["kube-credential", "fts"], ""),
 ])
 def test_the_helpers_import_no_web_framework(daemon: Daemon, helper: tuple[str, str, list[str], str]) -> None:
     module, function, argv, stdin = helper

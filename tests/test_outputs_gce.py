@@ -141,7 +141,7 @@ def test_without_the_flavor_header_or_through_a_proxy_it_is_refused(gce: tuple[D
 
 
 def test_the_provider_must_be_a_google_service_account(tmp_path: Path, fakes: FakeProviders) -> None:
-    from tokend.cli import main
+    from tokend.cli.main import main
 
     config = write_config(tmp_path, fakes, extra='[metadata.gce]\nlisten = "127.0.0.1:8771"\nprovider = "fts"\n')
     assert main(["--config", str(config), "check"]) == 3

@@ -43,7 +43,7 @@ def test_a_header_the_token_lacks_is_a_sink_error_in_status(tmp_path: Path, daem
 
 
 def test_templates_are_checked_when_the_config_is_loaded(tmp_path: Path, fakes: FakeProviders) -> None:
-    from tokend.cli import main
+    from tokend.cli.main import main
 
     for options in ({"format": "template"}, {"template": "{token}"}, {"format": "template", "template": "{secret}"},
                     {"format": "template", "template": "{token"}, {"format": "template", "template": "{a.b}"}):

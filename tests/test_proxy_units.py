@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tokend.config import Settings
+from tokend.config.settings import Settings
 from tokend.errors import ConfigError
 from tokend.outputs.proxy import headers
 from tokend.outputs.proxy.paths import BadPath, Origin, bad_path, request_target, with_query

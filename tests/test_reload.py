@@ -58,7 +58,7 @@ def test_sighup_applies_added_changed_and_removed_providers_and_keeps_the_unchan
     assert fakes.fintech_studios.is_valid(_token(daemon, "fts"))
     gone = daemon.get("/token/flotiq")
     assert gone.status_code == 404 and gone.json()["error"] == "unknown_provider"
-    assert "reload (SIGHUP): added=felloh2 changed=fts removed=flotiq unchanged=1" in daemon.log()
+    assert "reload reason=SIGHUP added=felloh2 changed=fts removed=flotiq unchanged=1" in daemon.log()
 
 
 def test_a_bad_config_is_refused_whole_and_the_running_one_stays(daemon_factory, fakes, tmp_path):
@@ -77,7 +77,7 @@ def test_a_bad_config_is_refused_whole_and_the_running_one_stays(daemon_factory,
     assert "the running config stays" in result.stderr
 
     _sighup(daemon)  # the same refusal through the signal: logged, and the daemon carries on
-    daemon.wait_until(lambda: daemon.log().count("refused, the running config stays") >= 2, what="SIGHUP refusal")
+    daemon.wait_until(lambda: daemon.log().count("reload_refused reason=") >= 2, what="SIGHUP refusal")
     assert daemon.process is not None and daemon.process.poll() is None
     assert _token(daemon, "fts") == token and _token(daemon, "flotiq")
     assert fakes.fintech_studios.logins == logins

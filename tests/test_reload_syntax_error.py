@@ -16,7 +16,7 @@ def test_a_toml_syntax_error_on_sighup_is_logged_once(daemon_factory, fakes):  #
     daemon.config.write_text(daemon.config.read_text() + BROKEN)
     assert daemon.process is not None
     daemon.process.send_signal(signal.SIGHUP)
-    daemon.wait_until(lambda: "refused, the running config stays" in daemon.log(), what="the SIGHUP refusal")
+    daemon.wait_until(lambda: "reload_refused reason=" in daemon.log(), what="the SIGHUP refusal")
     assert daemon.log().count("is not valid TOML") == 1, daemon.log()
     assert daemon.get("/readyz").status_code == 200  # still serving, with the running config
 

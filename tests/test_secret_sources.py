@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.daemon import Daemon, tokend_command, write_config
-from tokend.config import Settings
+from tokend.config.settings import Settings
 from tokend.errors import ConfigError
 from tokend.testing import FakeProviders
 
@@ -187,7 +187,7 @@ def test_a_keyring_secret_without_the_extra_names_it(tmp_path: Path) -> None:
 
 
 def test_a_command_for_a_secret_that_spans_lines_gives_all_it_prints(tmp_path: Path) -> None:
-    from tokend.secrets import resolve_secret_text
+    from tokend.config.secrets import resolve_secret_text
 
     pem = "-----BEGIN PRIVATE KEY-----\nMIIB\nVQIB\n-----END PRIVATE KEY-----"
     vault = script(tmp_path, "vault", f"printf '%s\\n' '{pem}'\n")

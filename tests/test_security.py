@@ -17,8 +17,8 @@ import httpx
 import pytest
 
 from tests.daemon import HEADERS, Daemon, accepting, tokend_command, write_config
-from tokend.audit import audit
-from tokend.config import Settings
+from tokend.config.audit import audit
+from tokend.config.settings import Settings
 from tokend.testing import FakeProviders
 
 APP_KEY = "app-key-0123456789-abcdefghijkl"
@@ -298,7 +298,7 @@ def failed_refresh(daemon: Daemon, client: httpx.Client, name: str, outputs: lis
 
 
 def test_a_client_key_compare_takes_every_key_into_account(tmp_path, fakes: FakeProviders) -> None:
-    from tokend.guard import ANYONE, RequestGuard
+    from tokend.api.guard import ANYONE, RequestGuard
 
     settings = Settings.load(write_config(tmp_path, fakes, extra=_clients(tmp_path)))
     guard = RequestGuard(settings.server)

@@ -24,8 +24,8 @@ from tokend.errors import ConfigError, CredentialsRejected
 from tokend.providers import build_provider
 from tokend.providers.base import ProviderBase
 from tokend.providers.google_service_account import GoogleServiceAccountConfig
+from tokend.providers.signing_keys import clock_skew_hint, load_key
 from tokend.redact import Redactor
-from tokend.signing import clock_skew_hint, load_key
 from tokend.testing import FakeGoogle, new_private_key
 
 Handler = Callable[[httpx.Request], httpx.Response]
@@ -64,7 +64,7 @@ def decoded(assertion: str, private_key_pem: str) -> Any:
 
 
 def load_config(tmp_path: Path, table: str) -> Any:
-    from tokend.config import Settings
+    from tokend.config.settings import Settings
 
     path = tmp_path / "tokend.toml"
     path.write_text(table)

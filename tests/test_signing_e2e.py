@@ -309,7 +309,7 @@ default_lifetime = 7200
 
 
 def test_the_verifying_fakes_refuse_a_replayed_or_foreign_assertion() -> None:
-    from tokend.signing import assertion_claims, certificate_thumbprints, load_key
+    from tokend.providers.signing_keys import assertion_claims, certificate_thumbprints, load_key
 
     entra = FakeEntraID()
     key = new_private_key()

@@ -170,7 +170,7 @@ def test_in_place_writes_keep_the_inode_and_remove_on_exit_cleans_up(
 
 def test_bad_sink_settings_are_config_errors(tmp_path: Path, fakes: FakeProviders) -> None:
     from tests.daemon import write_config
-    from tokend.cli import main
+    from tokend.cli.main import main
 
     for options, message in (
         ({"path": "relative/file"}, "path must be absolute"),

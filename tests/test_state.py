@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.daemon import tokend_command
-from tokend.config import Settings
+from tokend.config.settings import Settings
 from tokend.credential import Credential
 from tokend.state.config import default_state_path
 from tokend.state.store import StateStore

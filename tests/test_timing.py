@@ -8,8 +8,8 @@ import random
 
 import pytest
 
-from tokend.expiry import SKEWED_LIFETIME, jwt_expiry, resolve_expiry
-from tokend.policy import RETRY_FLOOR, renewal_delay, retry_delay
+from tokend.providers.expiry import SKEWED_LIFETIME, jwt_expiry, resolve_expiry
+from tokend.renewal.policy import RETRY_FLOOR, renewal_delay, retry_delay
 
 NOW = 1_800_000_000.0
 
@@ -99,7 +99,7 @@ def test_the_first_renewal_after_a_start_is_spread_wider() -> None:
 
 
 def test_the_backoff_cap_is_the_provider_s_setting(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from tokend.config import Settings
+    from tokend.config.settings import Settings
 
     config = tmp_path / "c.toml"
     config.write_text('[providers.s]\nkind = "static"\nkey = "k"\nmax_retry_delay = 20\n')

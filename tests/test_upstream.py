@@ -17,12 +17,12 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from tests.daemon import write_config
-from tokend.config import Settings
+from tokend.config.settings import Settings
 from tokend.credential import Credential
 from tokend.daemon import Daemon
 from tokend.errors import ConfigError, TokenUnavailable
+from tokend.providers.upstream import Proxies, build_client, trust_store
 from tokend.testing import FakeFintechStudios, FakeProviders, FakeServer
-from tokend.upstream import Proxies, build_client, trust_store
 
 PROXY_VARIABLES = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY", "REQUEST_METHOD")
 
@@ -293,7 +293,7 @@ def test_an_unusable_proxy_variable_is_a_config_error_that_hides_its_url(tmp_pat
     monkeypatch.setenv("HTTPS_PROXY", "ftp://ops:hunter2@proxy.example.com:21")
     settings = load(tmp_path, "")
     with pytest.raises(ConfigError) as caught:
-        build_client(settings)
+        build_client(settings.upstream.ca_bundle)
     assert "$HTTPS_PROXY" in caught.value.message and "hunter2" not in caught.value.message
 
 
@@ -306,7 +306,7 @@ def test_a_transport_handed_in_is_used_as_is_with_the_client_options(tmp_path, m
         return httpx.Response(302, headers={"Location": "https://elsewhere.example.com/"})
 
     async def go() -> httpx.Response:
-        async with build_client(load(tmp_path, ""), httpx.MockTransport(handler)) as client:
+        async with build_client(load(tmp_path, "").upstream.ca_bundle, httpx.MockTransport(handler)) as client:
             return await client.post("https://login.example.test/token")
 
     response = asyncio.run(go())

@@ -6,7 +6,7 @@ public names below are loaded only when first used.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from tokend._version import __version__
 
 __all__ = [
     "ConfigError",
@@ -23,23 +23,23 @@ __all__ = [
 _LAZY = {
     "ConfigError": "tokend.errors",
     "Credential": "tokend.credential",
-    "Manager": "tokend.manager",
-    "Settings": "tokend.config",
+    "Manager": "tokend.renewal.manager",
+    "Settings": "tokend.config.settings",
     "State": "tokend.credential",
     "TokendError": "tokend.errors",
     "UpstreamError": "tokend.errors",
-    "create_app": "tokend.api",
+    "create_app": "tokend.api.routes",
 }
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (3 ms on every `tokend get`)
 if TYPE_CHECKING:
     from typing import Any
 
-    from tokend.api import create_app
-    from tokend.config import Settings
+    from tokend.api.routes import create_app
+    from tokend.config.settings import Settings
     from tokend.credential import Credential, State
     from tokend.errors import ConfigError, TokendError, UpstreamError
-    from tokend.manager import Manager
+    from tokend.renewal.manager import Manager
 
 
 def __getattr__(name: str) -> Any:

@@ -1,3 +1,3 @@
-from tokend.cli import main
+from tokend.cli.main import main
 
 raise SystemExit(main())

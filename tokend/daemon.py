@@ -7,7 +7,8 @@ reverse. Everything else is handed what it needs; no part builds another.
 
 The metadata endpoints (tokend.outputs) have no lifecycle of their own: they only answer requests.
 
-The local API (tokend.api) and the listener (tokend.server) are built around a Daemon, not inside it.
+`serve()` opens every listening socket (tokend.api.sockets), builds the Daemon, the local API around it
+(tokend.api.routes) and the HTTP server (tokend.api.server), and runs them until a stop signal.
 """
 
 from __future__ import annotations
@@ -15,37 +16,47 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import importlib
+import logging
 import random
-from collections.abc import AsyncIterator, Sequence
+import socket
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
 import httpx
 
-from tokend.config import Settings
-from tokend.connections import Budget
+from tokend.api.connections import Budget
+from tokend.api.guard import RequestGuard
+from tokend.api.routes import create_app
+from tokend.api.server import http_server, stop_signals_end_cleanly
+from tokend.api.sockets import IN_USE, listen, unlink_at_exit
+from tokend.config.audit import audit, log_findings
+from tokend.config.settings import Settings
 from tokend.extensions import DaemonParts, Extension
-from tokend.guard import RequestGuard
-from tokend.logins import DirectLogin, Login
-from tokend.manager import Manager
-from tokend.outputs.metadata import Metadata, MetadataListener
-from tokend.outputs.proxy.listen import Listener
+from tokend.logs import install_redaction
+from tokend.outputs.metadata import Metadata, MetadataListener, closed_at_exit, open_metadata_listeners
+from tokend.outputs.proxy.listen import Listener, open_listeners, removed_at_exit
 from tokend.outputs.proxy.router import Proxy
 from tokend.outputs.sinks import SinkWriter
 from tokend.providers import KINDS
+from tokend.providers.upstream import build_client, trust_store
 from tokend.redact import Redactor
-from tokend.reloading import Reloader
-from tokend.scheduler import Scheduler
+from tokend.renewal.logins import DirectLogin, Login
+from tokend.renewal.manager import Manager
+from tokend.renewal.reloading import Reloader
+from tokend.renewal.scheduler import Scheduler
+from tokend.renewal.secret_watch import SecretFileWatcher
 from tokend.sdnotify import Notifier, StatusLine, describe
 from tokend.state.store import StateStore
-from tokend.upstream import build_client, trust_store
-from tokend.watch import SecretFileWatcher
 
 if TYPE_CHECKING:
     from tokend.fleet.logins import FleetLogins
 
-__all__ = ["Daemon"]
+__all__ = ["Daemon", "serve"]
+
+log = logging.getLogger("tokend")
 
 
 class Daemon:
@@ -73,7 +84,7 @@ class Daemon:
         )
         # Built here, not on entry: a bad proxy variable or trust store is then a ConfigError raised before
         # anything listens. Nothing connects until the first login.
-        self.client = build_client(settings, transport)
+        self.client = build_client(settings.upstream.ca_bundle, transport)
         self.scheduler = Scheduler()
         self.direct_login = DirectLogin(self.client, self.redactor)
         self.login: Login = self.direct_login
@@ -95,17 +106,18 @@ class Daemon:
             self.state.follow(self.manager)
         parts = DaemonParts(self.manager, self.scheduler, self.client, self.redactor, self.direct_login,
                             fleet=self.fleet is not None)
-        self.extensions: list[Extension] = [kind.extension(parts) for kind in KINDS if kind.extension is not None]
+        self.extensions: list[Extension] = [_extension(kind.extension)(parts) for kind in KINDS
+                                            if kind.extension is not None]
         self.sinks = SinkWriter(self.manager)
         # The auth-injecting proxy: /proxy/{name}/... on the API, and the providers' own listeners (opened by
-        # tokend.server, which owns sockets). Its upstream pool is made on the first proxied request.
+        # serve(), which owns sockets). Its upstream pool is made on the first proxied request.
         manager = self.manager
         # One budget of file descriptors for the clients' connections and the proxy's upstream ones.
         self.budget = Budget.from_limit()
         self.proxy = Proxy(manager, RequestGuard(settings.server), clients=lambda: manager.settings.clients,
                            listeners=proxy_listeners, tls=lambda: trust_store(manager.settings.upstream.ca_bundle),
                            budget=self.budget)
-        # Cloud SDKs' metadata endpoints, on their own listeners (opened by tokend.server like the proxy's).
+        # Cloud SDKs' metadata endpoints, on their own listeners (opened by serve() like the proxy's).
         self.metadata = Metadata(self.manager, self.client, self.redactor, metadata_listeners)
         self.redactor.add_secrets([self.metadata.identity_header])
         self.watcher = SecretFileWatcher(self.manager, self.scheduler)
@@ -148,6 +160,62 @@ class Daemon:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self._stack.aclose()
+
+
+def serve(settings: Settings, sock: socket.socket | None = None, *, config_path: Path | None = None) -> bool:
+    """Run until SIGTERM or SIGINT. False when the daemon could not start.
+
+    With `config_path` (the file `settings` came from), SIGHUP and POST /reload read it again.
+    """
+    with contextlib.ExitStack() as opened:
+        # Each socket is closed (a unix socket's file removed) on the way out, whether the start fails
+        # half-way or the daemon stops; the API's own first, so that a busy port is the first error.
+        sock = opened.enter_context(sock or listen(settings.server, in_use=IN_USE))
+        opened.enter_context(unlink_at_exit(settings.server))
+        proxy_listeners = open_listeners(settings)  # the providers' own proxy listeners, if any
+        opened.enter_context(removed_at_exit(proxy_listeners))
+        metadata_listeners = open_metadata_listeners(settings.metadata)
+        opened.enter_context(closed_at_exit(metadata_listeners))
+        where = _address(settings, sock)
+        # A bad proxy variable or trust store stops it here, before anything is served.
+        daemon = Daemon(settings, config_path=config_path, notifier=Notifier.from_environment(), where=where,
+                        proxy_listeners=proxy_listeners, metadata_listeners=metadata_listeners)
+        install_redaction(daemon.redactor)
+        streamed = frozenset(listener.sock.getsockname() for listener in proxy_listeners)
+        server = http_server(create_app(daemon), daemon.budget, streamed)
+        _log_start(settings, where, proxy_listeners, config_path)
+
+        async def run() -> None:
+            async with daemon:
+                await server.serve(sockets=[sock, *(listener.sock for listener in proxy_listeners),
+                                            *(listener.sock for listener in metadata_listeners)])
+
+        opened.enter_context(stop_signals_end_cleanly())
+        # uvloop where uvicorn would use it.
+        runner = opened.enter_context(asyncio.Runner(loop_factory=server.config.get_loop_factory()))
+        runner.run(run())
+    return server.started
+
+
+def _address(settings: Settings, sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return str(settings.server.socket or (f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"))
+
+
+def _log_start(settings: Settings, where: str, proxy_listeners: Sequence[Listener], config_path: Path | None) -> None:
+    log.info("serving providers=%d where=%s", len(settings.providers), where)
+    for listener in proxy_listeners:
+        log.info("proxy provider=%s where=%s", listener.provider, listener.where)
+    for protocol, address in settings.metadata.listening().items():
+        log.info("metadata endpoint=%s where=%s", protocol, address)
+    log_findings(audit(settings, config_path))
+
+
+def _extension(named: str) -> Callable[[DaemonParts], Extension]:
+    """A kind's extension class, from its "module:Class" name."""
+    module, _, attribute = named.partition(":")
+    found: Callable[[DaemonParts], Extension] = getattr(importlib.import_module(module), attribute)
+    return found
 
 
 @contextlib.asynccontextmanager

@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING, Protocol
 
 import httpx
 
-from tokend.logins import Login
 from tokend.redact import Redactor
-from tokend.scheduler import Scheduler
+from tokend.renewal.logins import Login
+from tokend.renewal.scheduler import Scheduler
 
 if TYPE_CHECKING:
     from fastapi import APIRouter
 
-    from tokend.manager import Manager
+    from tokend.renewal.manager import Manager
 
 __all__ = ["DaemonParts", "Extension"]
 

@@ -141,3 +141,8 @@ def install_redaction(redactor: Redactor) -> None:
     """Scrub every record that reaches the root handlers, whoever logged it."""
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactingFilter(redactor))
+
+
+def seconds_until(timestamp: float | None, now: float) -> str:
+    """A log field's duration from `now` to `timestamp` ("12.5s"), or "-" when there is none."""
+    return "-" if timestamp is None else f"{max(0.0, timestamp - now):.1f}s"

@@ -17,23 +17,38 @@ Keys, passwords and private keys therefore never reach a record, even encrypted.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tokend.credential import Credential
 
-if TYPE_CHECKING:
-    from tokend.providers import ProviderConfig
-
-__all__ = ["RecordError", "RecordKey", "from_template", "login_identity", "open_record", "seal", "to_template"]
+__all__ = ["KEY_BYTES", "RecordError", "RecordKey", "decode_key", "from_template", "key_id", "open_record", "seal",
+           "to_template"]
 
 VERSION = "v1"
 _NONCE = 12
+KEY_BYTES = 32  # AES-256-GCM
+
+
+def decode_key(text: str, where: str) -> bytes:
+    """32 random bytes, given as standard or url-safe base64 (`openssl rand -base64 32`); ValueError naming
+    `where` (the setting) otherwise."""
+    text = text.strip()
+    try:
+        raw = base64.b64decode(text.replace("-", "+").replace("_", "/") + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{where} is not base64: make one with `openssl rand -base64 32`") from None
+    if len(raw) != KEY_BYTES:
+        raise ValueError(f"{where} must be {KEY_BYTES} bytes (it is {len(raw)}): "
+                         "make one with `openssl rand -base64 32`")
+    return raw
+
 
 class RecordError(Exception):
     """A record that cannot be served: wrong key, tampered, or not one of ours. Says which, never the content."""
@@ -60,24 +75,6 @@ class RecordKey:
         the record learns nothing from it."""
         text = json.dumps(described, sort_keys=True, separators=(",", ":"), default=str)
         return hmac.new(self.binding, text.encode(), hashlib.sha256).hexdigest()
-
-
-def login_identity(config: ProviderConfig) -> dict[str, Any]:
-    """What makes a provider's logins the same: every setting but those its kind names as no part of the
-    login (NOT_LOGIN: timing, sinks, the proxy), and the secrets by value (not by where they are read from:
-    the same password in another file is the same login), a private key by its public key's fingerprint.
-    The secrets only ever enter a keyed hash."""
-    secrets = config.secrets()
-    secret_fields = {where.split(".")[0].split("[")[0] for where in secrets}
-    identity: dict[str, Any] = {"kind": config.kind, "url": config.url}
-    # An unset optional secret (a key's passphrase) is skipped too: set or not, it is no part of the identity
-    # (the key it opens is, by its fingerprint).
-    skipped = {name for name, field in type(config).model_fields.items()
-               if name in config.NOT_LOGIN or (field.alias or name) in secret_fields
-               or (getattr(config, name) is None and "SecretValue" in str(field.annotation))}
-    identity.update(config.model_dump(by_alias=True, mode="json", exclude=skipped))
-    identity.update({f"secret:{where}": value for where, value in config.login_secrets().items()})
-    return identity
 
 
 # --- templates -----------------------------------------------------------------------------------------------
@@ -155,9 +152,10 @@ def seal_json(body: Any, key: RecordKey, binding: str) -> str:
     return f"{VERSION}.{key.id}.{base64.b64encode(nonce + sealed).decode()}"
 
 
-def key_id(record: str) -> str | None:
+def key_id(record: str, version: str = VERSION) -> str | None:
+    """The id of the key that wrote `record` (a record of format `version`), or None when it is not one."""
     parts = record.split(".", 2)
-    return parts[1] if len(parts) == 3 and parts[0] == VERSION else None
+    return parts[1] if len(parts) == 3 and parts[0] == version else None
 
 
 def open_json(record: str, keys: Mapping[str, RecordKey], binding: str, what: str = "record") -> Any:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import importlib
 from collections.abc import Mapping
 from pathlib import Path
@@ -12,24 +10,9 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tokend.fields import Seconds
-from tokend.secrets import Secret, SecretValue
-
-KEY_BYTES = 32  # AES-256-GCM
-
-
-def decode_key(secret: SecretValue, where: str) -> bytes:
-    """32 random bytes, given as standard or url-safe base64 (`openssl rand -base64 32`)."""
-    text = secret.get().strip()
-    try:
-        raw = base64.b64decode(text.replace("-", "+").replace("_", "/") + "=" * (-len(text) % 4), validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError(f"{where} is not base64: make one with `openssl rand -base64 32`") from None
-    if len(raw) != KEY_BYTES:
-        raise ValueError(f"{where} must be {KEY_BYTES} bytes (it is {len(raw)}): "
-                         "make one with `openssl rand -base64 32`")
-    return raw
-
+from tokend.config.fields import Seconds
+from tokend.config.secrets import Secret, SecretValue
+from tokend.sealing import decode_key
 
 # What fleet mode imports, from the `fleet` extra: not installed with tokend itself.
 _EXTRA_MODULES = ("redis.asyncio", "cryptography.hazmat.primitives.ciphers.aead")
@@ -72,17 +55,17 @@ class FleetConfig(BaseModel):
 
     @model_validator(mode="after")
     def _keys_decode(self) -> FleetConfig:
-        decode_key(self.encryption_key, "encryption_key")
+        decode_key(self.encryption_key.get(), "encryption_key")
         for index, key in enumerate(self.old_encryption_keys):
-            decode_key(key, f"old_encryption_keys[{index}]")
+            decode_key(key.get(), f"old_encryption_keys[{index}]")
         if self.ca_bundle is not None and not self.ca_bundle.is_file():
             raise ValueError(f"ca_bundle {self.ca_bundle} is not a readable file")
         return self
 
     def key_bytes(self) -> list[bytes]:
         """The key to write with first, then those still accepted for reading."""
-        return [decode_key(self.encryption_key, "encryption_key"),
-                *(decode_key(key, "old_encryption_keys") for key in self.old_encryption_keys)]
+        return [decode_key(self.encryption_key.get(), "encryption_key"),
+                *(decode_key(key.get(), "old_encryption_keys") for key in self.old_encryption_keys)]
 
     def secrets(self) -> list[SecretValue]:
         """For the log redactor: the URL may hold the password."""

@@ -39,11 +39,10 @@ from tokend.sealing import (
     credential_body,
     credential_from_body,
     from_template,
-    login_identity,
     to_template,
 )
 
-__all__ = ["FleetKey", "RecordError", "from_template", "key_id", "login_identity", "open_failure", "open_record",
+__all__ = ["FleetKey", "RecordError", "from_template", "open_failure", "open_record",
            "seal", "seal_failure", "to_template"]
 
 VERSION = "v2"  # v2: the namespace is part of the associated data
@@ -73,7 +72,7 @@ class FleetKey:
     def share_key(self, config: ProviderConfig) -> str:
         """A keyed hash of how the provider logs in: kind, login URL, identity and secrets. Two configs that
         would log in differently never get the same one, and Redis learns nothing from it."""
-        described = json.dumps(login_identity(config), sort_keys=True, separators=(",", ":"), default=str)
+        described = json.dumps(config.login_identity(), sort_keys=True, separators=(",", ":"), default=str)
         return hmac.new(self.sharing, described.encode(), hashlib.sha256).hexdigest()
 
 
@@ -86,11 +85,6 @@ def seal(credential: Credential, key: FleetKey, share_key: str, secrets: Mapping
     nonce = os.urandom(_NONCE)
     sealed = AESGCM(key.encryption).encrypt(nonce, json.dumps(body).encode(), _associated(key, share_key))
     return f"{VERSION}.{key.id}.{base64.b64encode(nonce + sealed).decode()}"
-
-
-def key_id(record: str) -> str | None:
-    parts = record.split(".", 2)
-    return parts[1] if len(parts) == 3 and parts[0] == VERSION else None
 
 
 def open_record(record: str, keys: Mapping[str, FleetKey], share_key: str, secrets: Mapping[str, str]) -> Credential:
@@ -140,8 +134,8 @@ def open_failure(record: str, keys: Mapping[str, FleetKey], share_key: str, prov
         raise RecordError(f"the failure record does not decrypt with key id {kid}: it was tampered with") from None
     now = time.time()
     at, until = body.get("at"), body.get("until")
-    if not isinstance(at, float) or not isinstance(until, float) or not at - CLOCK_SKEW <= now < until \
-            or until - at > MAX_FAILURE_HOLD:
+    if (not isinstance(at, float) or not isinstance(until, float) or not at - CLOCK_SKEW <= now < until
+            or until - at > MAX_FAILURE_HOLD):
         raise RecordError("the failure record is out of its time (replayed, or from a clock far off): ignored")
     age = max(0, int(now - at))
     message = f"another daemon of the fleet tried this login {age}s ago and failed: {body['message']}"

@@ -39,9 +39,9 @@ from tokend.fleet.envelope import (
     seal_failure,
 )
 from tokend.fleet.store import MAX_KEY_IDS, Store, StoreError
-from tokend.logins import Login, LoginCall, LoginReason
-from tokend.policy import RENEW_BEFORE_EXPIRY, renewal_delay
 from tokend.providers import ProviderConfig
+from tokend.renewal.logins import Login, LoginCall, LoginReason
+from tokend.renewal.policy import RENEW_BEFORE_EXPIRY, renewal_delay
 
 log = logging.getLogger("tokend")
 
@@ -96,7 +96,7 @@ class FleetLogins:
 
     async def __aenter__(self) -> FleetLogins:
         self._listener = asyncio.create_task(self._listen(), name="tokend-fleet-listener")
-        log.info("fleet: sharing tokens through %s, namespace %s, key id %s",
+        log.info("fleet_sharing redis=%s namespace=%s key_id=%s",
                  self._store.where, self.config.namespace, self._keys[0].id)
         return self
 
@@ -245,7 +245,7 @@ class FleetLogins:
     async def _alone(self, call: LoginCall, tally: _Tally, why: str) -> Credential:
         tally.logins_alone += 1
         tally.last = f"logged in alone ({call.reason}): {why}"
-        log.warning("fleet provider=%s logs in by itself: %s", call.name, why)
+        log.warning("fleet_login_alone provider=%s reason=%s", call.name, why)
         current = call.current
         if current is not None and current.expires_at is not None and call.reason is not LoginReason.FORCED:
             # A token still serves: spread the fleet's lone logins, so Redis failing is not a burst upstream.
@@ -369,7 +369,7 @@ class FleetLogins:
                 self._redis_errors += 1
                 self._last_error = str(exc)
                 if self._down_since is None:
-                    log.info("fleet: the subscription to Redis failed (%s); subscribing again", exc)
+                    log.info("fleet_subscription_failed error=%s next=subscribe_again", exc)
             await asyncio.sleep(self.config.retry_after * self._rng.uniform(0.5, 1.0))
 
     async def _check_key_ids(self) -> None:
@@ -384,24 +384,23 @@ class FleetLogins:
             if kid in self._by_id or (kid not in self._foreign and len(self._foreign) >= MAX_KEY_IDS):
                 continue  # bounded: a Redis writer could fill the hash with made-up ids
             if now - at < KEY_SEEN_WITHIN and kid not in self._foreign:
-                log.warning("fleet: another daemon of namespace %s writes with key id %s, which this daemon does "
-                            "not have (this one writes with %s): tokens are not shared between them; give every "
-                            "daemon the same encryption_key", self.config.namespace, kid, self._keys[0].id)
+                log.warning("fleet_foreign_key namespace=%s key_id=%s ours=%s hint=%s", self.config.namespace, kid,
+                            self._keys[0].id, "tokens are not shared with that daemon: give every daemon the same "
+                            "encryption_key")
             self._foreign[kid] = at
 
     def _trouble(self, error: StoreError) -> None:
         self._redis_errors += 1
         self._last_error = str(error)
         if time.monotonic() >= self._down_until and self._down_since is None:
-            log.warning("fleet: Redis failed (%s); logging in alone, trying Redis again in %gs",
-                        error, self.config.retry_after)
+            log.warning("fleet_redis_down error=%s next=login_alone retry_in=%gs", error, self.config.retry_after)
             self._down_since = time.time()
         self._down_until = time.monotonic() + self.config.retry_after
 
     def _up(self) -> None:
         self._down_until = -1.0
         if self._down_since is not None:
-            log.info("fleet: Redis answers again at %s; sharing tokens again", self._store.where)
+            log.info("fleet_redis_up redis=%s next=share", self._store.where)
             self._down_since = None
 
     # --- /status and /metrics ----------------------------------------------------------------------------

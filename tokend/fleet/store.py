@@ -56,8 +56,8 @@ return 0
 """
 # A lease no daemon of ours set (no expiry, or one far beyond the lease length: a Redis writer's) is cut to
 # the normal lease length, so that it lapses like a crashed holder's instead of stalling every login.
-_REPAIR = "local ttl = redis.call('PTTL', KEYS[2]) " \
-          "if ttl == -1 or ttl > tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[2], ARGV[2]) end"
+_REPAIR = ("local ttl = redis.call('PTTL', KEYS[2]) "
+           "if ttl == -1 or ttl > tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[2], ARGV[2]) end")
 # Take the lease if it is free.
 _ACQUIRE = f"""
 local won = redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2])
@@ -245,7 +245,7 @@ class Store:
                 yield share, record or None
         finally:
             with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
 
 
 def _reason(exc: BaseException) -> str:

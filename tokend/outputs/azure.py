@@ -21,44 +21,21 @@ import time
 from typing import Any
 from urllib.parse import parse_qsl
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.types import Receive, Scope, Send
 
 from tokend.errors import TokendError
-from tokend.fields import LoopbackListen
+from tokend.outputs.config import AzureConfig, resource_key
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from tokend.manager import Manager
+    from tokend.renewal.manager import Manager
 
-__all__ = ["PATH", "AzureConfig", "AzureIdentityEndpoint", "resource_key"]
+__all__ = ["PATH", "AzureIdentityEndpoint"]
 
 PATH = "/msi/token"
 API_VERSION = "2019-08-01"
 # A key that never expires still needs an expires_on: asked again after this long.
 _NO_EXPIRY_LIFETIME = 3600
-
-
-def resource_key(resource: str) -> str:
-    """A resource in one form: `https://vault.azure.net/`, `https://vault.azure.net/.default` (a scope) and
-    `HTTPS://Vault.Azure.Net` are one resource."""
-    return resource.strip().removesuffix("/.default").rstrip("/").lower()
-
-
-class AzureConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    listen: LoopbackListen
-    resources: dict[str, str] = Field(min_length=1)  # resource URI -> the provider that serves it
-
-    @field_validator("resources")
-    @classmethod
-    def _one_form(cls, resources: dict[str, str]) -> dict[str, str]:
-        keyed: dict[str, str] = {}
-        for resource, provider in resources.items():
-            if keyed.setdefault(resource_key(resource), provider) != provider:
-                raise ValueError(f"resource {resource!r} is listed twice, for two providers")
-        return keyed
 
 
 class AzureIdentityEndpoint:

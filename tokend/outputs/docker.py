@@ -11,24 +11,16 @@ the tokens are the daemon's to renew.
 
 from __future__ import annotations
 
+from tokend.config.tool_names import registry_key
 from tokend.outputs import asking
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from tokend.client import Client
+    from tokend.api.client import Client
 
-__all__ = ["NOT_FOUND", "get", "listing", "registry_key"]
+__all__ = ["NOT_FOUND", "get", "listing"]
 
 NOT_FOUND = "credentials not found in native keychain"  # what Docker matches to mean "none stored"
-
-
-def registry_key(server: str) -> str:
-    """A registry as Docker names it, in one form: `https://ghcr.io/` and `ghcr.io` -> `ghcr.io`;
-    Docker Hub's `https://index.docker.io/v1/` -> `index.docker.io/v1`."""
-    text = server.strip().lower()
-    for scheme in ("https://", "http://"):
-        text = text.removeprefix(scheme)
-    return text.rstrip("/")
 
 
 def get(client: Client, server_url: str) -> dict[str, str] | None:

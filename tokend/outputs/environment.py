@@ -8,7 +8,7 @@ from tokend.errors import TokendError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from tokend.client import Client
+    from tokend.api.client import Client
 
 __all__ = ["metadata_environment"]
 

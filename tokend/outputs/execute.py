@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from typing import Any
 
-    from tokend.client import Client
+    from tokend.api.client import Client
 
 __all__ = ["Unrunnable", "child_environment", "run", "unsafe_variable"]
 

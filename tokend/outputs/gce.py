@@ -31,33 +31,23 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from urllib.parse import parse_qsl, unquote
 
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import Receive, Scope, Send
 
 from tokend.credential import Credential
 from tokend.errors import TokendError
-from tokend.fields import LoopbackListen
+from tokend.outputs.config import ACCOUNT_KIND, GceConfig
 
 if TYPE_CHECKING:
     import httpx
 
-    from tokend.manager import Manager
     from tokend.redact import Redactor
+    from tokend.renewal.manager import Manager
 
-__all__ = ["ACCOUNT_KIND", "MAX_MINTED", "GceConfig", "GoogleAccount", "GoogleMetadataServer"]
+__all__ = ["MAX_MINTED", "GoogleAccount", "GoogleMetadataServer"]
 
-ACCOUNT_KIND = "google_service_account"
 _ROOT = "/computeMetadata/v1/"
 MAX_MINTED = 64  # audiences and scope sets held at once, beside the provider's own token
 _ACCOUNTS = f"{_ROOT}instance/service-accounts/"
-
-
-class GceConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    listen: LoopbackListen
-    provider: str = Field(min_length=1)  # a google_service_account provider
-    project_id: str | None = Field(default=None, min_length=1)
 
 
 @runtime_checkable
@@ -154,8 +144,8 @@ class GoogleMetadataServer:
         async with self._minting.setdefault(key, asyncio.Lock()):  # many processes asking at once: one login
             now = time.time()
             held = self._minted.get(key)
-            if held is not None and held.expires_at is not None and \
-                    held.expires_at - now > (held.expires_at - held.obtained_at) / 3:
+            if (held is not None and held.expires_at is not None
+                    and held.expires_at - now > (held.expires_at - held.obtained_at) / 3):
                 return held
             if key[0] == "audience":
                 credential = await account.mint(self._client, audience=key[1])

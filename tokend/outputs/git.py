@@ -16,7 +16,7 @@ from tokend.outputs import asking
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from tokend.client import Client
+    from tokend.api.client import Client
 
 __all__ = ["erase", "get", "parse", "unparse"]
 

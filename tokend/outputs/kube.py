@@ -23,7 +23,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from tokend.client import Client
+    from tokend.api.client import Client
 
 __all__ = ["API_VERSIONS", "exec_credential"]
 

@@ -4,7 +4,7 @@ checks every one of them makes, and the ASGI wrapper that sends a request to the
 Cloud SDKs ask a metadata endpoint with no key of tokend's: so each listener takes only what the local
 API would (a loopback peer and Host, nothing relayed by a proxy, nothing from a web page), plus the
 protocol's own proof that the caller is an SDK (Google's `Metadata-Flavor: Google` header, Azure's
-per-run secret). The sockets are opened by tokend.server, which owns sockets, and served by the same
+per-run secret). The sockets are opened by tokend.api.sockets, like every listener, and served by the same
 server as the API; the app tells them apart by the address a request came in on.
 """
 
@@ -13,67 +13,33 @@ from __future__ import annotations
 import contextlib
 import secrets
 import socket
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from tokend.fields import is_loopback_host
+from tokend.api.sockets import listen_each
+from tokend.config.fields import is_loopback_host
+from tokend.config.tables import ServerConfig
 from tokend.outputs.azure import PATH as AZURE_PATH
-from tokend.outputs.azure import AzureConfig, AzureIdentityEndpoint
-from tokend.outputs.gce import ACCOUNT_KIND, GceConfig, GoogleMetadataServer
+from tokend.outputs.azure import AzureIdentityEndpoint
+from tokend.outputs.config import MetadataConfig, MetadataProtocol
+from tokend.outputs.gce import GoogleMetadataServer
 
 if TYPE_CHECKING:
     import httpx
 
-    from tokend.manager import Manager
-    from tokend.providers.base import ProviderBase
     from tokend.redact import Redactor
+    from tokend.renewal.manager import Manager
 
-__all__ = ["Metadata", "MetadataConfig", "MetadataListener", "open_metadata_listeners"]
+__all__ = ["Metadata", "MetadataListener", "open_metadata_listeners"]
 
-Protocol = Literal["gce", "azure"]
-
-
-class MetadataConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    gce: GceConfig | None = None
-    azure: AzureConfig | None = None
-
-    def problem(self, providers: Mapping[str, ProviderBase]) -> str | None:
-        """Why these settings do not fit the providers (a sentence naming the field), or None."""
-        if self.gce is not None:
-            found = providers.get(self.gce.provider)
-            if found is None:
-                return f'field "metadata.gce.provider": no provider is named "{self.gce.provider}"'
-            if found.kind != ACCOUNT_KIND:
-                return (f'field "metadata.gce.provider": provider "{self.gce.provider}" is of kind {found.kind}; '
-                        f"Google's metadata server serves a {ACCOUNT_KIND}")
-        if self.azure is not None:
-            for resource, name in self.azure.resources.items():
-                if name not in providers:
-                    return f'field "metadata.azure.resources": {resource} names no provider "{name}"'
-        ports = list(self.listening().values())
-        if len(set(ports)) != len(ports):
-            return "[metadata.gce] and [metadata.azure] need a listen address each"
-        return None
-
-    def listening(self) -> dict[Protocol, str]:
-        """Each listener that is on, and its host:port."""
-        found: dict[Protocol, str] = {}
-        if self.gce is not None:
-            found["gce"] = self.gce.listen
-        if self.azure is not None:
-            found["azure"] = self.azure.listen
-        return found
 
 
 @dataclass(frozen=True)
 class MetadataListener:
-    protocol: Protocol
+    protocol: MetadataProtocol
     sock: socket.socket
 
     @property
@@ -85,8 +51,6 @@ class MetadataListener:
 
 def open_metadata_listeners(config: MetadataConfig) -> list[MetadataListener]:
     """A socket per listener that is on; TokendError (all closed) if one cannot be had."""
-    from tokend.config import ServerConfig
-    from tokend.server import listen_each  # here: tokend.server imports the app, which imports this module
 
     wanted = [(protocol, ServerConfig(host=listen.rpartition(":")[0].strip("[]"), port=int(listen.rpartition(":")[2])))
               for protocol, listen in config.listening().items()]
@@ -121,7 +85,7 @@ class Metadata:
     def addresses(self) -> frozenset[Any]:
         return frozenset(self._apps)
 
-    def where(self, protocol: Protocol) -> str | None:
+    def where(self, protocol: MetadataProtocol) -> str | None:
         """host:port of the listener, as the environment variables name it; None when it is off."""
         for listener in self.listeners:
             if listener.protocol == protocol:
@@ -135,8 +99,8 @@ class Metadata:
         if (gce := self.where("gce")) is not None:
             env["GCE_METADATA_HOST"] = env["GCE_METADATA_IP"] = gce
         azure = self._manager.settings.metadata.azure
-        if (where := self.where("azure")) is not None and azure is not None and \
-                all(may_read(provider) for provider in azure.resources.values()):
+        if ((where := self.where("azure")) is not None and azure is not None
+                and all(may_read(provider) for provider in azure.resources.values())):
             env["IDENTITY_ENDPOINT"] = f"http://{where}{AZURE_PATH}"
             env["IDENTITY_HEADER"] = self.identity_header
         return env

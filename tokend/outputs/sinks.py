@@ -19,79 +19,26 @@ import asyncio
 import contextlib
 import json
 import logging
-import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, model_validator
-
-from tokend.accounts import group_id, user_id
+from tokend.config.accounts import group_id, user_id
 from tokend.credential import Credential, iso_utc
 from tokend.errors import UnknownProvider
-from tokend.fields import Seconds
 from tokend.outputs import templated
+from tokend.outputs.config import SinkConfig
 from tokend.outputs.sinkfiles import remove_sink_file, send_signal, write_sink_file
 
 if TYPE_CHECKING:
-    from tokend.events import Listener
-    from tokend.manager import Manager
+    from tokend.renewal.events import Listener
+    from tokend.renewal.manager import Manager
 
-__all__ = ["SinkConfig", "SinkWriter", "render"]
+__all__ = ["SinkWriter", "render"]
 
 log = logging.getLogger("tokend")
-
-
-def _file_mode(value: Any) -> int:
-    if isinstance(value, str) and value.isdigit():
-        value = int(value, 8)
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 0o777:
-        raise ValueError('must be a file mode such as 0o600 (or "0600")')
-    if value & 0o600 != 0o600:
-        raise ValueError(f"{value:#o} must let tokend's own user read and write the file (0o600 at least)")
-    return value
-
-
-def _signal_number(value: Any) -> int:
-    name = str(value).upper().removeprefix("SIG")
-    number = getattr(signal, f"SIG{name}", None)
-    if not isinstance(number, int) or name in ("KILL", "STOP"):
-        raise ValueError(f'{value!r} is not a signal to send on change (use a name such as "HUP" or "USR1")')
-    return int(number)
-
-
-class SinkConfig(BaseModel):
-    """One file a provider's credential is written to."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    path: Path
-    format: Literal["raw", "json", "header", "env", "template"] = "raw"
-    template: Annotated[str, AfterValidator(templated.check)] | None = None  # format = "template" only
-    mode: Annotated[int, PlainValidator(_file_mode)] = 0o600
-    owner: str | None = None
-    group: str | None = None
-    atomic: bool = True
-    remove_on_exit: bool = False
-    env_prefix: str = Field(default="TOKEND_", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    command: tuple[str, ...] | None = Field(default=None, min_length=1)  # run without a shell after a change
-    command_timeout: Seconds = 30.0
-    signal: Annotated[int, PlainValidator(_signal_number)] | None = None
-    pid_file: Path | None = None
-
-    @model_validator(mode="after")
-    def _one_way_to_tell(self) -> SinkConfig:
-        if not self.path.is_absolute():
-            raise ValueError("path must be absolute")
-        if self.command is not None and self.signal is not None:
-            raise ValueError("set command or signal (with pid_file), not both")
-        if (self.signal is None) != (self.pid_file is None):
-            raise ValueError("signal and pid_file go together: the signal is sent to the process in pid_file")
-        if (self.format == "template") != (self.template is not None):
-            raise ValueError('format = "template" and template go together: the template is what the file holds')
-        return self
 
 
 def render(name: str, credential: Credential, sink: SinkConfig) -> bytes:

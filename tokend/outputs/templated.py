@@ -9,12 +9,12 @@
 
 The names are those of `GET /token`: `{token}`, `{token_type}`, `{expires_at}` (RFC 3339, empty for a key
 that never expires), and `{header:NAME}` for each header a client must send (its name in any case);
-`{{` and `}}` are literal braces. The rules are the `http` kind's templates' (tokend.template).
+`{{` and `}}` are literal braces. The rules are the `http` kind's templates' (tokend.config.templates).
 """
 
 from __future__ import annotations
 
-from tokend import template
+from tokend.config import templates as template
 from tokend.credential import Credential, iso_utc
 
 __all__ = ["check", "render"]

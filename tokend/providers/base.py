@@ -7,21 +7,17 @@ in (as google-auth hands in `request`), so tests give it a MockTransport and the
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from tokend.config.fields import GitHost, ProxyListen, Registry, Seconds, UpstreamURL
+from tokend.config.secrets import SecretValue, collect_secrets
 from tokend.credential import Credential
-from tokend.fields import GitHost, ProxyListen, Registry, Seconds, UpstreamURL
-from tokend.outputs.sinks import SinkConfig
+from tokend.outputs.config import SinkConfig
 from tokend.redact import Redactor
-from tokend.secrets import SecretValue, collect_secrets
-
-if TYPE_CHECKING:
-    from tokend.extensions import DaemonParts, Extension
 
 __all__ = ["Continuing", "Kind", "Provider", "ProviderBase"]
 
@@ -128,6 +124,23 @@ class ProviderBase(BaseModel):
         hash). A signing kind names its key by fingerprint: the same key in another encoding is the same login."""
         return {where: secret.get() for where, secret in self.secrets().items()}
 
+    def login_identity(self) -> dict[str, Any]:
+        """What makes a provider's logins the same: every setting but those its kind names as no part of the
+        login (NOT_LOGIN: timing, sinks, the proxy), and the secrets by value (not by where they are read from:
+        the same password in another file is the same login), a private key by its public key's fingerprint.
+        The secrets only ever enter a keyed hash."""
+        secrets = self.secrets()
+        secret_fields = {where.split(".")[0].split("[")[0] for where in secrets}
+        identity: dict[str, Any] = {"kind": self.kind, "url": self.url}
+        # An unset optional secret (a key's passphrase) is skipped too: set or not, it is no part of the identity
+        # (the key it opens is, by its fingerprint).
+        skipped = {name for name, field in type(self).model_fields.items()
+                   if name in self.NOT_LOGIN or (field.alias or name) in secret_fields
+                   or (getattr(self, name) is None and "SecretValue" in str(field.annotation))}
+        identity.update(self.model_dump(by_alias=True, mode="json", exclude=skipped))
+        identity.update({f"secret:{where}": value for where, value in self.login_secrets().items()})
+        return identity
+
     def secrets(self) -> dict[str, SecretValue]:
         """Every secret in this provider's settings, by where it sits (`password`, `secrets.api_key`)."""
         found: dict[str, SecretValue] = {}
@@ -167,8 +180,10 @@ class Kind(Generic[ConfigT]):
     name: str
     config: type[ConfigT]
     provider: type[Provider]
-    # Built once per daemon when the daemon starts; it loops over the providers of its kind itself.
-    extension: Callable[[DaemonParts], Extension] | None = None
+    # What the kind adds to the daemon, as "module:Class" (a class taking the daemon's DaemonParts): built
+    # once per daemon by the daemon, which imports it by name. Named rather than imported here, so that
+    # loading a config imports no web framework and no kind's module imports the daemon's parts.
+    extension: str | None = None
     # The kind's table for `tokend init`: a working starting point, its secrets as { env } references
     # named after the table, so that it passes `tokend check` once they are set.
     example: str = ""

@@ -16,11 +16,11 @@ from typing import Any
 
 import httpx
 
+from tokend.config.fields import shown_url
 from tokend.credential import Credential
 from tokend.errors import CredentialsRejected, UpstreamError
-from tokend.expiry import resolve_expiry
-from tokend.fields import shown_url
 from tokend.providers.base import ProviderBase
+from tokend.providers.expiry import resolve_expiry
 from tokend.redact import SHORT_FIELD_LENGTH, Redactor, excerpt, untrusted
 
 # What a provider reads from an error body: (its request id, its message), either may be None.
@@ -236,7 +236,7 @@ def bearer_credential(
     extra_headers: Mapping[str, str] | None = None,
     request_id: str | None = None,
 ) -> Credential:
-    """A bearer token credential, with its expiry made sensible (tokend.expiry)."""
+    """A bearer token credential, with its expiry made sensible (tokend.providers.expiry)."""
     headers = {**(extra_headers or {}), "Authorization": f"Bearer {token}"}
     return login_credential(config, token, reported_expiry, headers=headers, request_id=request_id)
 
@@ -252,7 +252,7 @@ def login_credential(
     request_id: str | None = None,
     exact_expiry: bool = False,
 ) -> Credential:
-    """The credential a login produced, with its expiry made sensible (tokend.expiry). `exact_expiry`: the
+    """The credential a login produced, with its expiry made sensible (tokend.providers.expiry). `exact_expiry`: the
     expiry's unit is known for sure (see resolve_expiry)."""
     now = time.time()
     expires_at, note = resolve_expiry(

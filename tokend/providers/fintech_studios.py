@@ -12,8 +12,9 @@ from typing import Any, Literal
 import httpx
 from pydantic import Field
 
+from tokend.config.fields import UpstreamURL
+from tokend.config.secrets import Secret
 from tokend.credential import Credential
-from tokend.fields import UpstreamURL
 from tokend.providers.base import Kind, ProviderBase
 from tokend.providers.exchange import (
     LoginRequest,
@@ -24,7 +25,6 @@ from tokend.providers.exchange import (
     number_or_none,
 )
 from tokend.redact import Redactor
-from tokend.secrets import Secret
 
 
 def describe(body: Any) -> tuple[str | None, str | None]:

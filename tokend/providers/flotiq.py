@@ -9,12 +9,12 @@ from typing import Literal
 
 import httpx
 
+from tokend.config.fields import UpstreamURL
+from tokend.config.secrets import Secret
 from tokend.credential import Credential
-from tokend.fields import UpstreamURL
 from tokend.providers.base import Kind, ProviderBase
 from tokend.providers.exchange import static_credential
 from tokend.redact import Redactor
-from tokend.secrets import Secret
 
 FLOTIQ_URL = "https://api.flotiq.com"
 

@@ -17,18 +17,18 @@ from typing import TYPE_CHECKING, Any, Literal
 import httpx
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from tokend import __version__
+from tokend._version import __version__
+from tokend.config.fields import UpstreamURL
+from tokend.config.secrets import Secret, SecretText, SecretValue
 from tokend.credential import Credential
 from tokend.errors import CredentialsRejected, UpstreamError
-from tokend.fields import UpstreamURL
 from tokend.providers.base import Kind, ProviderBase
 from tokend.providers.exchange import LoginRequest, bearer_credential, exchange, limits, malformed
+from tokend.providers.signing_keys import checked_key, clock_skew_hint, describe_key, key_identity, login_key, masked
 from tokend.redact import Redactor
-from tokend.secrets import Secret, SecretText, SecretValue
-from tokend.signing import checked_key, clock_skew_hint, describe_key, key_identity, login_key, masked
 
 if TYPE_CHECKING:
-    from tokend.signing import SigningKey
+    from tokend.providers.signing_keys import SigningKey
 
 __all__ = ["GitHubApp", "GitHubAppConfig"]
 
@@ -76,7 +76,7 @@ class GitHubAppConfig(ProviderBase):
     @field_validator("private_key")
     @classmethod
     def _usable_key(cls, key: SecretValue, info: ValidationInfo) -> SecretValue:
-        from tokend.signing import load_key
+        from tokend.providers.signing_keys import load_key
 
         checked_key(key, info, "private_key_passphrase")
         passphrase = info.data.get("private_key_passphrase")
@@ -105,7 +105,7 @@ class GitHubApp:
         self._key: SigningKey | None = None
 
     def _jwt(self) -> str:
-        from tokend.signing import assertion_claims
+        from tokend.providers.signing_keys import assertion_claims
 
         if self._key is None:
             self._key = login_key(self.name, "private_key", self.config.private_key,

@@ -18,18 +18,18 @@ from typing import TYPE_CHECKING, Any, Literal
 import httpx
 from pydantic import Field, field_validator
 
+from tokend.config.fields import UpstreamURL
+from tokend.config.secrets import SecretText, SecretValue
 from tokend.credential import Credential
-from tokend.expiry import jwt_expiry
-from tokend.fields import UpstreamURL
 from tokend.providers.base import Kind, ProviderBase
 from tokend.providers.exchange import LoginRequest, limits, login_credential, malformed
+from tokend.providers.expiry import jwt_expiry
 from tokend.providers.oauth2 import JWT_BEARER_GRANT, access_token_credential, describe, token_exchange
+from tokend.providers.signing_keys import describe_key, key_identity, login_key, masked
 from tokend.redact import Redactor
-from tokend.secrets import SecretText, SecretValue
-from tokend.signing import describe_key, key_identity, login_key, masked
 
 if TYPE_CHECKING:
-    from tokend.signing import SigningKey
+    from tokend.providers.signing_keys import SigningKey
 
 __all__ = ["CLOUD_PLATFORM", "GoogleServiceAccount", "GoogleServiceAccountConfig", "ServiceAccountKey"]
 
@@ -83,7 +83,7 @@ class GoogleServiceAccountConfig(ProviderBase):
     @field_validator("key")
     @classmethod
     def _usable_key(cls, key: SecretValue) -> SecretValue:
-        from tokend.signing import load_key
+        from tokend.providers.signing_keys import load_key
 
         parsed = ServiceAccountKey.parse(key.get())
         try:
@@ -162,7 +162,7 @@ class GoogleServiceAccount:
             claims["target_audience"] = audience
         else:
             claims["scope"] = " ".join(scopes or self.config.scopes)
-        from tokend.signing import assertion_claims
+        from tokend.providers.signing_keys import assertion_claims
 
         assertion = masked(self._redactor, self.name, signer.sign(
             assertion_claims(ASSERTION_LIFETIME, **claims), alg="RS256", header={"kid": account.private_key_id}))

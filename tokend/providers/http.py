@@ -15,12 +15,12 @@ from typing import Annotated, Any, Literal
 import httpx
 from pydantic import AfterValidator, Field, PlainValidator, model_validator
 
-from tokend import pointer, template
+import tokend.providers.json_pointer as pointer
+from tokend.config import templates as template
+from tokend.config.fields import UpstreamURL
+from tokend.config.secrets import Secret, SecretValue, resolve_secret
 from tokend.credential import Credential
 from tokend.errors import UpstreamError
-from tokend.expiry import jwt_expiry
-from tokend.fields import UpstreamURL
-from tokend.pointer import check_pointer
 from tokend.providers.base import Kind, ProviderBase
 from tokend.providers.exchange import (
     LoginRequest,
@@ -29,8 +29,9 @@ from tokend.providers.exchange import (
     login_credential,
     number_or_none,
 )
+from tokend.providers.expiry import jwt_expiry
+from tokend.providers.json_pointer import check_pointer
 from tokend.redact import Redactor
-from tokend.secrets import Secret, SecretValue, resolve_secret
 
 _MESSAGE_KEYS = ("message", "error_description", "error", "detail", "title")
 
@@ -182,7 +183,7 @@ class HttpLogin:
                                     retryable=False)
             return expires
         if config.expiry_pointer is None:
-            return None  # tokend.expiry falls back to a JWT's exp, else default_lifetime
+            return None  # tokend.providers.expiry falls back to a JWT's exp, else default_lifetime
         raw = self._find(body, "expiry_pointer", config.expiry_pointer, request_id)
         expires = _parse_expiry(raw, config.expiry_format)
         if expires is None:

@@ -13,17 +13,25 @@ from typing import TYPE_CHECKING, Any, Literal
 import httpx
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from tokend.config.fields import UpstreamURL
+from tokend.config.secrets import Secret, SecretText, SecretValue
 from tokend.credential import Credential
-from tokend.fields import UpstreamURL
 from tokend.providers.base import Kind, ProviderBase
 from tokend.providers.exchange import LoginRequest, limits
 from tokend.providers.oauth2 import JWT_BEARER_GRANT, access_token_credential, describe, token_exchange
+from tokend.providers.signing_keys import (
+    Algorithm,
+    checked_key,
+    describe_key,
+    key_identity,
+    login_key,
+    masked,
+    optional_secret,
+)
 from tokend.redact import Redactor
-from tokend.secrets import Secret, SecretText, SecretValue
-from tokend.signing import Algorithm, checked_key, describe_key, key_identity, login_key, masked, optional_secret
 
 if TYPE_CHECKING:
-    from tokend.signing import SigningKey
+    from tokend.providers.signing_keys import SigningKey
 
 __all__ = ["JWTBearer", "JWTBearerConfig"]
 
@@ -56,7 +64,7 @@ class JWTBearerConfig(ProviderBase):
 
     @model_validator(mode="after")
     def _consistent(self) -> JWTBearerConfig:
-        from tokend.signing import load_key
+        from tokend.providers.signing_keys import load_key
 
         own = sorted(_OWN_CLAIMS & set(self.claims))
         if own:
@@ -84,7 +92,7 @@ class JWTBearer:
         self._key: SigningKey | None = None
 
     def _assertion(self) -> str:
-        from tokend.signing import assertion_claims
+        from tokend.providers.signing_keys import assertion_claims
 
         config = self.config
         if self._key is None:

@@ -19,9 +19,10 @@ from urllib.parse import quote
 import httpx
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from tokend.config.fields import UpstreamURL
+from tokend.config.secrets import Secret, SecretText, SecretValue, config_relative
 from tokend.credential import Credential
 from tokend.errors import CredentialsRejected, UpstreamError
-from tokend.fields import UpstreamURL
 from tokend.providers.base import Kind, ProviderBase
 from tokend.providers.exchange import (
     LoginRequest,
@@ -31,12 +32,19 @@ from tokend.providers.exchange import (
     malformed,
     number_or_none,
 )
+from tokend.providers.signing_keys import (
+    checked_key,
+    clock_skew_hint,
+    describe_key,
+    key_identity,
+    login_key,
+    masked,
+    optional_secret,
+)
 from tokend.redact import Redactor
-from tokend.secrets import Secret, SecretText, SecretValue, config_relative
-from tokend.signing import checked_key, clock_skew_hint, describe_key, key_identity, login_key, masked, optional_secret
 
 if TYPE_CHECKING:
-    from tokend.signing import SigningKey
+    from tokend.providers.signing_keys import SigningKey
 
 # RFC 7523 section 2.2's client_assertion_type, and section 2.1's grant_type.
 CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -146,7 +154,7 @@ class OAuth2ClientCredentialsConfig(ProviderBase):
             raise ValueError('auth_method = "private_key_jwt" sends no client secret: remove client_secret')
         if self.client_assertion_key is None:
             raise ValueError('auth_method = "private_key_jwt" needs client_assertion_key (the PEM private key)')
-        from tokend.signing import load_key
+        from tokend.providers.signing_keys import load_key
 
         key = load_key(self.client_assertion_key.get(), optional_secret(self.client_assertion_key_passphrase))
         try:
@@ -154,7 +162,7 @@ class OAuth2ClientCredentialsConfig(ProviderBase):
         except ValueError as exc:
             raise ValueError(f"client_assertion_alg: {exc}") from None
         if self.client_certificate is not None:
-            from tokend.signing import certificate_thumbprints
+            from tokend.providers.signing_keys import certificate_thumbprints
 
             try:
                 certificate_thumbprints(_read_certificate(self.client_certificate), key)
@@ -215,7 +223,7 @@ class OAuth2ClientCredentials:
 
     def _client_assertion(self) -> str:
         """RFC 7523 section 3's claims, signed afresh for every login (a jti is used once)."""
-        from tokend.signing import assertion_claims, certificate_thumbprints
+        from tokend.providers.signing_keys import assertion_claims, certificate_thumbprints
 
         config = self.config
         assert config.client_assertion_key is not None  # the config's check: private_key_jwt has a key

@@ -7,11 +7,11 @@ from typing import Literal
 import httpx
 from pydantic import model_validator
 
+from tokend.config.secrets import Secret
 from tokend.credential import Credential
 from tokend.providers.base import Kind, ProviderBase
 from tokend.providers.exchange import static_credential
 from tokend.redact import Redactor
-from tokend.secrets import Secret
 
 
 class StaticConfig(ProviderBase):

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from tokend.fleet.config import decode_key
-from tokend.secrets import Secret, SecretValue
+from tokend.config.secrets import Secret, SecretValue
+from tokend.sealing import decode_key
 
 __all__ = ["StateConfig", "default_state_path"]
 
@@ -35,7 +35,7 @@ class StateConfig(BaseModel):
 
     @model_validator(mode="after")
     def _key_decodes(self) -> StateConfig:
-        decode_key(self.encryption_key, "encryption_key")
+        decode_key(self.encryption_key.get(), "encryption_key")
         if self.path is not None and not self.path.is_absolute():
             raise ValueError(f"path {self.path} must be absolute (the daemon's working directory is no place "
                              "for state)")
@@ -46,7 +46,7 @@ class StateConfig(BaseModel):
         return self.path or default_state_path()
 
     def key_bytes(self) -> bytes:
-        return decode_key(self.encryption_key, "encryption_key")
+        return decode_key(self.encryption_key.get(), "encryption_key")
 
     def secrets(self) -> list[SecretValue]:
         return [self.encryption_key]

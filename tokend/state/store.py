@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING
 
 from tokend.credential import Credential
 from tokend.errors import ConfigError, SignInNeeded, UnknownProvider
-from tokend.events import LoginEvent
 from tokend.providers import ProviderConfig
-from tokend.sealing import RecordError, RecordKey, login_identity, open_record, seal
+from tokend.renewal.events import LoginEvent
+from tokend.sealing import RecordError, RecordKey, open_record, seal
 from tokend.state.config import StateConfig
 
 if TYPE_CHECKING:
-    from tokend.manager import Manager
+    from tokend.renewal.manager import Manager
 
 __all__ = ["StateStore", "persisted"]
 
@@ -48,8 +48,6 @@ class StateStore:
         self._key = RecordKey.derive(config.key_bytes(), b"tokend state ")
         self._refused: dict[str, str] = {}  # provider -> the record it refused last (logged once)
         self._manager: Manager | None = None
-        self.writes = 0
-        self.write_errors = 0
         self._lock_descriptor: int | None = None
 
     def open(self) -> StateStore:
@@ -59,8 +57,7 @@ class StateStore:
             mode = self.folder.stat().st_mode & 0o777
             if mode & 0o077:
                 os.chmod(self.folder, 0o700)
-                log.warning("state: %s was mode %04o; now 0700 (only tokend's user may read its state)",
-                            self.folder, mode)
+                log.warning("state_folder_tightened path=%s mode=%04o now=0700", self.folder, mode)
         except OSError as exc:
             raise ConfigError(f"state: cannot use {self.folder} as the state folder ({exc.strerror}); set "
                               "[state] path to a folder tokend's user may write") from None
@@ -122,7 +119,6 @@ class StateStore:
     def write(self, name: str, config: ProviderConfig, credential: Credential) -> None:
         record = seal(credential, self._key, self._binding(name, config), _secrets(config))
         _replace(self.path(name), (record + "\n").encode("ascii"))
-        self.writes += 1
 
     def forget(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -130,7 +126,7 @@ class StateStore:
             _sync_folder(self.folder)
 
     def _binding(self, name: str, config: ProviderConfig) -> str:
-        return self._key.bind({"provider": name, "login": login_identity(config)})
+        return self._key.bind({"provider": name, "login": config.login_identity()})
 
     def _refuse(self, name: str, record: str, why: str) -> None:
         if self._refused.get(name) != record:
@@ -152,9 +148,8 @@ class StateStore:
             elif isinstance(event.error, SignInNeeded):
                 self.forget(event.name)  # a refused refresh token, or a logout: nothing left worth keeping
         except OSError as exc:
-            self.write_errors += 1
-            log.warning("state provider=%s: cannot write %s (%s); the credential is served but will not "
-                        "survive a restart", event.name, self.path(event.name), exc.strerror)
+            log.warning("state_write_failed provider=%s path=%s error=%s hint=%s", event.name, self.path(event.name),
+                        exc.strerror, "the credential is served but will not survive a restart")
 
 
 def _worth_keeping(config: ProviderConfig, credential: Credential) -> bool:

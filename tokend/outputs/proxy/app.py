@@ -26,10 +26,10 @@ from typing import Any, Protocol
 
 from starlette.types import Receive, Scope, Send
 
+import tokend.outputs.proxy.headers as header_rules
+from tokend.api.guard import Denial
 from tokend.credential import Credential
 from tokend.errors import TokendError, TokenUnavailable, UnknownProvider
-from tokend.guard import Denial
-from tokend.outputs.proxy import headers as header_rules
 from tokend.outputs.proxy.paths import BadPath, Origin, request_target, with_query
 from tokend.outputs.proxy.pool import Answer, Connection, Pool, UpstreamFailure
 from tokend.outputs.proxy.stats import ProxyStats
@@ -263,7 +263,7 @@ class ProxyApp:
             assert route.origin is not None
             prepared = self._prepared[name] = _Prepared.of(name, credential, route.origin)
             if prepared.unsendable is not None:
-                log.warning("proxy: %s", prepared.unsendable)  # once per credential, not per request
+                log.warning("proxy_unsendable provider=%s reason=%s", name, prepared.unsendable)  # once per credential
         return prepared
 
     # --- the exchange -------------------------------------------------------------------------------------
@@ -289,7 +289,8 @@ class ProxyApp:
             await self._relay(answer, send, name)
         except UpstreamFailure as exc:
             self._stats.failed(name)
-            log.warning("proxy: %s %s %s: %s", name, method, _path_only(target), exc.message)
+            log.warning("proxy_upstream_failed provider=%s method=%s path=%s error=%s", name, method,
+                        _path_only(target), exc.message)
             await _error(send, 502, "upstream_unreachable", exc.message, provider=name)
         except _ClientGone:
             self._stats.count(name, 499)
@@ -352,7 +353,8 @@ class ProxyApp:
         await answer.discard()
         answer.release()
         self._stats.retried(name)
-        log.info("proxy: %s %s %s answered 401; retrying once with a new token", name, method, _path_only(target))
+        log.info("proxy_retry provider=%s method=%s path=%s status=401 next=new_token", name, method,
+                 _path_only(target))
         return await self._exchange(name, route, method, target, client_headers, fresh, body)
 
     def _renewal(self, name: str, rejected: Credential) -> asyncio.Future[Credential]:
@@ -375,7 +377,7 @@ class ProxyApp:
         self._renewals.pop(key, None)
         if not task.cancelled() and (exc := task.exception()) is not None:
             reason = exc.message if isinstance(exc, TokendError) else type(exc).__name__
-            log.warning("proxy: %s answered 401 and the refresh failed: %s", key[0], reason)
+            log.warning("proxy_refresh_failed provider=%s status=401 error=%s", key[0], reason)
 
     async def _relay(self, answer: Answer, send: Send, name: str) -> None:
         """The answer back to the client as it arrives; the connection goes back to the pool at the end."""
@@ -390,7 +392,7 @@ class ProxyApp:
                 except UpstreamFailure as exc:
                     # Too late for a 502: the client must see the answer break off, not a clean end.
                     self._stats.failed(name)
-                    log.warning("proxy: %s: the answer broke off: %s", name, exc.message)
+                    log.warning("proxy_answer_broken provider=%s error=%s", name, exc.message)
                     raise _BrokenOff(exc.message) from None
                 await send({"type": "http.response.body", "body": chunk, "more_body": not answer.done})
         finally:

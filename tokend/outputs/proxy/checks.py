@@ -11,8 +11,8 @@ from collections.abc import Callable, Mapping
 
 from starlette.types import Scope
 
-from tokend.config import ClientConfig
-from tokend.guard import NOT_YOURS, Denial, RequestGuard
+from tokend.api.guard import NOT_YOURS, Denial, RequestGuard
+from tokend.config.tables import ClientConfig
 from tokend.outputs.proxy.app import Check
 
 __all__ = ["FROM_BROWSER", "request_check"]

@@ -12,7 +12,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tokend.config import ServerConfig, Settings
+from tokend.api.sockets import listen_each
+from tokend.config.settings import Settings
+from tokend.config.tables import ServerConfig
 
 __all__ = ["Listener", "open_listeners"]
 
@@ -37,7 +39,6 @@ class Listener:
 
 def open_listeners(settings: Settings) -> list[Listener]:
     """A listening socket for every provider with proxy_listen; TokendError (all closed) if one fails."""
-    from tokend.server import listen_each  # here: tokend.server imports the app, which imports this package
 
     wanted = [((name, server), server) for name, config in settings.providers.items()
               if config.proxy and config.proxy_listen is not None

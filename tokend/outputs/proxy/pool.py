@@ -13,7 +13,7 @@ not say `Connection: close`; a byte beyond the end, or any byte while it waits i
 bytes could only be read as the next client's answer. Memory per answer stays near CHUNK: reading from the
 upstream pauses while that much waits for the client.
 
-Connections cost file descriptors, which the clients' connections draw on too (tokend.connections.Budget):
+Connections cost file descriptors, which the clients' connections draw on too (tokend.api.connections.Budget):
 the pool opens at most its share of them, keeps at most IDLE_PER_ORIGIN idle per origin, and closes one
 idle for IDLE_TIMEOUT. One TLS handshake per connection, never per request; certificates are verified with
 the trust store logins use.
@@ -30,7 +30,7 @@ from typing import cast
 
 import httptools
 
-from tokend.connections import Budget
+from tokend.api.connections import Budget
 from tokend.outputs.proxy.paths import Origin
 
 __all__ = ["Answer", "Connection", "Pool", "UpstreamFailure"]

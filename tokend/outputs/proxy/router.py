@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from tokend.config import ClientConfig
-from tokend.guard import RequestGuard
+from tokend.api.guard import RequestGuard
+from tokend.config.tables import ClientConfig
 from tokend.outputs.proxy.listen import Listener
 from tokend.outputs.proxy.stats import ProxyStats
 
 if TYPE_CHECKING:
-    from tokend.connections import Budget
+    from tokend.api.connections import Budget
     from tokend.outputs.proxy.app import Credentials, ProxyApp
     from tokend.outputs.proxy.pool import Pool
 

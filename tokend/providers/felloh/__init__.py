@@ -4,22 +4,10 @@ daemon as an extension (extension.py)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from tokend.providers.base import Kind
 from tokend.providers.felloh.login import Felloh, FellohConfig
 
-if TYPE_CHECKING:
-    from tokend.extensions import DaemonParts, Extension
-
 __all__ = ["KIND", "Felloh", "FellohConfig"]
-
-
-def _extension(parts: DaemonParts) -> Extension:
-    # Imported here: the extension needs the web framework, which loading a config must not import.
-    from tokend.providers.felloh.extension import FellohExtension
-
-    return FellohExtension(parts)
 
 
 EXAMPLE = """\
@@ -30,4 +18,5 @@ public_key = { env = "FELLOH_PUBLIC_KEY" }
 private_key = { env = "FELLOH_PRIVATE_KEY" }   # or { file = "/run/secrets/felloh_private_key" }, mode 0600
 """
 
-KIND = Kind("felloh", FellohConfig, Felloh, extension=_extension, example=EXAMPLE)
+KIND = Kind("felloh", FellohConfig, Felloh, extension="tokend.providers.felloh.extension:FellohExtension",
+            example=EXAMPLE)

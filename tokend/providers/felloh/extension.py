@@ -24,7 +24,6 @@ MAX_CHECK_INTERVAL = 3600.0  # look at a key's age at least hourly, and ten time
 class FellohExtension:
     def __init__(self, parts: DaemonParts) -> None:
         self._parts = parts
-        self._scheduled: set[str] = set()
 
     def router(self) -> APIRouter:
         return felloh_router(self._parts)
@@ -56,7 +55,7 @@ class FellohExtension:
         try:
             age = time.time() - config.public_key.path.stat().st_mtime
         except OSError as exc:
-            log.warning("scheduled rotation provider=%s cannot read %s: %s", name, config.public_key.path,
+            log.warning("rotation_skipped provider=%s reason=unreadable path=%s error=%s", name, config.public_key.path,
                         exc.strerror)
             return
         if age < config.rotate_every:
@@ -64,7 +63,7 @@ class FellohExtension:
         try:
             result = await rotate(self._parts, name, config.organisation)
         except TokendError as exc:
-            log.warning("scheduled rotation provider=%s failed: %s", name, exc.message)
+            log.warning("rotation_failed provider=%s reason=scheduled error=%s", name, exc.message)
             return
         if result.warning:
-            log.warning("scheduled rotation provider=%s: %s", name, result.warning)
+            log.warning("rotation_warning provider=%s reason=scheduled warning=%s", name, result.warning)

@@ -18,16 +18,16 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from tokend.config.secret_files import write_secret_file
+from tokend.config.secrets import SecretValue
 from tokend.credential import iso_utc
 from tokend.errors import OperationRefused, UpstreamError
 from tokend.extensions import DaemonParts
 from tokend.fleet.config import FLEET_ROTATION_REFUSED
-from tokend.logins import LoginCall, LoginReason
-from tokend.manager import Manager
 from tokend.providers.exchange import LoginRequest, exchange, limits
 from tokend.providers.felloh.login import JSON_HEADERS, FellohConfig, describe
-from tokend.secretfile import write_secret_file
-from tokend.secrets import SecretValue
+from tokend.renewal.logins import LoginCall, LoginReason
+from tokend.renewal.manager import Manager
 
 log = logging.getLogger("tokend")
 
@@ -219,4 +219,4 @@ async def _discard(keys: FellohKeys, organisation: str, new: NewKey) -> None:
             if key.public_key == new.public_key:
                 await keys.delete(key.id)
     except UpstreamError as exc:
-        log.warning("rotation could not delete its unused new key %r: %s", new.name, exc.message)
+        log.warning("rotation_cleanup_failed key=%r error=%s", new.name, exc.message)

@@ -12,8 +12,9 @@ from typing import Any, ClassVar, Literal
 import httpx
 from pydantic import model_validator
 
+from tokend.config.fields import Duration, UpstreamURL
+from tokend.config.secrets import Secret
 from tokend.credential import Credential
-from tokend.fields import Duration, UpstreamURL
 from tokend.providers.base import ProviderBase
 from tokend.providers.exchange import (
     LoginRequest,
@@ -24,7 +25,6 @@ from tokend.providers.exchange import (
     number_or_none,
 )
 from tokend.redact import Redactor
-from tokend.secrets import Secret
 
 FELLOH_URLS = {"production": "https://api.felloh.com", "sandbox": "https://sandbox.felloh.com"}
 JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}

@@ -4,22 +4,10 @@ and the sign-out that revokes (RFC 7009), offered to the daemon as an extension 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from tokend.providers.base import Kind
 from tokend.providers.oauth2_refresh_token.grant import OAuth2RefreshToken, OAuth2RefreshTokenConfig
 
-if TYPE_CHECKING:
-    from tokend.extensions import DaemonParts, Extension
-
 __all__ = ["KIND", "OAuth2RefreshToken", "OAuth2RefreshTokenConfig"]
-
-
-def _extension(parts: DaemonParts) -> Extension:
-    # Imported here: the extension needs the web framework, which loading a config must not import.
-    from tokend.providers.oauth2_refresh_token.device import DeviceLogins
-
-    return DeviceLogins(parts)
 
 
 EXAMPLE = """\
@@ -34,5 +22,5 @@ refresh_token = { env = "ME_REFRESH_TOKEN" }   # the first one; optional with de
 # revocation_url = "https://auth.example.com/oauth/revoke"                 # `tokend logout me` revokes it
 """
 
-KIND = Kind("oauth2_refresh_token", OAuth2RefreshTokenConfig, OAuth2RefreshToken, extension=_extension,
-            example=EXAMPLE)
+KIND = Kind("oauth2_refresh_token", OAuth2RefreshTokenConfig, OAuth2RefreshToken,
+            extension="tokend.providers.oauth2_refresh_token.device:DeviceLogins", example=EXAMPLE)

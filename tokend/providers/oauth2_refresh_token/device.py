@@ -128,8 +128,8 @@ class DeviceLogins:
         while True:
             left = sign_in.start.expires_at - time.time()
             if left <= 0:
-                sign_in.phase, sign_in.message = "expired", "the code expired before the user approved it; " \
-                    f"run `tokend login {name}` again"
+                sign_in.phase, sign_in.message = "expired", (
+                    f"the code expired before the user approved it; run `tokend login {name}` again")
                 return
             await asyncio.sleep(min(sign_in.interval, left))
             sign_in.polls += 1
@@ -151,15 +151,15 @@ class DeviceLogins:
                 case "slow_down":
                     sign_in.interval += SLOW_DOWN_STEP
                 case "expired_token":
-                    sign_in.phase, sign_in.message = "expired", "the code expired before the user approved " \
-                        f"it; run `tokend login {name}` again"
+                    sign_in.phase, sign_in.message = "expired", (
+                        f"the code expired before the user approved it; run `tokend login {name}` again")
                     return
                 case "access_denied":
                     sign_in.phase, sign_in.message = "denied", "the user refused the sign-in"
                     return
                 case _:
-                    sign_in.phase, sign_in.message = "failed", f"the authorization server answered {answer.error}: " \
-                        f"{answer.description}"
+                    sign_in.phase, sign_in.message = "failed", (
+                        f"the authorization server answered {answer.error}: {answer.description}")
                     return
 
     # --- sign-out --------------------------------------------------------------------------------------

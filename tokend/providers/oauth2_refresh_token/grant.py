@@ -20,14 +20,14 @@ from typing import Any, Literal
 import httpx
 from pydantic import Field, model_validator
 
+from tokend.config.fields import UpstreamURL
+from tokend.config.secrets import Secret
 from tokend.credential import Credential
 from tokend.errors import CredentialsRejected, SignInNeeded, UpstreamError
-from tokend.fields import UpstreamURL
 from tokend.providers.base import ProviderBase
 from tokend.providers.exchange import LoginRequest, exchange, limits, login_credential, malformed, number_or_none
 from tokend.providers.oauth2 import basic_authorization, describe
 from tokend.redact import Redactor
-from tokend.secrets import Secret
 
 __all__ = ["DEVICE_GRANT", "DeviceAnswer", "DeviceStart", "OAuth2RefreshToken", "OAuth2RefreshTokenConfig"]
 
@@ -181,8 +181,8 @@ class OAuth2RefreshToken:
             response = await client.post(url, data=dict(request.form or {}), headers=dict(request.headers),
                                          timeout=request.timeout)
         except httpx.HTTPError as exc:
-            raise UpstreamError(self.name, f"revocation could not reach the server ({type(exc).__name__})") \
-                from None
+            message = f"revocation could not reach the server ({type(exc).__name__})"
+            raise UpstreamError(self.name, message) from None
         if not response.is_success:
             raise UpstreamError(self.name, f"revocation answered {response.status_code}", status=response.status_code)
 

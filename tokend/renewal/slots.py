@@ -1,0 +1,157 @@
+"""One provider's bookkeeping in the manager, and what /status and /readyz show of it."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from tokend.credential import SERVE_MARGIN, Credential, State, iso_utc
+from tokend.errors import CredentialsRejected, RefreshThrottled, SignInNeeded, TokenUnavailable, UpstreamError
+from tokend.providers import ProviderConfig
+from tokend.renewal.policy import REJECTED_RETRY, retry_delay
+
+__all__ = ["Slot", "slot_state", "slot_status"]
+
+
+# A client asked for an expired token this recently: retries are hurried (expired_retry_delay), so that
+# service comes back within seconds of the upstream, not after a backoff grown during the outage.
+ASKED_RECENTLY = 60.0
+
+
+@dataclass
+class Slot:
+    """One provider's bookkeeping. The credential in it is only ever replaced whole."""
+
+    name: str
+    config: ProviderConfig
+    credential: Credential | None = None
+    # Kept from an earlier run but no longer servable: only its refresh token is of use, to the next login.
+    carried: Credential | None = None
+    inflight: asyncio.Task[Credential] | None = None
+    last_attempt: float = -math.inf  # monotonic start of the last login attempt
+    last_forced: float = -math.inf  # monotonic start of the last login a refresh asked for
+    last_duration: float = 0.0  # seconds the last login took: room to leave for the next before expiry
+    quiet_until: float = -math.inf  # monotonic: no login before this, as the provider's Retry-After asked
+    asked_at: float = -math.inf  # monotonic: the last time a client asked while there was no token to serve
+    last_success_at: float | None = None  # wall clock, for /status
+    next_refresh_at: float | None = None
+    last_error: UpstreamError | None = None
+    last_error_at: float | None = None
+    last_request_id: str | None = None
+    last_expiry_note: str | None = None
+    consecutive_failures: int = 0
+    logins_ok: int = 0
+    logins_failed: int = 0
+    retired: bool = False  # replaced or removed by a reload: its login in flight lands nowhere
+
+    @property
+    def job_id(self) -> str:
+        return f"login:{self.name}"
+
+    def took(self, credential: Credential) -> Credential | None:
+        """A login succeeded: hold its credential, clear the failures; the credential it replaces, if any."""
+        previous = self.credential or self.carried
+        self.credential, self.carried = credential, None
+        self.consecutive_failures = 0
+        self.quiet_until = -math.inf
+        self.logins_ok += 1
+        self.last_success_at = credential.obtained_at
+        self.last_request_id = credential.request_id or self.last_request_id
+        return previous
+
+    def failed(self, error: UpstreamError, now: float, monotonic: float) -> None:
+        """A login failed: count it and keep its error; a Retry-After keeps the provider quiet that long."""
+        self.consecutive_failures += 1
+        self.logins_failed += 1
+        self.last_error, self.last_error_at = error, now
+        self.last_request_id = error.request_id or self.last_request_id
+        if error.retry_after is not None:
+            self.quiet_until = monotonic + error.retry_after
+
+    def check_not_quiet(self, now: float, monotonic: float) -> None:
+        """RefreshThrottled when the provider asked for quiet or refused the credentials a moment ago."""
+        if monotonic < self.quiet_until:
+            until = iso_utc(now + self.quiet_until - monotonic)
+            raise RefreshThrottled(
+                self.name, f"not attempted: the provider asked for no login before {until} (Retry-After)",
+                retry_after=self.quiet_until - monotonic,
+            )
+        if isinstance(self.last_error, CredentialsRejected) and monotonic - self.last_attempt < REJECTED_RETRY:
+            wait = self.last_attempt + REJECTED_RETRY - monotonic
+            raise RefreshThrottled(
+                self.name, f"not attempted: the provider refused {self.name}'s credentials "
+                f"({self.last_error.message}); refused credentials are tried at most once a minute, next at "
+                f"{iso_utc(now + wait)}", retry_after=wait,
+            )
+
+    def unavailable(self) -> TokenUnavailable:
+        """Why no token can be served, with when the next login is."""
+        if self.last_error is None:
+            return TokenUnavailable(self.name, f"no valid token for {self.name} yet")
+        when = iso_utc(self.next_refresh_at)
+        return TokenUnavailable(
+            self.name,
+            f"no valid token for {self.name}: {self.last_error.message}" + (f"; next try at {when}" if when else ""),
+            next_attempt=self.next_refresh_at,
+        )
+
+
+    def retry_delay(self, error: UpstreamError, now: float, monotonic: float, rng: random.Random) -> float:
+        """The backoff, bounded so that the last retry comes while the token is still served (with room for
+        the login itself), and hurried while clients are asking for a token that has run out."""
+        credential = self.credential
+        serving_left = None
+        if credential is not None and credential.expires_at is not None:
+            serving_left = credential.expires_at - SERVE_MARGIN - now - self.last_duration
+        delay = retry_delay(
+            self.consecutive_failures, rng, retryable=error.retryable, retry_after=error.retry_after,
+            time_left=serving_left if serving_left is not None and serving_left > 0 else None,
+            cap=self.config.max_retry_delay,
+        )
+        if self.clients_waiting(now, monotonic) and error.retryable:
+            delay = max(min(delay, self.config.expired_retry_delay), error.retry_after or 0.0)
+        return delay
+
+
+    def clients_waiting(self, now: float, monotonic: float) -> bool:
+        """No token to serve, and a client asked for one within the last minute."""
+        fresh = self.credential is not None and self.credential.is_fresh(now)
+        return not fresh and monotonic - self.asked_at < ASKED_RECENTLY
+
+
+def slot_state(slot: Slot, now: float) -> State:
+    if slot.credential is None:
+        return State.PENDING if slot.consecutive_failures == 0 else State.FAILED
+    if not slot.credential.is_fresh(now):
+        return State.EXPIRED
+    if slot.inflight is not None:
+        return State.REFRESHING
+    return State.RETRYING if slot.consecutive_failures else State.OK
+
+
+def slot_status(slot: Slot, now: float) -> dict[str, Any]:
+    credential = slot.credential
+    expires_in = credential.expires_in(now) if credential else None
+    error = slot.last_error
+    return {
+        "kind": slot.config.kind,
+        "state": slot_state(slot, now).value,
+        "source": credential.source if credential else None,
+        "expires_at": iso_utc(credential.expires_at) if credential else None,
+        "expires_in": None if expires_in is None else max(0, int(expires_in)),
+        "last_refresh": iso_utc(slot.last_success_at),
+        "next_refresh": iso_utc(slot.next_refresh_at),
+        "last_error": None if error is None else {
+            "message": error.message, "status": error.status, "request_id": error.request_id,
+            "credentials_rejected": isinstance(error, CredentialsRejected), "at": iso_utc(slot.last_error_at),
+            "since_last_success": slot.consecutive_failures > 0,
+        },
+        "last_request_id": slot.last_request_id,
+        "logins": {"ok": slot.logins_ok, "failed": slot.logins_failed},
+        "consecutive_failures": slot.consecutive_failures,
+        # A user token that only its user can renew: what they should run.
+        "sign_in": error.command if isinstance(error, SignInNeeded) and slot.consecutive_failures else None,
+    }
