@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from tests.daemon import Daemon, add_settings, tokend_command, write_config
 from tokend.cli.main import _parser
-from tokend.config.discovery import _plain_server_table, config_candidates, find_config
 from tokend.cli.quickargs import quick_args
+from tokend.config.discovery import _plain_server_table, config_candidates, find_config
 from tokend.testing import FakeProviders
 
 ROOT = Path(__file__).resolve().parent.parent
