@@ -11,6 +11,14 @@ Three runs, each against the same fakes (bench/_fleet.py: every login is real an
   2. outage: the same fleet, Redis killed for 20 s in the middle: non-200 answers (503s) under load.
   3. alone: the same 20 daemons without [fleet]: logins per provider (about 20 times the ideal), memory.
 Needs redis-server on PATH (Debian: apt-get install redis-server).
+
+    python bench/fleet_run.py --mode sentinel --daemons 3 --seconds 60     # one deployment, a failover midway
+    python bench/fleet_run.py --mode all --daemons 3 --seconds 60          # the three, side by side
+
+With --mode, one run per deployment (standalone, sentinel: a primary, a replica and three sentinels; cluster:
+three primaries, each with a replica), the primary failing in the middle: standalone, Redis killed and started
+again after 5 s; sentinel and cluster, a primary killed (the sentinels or the cluster promote its replica).
+Logins per provider against one daemon's ideal, and non-200 answers. Needs redis-sentinel and redis-cli too.
 """
 
 from __future__ import annotations
@@ -144,7 +152,9 @@ class Load:
             self.errors += errors
 
 
-def _write_configs(tmp: Path, fakes: dict[str, Any], redis_port: int | None, run: str) -> list[tuple[Path, Any]]:
+def _write_configs(tmp: Path, fakes: dict[str, Any], redis_port: int | None, run: str,
+                   where: str | None = None) -> list[tuple[Path, Any]]:
+    """`where`: the [fleet] lines naming Redis (sentinels, cluster_nodes), instead of a redis_url on `redis_port`."""
     key_file = tmp / "fleet.key"
     if not key_file.exists():
         key_file.touch(mode=0o600)
@@ -154,10 +164,10 @@ def _write_configs(tmp: Path, fakes: dict[str, Any], redis_port: int | None, run
         sock = listen_tcp("127.0.0.1", 0)
         # Every daemon has the same three providers (indices 0-2 at the fakes): the same logins, to share.
         config, _ = _fleet.write_fleet_config(tmp / run / f"d{n}", fakes, KINDS, port=sock.getsockname()[1])
-        if redis_port is not None:
+        if redis_port is not None or where is not None:
+            where = where or f'redis_url = "redis://127.0.0.1:{redis_port}"\n'
             with config.open("a") as out:
-                out.write(f'\n[fleet]\nredis_url = "redis://127.0.0.1:{redis_port}"\n'
-                          f'encryption_key = {{ file = "{key_file}" }}\nnamespace = "bench"\n')
+                out.write(f'\n[fleet]\n{where}encryption_key = {{ file = "{key_file}" }}\nnamespace = "bench"\n')
         configs.append((config, sock))
     return configs
 
@@ -241,12 +251,91 @@ def _run(helpers: Helpers, tmp: Path, fakes: dict[str, Any], record: Path, redis
     }
 
 
+def _deployment(mode: str, directory: Path) -> tuple[Any, str, Any]:
+    """The deployment started (tests/fleet_redis.py's), its [fleet] lines, and what makes it fail over."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests.fleet_redis import Cluster, RedisServer, SentinelSet
+
+    if mode == "sentinel":
+        sentinels = SentinelSet(directory).start()
+        where = "sentinels = [" + ", ".join(f'"{a}"' for a in sentinels.addresses) + ']\nsentinel_service = "tokend"\n'
+        return sentinels, where, sentinels.kill_primary
+    if mode == "cluster":
+        cluster = Cluster(directory, count=6, replicas=1).start()
+        return cluster, f'cluster_nodes = ["{cluster.addresses[0]}"]\n', cluster.kill_a_primary
+    server = RedisServer(directory).start()
+
+    def restart() -> None:
+        server.kill()
+        time.sleep(5)
+        server.start()
+
+    return server, f'redis_url = "{server.url}"\n', restart
+
+
+def _failover_run(helpers: Helpers, tmp: Path, fakes: dict[str, Any], record: Path, mode: str, seconds: float,
+                  cpus: list[str]) -> dict[str, Any]:
+    deployment, where, fail = _deployment(mode, tmp / f"redis-{mode}")
+    try:
+        daemons = _start_daemons(helpers, _write_configs(tmp, fakes, None, mode, where), mode, cpus)
+        targets = [(d.port, f"/token/{name}") for d in daemons
+                   for name in (f"{_fleet._SHORT[kind]}-{i}" for i, kind in enumerate(KINDS))]
+        time.sleep(2 * LIFETIME)  # past the start's logins: the window holds only renewals
+        start = time.time()
+        with Load(targets) as load:
+            time.sleep(seconds / 2)
+            failed_at = time.time() - start
+            fail()
+            time.sleep(max(0.0, seconds - (time.time() - start)))
+        end = time.time()
+        alone = sum(t["logins_alone"] for d in daemons
+                    for t in json.loads(get(d.port, "/status")[1])["fleet"]["providers"].values())
+        for daemon in daemons:
+            helpers.stop(daemon.process)
+    finally:
+        deployment.kill()
+    answers = sum(load.statuses.values())
+    return {"mode": mode, "seconds": round(end - start, 1), "failover_at": round(failed_at, 1),
+            "logins": _rates(record, start, end), "logins_alone": alone, "answers": answers,
+            "non_200": answers - load.statuses[200] + load.errors}
+
+
+def _modes(args: argparse.Namespace, cpus: list[str]) -> int:
+    global DAEMONS
+    DAEMONS = args.daemons
+    modes = ["standalone", "sentinel", "cluster"] if args.mode == "all" else [args.mode]
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="tokend-fleet-bench-") as name, Helpers(Path(name)) as helpers:
+        tmp = Path(name)
+        record = tmp / "logins.txt"
+        process = helpers.start("fleet-fakes", f"--lifetime={LIFETIME}", f"--record={record}", *cpus)
+        fakes = json.loads(helpers.first_line(process, "fleet-fakes"))
+        for mode in modes:
+            results[mode] = _failover_run(helpers, tmp, fakes, record, mode, args.seconds, cpus)
+            print(f"{mode}:", json.dumps(results[mode]), flush=True)
+    print(f"\n{DAEMONS} daemons x {len(KINDS)} providers, {LIFETIME:g}-second tokens, a failover midway")
+    print(f"{'deployment':12} " + " ".join(f"{kind:>26}" for kind in KINDS) + f" {'alone':>6} {'non-200':>8}")
+    for mode, result in results.items():
+        cells = [f"{result['logins'][k]['logins']} = {result['logins'][k]['ratio']:.2f}x" for k in KINDS]
+        print(f"{mode:12} " + " ".join(f"{c:>26}" for c in cells)
+              + f" {result['logins_alone']:>6} {result['non_200']:>8}")
+    out = Path(__file__).with_name("results")
+    out.mkdir(exist_ok=True)
+    (out / "fleet_modes.json").write_text(json.dumps(results, indent=2))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=120.0, help="the fleet and alone runs")
     parser.add_argument("--outage-seconds", type=float, default=60.0, help="the outage run (Redis down 20 s)")
+    parser.add_argument("--mode", choices=["standalone", "sentinel", "cluster", "all"],
+                        help="instead: one run per deployment, with a failover midway")
+    parser.add_argument("--daemons", type=int, default=DAEMONS, help="with --mode: how many daemons")
     args = parser.parse_args()
     cpus = [f"--cpus={','.join(map(str, sorted(os.sched_getaffinity(0))))}"]
+    if args.mode is not None:
+        return _modes(args, cpus)
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="tokend-fleet-bench-") as name, Helpers(Path(name)) as helpers:
         tmp = Path(name)

@@ -449,7 +449,8 @@ def test_init_writes_a_starting_config_that_passes_check_once_its_variables_are_
         for name in environment_variables(single.read_text()):
             monkeypatch.setenv(name, values.get(name, f"value-of-{name}"))
         settings = Settings.load(single)
-        assert [config.kind for config in settings.providers.values()] == [kind]
+        # A kind that starts from another provider's token brings that provider along, before its own table.
+        assert [config.kind for config in settings.providers.values()][-1] == kind
         assert [finding for finding in audit(settings, single) if finding.level == "error"] == [], kind
 
     # All of them, through the command line: a new file, mode 0600; check passes once the variables are set.
@@ -458,10 +459,12 @@ def test_init_writes_a_starting_config_that_passes_check_once_its_variables_are_
     assert written.returncode == 0, written.stderr
     assert output.stat().st_mode & 0o777 == 0o600
     names = environment_variables(output.read_text())
-    assert len(names) >= len(DEFAULT_KINDS) and f"set {', '.join(names)}, then run" in written.stderr
+    # Every table's variables (keyless kinds name none: their proof is the platform's token).
+    assert set(names) == {name for kind in DEFAULT_KINDS for name in environment_variables(starter_config([kind]))}
+    assert f"set {', '.join(names)}, then run" in written.stderr
     checked = tokend("--config", str(output), "check")  # the variables are set in this process's environment
     assert checked.returncode == 0 and "error:" not in checked.stdout, (checked.stdout, checked.stderr)
-    assert f"config OK: {len(DEFAULT_KINDS)} provider(s)" in checked.stdout
+    assert f"config OK: {len(Settings.load(output).providers)} provider(s)" in checked.stdout
     for name in names:
         monkeypatch.delenv(name)
     unset = tokend("--config", str(output), "check")

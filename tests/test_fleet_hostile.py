@@ -50,7 +50,7 @@ def test_a_replayed_old_failure_record_holds_no_daemon_off(fleet: Fleet, monkeyp
     monkeypatch.setattr(time, "time", lambda: 1_000_000_000.0)
     old = seal_failure(UpstreamError("fts", "login answered 401", status=401), key, share, 60)
     monkeypatch.undo()
-    fleet.redis.client().set(f"{PREFIX}:failed:{share}", old)
+    fleet.redis.client().set(f"{PREFIX}:{{{share}}}:failed", old)
     fleet.start([daemon], ready=False)
     daemon.wait_until(lambda: daemon.get("/readyz").status_code == 200, timeout=20, what="ready despite the record")
     assert fakes.fintech_studios.logins == 1
@@ -75,12 +75,12 @@ def test_an_older_record_put_back_never_turns_a_daemon_back_to_an_older_token(fl
     fleet.start()
     share = fts_share_key(daemon)
     redis = fleet.redis.client()
-    first, old_record = daemon.get("/token/fts").json()["token"], redis.get(f"{PREFIX}:token:{share}")
+    first, old_record = daemon.get("/token/fts").json()["token"], redis.get(f"{PREFIX}:{{{share}}}:token")
     assert old_record
     time.sleep(0.6)
     second = daemon.post("/token/fts/refresh").json()["token"]
     assert second != first
-    redis.set(f"{PREFIX}:token:{share}", old_record, ex=3600)  # the older record, put back
+    redis.set(f"{PREFIX}:{{{share}}}:token", old_record, ex=3600)  # the older record, put back
     # Naming the held token as rejected used to adopt the record put back: "already replaced".
     time.sleep(0.6)
     replaced = daemon.post("/token/fts/refresh", json={"rejected": second})
@@ -93,7 +93,7 @@ def test_a_lease_with_no_expiry_is_broken_after_the_normal_lease_time(fleet: Fle
     daemon = fleet.add()
     share = fts_share_key(daemon)
     redis = fleet.redis.client()
-    redis.set(f"{PREFIX}:lease:{share}", "someone-else")  # no expiry
+    redis.set(f"{PREFIX}:{{{share}}}:lease", "someone-else")  # no expiry
     fleet.start([daemon], ready=False)
     started = time.monotonic()  # listening: the first login is under way
     daemon.wait_until(lambda: daemon.get("/token/fts").status_code == 200, timeout=30, what="the first token")
@@ -103,7 +103,7 @@ def test_a_lease_with_no_expiry_is_broken_after_the_normal_lease_time(fleet: Fle
     assert took < 7, (took, daemon.log())
     assert fleet_status(daemon)["fleet"]["providers"]["fts"]["logins_alone"] == 0
 
-    redis.set(f"{PREFIX}:lease:{share}", "someone-else", ex=100_000)  # an expiry far beyond the lease length
+    redis.set(f"{PREFIX}:{{{share}}}:lease", "someone-else", ex=100_000)  # an expiry far beyond the lease length
     time.sleep(0.6)
     started = time.monotonic()
     assert daemon.post("/token/fts/refresh").status_code == 200
@@ -136,7 +136,7 @@ def test_a_record_copied_into_another_namespace_is_not_adopted(fleet: Fleet) -> 
     fleet.start()
     share = fts_share_key(first)
     redis = fleet.redis.client()
-    redis.set(f"tokend:other:token:{share}", redis.get(f"{PREFIX}:token:{share}") or "", ex=3600)
+    redis.set(f"tokend:other:{{{share}}}:token", redis.get(f"{PREFIX}:{{{share}}}:token") or "", ex=3600)
     logins = fakes.fintech_studios.logins
     other = fleet.add()
     other.config.write_text(other.config.read_text().replace('namespace = "test"', 'namespace = "other"'))
@@ -151,9 +151,9 @@ def test_whatever_redis_holds_a_daemon_serves_its_own_token(fleet: Fleet) -> Non
     fleet.start()
     share = fts_share_key(daemon)
     redis = fleet.redis.client()
-    redis.delete(f"{PREFIX}:token:{share}")
-    redis.hset(f"{PREFIX}:token:{share}", mapping={"not": "a string"})  # the wrong type: every GET errors
-    redis.set(f"{PREFIX}:failed:{share}", "v2.garbage.garbage")
+    redis.delete(f"{PREFIX}:{{{share}}}:token")
+    redis.hset(f"{PREFIX}:{{{share}}}:token", mapping={"not": "a string"})  # the wrong type: every GET errors
+    redis.set(f"{PREFIX}:{{{share}}}:failed", "v2.garbage.garbage")
     time.sleep(0.6)
     refreshed = daemon.post("/token/fts/refresh")
     assert refreshed.status_code == 200, refreshed.text

@@ -143,3 +143,21 @@ def test_check_shows_what_each_helper_answers(daemon: Daemon) -> None:
     assert checked.returncode == 0, checked.stderr
     assert "    docker: ghcr.io as x-access-token\n" in checked.stdout
     assert "    git: git.example.com as bot\n" in checked.stdout
+
+
+def test_a_request_with_a_control_character_or_plain_http_is_refused_whole(daemon: Daemon) -> None:
+    env = {"TOKEND_CONFIG": str(daemon.config)}
+    token = daemon.get("/token/fts").json()["token"]
+    # Python's str.strip() takes these off as white space; Docker never writes them: a smuggled registry name.
+    for server in ("ghcr.io\x1c", "\x0bghcr.io", "ghcr.io\x85", "ghcr.io\u2028", "ghcr.io\x00",
+                   "quay.io\x1cghcr.io"):
+        answer = docker_asks("get", server, env=env)
+        assert answer.returncode == 1 and token not in answer.stdout, repr(server)
+        assert "control character" in answer.stdout, repr(server)
+    # As the git helper: never a token over plain http but to a loopback address.
+    plain = docker_asks("get", "http://ghcr.io", env=env)
+    assert plain.returncode == 1 and token not in plain.stdout and "https" in plain.stdout
+    for server in ("http://127.0.0.1.evil.test", "HTTP://ghcr.io/"):
+        assert token not in docker_asks("get", server, env=env).stdout, server
+    # Docker's own trailing line feed is fine.
+    assert json.loads(docker_asks("get", "https://ghcr.io/\n", env=env).stdout)["Secret"] == token

@@ -160,3 +160,76 @@ def test_endless_new_audiences_cost_a_bounded_number_of_logins(gce: tuple[Daemon
         assert google.logins - logins == MAX_MINTED
         # One already held is still answered.
         assert client.get(identity, params={"audience": "aud-0"}).status_code == 200
+
+
+@pytest.mark.parametrize("google", [3600.0], indirect=True)  # no renewal of the provider's own token meanwhile
+def test_failing_mints_are_remembered_shared_and_counted_toward_the_cap(
+    gce: tuple[Daemon, str], google: FakeGoogle
+) -> None:
+    import concurrent.futures
+
+    from tokend.outputs.gce import MAX_MINTED
+
+    _, url = gce
+    identity = f"{url}/computeMetadata/v1/instance/service-accounts/default/identity"
+    google.fail(500)  # every login from now on
+    attempts = google.login_attempts
+    with httpx.Client(headers={"Metadata-Flavor": "Google"}, timeout=30) as client:
+        # One failing audience asked again and again: one login, the others answered from its failure.
+        assert {client.get(identity, params={"audience": "failing"}).status_code for _ in range(15)} == {503}
+        assert google.login_attempts - attempts == 1
+        # Many processes asking at once for one new audience share one attempt.
+        with concurrent.futures.ThreadPoolExecutor(30) as pool:
+            asked = list(pool.map(lambda _: client.get(identity, params={"audience": "together"}).status_code,
+                                  range(30)))
+        assert set(asked) == {503} and google.login_attempts - attempts == 2
+        # Failed audiences count toward the cap: endless new ones cost a bounded number of logins.
+        for n in range(150):
+            assert client.get(identity, params={"audience": f"aud-{n}"}).status_code == 503
+        assert google.login_attempts - attempts <= MAX_MINTED
+        token = f"{url}/computeMetadata/v1/instance/service-accounts/default/token"
+        minted = client.get(token, params={"scopes": READ_ONLY})
+        assert minted.status_code == 503 and google.login_attempts - attempts <= MAX_MINTED
+
+
+def _raw_get(url: str, path: str, headers: list[tuple[str, str]]) -> str:
+    """A request as written, headers repeated and all (httpx would merge or refuse some): the status line."""
+    import socket
+
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        lines = [f"GET {path} HTTP/1.1", *(f"{name}: {value}" for name, value in headers), "Connection: close"]
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        return sock.recv(65536).decode("latin-1").split("\r\n", 1)[0]
+
+
+def test_browser_headers_alone_two_hosts_and_a_double_encoded_path_are_refused(gce: tuple[Daemon, str]) -> None:
+    _, url = gce
+    token_path = "/computeMetadata/v1/instance/service-accounts/default/token"
+    flavor = ("Metadata-Flavor", "Google")
+    assert " 200 " in _raw_get(url, token_path, [("Host", "127.0.0.1"), flavor])
+    for header in (("Sec-Fetch-Dest", "empty"), ("Sec-Fetch-User", "?1")):
+        assert " 403 " in _raw_get(url, token_path, [("Host", "127.0.0.1"), flavor, header]), header
+    two_hosts = [("Host", "attacker.example"), ("Host", "127.0.0.1"), flavor]
+    assert " 403 " in _raw_get(url, token_path, two_hosts)
+    # %252F is `%2F` once decoded (the server decodes once): never a `/` that makes a path served.
+    assert " 404 " in _raw_get(url, token_path.replace("default/token", "default%252Ftoken"),
+                               [("Host", "127.0.0.1"), flavor])
+
+
+def test_check_refuses_a_metadata_listener_on_the_apis_own_port(tmp_path: Path, fakes: FakeProviders,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from tokend.cli.main import main
+
+    key = tmp_path / "service-account.json"
+    key.touch(mode=0o600)
+    key.write_text(FakeGoogle().key_file("http://127.0.0.1:9/token"))
+    config = write_config(tmp_path, fakes, extra=f'[providers.gcp]\nkind = "google_service_account"\n'
+                                                 f'key = {{ file = "{key}" }}\n')
+    port = next(line for line in config.read_text().splitlines() if line.startswith("port")).split("=")[1].strip()
+    text = config.read_text()
+    for listen in (f"127.0.0.1:{int(port) + 1}", f"127.0.0.1:{port}"):
+        config.write_text(text + f'[metadata.gce]\nlisten = "{listen}"\nprovider = "gcp"\n')
+        assert main(["--config", str(config), "check"]) == (0 if listen.endswith(str(int(port) + 1)) else 3)
+    shown = capsys.readouterr()
+    assert "the API's own address" in shown.out + shown.err

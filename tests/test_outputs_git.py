@@ -233,3 +233,55 @@ def test_git_credential_help_shows_the_helper_line_the_docs_show() -> None:
     said = "".join(shown.stdout.split())  # argparse wraps lines, at spaces and after hyphens
     assert "credential.https://HOST.helpertokend(gitrunsgit-credential-tokend" in said
     assert "'!tokendgit-credential'workstoo" in said
+
+
+def _injecting_url(server: GitServer, host: str) -> str:
+    """A remote whose user name, percent-decoded by git, holds separators `str.splitlines()` would break at
+    (git refuses only LF and CR there): a reader that splits on them sees `protocol` and `host` of its own."""
+    return f"http://x%1Cprotocol=https%1Chost={host}%0Bpath=y%1D@{server.host}/repo.git"
+
+
+@pytest.mark.parametrize("per_host", [False, True], ids=["global-helper", "per-host-helper"])
+def test_a_user_name_smuggling_attributes_gets_no_token_of_another_host(
+    git: str, server: GitServer, daemon: Daemon, tmp_path: Path, per_host: bool
+) -> None:
+    other = daemon.get("/token/fts").json()["token"]  # fts serves git.example.com, not this server
+    helper = "!" + shlex.join([sys.executable, "-m", "tokend", "git-credential"])
+    scope = f"credential.http://{server.host}.helper" if per_host else "credential.helper"
+    listed = subprocess.run([git, "-c", "credential.helper=", "-c", f"{scope}={helper}", "ls-remote",
+                             _injecting_url(server, "git.example.com")],
+                            capture_output=True, text=True, timeout=60, env=_environment(tmp_path, daemon),
+                            check=False)
+    assert listed.returncode != 0  # no credential at all: the request was refused whole
+    assert other not in server.refused and server.users == []
+    assert "control character" in listed.stderr
+
+
+def test_the_helper_reads_lines_as_git_writes_them(daemon: Daemon) -> None:
+    token = daemon.get("/token/fts").json()["token"]
+    for smuggled in ("\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029", "\r", "\x00", "\x7f"):
+        answer = _helper(daemon, "get", f"protocol=https\nhost=127.0.0.1\nusername=x{smuggled}host=git.example.com"
+                                        "\n")
+        assert answer.returncode != 0 and answer.stdout == "", repr(smuggled)
+        assert token not in answer.stderr
+    # A key given twice, a line that is not key=value, an unterminated last line: the whole request is refused.
+    for text in ("protocol=https\nhost=127.0.0.1\nhost=git.example.com\n", "protocol=https\nhost\n",
+                 "protocol=https\nhost=git.example.com"):
+        refused = _helper(daemon, "get", text)
+        assert refused.returncode != 0 and refused.stdout == "", repr(text)
+    # The first `=` splits: the rest is the value, `=` and all. Arrays (`wwwauth[]`) may repeat.
+    kept = _helper(daemon, "get", "capability[]=authtype\nprotocol=https\nhost=git.example.com\n"
+                                  "wwwauth[]=Basic realm=\"a=b\"\nwwwauth[]=Bearer\n\n")
+    assert f"password={token}\n" in kept.stdout
+
+
+def test_plain_http_is_answered_only_for_a_loopback_address(daemon: Daemon) -> None:
+    for host in ("127.0.0.1.evil.test", "127.evil.test", "localhost.evil.test", "[::1].evil.test:80"):
+        refused = _helper(daemon, "get", f"protocol=http\nhost={host}\n", "--provider", "fts")
+        assert refused.returncode != 0 and refused.stdout == "" and "https" in refused.stderr, host
+    for protocol in ("HTTP", "Http"):
+        upper = _helper(daemon, "get", f"protocol={protocol}\nhost=git.example.com\n")
+        assert upper.returncode != 0 and upper.stdout == "", protocol
+    for host in ("127.0.0.1:8080", "127.1.2.3", "localhost", "[::1]:443"):
+        allowed = _helper(daemon, "get", f"protocol=http\nhost={host}\n", "--provider", "fts")
+        assert allowed.returncode == 0 and "password=" in allowed.stdout, host

@@ -112,3 +112,16 @@ def test_the_exec_credential_as_asked(daemon: Daemon) -> None:
     unknown = _plugin(daemon, json.dumps({"apiVersion": "client.authentication.k8s.io/v2"}))
     assert unknown.returncode != 0 and "v2" in unknown.stderr and unknown.stdout == ""
     assert _plugin(daemon, "not json").returncode != 0
+
+
+def test_exec_info_is_read_as_strictly_as_the_other_helpers_requests(daemon: Daemon) -> None:
+    deep = '{"apiVersion": "client.authentication.k8s.io/v1", "spec": ' + "[" * 20_000 + "]" * 20_000 + "}"
+    nested = _plugin(daemon, deep)
+    assert nested.returncode != 0 and nested.stdout == "" and "Traceback" not in nested.stderr
+    assert "nested" in nested.stderr
+    twice = _plugin(daemon, '{"apiVersion": "client.authentication.k8s.io/v1", '
+                            '"apiVersion": "client.authentication.k8s.io/v1beta1"}')
+    assert twice.returncode != 0 and twice.stdout == "" and "twice" in twice.stderr
+    smuggled = _plugin(daemon, json.dumps({"apiVersion": "client.authentication.k8s.io/v1\u2028"}))
+    assert smuggled.returncode != 0 and smuggled.stdout == ""
+    assert _plugin(daemon, json.dumps(["client.authentication.k8s.io/v1"])).returncode != 0

@@ -150,3 +150,115 @@ def test_nginx_sends_the_renewed_token_after_the_sinks_signal(
             assert include.read_text().startswith('proxy_set_header Authorization "Bearer ')
         finally:
             daemon.kill()
+
+
+# --- values a template's format could misread ------------------------------------------------------------
+
+class HostileTokens(ThreadedHTTPServer):
+    """An OAuth 2.0 token endpoint answering whatever token it is told to (`token`), as a hostile or broken
+    upstream may; records the Authorization header of every other request (the service behind nginx)."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+        self.seen: list[str] = []
+        super().__init__(self._answer)
+
+    def _answer(self, request: BaseHTTPRequestHandler) -> None:
+        if request.command == "POST":
+            request.rfile.read(int(request.headers.get("Content-Length") or 0))
+            body = json.dumps({"access_token": self.token, "token_type": "Bearer", "expires_in": 3600}).encode()
+        else:
+            self.seen.append(request.headers.get("Authorization", ""))
+            body = b"ok"
+        request.send_response(200)
+        request.send_header("Content-Type", "application/json")
+        request.send_header("Content-Length", str(len(body)))
+        request.end_headers()
+        request.wfile.write(body)
+
+
+def _hostile_provider(upstream: HostileTokens, include: Path, **options: object) -> str:
+    return (f'[providers.hostile]\nkind = "oauth2_client_credentials"\n'
+            f'token_url = "http://{upstream.host}/token"\nclient_id = "c"\nclient_secret = "s"\n'
+            + sink("hostile", include, format="template",
+                   template='proxy_set_header Authorization "{header:Authorization}";\n', **options))
+
+
+INJECTION = 'x"; return 200 "INJECTED-BY-UPSTREAM'
+
+
+@pytest.mark.parametrize("token", [INJECTION, "tok$remote_addr", "tok\\", "t{o}k", "tok en"])
+def test_a_token_outside_token68_is_not_written_without_an_escaping(
+    tmp_path: Path, fakes: FakeProviders, token: str
+) -> None:
+    include = tmp_path / "tokend-auth.conf"
+    with HostileTokens(token) as upstream:
+        daemon = Daemon(write_config(tmp_path, fakes, extra=_hostile_provider(upstream, include)),
+                        log_path=tmp_path / "daemon.log")
+        try:
+            daemon.start()
+            eventually(lambda: daemon.get("/status").json()["providers"]["hostile"]["sinks"][0]["error"], "error")
+            shown = daemon.get("/status").json()["providers"]["hostile"]["sinks"][0]
+            assert "token68" in shown["error"] and 'escape = "nginx"' in shown["error"], shown
+            assert token not in json.dumps(shown) and not include.exists()
+        finally:
+            daemon.kill()
+
+
+def test_nginx_escaping_sends_the_token_as_it_is_and_refuses_what_nginx_cannot_escape(
+    tmp_path: Path, fakes: FakeProviders, nginx: Callable[[Path, str, Path], str]
+) -> None:
+    include, pid_file = tmp_path / "tokend-auth.conf", tmp_path / "nginx.pid"
+    with HostileTokens(INJECTION) as upstream:
+        daemon = Daemon(write_config(tmp_path, fakes, extra=_hostile_provider(upstream, include, escape="nginx")),
+                        log_path=tmp_path / "daemon.log")
+        try:
+            daemon.start()
+            eventually(include.exists, "the include file")
+            url = nginx(include, upstream.host, pid_file)
+            answer = httpx.get(url, timeout=10)
+            # nginx read the token as one quoted string: it sent it, and answered nothing of its own.
+            assert answer.text == "ok" and upstream.seen[-1] == f"Bearer {INJECTION}"
+        finally:
+            daemon.kill()
+    # nginx has no escape for `$`: such a token is refused even with escape = "nginx".
+    with HostileTokens("tok$remote_addr") as upstream:
+        include.unlink()
+        daemon = Daemon(write_config(tmp_path, fakes, extra=_hostile_provider(upstream, include, escape="nginx")),
+                        log_path=tmp_path / "daemon.log")
+        try:
+            daemon.start()
+            eventually(lambda: daemon.get("/status").json()["providers"]["hostile"]["sinks"][0]["error"], "error")
+            assert "$" in daemon.get("/status").json()["providers"]["hostile"]["sinks"][0]["error"]
+            assert not include.exists()
+        finally:
+            daemon.kill()
+
+
+def test_each_escaping_renders_a_value_its_format_reads_back() -> None:
+    import shlex
+
+    value = 'a"b\\c$d\'e f\n'
+    credential = Credential(value, "Bearer", None, {"Authorization": f"Bearer {value}"})
+    assert json.loads('"' + templated.render("{token}", credential, "json").decode() + '"') == value
+    assert shlex.split(templated.render("T={token}", credential, "shell").decode()) == [f"T={value}"]
+    assert templated.render("{token}", credential, "none") == value.encode()
+    with pytest.raises(ValueError, match="token68"):
+        templated.render("{token}", credential, None)
+    with pytest.raises(ValueError, match="control character"):
+        templated.render("{token}", Credential("a\nb", "Bearer", None, {}), "nginx")
+    plain = Credential("abc-._~+/9==", "Bearer", None, {"Authorization": "Bearer abc-._~+/9=="})
+    assert templated.render("{header:Authorization}|{token_type}", plain, None) == b"Bearer abc-._~+/9==|Bearer"
+
+
+def test_check_says_how_each_template_sink_writes_its_values(tmp_path: Path, fakes: FakeProviders,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from tokend.cli.main import main
+
+    extra = (sink("fts", tmp_path / "a", format="template", template="{token}")
+             + sink("fts", tmp_path / "b", format="template", template="{token}", escape="shell"))
+    assert main(["--config", str(write_config(tmp_path, fakes, extra=extra)), "check"]) == 0
+    shown = capsys.readouterr().out
+    assert "values RFC 6750 token68 only" in shown and "values escaped for shell" in shown
+    bad = sink("fts", tmp_path / "c", format="raw", escape="shell")
+    assert main(["--config", str(write_config(tmp_path, fakes, extra=bad)), "check"]) == 3

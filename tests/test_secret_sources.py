@@ -94,7 +94,7 @@ def test_a_refused_login_runs_the_command_again_and_a_reload_does_too(tmp_path: 
         refreshed = daemon.post("/token/fts/refresh", json={"rejected": first})
         assert refreshed.status_code == 200, refreshed.text
         assert refreshed.json()["token"] != first
-        assert "secrets have changed where they are kept" in daemon.log()
+        assert "secrets_changed provider=" in daemon.log()
         assert daemon.get("/status").json()["providers"]["fts"]["state"] == "ok"
         # A reload runs it again too.
         fakes.fintech_studios.password = "a-newer-password-2"
@@ -116,6 +116,7 @@ _BACKEND = '''\
 """A keyring backend for the tests: the entries of the JSON file named by $TEST_KEYRING_FILE."""
 import json
 import os
+import time
 
 from keyring.backend import KeyringBackend
 
@@ -124,6 +125,10 @@ class FileKeyring(KeyringBackend):
     priority = 1
 
     def get_password(self, service, username):
+        if os.environ.get("TEST_KEYRING_MODE") == "hang":  # a backend waiting on a desktop that never answers
+            time.sleep(3600)
+        if os.environ.get("TEST_KEYRING_MODE") == "raise":  # a backend whose error quotes what it read
+            raise RuntimeError(f"D-Bus reply for {service}: hunter2-in-the-error")
         with open(os.environ["TEST_KEYRING_FILE"]) as file:
             return json.load(file).get(f"{service}/{username}")
 
@@ -192,3 +197,40 @@ def test_a_command_for_a_secret_that_spans_lines_gives_all_it_prints(tmp_path: P
     pem = "-----BEGIN PRIVATE KEY-----\nMIIB\nVQIB\n-----END PRIVATE KEY-----"
     vault = script(tmp_path, "vault", f"printf '%s\\n' '{pem}'\n")
     assert resolve_secret_text({"command": [str(vault)]}).get() == pem
+
+
+@pytest.mark.parametrize("mode", ["hang", "raise"])
+def test_a_keyring_backend_that_hangs_or_fails_is_a_sentence_without_its_text(tmp_path: Path, mode: str) -> None:
+    env = keyring_environment(tmp_path, {"maps/me": SECRET})
+    env.update(TEST_KEYRING_MODE=mode, PYTHONPATH=f"{tmp_path}:{os.environ.get('PYTHONPATH', '')}")
+    config = static_config(tmp_path, '{ keyring = "maps/me", timeout = 1 }')
+    started = time.monotonic()
+    checked = subprocess.run(tokend_command("--config", str(config), "check"), capture_output=True, text=True,
+                             timeout=30, env=env, check=False)
+    assert checked.returncode == 3 and time.monotonic() - started < 20
+    shown = checked.stdout + checked.stderr
+    assert "Traceback" not in shown and "hunter2" not in shown and 'field "key": keyring maps/me' in shown
+    assert ("did not answer within 1s" if mode == "hang" else "the keyring failed (RuntimeError)") in shown
+
+
+def test_a_commands_output_is_read_to_its_first_line_within_a_bound(tmp_path: Path) -> None:
+    import tracemalloc
+
+    from tokend.config.secrets import resolve_secret
+
+    flood = [sys.executable, "-c", "import sys; sys.stdout.write('s3cret\\n'); "
+             "[sys.stdout.buffer.write(b'x' * 1048576) for _ in range(200)]"]
+    tracemalloc.start()
+    try:
+        assert resolve_secret({"command": flood}).get() == "s3cret"
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 1024 * 1024  # 200 MiB printed after the first line: none of it kept
+    long_line = [sys.executable, "-c", "import sys; sys.stdout.write('x' * 70000 + '\\n')"]
+    assert "longer than 65536 bytes" in problem(tmp_path, "{ command = " + json.dumps(long_line) + " }")
+    key = [sys.executable, "-c", "import sys; sys.stdout.write('k' * (2 * 1024 * 1024))"]
+    from tokend.config.secrets import resolve_secret_text
+
+    with pytest.raises(ValueError, match="more than 1048576 bytes"):
+        resolve_secret_text({"command": key})

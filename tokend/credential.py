@@ -22,6 +22,15 @@ class State(enum.Enum):
     FAILED = "failed"  # no token was ever obtained: every login so far failed
 
 
+@dataclass(frozen=True)
+class AwsKeys:
+    """The key pair of temporary AWS credentials (its session token is the credential's token)."""
+
+    access_key_id: str
+    secret_access_key: str = field(repr=False)
+    account_id: str | None = None  # from the assumed role's ARN, which the container endpoint may answer
+
+
 # eq=False: credentials are compared by identity, which is how the API knows that the bytes it rendered
 # are still those of the provider's current credential.
 @dataclass(frozen=True, eq=False)
@@ -42,6 +51,13 @@ class Credential:
     renew_at: float | None = None  # fleet mode: when the fleet renews it (Unix time), the same on every daemon
     # A user token's refresh token as the last answer left it: the next login spends it. Never served.
     refresh_token: str | None = field(default=None, repr=False)
+    # An AWS credential is three values: the key pair here, its session token in `token` (token_type "aws").
+    aws: AwsKeys | None = field(default=None, repr=False)
+
+    @property
+    def held_secrets(self) -> list[str]:
+        """Every secret value this credential holds, for the redactor."""
+        return [self.token, self.refresh_token or "", self.aws.secret_access_key if self.aws else ""]
 
     def expires_in(self, now: float) -> float | None:
         return None if self.expires_at is None else self.expires_at - now

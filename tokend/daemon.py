@@ -119,7 +119,7 @@ class Daemon:
                            budget=self.budget)
         # Cloud SDKs' metadata endpoints, on their own listeners (opened by serve() like the proxy's).
         self.metadata = Metadata(self.manager, self.client, self.redactor, metadata_listeners)
-        self.redactor.add_secrets([self.metadata.identity_header])
+        self.redactor.add_secrets([self.metadata.identity_header, self.metadata.aws_token])
         self.watcher = SecretFileWatcher(self.manager, self.scheduler)
         self.reloader = (
             None if config_path is None

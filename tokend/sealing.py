@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -26,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tokend.credential import Credential
+from tokend.credential import AwsKeys, Credential
 
 __all__ = ["KEY_BYTES", "RecordError", "RecordKey", "decode_key", "from_template", "key_id", "open_record", "seal",
            "to_template"]
@@ -140,6 +141,8 @@ def credential_body(credential: Credential, secrets: Mapping[str, str]) -> dict[
     }
     if credential.refresh_token is not None:  # a user token's: the next login spends it
         body["refresh_token"] = to_template(credential.refresh_token, token, secrets)
+    if credential.aws is not None:  # temporary keys STS issued: the credential itself, never a configured secret
+        body["aws"] = dataclasses.asdict(credential.aws)
     return body
 
 
@@ -196,6 +199,7 @@ def credential_from_body(body: Any, secrets: Mapping[str, str], source: str) -> 
             query={name: from_template(parts, token, secrets) for name, parts in body["query"].items()},
             request_id=body["request_id"], obtained_at=body["obtained_at"], renew_at=body.get("renew_at"),
             source=source, refresh_token=None if refresh is None else from_template(refresh, token, secrets),
+            aws=None if body.get("aws") is None else AwsKeys(**body["aws"]),
         )
     except (KeyError, TypeError, AttributeError):
         raise RecordError("the record decrypts but does not hold a credential this tokend reads") from None

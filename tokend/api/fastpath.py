@@ -32,18 +32,25 @@ class _Rendered:
     its headers are rebuilt at most once a second too."""
 
     __slots__ = ("_json", "_json_head", "_json_tail", "_second", "credential", "expires_at", "raw")
+    raw: _Answer | None
 
     def __init__(self, name: str, credential: Credential) -> None:
         head = {"provider": name, "token": credential.token, "token_type": credential.token_type,
                 "expires_at": iso_utc(credential.expires_at)}
-        tail = {"headers": dict(credential.headers), "query": dict(credential.query)}
+        tail: dict[str, Any] = {"headers": dict(credential.headers), "query": dict(credential.query)}
+        if credential.aws is not None:  # three values, for an SDK's credentials: nothing to add to a request
+            tail["type"] = "aws"
+            tail["aws"] = {"access_key_id": credential.aws.access_key_id,
+                           "secret_access_key": credential.aws.secret_access_key,
+                           "session_token": credential.token, "expiration": iso_utc(credential.expires_at)}
         head_json = json.dumps(head, separators=(", ", ": "))
         tail_json = json.dumps(tail, separators=(", ", ": "))
         self._json_head = (head_json[:-1] + ', "expires_in": ').encode()
         self._json_tail = (", " + tail_json[1:]).encode()
         self.credential = credential
         self.expires_at = credential.expires_at
-        self.raw = _answer(_TEXT, credential.token.encode())
+        # None: no raw form (an AWS credential is three values; the app answers 400 saying so).
+        self.raw = None if credential.aws is not None else _answer(_TEXT, credential.token.encode())
         self._second: int | None = None  # the expires_in of the JSON answer built last (-1: never expires)
         self._json = _answer(_JSON, b"")
 
@@ -121,5 +128,7 @@ class TokenFastPath:
         if credential is None:
             return None
         rendered = self._renderer(name, credential)
-        self.served += 1
-        return rendered.raw if raw else rendered.json(now)
+        answer = rendered.raw if raw else rendered.json(now)
+        if answer is not None:
+            self.served += 1
+        return answer

@@ -226,6 +226,10 @@ def _token_routes(app: FastAPI, manager: Manager, checks: _Checks) -> None:
     def token_response(name: str, credential: Credential, format: str, **headers: str) -> Response:
         rendered = renderer(name, credential)
         if format == "raw":
+            if rendered.raw is None:
+                return _error(400, "no_raw_form", f"{name} holds an AWS credential, three values (an access key id, "
+                              "its secret and a session token) that no single line can carry: ask for JSON, or use "
+                              "tokend aws-credential or the [metadata.aws] endpoint", provider=name)
             return Response(rendered.raw[1]["body"], media_type="text/plain", headers={**NO_STORE_HEADERS, **headers})
         body = rendered.json(time.time())[1]["body"]
         return Response(body, media_type="application/json", headers={**NO_STORE_HEADERS, **headers})

@@ -194,6 +194,14 @@ def _parser(kinds: tuple[str, ...] | None = None) -> argparse.ArgumentParser:
     _client_options(kube)
     kube.set_defaults(handler=_kube_credential)
 
+    aws = commands.add_parser("aws-credential", help="the AWS CLI's and SDKs' credential_process: provider "
+                              "NAME's AWS credential as JSON",
+                              description="Print provider NAME's AWS credential in the credential_process "
+                              "protocol. In ~/.aws/config: credential_process = tokend aws-credential NAME")
+    aws.add_argument("name", help="the AWS provider's name in the config")
+    _client_options(aws)
+    aws.set_defaults(handler=_aws_credential)
+
     _felloh_commands(commands)
 
     demo = commands.add_parser("demo", help="run tokend against built-in fake providers (no accounts needed)")
@@ -348,7 +356,7 @@ def _print_parts(settings: Settings, fleet: FleetReport | None) -> None:
                 user = provider.git_user if tool == "git" else provider.registry_user
                 print(f"    {tool}: {', '.join(hosts)} as {user}")
         for sink in provider.sinks:
-            print(f"    sink: {sink.path} ({sink.format}, mode {sink.mode:04o})")
+            print(f"    sink: {sink.path} ({sink.describe()})")
         if settings.fleet is not None and not provider.fleet:
             print("    fleet: off for this provider (fleet = false)")
     listening = settings.server.socket or f"http://{settings.server.host}:{settings.server.port}"
@@ -679,7 +687,10 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _exec(args: argparse.Namespace) -> int:
-    from tokend.outputs.execute import Unrunnable, child_environment, run, unsafe_variable
+    import tempfile
+    from pathlib import Path
+
+    from tokend.outputs.execute import Unrunnable, aws_profile_warning, child_environment, run, unsafe_variable
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
@@ -697,22 +708,26 @@ def _exec(args: argparse.Namespace) -> int:
         tokens[name] = variable
     client = _client(args)  # the same checks as every client command: the address, where the key may go
     key = _client_key(args)
-    try:
-        env = child_environment(client, client.address.url, key, args.provider, tokens)
-    except UnknownProvider as exc:  # as `tokend get` says it
-        _err(f"tokend exec: {exc.message}")
-        return Exit.UNKNOWN_PROVIDER
-    try:
-        return run(command, env)
-    except Unrunnable as exc:
-        _err(f"tokend exec: {exc.message}")
-        return exc.code
+    # Files the child's SDKs read (the AWS endpoint's token): private to this run, removed when it ends.
+    with tempfile.TemporaryDirectory(prefix="tokend-exec-") as files:
+        try:
+            env = child_environment(client, client.address.url, key, args.provider, tokens, Path(files))
+        except UnknownProvider as exc:  # as `tokend get` says it
+            _err(f"tokend exec: {exc.message}")
+            return Exit.UNKNOWN_PROVIDER
+        if "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE" in env and (warning := aws_profile_warning(env)) is not None:
+            _err(f"tokend exec: warning: {warning}")
+        try:
+            return run(command, env)
+        except Unrunnable as exc:
+            _err(f"tokend exec: {exc.message}")
+            return exc.code
 
 
 def _git_credential(args: argparse.Namespace) -> int:
-    from tokend.outputs import git
+    from tokend.outputs import asking, git
 
-    attributes = git.parse(sys.stdin.read())
+    attributes = git.parse(sys.stdin.buffer.read(asking.REQUEST_LIMIT + 1))
     if args.operation == "store":
         return Exit.OK  # nothing to keep: the daemon renews its tokens itself
     client = _client(args)
@@ -736,7 +751,17 @@ def _kube_credential(args: argparse.Namespace) -> int:
     return Exit.OK
 
 
-_QUICK_HANDLERS = {"get": _get, "git-credential": _git_credential, "kube-credential": _kube_credential}
+def _aws_credential(args: argparse.Namespace) -> int:
+    import json
+
+    from tokend.outputs.credential_process import process_credential
+
+    print(json.dumps(process_credential(_client(args), args.name)))
+    return Exit.OK
+
+
+_QUICK_HANDLERS = {"get": _get, "git-credential": _git_credential, "kube-credential": _kube_credential,
+                   "aws-credential": _aws_credential}
 
 
 def docker_credential_main(argv: list[str] | None = None) -> int:
@@ -771,16 +796,16 @@ def git_credential_main(argv: list[str] | None = None) -> int:
 def _docker_credential(operation: str, args: Any) -> int:
     import json
 
-    from tokend.outputs import docker
+    from tokend.outputs import asking, docker
 
-    request = sys.stdin.read()
+    request = sys.stdin.buffer.read(asking.REQUEST_LIMIT + 1)
     if operation in ("store", "erase"):
         return Exit.OK  # docker login and logout: the daemon's tokens are its own to renew
     client = _client(args)
     if operation == "list":
         print(json.dumps(docker.listing(client)))
         return Exit.OK
-    credential = docker.get(client, request)
+    credential = docker.get(client, docker.server_url(request))
     if credential is None:
         print(docker.NOT_FOUND)
         return Exit.FAILURE

@@ -1,6 +1,7 @@
 """The credential helpers' command lines, read without argparse.
 
-git runs its helper for every fetch and push, kubectl its exec plugin for every command, and a script may call
+git runs its helper for every fetch and push, kubectl its exec plugin and the AWS CLI its credential_process for
+every command, and a script may call
 `tokend get` in a loop: importing argparse and building tokend's whole parser (with its help formatter, which
 imports shutil and the compression modules) costs more than the rest of such a call. The common, well-formed
 command lines of these commands are read here; anything else (help, a typo, an option this does not know, a
@@ -16,6 +17,7 @@ _COMMANDS: dict[str, tuple[tuple[str, ...], dict[str, tuple[str, ...] | None]]] 
     "get": (("name",), {"--format": ("raw", "json", "headers")}),
     "git-credential": (("operation",), {"--provider": None}),
     "kube-credential": (("name",), {}),
+    "aws-credential": (("name",), {}),
 }
 _CLIENT_OPTIONS: dict[str, tuple[str, ...] | None] = {"--url": None, "--client-key-file": None, "--config": None}
 _DEFAULTS = {"format": "raw", "provider": None, "url": None, "client_key_file": None, "config": None}
@@ -34,7 +36,7 @@ class Args:
 
 
 def quick_args(argv: list[str]) -> Args | None:
-    """The parsed command line of `get`, `git-credential` or `kube-credential`, or None for argparse to read."""
+    """The parsed command line of `get` or a credential helper, or None for argparse to read."""
     values: dict[str, object] = dict(_DEFAULTS)
     words = iter(argv)
     command = None

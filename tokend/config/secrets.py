@@ -11,8 +11,11 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import selectors
 import signal
 import subprocess
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -20,6 +23,8 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, PlainValidator, SecretStr
+
+from tokend.config.secret_files import KEY_FILE_LIMIT, NotAFile, read_regular_file
 
 __all__ = [
     "Secret",
@@ -40,7 +45,8 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 # and nginx resolve theirs, not from whatever directory tokend happened to be started in.
 _CONFIG_DIRECTORY: ContextVar[Path | None] = ContextVar("tokend_config_directory", default=None)
 
-COMMAND_TIMEOUT = 10.0  # seconds a `{ command }` may take (a password manager asking for an unlock may not)
+COMMAND_TIMEOUT = 10.0  # seconds a `{ command }` or `{ keyring }` may take (`timeout = SECONDS` beside it)
+LINE_LIMIT = 64 * 1024  # bytes of a command's first line kept at most; a secret spanning lines: KEY_FILE_LIMIT
 
 _CONTROL_NAMES = {"\n": "a line break", "\r": "a carriage return", "\t": "a tab", "\x00": "a NUL byte"}
 
@@ -104,11 +110,13 @@ def _absolute(path: Path) -> Path:
 def _read_secret_file(path: Path, what: str, *, multiline: bool = False) -> SecretValue:
     path = _absolute(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular_file(path).decode("utf-8")
     except FileNotFoundError:
         raise ValueError(f"{what} {path} does not exist") from None
     except OSError as exc:
         raise ValueError(f"{what} {path} cannot be read ({exc.strerror})") from None
+    except NotAFile as exc:
+        raise ValueError(f"{what} {path} {exc}") from None
     except UnicodeDecodeError:
         raise ValueError(f"{what} {path} is not UTF-8 text") from None
     value = text.removesuffix("\n").removesuffix("\r")
@@ -145,7 +153,7 @@ def _secret_from_command(argv: list[str], timeout: float, *, multiline: bool = F
     PEM key), run without a shell. What it writes to stderr is never shown: a password manager may print the
     value there, or more than the value."""
     what = f"command {argv[0]}"
-    code, output = _run(argv, timeout, what)
+    code, output = _run(argv, timeout, what, first_line=not multiline)
     if code != 0:
         how = f"was killed by signal {-code}" if code < 0 else f"exited {code}"
         raise ValueError(f"{what} {how}; its output is not shown, since it may hold the secret: run it yourself "
@@ -162,9 +170,11 @@ def _secret_from_command(argv: list[str], timeout: float, *, multiline: bool = F
                        again=lambda: _secret_from_command(argv, timeout, multiline=multiline))
 
 
-def _run(argv: list[str], timeout: float, what: str) -> tuple[int, bytes]:
-    """(exit status, stdout). stderr goes nowhere. In a session of its own, so that on a timeout its whole
-    process group is killed: a child it started would otherwise hold the pipe open past the timeout."""
+def _run(argv: list[str], timeout: float, what: str, *, first_line: bool) -> tuple[int, bytes]:
+    """(exit status, what is kept of stdout: its first line, or all of it for a secret spanning lines, within
+    a bound; the rest is read and dropped, so that the command can finish). stderr goes nowhere. In a session of
+    its own, so that on a timeout its whole process group is killed: a child it started would otherwise hold
+    the pipe open past the timeout."""
     try:
         child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                  start_new_session=True)
@@ -174,15 +184,47 @@ def _run(argv: list[str], timeout: float, what: str) -> tuple[int, bytes]:
         raise ValueError(f"{what} cannot be run (permission denied: is it executable?)") from None
     except OSError as exc:
         raise ValueError(f"{what} cannot be run ({exc.strerror})") from None
+    deadline = time.monotonic() + timeout
     with child:
         try:
-            output, _ = child.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(child.pid, signal.SIGKILL)
+            assert child.stdout is not None
+            output = _kept_output(child.stdout.fileno(), deadline, what, first_line=first_line)
+            child.wait(max(0.0, deadline - time.monotonic()))
+        except (subprocess.TimeoutExpired, TimeoutError):
             raise ValueError(f"{what} did not finish within {timeout:g}s (set timeout = SECONDS beside "
                              "command)") from None
+        finally:
+            if child.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.pid, signal.SIGKILL)
     return child.returncode, output
+
+
+def _kept_output(descriptor: int, deadline: float, what: str, *, first_line: bool) -> bytes:
+    """Read `descriptor` to its end (TimeoutError past `deadline`), keeping the first line (LINE_LIMIT at most)
+    or everything (KEY_FILE_LIMIT at most); ValueError past the bound."""
+    limit = LINE_LIMIT if first_line else KEY_FILE_LIMIT
+    kept, keeping = bytearray(), True
+    with selectors.DefaultSelector() as selector:
+        selector.register(descriptor, selectors.EVENT_READ)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            if not selector.select(remaining):
+                continue
+            chunk = os.read(descriptor, 65536)
+            if not chunk:
+                return bytes(kept)
+            if not keeping:
+                continue
+            kept += chunk
+            if first_line and (end := kept.find(b"\n")) != -1:
+                del kept[end + 1:]
+                keeping = False
+            if len(kept) > limit:
+                raise ValueError(f"{what} printed a first line longer than {limit} bytes" if first_line
+                                 else f"{what} printed more than {limit} bytes, more than any key")
 
 
 def _command(raw: dict[str, Any], *, multiline: bool = False) -> SecretValue:
@@ -192,36 +234,69 @@ def _command(raw: dict[str, Any], *, multiline: bool = False) -> SecretValue:
     if not isinstance(argv, list) or not argv or not all(isinstance(arg, str) and arg for arg in argv):
         raise ValueError('command must be a list of strings: the program and its arguments (no shell), as '
                          '{ command = ["op", "read", "op://vault/item/field"] }')
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < math.inf:
-        raise ValueError("the command's timeout must be a number of seconds above 0")
-    return _secret_from_command(argv, float(timeout), multiline=multiline)
+    return _secret_from_command(argv, _seconds(timeout, "the command's"), multiline=multiline)
 
 
-def _secret_from_keyring(where: str, *, multiline: bool = False) -> SecretValue:
+def _keyring(raw: dict[str, Any], *, multiline: bool = False) -> SecretValue:
+    where, timeout = raw.get("keyring"), raw.get("timeout", COMMAND_TIMEOUT)
+    if set(raw) - {"keyring", "timeout"}:
+        raise ValueError("{ keyring = ... } takes only timeout beside it")
+    if not isinstance(where, str) or not where:
+        raise ValueError('keyring must be "service/username"')
+    return _secret_from_keyring(where, _seconds(timeout, "the keyring's"), multiline=multiline)
+
+
+def _secret_from_keyring(where: str, timeout: float = COMMAND_TIMEOUT, *, multiline: bool = False) -> SecretValue:
     """The OS keyring's password for `service/username` (split at the last `/`: a service may be a URL)."""
     service, slash, username = where.rpartition("/")
     if not slash or not service or not username:
         raise ValueError(f'keyring {where!r} must be "service/username"')
     try:
         import keyring  # only here: the extra is optional, and loading it picks a backend
-        from keyring.errors import KeyringError
     except ImportError:
         raise ValueError("{ keyring } needs the keyring extra: install it with `pip install 'tokend[keyring]'`, or "
                          "from a checkout of tokend `pip install '.[keyring]'`") from None
-    try:
-        value = keyring.get_password(service, username)
-    except KeyringError as exc:
-        raise ValueError(f"keyring {where}: the keyring failed ({type(exc).__name__})") from None
+    value, backend = _asked_in_time(lambda: (keyring.get_password(service, username),
+                                             type(keyring.get_keyring()).__name__), timeout, f"keyring {where}")
     if value is None:
-        backend = type(keyring.get_keyring()).__name__
         raise ValueError(f"keyring {where}: no password for service {service!r}, username {username!r} in the "
                          f"keyring ({backend})")
     checked = _checked(value, f"keyring {where}", multiline=multiline)
     return SecretValue(SecretStr(checked), f"keyring {where}", multiline=multiline,
-                       again=lambda: _secret_from_keyring(where, multiline=multiline))
+                       again=lambda: _secret_from_keyring(where, timeout, multiline=multiline))
 
 
-_SECRET_SOURCES = {"env": _secret_from_env, "credential": _secret_from_credential, "keyring": _secret_from_keyring}
+def _asked_in_time(ask: Callable[[], tuple[str | None, str]], timeout: float, what: str) -> tuple[str | None, str]:
+    """`ask()`'s answer, in a thread given `timeout` seconds (a backend waiting on a desktop session that never
+    answers would hang `tokend check` and the start), or ValueError. Any error of the backend becomes a
+    sentence naming its type only: its text may hold what it read, the secret included."""
+    answer: list[tuple[str | None, str]] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            answer.append(ask())
+        except BaseException as exc:  # reported below by its type alone
+            failure.append(exc)
+
+    worker = threading.Thread(target=run, name="tokend-keyring", daemon=True)  # left behind if it never returns
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise ValueError(f"{what}: the keyring did not answer within {timeout:g}s (set timeout = SECONDS beside "
+                         "keyring)")
+    if failure:
+        raise ValueError(f"{what}: the keyring failed ({type(failure[0]).__name__})")
+    return answer[0]
+
+
+def _seconds(value: Any, whose: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+        raise ValueError(f"{whose} timeout must be a number of seconds above 0")
+    return float(value)
+
+
+_SECRET_SOURCES = {"env": _secret_from_env, "credential": _secret_from_credential}
 
 
 def resolve_secret(raw: Any, *, multiline: bool = False) -> SecretValue:
@@ -234,6 +309,8 @@ def resolve_secret(raw: Any, *, multiline: bool = False) -> SecretValue:
                            multiline=multiline)
     if isinstance(raw, dict) and "command" in raw:
         return _command(raw, multiline=multiline)
+    if isinstance(raw, dict) and "keyring" in raw:
+        return _keyring(raw, multiline=multiline)
     if isinstance(raw, dict) and len(raw) == 1:
         (how, where), = raw.items()
         if how == "file" and isinstance(where, str) and where:

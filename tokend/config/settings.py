@@ -53,8 +53,29 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _metadata_names_providers(self) -> Settings:
-        if (problem := self.metadata.problem(self.providers)) is not None:
+        api = None if self.server.socket else (self.server.host, self.server.port)
+        if (problem := self.metadata.problem(self.providers, api)) is not None:
             raise ValueError(problem)
+        return self
+
+    @model_validator(mode="after")
+    def _sources_known_and_acyclic(self) -> Settings:
+        # Refused here, not found at login: a chain that loops back would wait on itself until a timeout.
+        for name, config in self.providers.items():
+            for source in config.sources():
+                if source == name:
+                    raise ValueError(f'provider "{name}" reads its own credentials: name another provider')
+                if source not in self.providers:
+                    raise ValueError(f'provider "{name}" reads the credentials of provider "{source}": no provider '
+                                     "is named so")
+        for name in self.providers:
+            if (loop := _source_loop(self.providers, name, ())) is not None:
+                raise ValueError(f"providers read each other's credentials in a loop ({' -> '.join(loop)}): "
+                                 "one of them must start from a credential of its own")
+        for name, config in self.providers.items():  # each kind's own demands of its sources (an AWS role's)
+            for source in config.sources():
+                if (problem := config.source_problem(source, self.providers[source])) is not None:
+                    raise ValueError(f'provider "{name}", {problem}')
         return self
 
     @model_validator(mode="after")
@@ -115,6 +136,16 @@ class Settings(BaseSettings):
             # `from None`: the ValidationError carries the input values, secrets included.
             problems = _describe_all(exc.errors(include_input=False, include_url=False))
             raise ConfigError(f"{path} has {len(problems)} problem(s)", problems) from None
+
+
+def _source_loop(providers: dict[str, Any], name: str, path: tuple[str, ...]) -> tuple[str, ...] | None:
+    """The chain of sources from `name` back to a provider already on `path`, or None."""
+    if name in path:
+        return (*path[path.index(name):], name)
+    for source in providers[name].sources():
+        if (loop := _source_loop(providers, source, (*path, name))) is not None:
+            return loop
+    return None
 
 
 def _environment_problem(exc: SettingsError) -> str:

@@ -202,7 +202,8 @@ class FleetLogins:
             await self._let_go(share)
             return credential  # never expires: nothing the fleet renews together
         now = time.time()
-        delay = renewal_delay(expires_at - now, self._rng, first=call.reason is LoginReason.FIRST)
+        delay = renewal_delay(expires_at - now, self._rng, first=call.reason is LoginReason.FIRST,
+                              before=call.config.RENEW_BEFORE_EXPIRY)
         credential = dataclasses.replace(credential, renew_at=now + delay)
         record = seal(credential, self._keys[0], share, _secrets(call.config))
         try:

@@ -40,10 +40,18 @@ async def probe(config: FleetConfig, providers: Mapping[str, ProviderConfig]) ->
         started = time.monotonic()
         await store.ping()
         report.lines.append(f"Redis at {store.where} answered in {(time.monotonic() - started) * 1000:.0f} ms")
+        report.lines.append(f"reached: {await store.reached()}")
+        report.lines.append(f"as user {config.user}" if config.user else "as Redis's default user")
+        report.lines.append(store.deployment.tls_described())
         seen = await store.key_ids()
         records = await store.read(list(shares.values())) if shares else []
     except StoreError as exc:
-        report.warnings.append(f"fleet: Redis did not answer ({exc}); the daemon would log in alone until it does")
+        if exc.certificate:
+            report.errors.append(
+                f"fleet: the Redis server's TLS certificate cannot be verified ({exc}): set ca_bundle to the CA "
+                "that signed it, and tls_server_name to the name it holds if that is not the host connected to")
+        else:
+            report.warnings.append(f"fleet: Redis did not answer ({exc}); the daemon would log in alone until it does")
         return report
     finally:
         await store.close()

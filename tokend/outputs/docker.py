@@ -12,15 +12,27 @@ the tokens are the daemon's to renew.
 from __future__ import annotations
 
 from tokend.config.tool_names import registry_key
+from tokend.errors import TokendError
 from tokend.outputs import asking
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from tokend.api.client import Client
 
-__all__ = ["NOT_FOUND", "get", "listing"]
+__all__ = ["NOT_FOUND", "get", "listing", "server_url"]
 
 NOT_FOUND = "credentials not found in native keychain"  # what Docker matches to mean "none stored"
+
+
+def server_url(data: bytes) -> str:
+    """The registry Docker asks about, from its request: one line (its line feed taken off), with no control
+    character (Python's `str.strip()` would take some off as white space, Docker writes none), refused
+    whole otherwise. A plain `http://` registry is refused as the git helper refuses a plain http remote."""
+    text = asking.checked_text(asking.decoded(data, "Docker's request").removesuffix("\n"), "Docker's request")
+    scheme, separator, rest = text.strip(" ").partition("://")
+    if separator and (refusal := asking.plain_http_refusal(scheme, rest.partition("/")[0])) is not None:
+        raise TokendError(refusal)
+    return text
 
 
 def get(client: Client, server_url: str) -> dict[str, str] | None:

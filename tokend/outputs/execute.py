@@ -25,6 +25,7 @@ from tokend.outputs.environment import metadata_environment
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
+    from pathlib import Path
     from typing import Any
 
     from tokend.api.client import Client
@@ -72,6 +73,7 @@ def unsafe_variable(variable: str) -> str | None:
 
 def child_environment(
     client: Client, url: str, client_key: str | None, providers: Sequence[str], tokens: Mapping[str, str],
+    files: Path | None = None,
 ) -> dict[str, str]:
     """The child's environment: ours, plus tokend's address and key, proxy URLs and the asked-for tokens.
 
@@ -98,7 +100,50 @@ def child_environment(
         env[variable] = _json(client, "GET", f"/token/{_quoted(name)}", name)["token"]
     # The metadata endpoints' variables last (the asked-for ones are checked before the daemon is asked anything).
     env.update({key: value for key, value in metadata_environment(client).items() if key not in tokens.values()})
+    aws_token = env.pop("AWS_CONTAINER_AUTHORIZATION_TOKEN", None)
+    if aws_token is not None and files is not None:
+        aws_environment(env, aws_token, files)
     return env
+
+
+# What an AWS SDK would use before the container endpoint (its credential chain), so none of it reaches the child.
+AWS_PREFERRED = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ROLE_ARN",
+                 "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                 "AWS_CONTAINER_AUTHORIZATION_TOKEN")
+
+
+def aws_environment(env: dict[str, str], token: str, files: Path) -> None:
+    """The AWS SDKs' variables for [metadata.aws]: its token in a 0600 file under `files` (with no trailing
+    newline: botocore refuses one), the variables an SDK would prefer unset, and an empty shared credentials
+    file in place of ~/.aws/credentials."""
+    for name in AWS_PREFERRED:
+        env.pop(name, None)
+    token_file = files / "aws-container-authorization-token"
+    with os.fdopen(os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+        out.write(token)
+    env["AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"] = str(token_file)
+    empty = files / "aws-credentials"
+    os.close(os.open(empty, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    env["AWS_SHARED_CREDENTIALS_FILE"] = str(empty)
+
+
+def aws_profile_warning(env: Mapping[str, str]) -> str | None:
+    """A sentence when the AWS config file's default profile holds credentials of its own, which an SDK would
+    use before the container endpoint; None when it has none."""
+    import configparser
+
+    path = env.get("AWS_CONFIG_FILE") or os.path.expanduser("~/.aws/config")
+    parser = configparser.RawConfigParser()
+    try:
+        parser.read(path)
+    except (configparser.Error, OSError, UnicodeDecodeError):
+        return None
+    own = {"aws_access_key_id", "credential_process", "role_arn", "sso_session", "sso_start_url",
+           "web_identity_token_file"}
+    if parser.has_section("default") and (found := sorted(own & set(parser.options("default")))):
+        return (f"{path}: the default profile sets {', '.join(found)}, which AWS SDKs use before tokend's "
+                "container endpoint; remove them, or run the command with another profile")
+    return None
 
 
 def run(command: Sequence[str], env: Mapping[str, str]) -> int:

@@ -2,7 +2,8 @@
 
     [metadata.gce]
     listen = "127.0.0.1:8771"
-    provider = "gcp"              # a google_service_account provider
+    provider = "gcp"              # a Google provider naming a service account (a key, impersonation,
+                                  # workload identity with service_account)
     project_id = "my-project"
 
 google-auth (and every Google client library) asks the host in GCE_METADATA_HOST, and probes the one in
@@ -19,7 +20,9 @@ GCE_METADATA_IP first; `tokend exec` sets both. Served, each answer with `Metada
 
 The token for the provider's own scopes is the one the daemon holds and renews; one for other scopes, or
 an ID token for an audience, is minted by the provider on demand and kept until a third of its life is
-left (client libraries ask again well before expiry, many processes at once).
+left (client libraries ask again well before expiry, many processes at once). A mint that failed is kept
+too, with a backoff that doubles: until it has passed, that audience or scope set is answered with the
+failure, without another login; and it counts toward MAX_MINTED as a token held does.
 """
 
 from __future__ import annotations
@@ -28,31 +31,36 @@ import asyncio
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl
 
 from starlette.types import Receive, Scope, Send
 
 from tokend.credential import Credential
 from tokend.errors import TokendError
-from tokend.outputs.config import ACCOUNT_KIND, GceConfig
+from tokend.outputs.config import GceConfig
 
 if TYPE_CHECKING:
     import httpx
 
+    from tokend.providers.base import Tokens
     from tokend.redact import Redactor
     from tokend.renewal.manager import Manager
 
 __all__ = ["MAX_MINTED", "GoogleAccount", "GoogleMetadataServer"]
 
 _ROOT = "/computeMetadata/v1/"
-MAX_MINTED = 64  # audiences and scope sets held at once, beside the provider's own token
+MAX_MINTED = 64  # audiences and scope sets held at once (tokens or failures), beside the provider's own token
+# After a failed mint, no new one for that audience or scope set for this long, doubled at each failure in a row.
+FAILED_MINT_BACKOFF = 5.0
+FAILED_MINT_BACKOFF_MAX = 300.0
 _ACCOUNTS = f"{_ROOT}instance/service-accounts/"
 
 
 @runtime_checkable
 class GoogleAccount(Protocol):
-    """What the metadata server asks of a google_service_account provider besides its own token."""
+    """What the metadata server asks of a Google provider besides its own token."""
 
     @property
     def client_email(self) -> str: ...
@@ -61,7 +69,7 @@ class GoogleAccount(Protocol):
     def scopes(self) -> tuple[str, ...]: ...
 
     async def mint(self, client: httpx.AsyncClient, *, scopes: Sequence[str] | None = None,
-                   audience: str | None = None) -> Credential: ...
+                   audience: str | None = None, tokens: Tokens | None = None) -> Credential: ...
 
 
 class GoogleMetadataServer:
@@ -72,6 +80,7 @@ class GoogleMetadataServer:
         self._account: tuple[object, GoogleAccount] | None = None  # built per provider config: a reload replaces it
         self._minted: dict[tuple[str, ...], Credential] = {}
         self._minting: dict[tuple[str, ...], asyncio.Lock] = {}
+        self._failed: dict[tuple[str, ...], _Failure] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -85,7 +94,8 @@ class GoogleMetadataServer:
         await send({"type": "http.response.body", "body": data})
 
     async def _answer(self, scope: Scope) -> tuple[int, str, bytes]:
-        path, query = unquote(scope["path"]), dict(parse_qsl(scope["query_string"].decode("latin-1")))
+        # The server has decoded the path once already: decoding it again would make `%252F` a `/`.
+        path, query = scope["path"], dict(parse_qsl(scope["query_string"].decode("latin-1")))
         if scope["method"] != "GET":
             return _text(405, "Only GET is served here.\n")
         if path == "/":
@@ -147,10 +157,18 @@ class GoogleMetadataServer:
             if (held is not None and held.expires_at is not None
                     and held.expires_at - now > (held.expires_at - held.obtained_at) / 3):
                 return held
-            if key[0] == "audience":
-                credential = await account.mint(self._client, audience=key[1])
-            else:
-                credential = await account.mint(self._client, scopes=list(key[1:]))
+            failed = self._failed.get(key)
+            if failed is not None and now < failed.until:  # asked again, or waiting while it failed: no login
+                raise TokendError(failed.message)
+            try:
+                if key[0] == "audience":
+                    credential = await account.mint(self._client, audience=key[1], tokens=self._manager)
+                else:
+                    credential = await account.mint(self._client, scopes=list(key[1:]), tokens=self._manager)
+            except TokendError as exc:
+                self._failed[key] = _Failure.after(failed, exc.message, time.time())
+                raise
+            self._failed.pop(key, None)
             self._minted[key] = credential
             return credential
 
@@ -158,9 +176,13 @@ class GoogleMetadataServer:
         now = time.time()
         for key, lock in list(self._minting.items()):
             held = self._minted.get(key)
-            if (held is None or not held.is_fresh(now)) and not lock.locked():  # expired, or its login failed
-                self._minted.pop(key, None)
-                del self._minting[key]
+            failed = self._failed.get(key)
+            backing_off = failed is not None and now < failed.until
+            if lock.locked() or (held is not None and held.is_fresh(now)) or backing_off:
+                continue  # in use, held, or a failure still backing off
+            self._minted.pop(key, None)
+            self._failed.pop(key, None)
+            del self._minting[key]
 
     def _config(self) -> GceConfig:
         config = self._manager.settings.metadata.gce
@@ -174,11 +196,26 @@ class GoogleMetadataServer:
         if self._account is None or self._account[0] is not config:
             provider = build_provider(self._config().provider, config, self._redactor)
             if not isinstance(provider, GoogleAccount):
-                raise TokendError(f"provider {self._config().provider} is not a {ACCOUNT_KIND}")
+                raise TokendError(f"provider {self._config().provider} is not a Google service account")
             self._account = config, provider
             self._minted.clear()
             self._minting.clear()
+            self._failed.clear()
         return self._account[1]
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """A failed mint: its error's message, answered again until `until`, and how many failed in a row."""
+
+    message: str
+    until: float
+    count: int
+
+    @classmethod
+    def after(cls, last: _Failure | None, message: str, now: float) -> _Failure:
+        count = 1 if last is None else last.count + 1
+        return cls(message, now + min(FAILED_MINT_BACKOFF_MAX, FAILED_MINT_BACKOFF * 2 ** (count - 1)), count)
 
 
 def _text(status: int, body: str) -> tuple[int, str, bytes]:

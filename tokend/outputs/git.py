@@ -21,16 +21,35 @@ if TYPE_CHECKING:
 __all__ = ["erase", "get", "parse", "unparse"]
 
 
-def parse(text: str) -> dict[str, str]:
-    """git's attributes: one `key=value` per line, up to a blank line or the end."""
+def parse(data: bytes) -> dict[str, str]:
+    """git's attributes, read exactly as git writes them: `key=value` lines each ended by LF (and only LF),
+    split at the first `=`, up to a blank line or the end. A value with a control character, a key given
+    twice, or a line that is not `key=value` refuses the whole request (TokendError): git writes none of
+    them, so one there was smuggled in. Keys ending in `[]` (`capability[]`, `wwwauth[]`) are lists git may
+    repeat; tokend reads none of them."""
+    text = asking.decoded(data, "git's request")
+    lines = text.split("\n")
+    if lines.pop() != "":
+        raise TokendError("git's request ends in a line without its line feed; refusing it")
     attributes: dict[str, str] = {}
-    for line in text.splitlines():
+    for line in lines:
         if not line:
             break
         key, equals, value = line.partition("=")
-        if equals:
-            attributes[key] = value
+        asking.checked_text(line, f"git's attribute {_shown_key(key)!r}")
+        if not equals or not key:
+            raise TokendError(f"git's request has a line that is not key=value ({_shown_key(key)!r}); refusing it")
+        if key.endswith("[]"):
+            continue
+        if key in attributes:
+            raise TokendError(f"git's request gives {key!r} twice; refusing it")
+        attributes[key] = value
     return attributes
+
+
+def _shown_key(key: str) -> str:
+    """A key fit for a message: at most a few characters of what may be a value, never a control character."""
+    return "".join(char if char.isprintable() else "?" for char in key[:20])
 
 
 def unparse(attributes: dict[str, str]) -> str:
@@ -65,9 +84,8 @@ def erase(client: Client, attributes: dict[str, str], provider: str | None) -> b
 def _provider(client: Client, attributes: dict[str, str], named: str | None) -> tuple[str | None, dict[str, str]]:
     """The provider named, else the one whose git_hosts lists the host, with its git settings."""
     host = attributes.get("host", "").lower()
-    if attributes.get("protocol") == "http" and not _loopback(host):
-        # Over plain http the token would cross the network readable by anyone on the way.
-        raise TokendError(f"not answering for http://{host}: a token is sent over https only (or to a loopback host)")
+    if (refusal := asking.plain_http_refusal(attributes.get("protocol", ""), host)) is not None:
+        raise TokendError(refusal)
     readable = asking.providers(client)
     if named is not None:
         if named not in readable:
@@ -78,12 +96,6 @@ def _provider(client: Client, attributes: dict[str, str], named: str | None) -> 
         if host and host in git.get("hosts", ()):
             return name, git
     return None, {}
-
-
-def _loopback(host: str) -> bool:
-    """`127.0.0.1:8443`, `localhost`, `[::1]:80`: a host as git gives it, port or not."""
-    name = host[1:host.find("]")] if host.startswith("[") else host.partition(":")[0]
-    return name in ("localhost", "::1") or name.startswith("127.")
 
 
 def _unix_seconds(stamp: str) -> int:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = ["API_VERSIONS", "exec_credential"]
 
 API_VERSIONS = ("client.authentication.k8s.io/v1", "client.authentication.k8s.io/v1beta1")
+EXEC_INFO_LIMIT = 1024 * 1024  # with provideClusterInfo it carries the cluster's CA bundle
 
 
 def exec_credential(client: Client, name: str, exec_info: str | None) -> dict[str, Any]:
@@ -43,12 +44,7 @@ def exec_credential(client: Client, name: str, exec_info: str | None) -> dict[st
 def _asked_version(exec_info: str | None) -> str:
     if not exec_info:
         return API_VERSIONS[0]
-    import json
-
-    try:
-        version = json.loads(exec_info).get("apiVersion")
-    except (ValueError, AttributeError):
-        raise TokendError("$KUBERNETES_EXEC_INFO is not an ExecCredential (not a JSON object)") from None
+    version = asking.json_object(exec_info, "$KUBERNETES_EXEC_INFO", limit=EXEC_INFO_LIMIT).get("apiVersion")
     if version not in API_VERSIONS:
         raise TokendError(f"kubectl asks for an ExecCredential of apiVersion {version!r}; "
                           f"tokend speaks {' and '.join(API_VERSIONS)}")

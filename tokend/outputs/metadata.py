@@ -22,9 +22,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from tokend.api.sockets import listen_each
 from tokend.config.fields import is_loopback_host
 from tokend.config.tables import ServerConfig
+from tokend.outputs.aws import ContainerCredentials, default_provider
 from tokend.outputs.azure import PATH as AZURE_PATH
 from tokend.outputs.azure import AzureIdentityEndpoint
-from tokend.outputs.config import MetadataConfig, MetadataProtocol
+from tokend.outputs.config import MetadataConfig, MetadataProtocol, split_listen
 from tokend.outputs.gce import GoogleMetadataServer
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ class MetadataListener:
 def open_metadata_listeners(config: MetadataConfig) -> list[MetadataListener]:
     """A socket per listener that is on; TokendError (all closed) if one cannot be had."""
 
-    wanted = [(protocol, ServerConfig(host=listen.rpartition(":")[0].strip("[]"), port=int(listen.rpartition(":")[2])))
+    wanted = [(protocol, ServerConfig(host=split_listen(listen)[0], port=split_listen(listen)[1]))
               for protocol, listen in config.listening().items()]
     return [MetadataListener(protocol, sock) for protocol, sock in listen_each(wanted)]
 
@@ -74,11 +75,20 @@ class Metadata:
                  listeners: Sequence[MetadataListener]) -> None:
         self._manager = manager
         self.identity_header = secrets.token_urlsafe(32)
+        aws = manager.settings.metadata.aws
+        # The AWS endpoint's token: configured (shared with programs started otherwise), or made for this run.
+        self.aws_token = (aws.authorization_token.get() if aws is not None and aws.authorization_token is not None
+                          else secrets.token_urlsafe(32))
         self.listeners = list(listeners)
         self._apps: dict[Any, ASGIApp] = {}
         for listener in self.listeners:
-            app: ASGIApp = (AzureIdentityEndpoint(manager, self.identity_header) if listener.protocol == "azure"
-                            else GoogleMetadataServer(manager, client, redactor))
+            app: ASGIApp
+            if listener.protocol == "azure":
+                app = AzureIdentityEndpoint(manager, self.identity_header)
+            elif listener.protocol == "aws":
+                app = ContainerCredentials(manager, self.aws_token)
+            else:
+                app = GoogleMetadataServer(manager, client, redactor)
             self._apps[listener.address] = _Checked(app, google=listener.protocol == "gce")
 
     @property
@@ -103,6 +113,11 @@ class Metadata:
                 and all(may_read(provider) for provider in azure.resources.values())):
             env["IDENTITY_ENDPOINT"] = f"http://{where}{AZURE_PATH}"
             env["IDENTITY_HEADER"] = self.identity_header
+        aws = default_provider(self._manager.settings)
+        if (where := self.where("aws")) is not None and aws is not None and may_read(aws):
+            # The token goes to `tokend exec`, which writes it to a 0600 file for the child (never its environment).
+            env["AWS_CONTAINER_CREDENTIALS_FULL_URI"] = f"http://{where}/{aws}"
+            env["AWS_CONTAINER_AUTHORIZATION_TOKEN"] = self.aws_token
         return env
 
     def wrap(self, app: ASGIApp) -> ASGIApp:
@@ -120,7 +135,7 @@ class Metadata:
 
 
 _RELAYED = frozenset({b"x-forwarded-for", b"forwarded"})
-_FROM_BROWSER = frozenset({b"origin", b"sec-fetch-site", b"sec-fetch-mode"})
+_FROM_BROWSER = frozenset({b"origin", b"sec-fetch-site", b"sec-fetch-mode", b"sec-fetch-dest", b"sec-fetch-user"})
 
 
 class _Checked:
@@ -154,6 +169,8 @@ def _refusal(scope: Scope, *, google: bool) -> str | None:
         if name in _FROM_BROWSER:
             return "Requests from web pages are refused.\n"
         if name == b"host":
+            if host is not None:  # two: which one a proxy or the app would read is anybody's guess
+                return "A request may carry one Host header.\n"
             host = value.decode("latin-1")
         elif name == b"metadata-flavor":
             flavor = value

@@ -46,7 +46,7 @@ def render(name: str, credential: Credential, sink: SinkConfig) -> bytes:
     if sink.format == "raw":
         return credential.token.encode()
     if sink.template is not None:
-        return templated.render(sink.template, credential)
+        return templated.render(sink.template, credential, sink.escape)
     if sink.format == "json":
         return (json.dumps({
             "provider": name, "token": credential.token, "token_type": credential.token_type,
@@ -62,19 +62,11 @@ def render(name: str, credential: Credential, sink: SinkConfig) -> bytes:
         lines[f"{prefix}HEADER_{_env_name(header)}"] = value
     for parameter, value in credential.query.items():
         lines[f"{prefix}QUERY_{_env_name(parameter)}"] = value
-    return "".join(f"{key}={_shell_quoted(value)}\n" for key, value in lines.items()).encode()
+    return "".join(f"{key}={templated.shell_quoted(value)}\n" for key, value in lines.items()).encode()
 
 
 def _env_name(text: str) -> str:
     return "".join(char if char.isascii() and char.isalnum() else "_" for char in text).upper()
-
-
-def _shell_quoted(value: str) -> str:
-    """`value` as a POSIX shell reads it back unchanged when the file is sourced: in single quotes, inside
-    which nothing is special but the quote itself (written '\\'')."""
-    if "\0" in value:
-        raise ValueError("a value holds a NUL character, which no shell variable can carry")
-    return "'" + value.replace("'", "'\\''") + "'"
 
 
 @dataclass

@@ -9,15 +9,20 @@ from typing import TYPE_CHECKING, Annotated, Any, Union
 from pydantic import Field
 
 from tokend.providers import (
+    aws,
     felloh,
     fintech_studios,
     flotiq,
+    github_actions_oidc,
     github_app,
+    google_impersonation,
     google_service_account,
+    google_workload_identity,
     http,
     jwt_bearer,
     oauth2,
     oauth2_refresh_token,
+    oauth2_token_exchange,
     static,
 )
 from tokend.providers.base import Kind, Provider, ProviderBase
@@ -28,6 +33,8 @@ __all__ = ["KINDS", "PROVIDER_KINDS", "Kind", "Provider", "ProviderBase", "Provi
 KINDS: tuple[Kind[Any], ...] = (
     felloh.KIND, fintech_studios.KIND, flotiq.KIND, oauth2.KIND, http.KIND, static.KIND,
     github_app.KIND, google_service_account.KIND, jwt_bearer.KIND, oauth2_refresh_token.KIND,
+    aws.ASSUME_ROLE, aws.SESSION_TOKEN,
+    oauth2_token_exchange.KIND, github_actions_oidc.KIND, google_workload_identity.KIND, google_impersonation.KIND,
 )
 PROVIDER_KINDS = tuple(kind.name for kind in KINDS)
 _BY_NAME = {kind.name: kind for kind in KINDS}

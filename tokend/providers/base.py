@@ -19,13 +19,15 @@ from tokend.credential import Credential
 from tokend.outputs.config import SinkConfig
 from tokend.redact import Redactor
 
-__all__ = ["Continuing", "Kind", "Provider", "ProviderBase"]
+__all__ = ["Chained", "Continuing", "Kind", "Provider", "ProviderBase", "Tokens"]
 
 
 class ProviderBase(BaseModel):
     """The settings every kind has. A kind's model adds its own and names itself in `kind`."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # defer_build: the config's union of every kind's model validates a file; a kind's own validator and
+    # serializer are built on first use, so kinds a config does not name cost a daemon no memory for them.
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     # The settings that change when a login happens, how long its answer is kept, or where the token goes
     # afterwards, but never what a login sends or gets back: fleet mode shares one login between daemons
@@ -36,6 +38,10 @@ class ProviderBase(BaseModel):
         "proxy_listen", "proxy_retry_body_limit", "fleet", "persist", "git_hosts", "git_username",
         "docker_registries", "registry_username",
     })
+
+    # How long before expiry a renewal starts at the latest (None: the renewal policy's own margin). A kind
+    # whose clients refresh early themselves (AWS SDKs) sets its own, so they never get one they would refresh.
+    RENEW_BEFORE_EXPIRY: ClassVar[float | None] = None
 
     kind: str
     timeout: Seconds = 10.0  # a whole login, every step included
@@ -114,6 +120,17 @@ class ProviderBase(BaseModel):
                              f"token (kind {self.kind} has no default; the registry's documentation names it)")
         return self
 
+    def sources(self) -> tuple[str, ...]:
+        """The other providers whose current credentials this provider's login reads (a subject token, a
+        source credential to impersonate with, an AWS role assumed with another's); the config refuses unknown
+        names, a provider naming itself and loops, then asks `source_problem` of each."""
+        return ()
+
+    def source_problem(self, source: str, config: ProviderBase) -> str | None:
+        """Why provider `source` (its settings `config`) cannot be one of `sources()` (a sentence naming the
+        field), or None: a kind that needs a particular kind of credential says so here."""
+        return None
+
     def key_descriptions(self) -> dict[str, str]:
         """Each private key this provider signs with, by field: its type, size and the fingerprint of its
         public key (`tokend check`); never the key."""
@@ -171,6 +188,21 @@ class Continuing(Protocol):
     answer left); the one place that logs in hands that credential in."""
 
     async def fetch_from(self, client: httpx.AsyncClient, current: Credential | None) -> Credential: ...
+
+
+class Tokens(Protocol):
+    """Other providers' current credentials, as a login that builds on them reads them (the manager's `get`:
+    a valid credential, waiting, bounded, for a login under way; TokendError when there is none)."""
+
+    async def get(self, name: str) -> Credential: ...
+
+
+@runtime_checkable
+class Chained(Protocol):
+    """A login that reads other providers' credentials (`sources()`) when it happens; the one place that logs
+    in hands in how (`tokens`: None where no other provider can be read, and such a login fails saying so)."""
+
+    async def fetch_chained(self, client: httpx.AsyncClient, tokens: Tokens | None) -> Credential: ...
 
 
 @dataclass(frozen=True)

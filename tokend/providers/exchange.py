@@ -39,7 +39,8 @@ class LoginRequest:
     redactor: Redactor
     describe: Describe
     json: Any = None  # a JSON body...
-    form: Mapping[str, str] | None = None  # ...or a form-encoded one
+    form: Mapping[str, str | list[str]] | None = None  # ...or a form-encoded one (a list: a repeated field)
+    content: bytes | None = None  # ...or bytes as they are (a body a signature covers)
     action: str = "login"  # what the call is, for its error messages ("list keys", ...)
     max_answer: int = 1024 * 1024  # bytes of answer, after decoding, beyond which the call fails
 
@@ -59,18 +60,7 @@ def limits(config: ProviderBase) -> dict[str, Any]:
 
 async def exchange(client: httpx.AsyncClient, login: LoginRequest) -> tuple[Any, str | None]:
     """Make the login call; return (the decoded JSON body, the request id) of a 2xx answer."""
-    try:
-        response, content = await _answer(client, login)
-    except httpx.ConnectTimeout:
-        raise UpstreamError(
-            login.provider, f"could not connect to {login.url} within {login.timeout.connect:g}s"
-        ) from None
-    except httpx.TimeoutException:
-        raise UpstreamError(
-            login.provider, f"{login.action} got no answer within {login.timeout.read:g}s"
-        ) from None
-    except httpx.HTTPError as exc:
-        raise UpstreamError(login.provider, f"could not reach {shown_url(login.url)}: {_reason(exc)}") from None
+    response, content = await fetch_answer(client, login)
     body = _json_or_none(content)
     request_id, message = login.describe(body) if body is not None else (None, None)
     if request_id is not None:  # shown in /status, logs and errors: as untrusted as any upstream text
@@ -86,6 +76,33 @@ async def exchange(client: httpx.AsyncClient, login: LoginRequest) -> tuple[Any,
     return body, request_id
 
 
+async def fetch_answer(client: httpx.AsyncClient, login: LoginRequest) -> tuple[httpx.Response, bytes]:
+    """Make the call; return its answer, whatever the status, and the body (bounded, decoded). For a kind
+    whose answers are not JSON; transport failures are UpstreamErrors already."""
+    try:
+        return await _answer(client, login)
+    except httpx.ConnectTimeout:
+        raise UpstreamError(
+            login.provider, f"could not connect to {login.url} within {login.timeout.connect:g}s"
+        ) from None
+    except httpx.TimeoutException:
+        raise UpstreamError(
+            login.provider, f"{login.action} got no answer within {login.timeout.read:g}s"
+        ) from None
+    except httpx.HTTPError as exc:
+        raise UpstreamError(login.provider, f"could not reach {shown_url(login.url)}: {_reason(exc)}") from None
+
+
+async def text_exchange(client: httpx.AsyncClient, login: LoginRequest) -> bytes:
+    """Make the call; return the body of a 2xx answer as it is (an answer that is not JSON: a token as text)."""
+    response, content = await fetch_answer(client, login)
+    if not response.is_success:
+        body = _json_or_none(content)
+        _, message = login.describe(body) if body is not None else (None, None)
+        raise _http_error(login, response, _text(response, content), message, None)
+    return content
+
+
 async def _answer(client: httpx.AsyncClient, login: LoginRequest) -> tuple[httpx.Response, bytes]:
     """The answer and its body, read up to `max_answer` bytes after decoding: a small compressed answer
     that inflates to gigabytes fails here instead of filling the memory. The body is decoded here, a
@@ -93,7 +110,8 @@ async def _answer(client: httpx.AsyncClient, login: LoginRequest) -> tuple[httpx
     gzip bomb is 64 MiB)."""
     headers = {"accept-encoding": ACCEPTED_ENCODINGS, **dict(login.headers)}
     request = client.build_request(
-        login.method, login.url, json=login.json, data=login.form, headers=headers, timeout=login.timeout,
+        login.method, login.url, json=login.json, data=login.form, content=login.content, headers=headers,
+        timeout=login.timeout,
     )
     response = await client.send(request, stream=True)
     try:

@@ -12,6 +12,7 @@ with header `kid` = `private_key_id` and claims `iss` = `client_email`, `scope` 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -21,7 +22,7 @@ from pydantic import Field, field_validator
 from tokend.config.fields import UpstreamURL
 from tokend.config.secrets import SecretText, SecretValue
 from tokend.credential import Credential
-from tokend.providers.base import Kind, ProviderBase
+from tokend.providers.base import Kind, ProviderBase, Tokens
 from tokend.providers.exchange import LoginRequest, limits, login_credential, malformed
 from tokend.providers.expiry import jwt_expiry
 from tokend.providers.oauth2 import JWT_BEARER_GRANT, access_token_credential, describe, token_exchange
@@ -107,6 +108,9 @@ class GoogleServiceAccountConfig(ProviderBase):
     def url(self) -> str:
         return self.account.token_uri
 
+    def gce_problem(self) -> str | None:
+        return None
+
     def _default_registry_username(self) -> str:
         return "oauth2accesstoken"  # Artifact Registry's and Container Registry's user name for an access token
 
@@ -146,12 +150,13 @@ class GoogleServiceAccount:
         return await self.mint(client, audience=self.config.target_audience)
 
     async def mint(
-        self, client: httpx.AsyncClient, *, scopes: tuple[str, ...] | list[str] | None = None,
-        audience: str | None = None,
+        self, client: httpx.AsyncClient, *, scopes: Sequence[str] | None = None, audience: str | None = None,
+        tokens: Tokens | None = None,
     ) -> Credential:
         """A new token from this service account: an ID token for `audience` when given, else an access token
         for `scopes` (default: the configured ones). For callers that need other scopes or audiences than the
-        provider serves (Google's metadata server answers both on demand); each call is one login."""
+        provider serves (Google's metadata server answers both on demand); each call is one login. `tokens`:
+        unused (the key is its own source), taken as every Google account's mint takes it."""
         if scopes is not None and audience is not None:
             raise ValueError("ask for scopes or for an audience, not both")
         account, signer = self._key()

@@ -3,7 +3,8 @@
 The request is form-encoded, `grant_type=client_credentials`, with the client authenticated by HTTP
 Basic (section 2.3.1, the default), by `client_id` and `client_secret` form fields, or by a JWT signed
 with the client's private key (`private_key_jwt`, RFC 7523 section 2.2: Entra ID's certificate
-credentials, Okta, Keycloak). Errors are the JSON of section 5.2:
+credentials, Okta, Keycloak), or by a federated assertion the platform issued (`client_assertion`: Entra
+ID's workload identity, read anew from its file at every login). Errors are the JSON of section 5.2:
 `{"error": "invalid_client", "error_description": "..."}`. The token endpoint helpers below serve the
 other kinds that post to one (google_service_account, jwt_bearer).
 """
@@ -23,7 +24,7 @@ from tokend.config.fields import UpstreamURL
 from tokend.config.secrets import Secret, SecretText, SecretValue, config_relative
 from tokend.credential import Credential
 from tokend.errors import CredentialsRejected, UpstreamError
-from tokend.providers.base import Kind, ProviderBase
+from tokend.providers.base import Kind, ProviderBase, Tokens
 from tokend.providers.exchange import (
     LoginRequest,
     exchange,
@@ -41,6 +42,7 @@ from tokend.providers.signing_keys import (
     masked,
     optional_secret,
 )
+from tokend.providers.subject_token import SubjectToken, read_subject_token, source_names
 from tokend.redact import Redactor
 
 if TYPE_CHECKING:
@@ -112,7 +114,11 @@ class OAuth2ClientCredentialsConfig(ProviderBase):
     scope: str | list[str] | None = None
     audience: str | None = None
     # client_secret_basic is the RFC's default (section 2.3.1); some servers only take the form fields.
-    auth_method: Literal["client_secret_basic", "client_secret_post", "private_key_jwt"] = "client_secret_basic"
+    auth_method: Literal["client_secret_basic", "client_secret_post", "private_key_jwt",
+                         "client_assertion"] = "client_secret_basic"
+    # client_assertion: a JWT the platform issues (Entra workload identity: { file = AZURE_FEDERATED_TOKEN_FILE's
+    # path }), sent as is, read anew at every login.
+    client_assertion: SubjectToken | None = None
     # private_key_jwt: the key that signs the client assertion (the passphrase first: the key's check reads it).
     client_assertion_key_passphrase: Secret | None = None
     client_assertion_key: SecretText | None = None
@@ -139,8 +145,21 @@ class OAuth2ClientCredentialsConfig(ProviderBase):
         _read_certificate(path)
         return path
 
+    def sources(self) -> tuple[str, ...]:
+        return source_names(self.client_assertion)
+
     @model_validator(mode="after")
     def _authenticated_one_way(self) -> OAuth2ClientCredentialsConfig:
+        if (self.auth_method == "client_assertion") != (self.client_assertion is not None):
+            raise ValueError('auth_method = "client_assertion" and client_assertion go together: the assertion is '
+                             'the federated token the platform issues, as { file = "/path/to/token" }')
+        if self.auth_method == "client_assertion":
+            extra = [name for name in ("client_secret", "client_assertion_key", "client_certificate")
+                     if getattr(self, name) is not None]
+            if extra:
+                raise ValueError(f'auth_method = "client_assertion" sends the platform\'s token only: remove '
+                                 f'{", ".join(extra)}')
+            return self
         if self.auth_method != "private_key_jwt":
             signing = [name for name in ("client_assertion_key", "client_certificate", "client_assertion_kid")
                        if getattr(self, name) is not None]
@@ -200,7 +219,7 @@ class OAuth2ClientCredentials:
             # An upstream echoing the request's Authorization header echoes the secret in this form.
             redactor.add_secrets([basic_authorization(config.client_id, config.client_secret.get()).split()[1]])
 
-    def _request(self) -> LoginRequest:
+    def _request(self, assertion: str | None = None) -> LoginRequest:
         config = self.config
         form = {"grant_type": "client_credentials", **config.extra}
         if config.scope:
@@ -208,7 +227,10 @@ class OAuth2ClientCredentials:
         if config.audience:
             form["audience"] = config.audience
         headers = {"Accept": "application/json"}
-        if config.auth_method == "private_key_jwt":
+        if assertion is not None:
+            form |= {"client_id": config.client_id, "client_assertion_type": CLIENT_ASSERTION_TYPE,
+                     "client_assertion": assertion}
+        elif config.auth_method == "private_key_jwt":
             # Entra ID wants client_id beside the assertion even though the assertion names it.
             form |= {"client_id": config.client_id, "client_assertion_type": CLIENT_ASSERTION_TYPE,
                      "client_assertion": self._client_assertion()}
@@ -246,8 +268,17 @@ class OAuth2ClientCredentials:
         return masked(self._redactor, self.name, key.sign(claims, alg=config.client_assertion_alg, header=header))
 
     async def fetch(self, client: httpx.AsyncClient) -> Credential:
-        body = await token_exchange(client, self._request(), assertion=self.config.auth_method == "private_key_jwt")
-        return access_token_credential(self.config, self.name, body)
+        return await self.fetch_chained(client, None)
+
+    async def fetch_chained(self, client: httpx.AsyncClient, tokens: Tokens | None) -> Credential:
+        config = self.config
+        assertion = None
+        if config.client_assertion is not None:
+            assertion = await read_subject_token(config.client_assertion, provider=self.name, field="client_assertion",
+                                                 tokens=tokens, redactor=self._redactor)
+        request = self._request(assertion)
+        body = await token_exchange(client, request, assertion=config.auth_method == "private_key_jwt")
+        return access_token_credential(config, self.name, body)
 
 
 def _secret(config: OAuth2ClientCredentialsConfig) -> str:
@@ -264,6 +295,10 @@ client_secret = { env = "BILLING_CLIENT_SECRET" }
 # scope = ["invoices:read"]                # a list, or one space-separated string
 # audience = "https://billing.example.com"
 # auth_method = "client_secret_post"       # the default is client_secret_basic
+# Entra workload identity (no secret): the federated token the platform writes, read at every login
+# token_url = "https://login.microsoftonline.com/TENANT_ID/oauth2/v2.0/token"
+# auth_method = "client_assertion"
+# client_assertion = { file = "/var/run/secrets/azure/tokens/azure-identity-token" }
 """
 
 KIND = Kind("oauth2_client_credentials", OAuth2ClientCredentialsConfig, OAuth2ClientCredentials, example=EXAMPLE)

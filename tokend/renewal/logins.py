@@ -19,9 +19,9 @@ from urllib.parse import urlsplit
 import httpx
 
 from tokend.credential import Credential
-from tokend.errors import UpstreamError
+from tokend.errors import UnknownProvider, UpstreamError
 from tokend.providers import ProviderConfig, build_provider
-from tokend.providers.base import Continuing, Provider
+from tokend.providers.base import Chained, Continuing, Provider, Tokens
 from tokend.redact import Redactor
 
 __all__ = ["DirectLogin", "Login", "LoginCall", "LoginReason", "fetch_within_timeout", "login_once"]
@@ -43,6 +43,7 @@ class LoginCall:
     reason: LoginReason
     rejected: str | None = None  # the token a forced refresh named as rejected upstream
     current: Credential | None = None  # the credential held now, if any
+    tokens: Tokens | None = None  # other providers' tokens, for a login that builds on one (Chained)
 
 
 Login = Callable[[LoginCall], Awaitable[Credential]]
@@ -60,7 +61,7 @@ class DirectLogin:
     async def __call__(self, call: LoginCall) -> Credential:
         provider = self._provider(call.name, call.config)
         async with self._gate(call.config):  # queued here, before the login's own clock starts
-            return await fetch_within_timeout(provider, call.config.timeout, self._client, call.current)
+            return await fetch_within_timeout(provider, call.config.timeout, self._client, call.current, call.tokens)
 
     def _provider(self, name: str, config: ProviderConfig) -> Provider:
         known = self._providers.get(name)
@@ -82,11 +83,14 @@ class DirectLogin:
 
 
 async def fetch_within_timeout(
-    provider: Provider, timeout: float, client: httpx.AsyncClient, current: Credential | None = None
+    provider: Provider, timeout: float, client: httpx.AsyncClient, current: Credential | None = None,
+    tokens: Tokens | None = None,
 ) -> Credential:
     """One login, bounded as a whole by the provider's `timeout` (httpx's own bound each step only)."""
     try:
         async with asyncio.timeout(timeout):
+            if isinstance(provider, Chained):
+                return await provider.fetch_chained(client, tokens)
             if isinstance(provider, Continuing):
                 return await provider.fetch_from(client, current)
             return await provider.fetch(client)
@@ -100,6 +104,23 @@ async def login_once(name: str, settings: Any) -> Credential:
     from tokend.providers.upstream import build_client
 
     config = settings.providers[name]
-    redactor = Redactor(secret.get() for secret in config.secrets().values())
+    redactor = Redactor(secret.get() for each in settings.providers.values() for secret in each.secrets().values())
     async with build_client(settings.upstream.ca_bundle) as client:
-        return await DirectLogin(client, redactor)(LoginCall(name, config, LoginReason.FIRST))
+        login = DirectLogin(client, redactor)
+        return await login(LoginCall(name, config, LoginReason.FIRST, tokens=_EachOnce(login, settings.providers)))
+
+
+class _EachOnce:
+    """Other providers' tokens outside a daemon: each source logged in once, as `tokend check --login` does."""
+
+    def __init__(self, login: DirectLogin, providers: Any) -> None:
+        self._login, self._providers = login, providers
+        self._held: dict[str, Credential] = {}
+
+    async def get(self, name: str) -> Credential:
+        if name not in self._providers:
+            raise UnknownProvider(name)
+        if name not in self._held:
+            call = LoginCall(name, self._providers[name], LoginReason.FIRST, tokens=self)
+            self._held[name] = await self._login(call)
+        return self._held[name]

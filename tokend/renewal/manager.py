@@ -262,6 +262,14 @@ class Manager:
         self._retire(self._slot(name))
         self._add_slot(name, config)
 
+    def refuse_secret(self, name: str, why: str | None) -> None:
+        """Shown in /status until the file is usable again: a changed secret file that was not taken, and why
+        (a sentence naming the file, never its content). None: nothing refused."""
+        self._slot(name).secret_refused = why
+
+    def secret_refused(self, name: str) -> str | None:
+        return self._slot(name).secret_refused
+
     async def settled(self) -> None:
         """Return once no login is in flight (after start: once every first login has succeeded or failed)."""
         while tasks := [slot.inflight for slot in self._slots.values() if slot.inflight is not None]:
@@ -329,10 +337,11 @@ class Manager:
         assert kept.expires_at is not None
         now = self._clock.time()
         slot.credential, slot.last_success_at = kept, kept.obtained_at
-        self.redactor.set_tokens(slot.name, [kept.token, kept.refresh_token or ""])
+        self.redactor.set_tokens(slot.name, kept.held_secrets)
         # Renewed when it would have been had the daemon not stopped (two thirds into its life, jittered).
-        due = kept.obtained_at + renewal_delay(kept.expires_at - kept.obtained_at, self._rng) - now
-        self._schedule(slot, max(0.0, min(due, kept.expires_at - now - RENEW_BEFORE_EXPIRY)))
+        before = slot.config.RENEW_BEFORE_EXPIRY or RENEW_BEFORE_EXPIRY
+        due = kept.obtained_at + renewal_delay(kept.expires_at - kept.obtained_at, self._rng, before=before) - now
+        self._schedule(slot, max(0.0, min(due, kept.expires_at - now - before)))
         log.info("restored provider=%s expires_at=%s next_refresh_in=%s source=state", slot.name,
                  iso_utc(kept.expires_at), seconds_until(slot.next_refresh_at, now))
 
@@ -359,7 +368,7 @@ class Manager:
 
     def _start_login(self, slot: Slot, reason: LoginReason, rejected: str | None = None) -> asyncio.Task[Credential]:
         if slot.inflight is None:
-            call = LoginCall(slot.name, slot.config, reason, rejected, slot.credential or slot.carried)
+            call = LoginCall(slot.name, slot.config, reason, rejected, slot.credential or slot.carried, tokens=self)
             slot.inflight = asyncio.create_task(self._login(slot, call), name=f"tokend-login-{slot.name}")
             slot.inflight.add_done_callback(_retrieve)
         return slot.inflight
@@ -427,10 +436,7 @@ class Manager:
 
     def _succeeded(self, slot: Slot, credential: Credential, duration: float, reason: LoginReason) -> None:
         previous = slot.took(credential)
-        self.redactor.set_tokens(slot.name, [
-            credential.token, credential.refresh_token or "",
-            *((previous.token, previous.refresh_token or "") if previous else ()),
-        ])
+        self.redactor.set_tokens(slot.name, [*credential.held_secrets, *(previous.held_secrets if previous else ())])
         self._schedule_renewal(slot, credential)
         self.announcements.announce(LoginEvent(slot.name, reason, "ok", duration, credential=credential))
         log_success(slot, credential, duration, reason, self._clock.time())
@@ -440,7 +446,8 @@ class Manager:
             self._unschedule(slot)
             return
         now = self._clock.time()
-        delay = renewal_delay(credential.expires_at - now, self._rng, first=slot.logins_ok == 1)
+        delay = renewal_delay(credential.expires_at - now, self._rng, first=slot.logins_ok == 1,
+                              before=slot.config.RENEW_BEFORE_EXPIRY)
         if credential.renew_at is not None:  # the fleet's agreed time: the first daemon to fire renews for all
             delay = max(0.0, credential.renew_at - now)
         self._schedule(slot, delay)

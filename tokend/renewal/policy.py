@@ -25,13 +25,19 @@ RETRY_CAP = 300.0
 REJECTED_RETRY = 60.0
 
 
-def renewal_delay(lifetime: float, rng: random.Random, *, first: bool = False) -> float:
+def renewal_delay(
+    lifetime: float, rng: random.Random, *, first: bool = False, before: float | None = None
+) -> float:
     """Seconds from now until a token that lives `lifetime` seconds from now should be renewed.
 
-    `first`: the token is the provider's first since tokend started (or reloaded it).
+    `first`: the token is the provider's first since tokend started (or reloaded it). `before`: the kind's
+    own latest renewal, in seconds before expiry (default RENEW_BEFORE_EXPIRY).
     """
     share = rng.uniform(*FIRST_RENEW_WINDOW) if first else RENEW_AT + rng.uniform(-RENEW_JITTER, RENEW_JITTER)
-    latest = min(RENEW_LATEST * lifetime, lifetime - RENEW_BEFORE_EXPIRY)
+    # A kind's own margin holds for the lifetimes it is meant for; a token born far shorter (a skewed clock,
+    # a test upstream) falls back to the default rather than into a login loop.
+    margin = before if before is not None and before <= 0.75 * lifetime else RENEW_BEFORE_EXPIRY
+    latest = min(RENEW_LATEST * lifetime, lifetime - margin)
     return max(RENEW_FLOOR, min(share * lifetime, latest))
 
 

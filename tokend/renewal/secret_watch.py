@@ -4,10 +4,16 @@ A Flotiq key regenerated after a leak, a Felloh key pair rotated by another tool
 updated in place: each shows up as a changed `{ file }` or `{ credential }` file. The files are polled
 (a stat each, every few seconds) rather than watched with inotify: polling works the same on every
 filesystem, bind mounts and Kubernetes' symlink swaps included, and costs next to nothing.
+
+A changed file is read in a thread, never on the event loop (a FIFO or a slow disk would hold up every
+request), and the provider's settings are validated with it as a start would validate them (the key loads,
+is strong enough) before it replaces the running one: until then the running key and its token stay, and
+/status shows the file refused and why.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import secrets
@@ -44,11 +50,11 @@ class SecretFileWatcher:
         """Note every secret file as it is now, then look again every WATCH_INTERVAL seconds."""
         for name in self._manager.names:
             self._changed_files(name)
-        self._client_keys.check()
+        self._client_keys.note()
         self._scheduler.every(WATCH_INTERVAL, self.check, "tokend-watch-secret-files")
 
     async def check(self) -> None:
-        self._client_keys.check()
+        await self._client_keys.check()
         names = self._manager.names
         for gone in self._paths.keys() - set(names):  # removed by a reload
             del self._paths[gone]
@@ -81,16 +87,28 @@ class SecretFileWatcher:
                 return
             config = self._manager.provider_config(name)
             try:
-                new = reread_secret_files(config)
+                new = await asyncio.to_thread(_validated_anew, config)
             except ValueError as exc:
-                log.error("provider=%s a secret file changed but cannot be used (%s); keeping the running key",
-                          name, exc)
+                why = f"{', '.join(str(path) for path in changed)} changed but was not taken: {_reason(exc)}"
+                if self._manager.secret_refused(name) != why:
+                    log.error("provider=%s a secret file changed but cannot be used (%s); keeping the running key",
+                              name, why)
+                self._manager.refuse_secret(name, why)
                 return
+            self._manager.refuse_secret(name, None)
             if new == config:
                 return  # rewritten with the same content, or already in use (a rotation by tokend itself)
             log.info("provider=%s secret file changed (%s); logging in again with it",
                      name, ", ".join(str(path) for path in changed))
             self._manager.replace_provider(name, new)
+
+
+def _validated_anew(config: ProviderConfig) -> ProviderConfig:
+    """`config` with its secret files read again, once its settings validate with them as a start would
+    validate them (a key that loads, of a strength the kind takes); ValueError otherwise. Blocking."""
+    new = reread_secret_files(config)
+    type(new).model_validate({field: getattr(new, field) for field in type(new).model_fields})
+    return new
 
 
 def _fingerprint(path: Path) -> _Fingerprint:
@@ -111,25 +129,35 @@ class ClientKeyWatcher:
         self._seen: dict[Path, _Fingerprint] = {}
         self._clients: Mapping[str, ClientConfig] | None = None  # the clients whose files are in _seen
 
-    def check(self) -> None:
+    def note(self) -> None:
+        """The files as they are now belong to the running clients (at start)."""
+        self._clients, self._seen, _ = self._look()
+
+    async def check(self) -> None:
+        clients, seen, changed = self._look()
+        if clients is self._clients and changed:
+            new = await asyncio.to_thread(_reread_clients, clients, changed)  # never a read on the event loop
+            if self._manager.settings.clients is clients:  # not replaced by a reload meanwhile
+                # Swapped whole, as a reload does: the request guard sees new clients and builds their keys anew.
+                self._manager.settings = self._manager.settings.model_copy(update={"clients": new})
+            clients = self._manager.settings.clients
+        # First look, a reload, or a change: the files as they are now belong to these clients.
+        self._clients, self._seen = clients, seen
+
+    def _look(self) -> tuple[Mapping[str, ClientConfig], dict[Path, _Fingerprint], list[str]]:
         clients: Mapping[str, ClientConfig] = self._manager.settings.clients
         files = {name: client.key.path for name, client in clients.items()
                  if client.key is not None and client.key.path is not None}
         # Taken before any file is read: a change made while it is read is seen the next time.
         seen = {path: _fingerprint(path) for path in files.values()}
-        changed = [name for name, path in files.items() if seen[path] != self._seen.get(path)]
-        if clients is self._clients and changed:
-            clients = self._use_new_keys(clients, changed)
-        # First look, a reload, or a change: the files as they are now belong to these clients.
-        self._clients, self._seen = clients, seen
+        return clients, seen, [name for name, path in files.items() if seen[path] != self._seen.get(path)]
 
-    def _use_new_keys(self, clients: Mapping[str, ClientConfig], changed: list[str]) -> Mapping[str, ClientConfig]:
-        new = dict(clients)
-        for name in changed:
-            new[name] = _reread_client(name, clients[name], others=[c for n, c in new.items() if n != name])
-        # Swapped whole, as a reload does: the request guard sees new clients and builds their keys anew.
-        self._manager.settings = self._manager.settings.model_copy(update={"clients": new})
-        return self._manager.settings.clients
+
+def _reread_clients(clients: Mapping[str, ClientConfig], changed: list[str]) -> dict[str, ClientConfig]:
+    new = dict(clients)
+    for name in changed:
+        new[name] = _reread_client(name, clients[name], others=[c for n, c in new.items() if n != name])
+    return new
 
 
 def _reread_client(name: str, client: ClientConfig, others: list[ClientConfig]) -> ClientConfig:
@@ -156,5 +184,6 @@ def _reason(exc: ValueError) -> str:
     # (secret references are resolved and checked without echoing them).
     errors = getattr(exc, "errors", None)
     if callable(errors):
-        return "; ".join(str(error["msg"]).removeprefix("Value error, ") for error in errors(include_input=False))
+        return "; ".join(" ".join([*map(str, error["loc"][:1]), str(error["msg"]).removeprefix("Value error, ")])
+                         for error in errors(include_input=False))
     return str(exc)

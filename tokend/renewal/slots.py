@@ -46,6 +46,7 @@ class Slot:
     logins_ok: int = 0
     logins_failed: int = 0
     retired: bool = False  # replaced or removed by a reload: its login in flight lands nowhere
+    secret_refused: str | None = None  # why a changed secret file was not taken (the running one stays)
 
     @property
     def job_id(self) -> str:
@@ -154,4 +155,5 @@ def slot_status(slot: Slot, now: float) -> dict[str, Any]:
         "consecutive_failures": slot.consecutive_failures,
         # A user token that only its user can renew: what they should run.
         "sign_in": error.command if isinstance(error, SignInNeeded) and slot.consecutive_failures else None,
+        **({"secret_file_refused": {"message": slot.secret_refused}} if slot.secret_refused else {}),
     }

@@ -13,12 +13,14 @@ folder): a crash leaves the old record or the new one, never half of either.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tokend.config.secret_files import NotAFile, read_regular_file
 from tokend.credential import Credential
 from tokend.errors import ConfigError, SignInNeeded, UnknownProvider
 from tokend.providers import ProviderConfig
@@ -71,7 +73,13 @@ class StateStore:
         for theft. The lock dies with the process (a crash leaves no stale lock)."""
         import fcntl
 
-        descriptor = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            descriptor = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
+        except OSError as exc:
+            # ELOOP: a symlink put there, which tokend never follows in its state folder.
+            why = "it is a symlink" if exc.errno == errno.ELOOP else exc.strerror
+            raise ConfigError(f"state: cannot use {self.folder / '.lock'} as the state folder's lock ({why}); "
+                              "remove it: tokend creates it") from None
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -101,11 +109,18 @@ class StateStore:
         if not persisted(config):
             return None
         try:
-            record = self.path(name).read_text(encoding="ascii").strip()
+            record = read_regular_file(self.path(name), follow=False).decode("ascii").strip()
         except FileNotFoundError:
             return None
-        except (OSError, UnicodeDecodeError) as exc:
-            self._refuse(name, "unreadable", f"cannot be read ({getattr(exc, 'strerror', None) or 'not text'})")
+        except OSError as exc:
+            why = "is a symlink, which tokend never follows here" if exc.errno == errno.ELOOP else exc.strerror
+            self._refuse(name, "unreadable", f"cannot be read ({why})")
+            return None
+        except NotAFile as exc:
+            self._refuse(name, "unreadable", f"{exc}; it is ignored and a fresh login made")
+            return None
+        except UnicodeDecodeError:
+            self._refuse(name, "unreadable", "cannot be read (not text)")
             return None
         try:
             credential = open_record(record, {self._key.id: self._key}, self._binding(name, config),

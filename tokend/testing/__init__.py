@@ -20,8 +20,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tokend.testing.aws import FakeSTS
 from tokend.testing.base import ExpiryStyle, FakeAPI, FakeServer, FakeUpstream, pattern
 from tokend.testing.entra import FakeEntraID
+from tokend.testing.federation import FakeEntraFederated, FakeGoogleFederation, FakeOIDCIssuer, FakeTokenExchange
 from tokend.testing.felloh import FakeFelloh, FellohKey
 from tokend.testing.fintech_studios import FakeFintechStudios
 from tokend.testing.flotiq import FakeFlotiq
@@ -36,17 +38,22 @@ __all__ = [
     "ExpiryStyle",
     "FakeAPI",
     "FakeAuthorizationServer",
+    "FakeEntraFederated",
     "FakeEntraID",
     "FakeFelloh",
     "FakeFintechStudios",
     "FakeFlotiq",
     "FakeGitHub",
     "FakeGoogle",
+    "FakeGoogleFederation",
     "FakeOAuth2",
+    "FakeOIDCIssuer",
     "FakeProviders",
+    "FakeSTS",
     "FakeSalesforce",
     "FakeServer",
     "FakeTokenAPI",
+    "FakeTokenExchange",
     "FakeUpstream",
     "FellohKey",
     "new_private_key",

@@ -118,13 +118,13 @@ class FakeGoogle(FakeUpstream):
 
     async def _buckets(self, request: Request) -> Response:
         if not self._api_authorised(request):
-            return _google_error(401, "Invalid Credentials")
+            return google_error(401, "Invalid Credentials")
         return JSONResponse({"kind": "storage#buckets", "items": [{"name": "demo-bucket"}]})
 
     def _error(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
-        return _google_error(status, message, headers)
+        return google_error(status, message, headers)
 
 
-def _google_error(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
+def google_error(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
     return JSONResponse({"error": {"code": status, "message": message, "errors": [{"message": message}]}},
                         status_code=status, headers=headers)
