@@ -124,6 +124,7 @@ SAME_AS_ARGPARSE = [
     ["git-credential", "get"],
     ["git-credential", "--provider", "gitea", "erase", "--url=unix:/run/t.sock"],
     ["kube-credential", "k8s", "--client-key-file=/k"],
+    ["aws-credential", "prod", "--url", "unix:/run/tokend.sock"],
 ]
 
 

@@ -1,9 +1,9 @@
 """The credential helpers' command lines, read without argparse.
 
 git runs its helper for every fetch and push, kubectl its exec plugin and the AWS CLI its credential_process for
-every command, and a script may call
-`tokend get` in a loop: importing argparse and building tokend's whole parser (with its help formatter, which
-imports shutil and the compression modules) costs more than the rest of such a call. The common, well-formed
+every command, and a script may call `tokend get` in a loop: importing argparse and building tokend's whole
+parser (with its help formatter, which imports shutil and the compression modules) costs more than the rest of
+such a call. The common, well-formed
 command lines of these commands are read here; anything else (help, a typo, an option this does not know, a
 value that is not one of the choices) returns None, and argparse reads it as always, errors and all.
 """
