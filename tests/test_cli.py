@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 
@@ -171,11 +172,16 @@ def test_get_imports_no_web_framework(daemon_factory) -> None:  # type: ignore[n
     assert result.stderr.strip() == "[] 0"
 
 
+def _start_demo(log: Path, *args: str) -> subprocess.Popen[bytes]:
+    """`tokend demo` on a free port, everything it prints going to `log`."""
+    with log.open("w") as out:
+        return subprocess.Popen(tokend_command("demo", "--port", "0", *args), stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
 def test_demo_serves_tokens_from_the_fake_providers_and_stops_cleanly(tmp_path) -> None:  # type: ignore[no-untyped-def]
     log = tmp_path / "demo.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(tokend_command("demo", "--port", "0", "--lifetime", "3"), stdout=out,
-                                   stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    process = _start_demo(log, "--lifetime", "3")
     try:
         deadline = time.monotonic() + 30
         while not (found := re.search(r"curl -s -H 'X-Tokend-Request: 1' (http://\S+)/status", log.read_text())):
@@ -192,7 +198,7 @@ def test_demo_serves_tokens_from_the_fake_providers_and_stops_cleanly(tmp_path) 
         github = httpx.get(f"{base}/proxy/github/installation/repositories", headers=HEADERS)
         assert github.status_code == 200 and github.json()["total_count"] == 2, github.text  # a signed login
         reloaded = httpx.post(f"{base}/reload", headers=HEADERS)  # the demo's config file can be reloaded too
-        assert reloaded.status_code == 200 and len(reloaded.json()["unchanged"]) == 5, reloaded.text
+        assert reloaded.status_code == 200 and len(reloaded.json()["unchanged"]) == 7, reloaded.text
         # The user token, signed in as the banner says: `tokend login user`, then the fake's approval page.
         activate = re.search(r"curl -s -d user_code=CODE (http://\S+/activate)", log.read_text())
         assert activate is not None, log.read_text()
@@ -357,9 +363,7 @@ def test_the_getting_started_client_snippets_run_against_the_demo_as_printed(tmp
     assert set(blocks) == {"sh", "python", "js"}
     assert "status" in blocks["js"] and "answer.ok" in blocks["js"]  # the Node one checks tokend's answer
     log = tmp_path / "demo.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(tokend_command("demo", "--port", "0", "--lifetime", "30"), stdout=out,
-                                   stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    process = _start_demo(log, "--lifetime", "30")
     try:
         deadline = time.monotonic() + 30
         while not (found := re.search(r"^  export (.+)$", log.read_text(), re.M)):
@@ -401,10 +405,50 @@ def test_demo_check_serves_and_uses_each_providers_token_then_stops() -> None:
                             timeout=90)
     assert result.returncode == 0, result.stderr
     *checked, summary = result.stdout.splitlines()
-    assert [line.split(":")[0] for line in checked] == ["felloh", "fts", "flotiq", "github"], result.stdout
+    assert [line.split(":")[0] for line in checked] == ["felloh", "fts", "flotiq", "github", "aws", "gcp"], \
+        result.stdout
     assert all(": ok: served (" in line and "accepted by the fake API" in line for line in checked), result.stdout
-    assert summary == "tokend demo --check: 4 provider(s) served and used, then stopped cleanly"
+    assert "through [metadata.aws]" in checked[4] and "through [metadata.gce]" in checked[5], result.stdout
+    assert summary == "tokend demo --check: 6 provider(s) served and used, then stopped cleanly"
     assert "Traceback" not in result.stderr
+
+
+def test_the_demos_aws_and_google_commands_run_as_printed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+    import shlex
+
+    aws = require_tool("aws", "pip install awscli (the test extra)")
+    log = tmp_path / "demo.log"
+    process = _start_demo(log, "--lifetime", "30")
+    try:
+        deadline = time.monotonic() + 30
+        while len(printed := re.findall(r"^  (tokend exec .+)$", log.read_text(), re.M)) < 2:
+            assert time.monotonic() < deadline and process.poll() is None, log.read_text()
+            time.sleep(0.05)
+        # As a user's shell runs them: `tokend` and `python` from the environment tokend is installed in, and
+        # whatever AWS settings the user has are overruled by tokend exec.
+        bin_dir = os.path.dirname(sys.executable)
+        env = {**os.environ, "PATH": f"{bin_dir}:{os.path.dirname(aws)}:{os.environ['PATH']}",
+               "AWS_ACCESS_KEY_ID": "AKIAFROMTHESHELL", "AWS_SECRET_ACCESS_KEY": "not-this-one",
+               "AWS_CONFIG_FILE": str(tmp_path / "none"), "HOME": str(tmp_path)}
+        aws_line, google_line = printed
+        shell = shutil.which("bash") or "/bin/bash"
+        assert shlex.split(aws_line)[4:7] == ["--", "aws", "sts"], aws_line
+        base = shlex.split(aws_line)[3]
+        while httpx.get(f"{base}/token/gcp", headers=HEADERS).status_code != 200:  # the keyless chain's login
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        who = subprocess.run([shell, "-c", aws_line], capture_output=True, text=True, timeout=120, env=env)
+        assert who.returncode == 0, who.stderr
+        assert json.loads(who.stdout)["Arn"] == "arn:aws:sts::123456789012:assumed-role/demo/tokend-aws", who.stdout
+        buckets = subprocess.run([shell, "-c", google_line], capture_output=True, text=True, timeout=120, env=env)
+        assert buckets.returncode == 0, buckets.stderr
+        assert json.loads(buckets.stdout)["items"] == [{"name": "demo-bucket"}], buckets.stdout
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=15)
+    text = log.read_text()
+    assert "not-this-one" not in text and "login provider=gcp outcome=ok" in text, text
 
 
 def test_the_demo_banner_says_when_tokens_are_renewed(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -159,3 +159,23 @@ def test_whatever_redis_holds_a_daemon_serves_its_own_token(fleet: Fleet) -> Non
     assert refreshed.status_code == 200, refreshed.text
     assert daemon.get("/token/fts").status_code == 200
     assert daemon.get("/readyz").status_code == 200
+
+
+def test_the_fleets_failure_hold_applies_whatever_record_the_claim_finds(fleet: Fleet) -> None:
+    """A record this daemon does not hold (another daemon's, or one it cannot read) never skips the fleet's
+    failure hold: the claim reads the failure first."""
+    fakes = fleet.fakes
+    daemon = fleet.add(min_refresh_interval=0.5)
+    share = fts_share_key(daemon)
+    fleet.start([daemon])
+    time.sleep(0.6)
+    key = FleetKey.of(base64.b64decode(KEY), "test")
+    client = fleet.redis.client()
+    client.set(f"{PREFIX}:{{{share}}}:failed",
+               seal_failure(UpstreamError("fts", "login answered 401", status=401), key, share, 60), px=60_000)
+    client.set(f"{PREFIX}:{{{share}}}:token", "v2.0000000000000000.bm90IGEgcmVjb3Jk")  # not the daemon's own
+    attempts = fakes.fintech_studios.login_attempts
+    answer = daemon.post("/token/fts/refresh")
+    assert answer.status_code == 502 and "another daemon of the fleet" in answer.json()["message"], answer.text
+    assert fakes.fintech_studios.login_attempts == attempts, "the fleet's failure hold was skipped"
+    assert daemon.get("/token/fts").status_code == 200  # the token held is still served

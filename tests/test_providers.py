@@ -175,3 +175,46 @@ def test_retry_after_accepts_seconds_and_http_dates() -> None:
     assert parse_retry_after("120") == 120.0
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
     assert parse_retry_after("soon") is None and parse_retry_after(None) is None
+
+
+# -- the registry: login classes imported by name ----------------------------------------------------------------
+
+
+def test_every_kind_names_its_login_class_by_module_and_class() -> None:
+    from tokend.providers import KINDS
+
+    for kind in KINDS:
+        login = kind.login_class()
+        assert kind.provider == f"{login.__module__}:{login.__qualname__}", kind.name
+        assert callable(getattr(login, "fetch", None)), kind.name
+
+
+_IMPORTED = """
+import sys
+from tokend.config.settings import Settings
+from tokend.providers import import_logins
+from pathlib import Path
+settings = Settings.load(Path(sys.argv[1]))
+before = 'tokend.providers.aws.sts' in sys.modules
+import_logins(settings.providers.values())
+print(before, 'tokend.providers.aws.sts' in sys.modules, 'tokend.providers.aws.sigv4' in sys.modules)
+"""
+
+
+def test_a_config_imports_only_the_login_modules_of_the_kinds_it_names(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    static = '[providers.maps]\nkind = "static"\nkey = "k"\n'
+    role = ('[providers.role]\nkind = "aws_assume_role"\nrole_arn = "arn:aws:iam::123456789012:role/app"\n'
+            'access_key_id = "AKIAEXAMPLE"\nsecret_access_key = "s"\n')
+    seen = []
+    for name, body in (("static", static), ("aws", static + role)):
+        config = tmp_path / f"{name}.toml"
+        config.write_text(body)
+        result = subprocess.run([sys.executable, "-c", _IMPORTED, str(config)], capture_output=True, text=True,
+                                timeout=60, check=False)
+        assert result.returncode == 0, result.stderr
+        seen.append(result.stdout.split())
+    # Loading a config never imports a login module; the daemon imports those of the kinds the config names.
+    assert seen == [["False", "False", "False"], ["False", "True", "True"]]

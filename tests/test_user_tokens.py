@@ -228,11 +228,19 @@ def test_a_record_that_does_not_open_is_ignored_and_never_served(tmp_path) -> No
         stop(daemon)
         assert fake.logins == 1
 
-        # Another key: the record does not open; logged once, and a fresh login is made.
-        other = user_config(tmp_path, running.url, refresh_token=first, key=base64.b64encode(os.urandom(32)).decode())
+        # Another key: the record does not open (logged once), nor does the ledger of refresh tokens sent, so
+        # the configured one may have been spent: a sign-in is asked for. Once the ledger is removed (by
+        # someone who knows), a fresh login is made.
+        other_key = base64.b64encode(os.urandom(32)).decode()
+        other = user_config(tmp_path, running.url, refresh_token=first, key=other_key)
+        daemon = started(other, ready=False)
+        daemon.wait_until(lambda: daemon.get("/status").json()["providers"]["user"]["sign_in_reason"]
+                          == "refresh_token_spent", what="the sign-in a ledger under another key asks for")
+        assert fake.logins == 1 and daemon.log().count("does not open") == 1
+        stop(daemon)
+        (tmp_path / "state" / "user.spent").unlink()
         daemon = started(other)
         assert token(daemon) != served and fake.logins == 2
-        assert daemon.log().count("does not open") == 1
         stop(daemon)
 
         # Another provider's record copied over this one's does not open either.
@@ -243,7 +251,7 @@ def test_a_record_that_does_not_open_is_ignored_and_never_served(tmp_path) -> No
         stop(daemon)
 
         # Changed login settings (another scope) never serve the old settings' token.
-        changed = user_config(tmp_path, running.url, refresh_token=first,
+        changed = user_config(tmp_path, running.url, refresh_token=first, key=other_key,
                               provider='extra = { audience = "another-api" }')
         daemon = started(changed)
         assert fake.logins == 4 and "does not open" in daemon.log()
@@ -336,11 +344,15 @@ def test_a_reload_that_leaves_the_login_alone_keeps_the_rotated_refresh_token_wi
                           what="the changed provider's first login")
         assert fake.is_valid(token(daemon)) and fake.reuse_detected == 0
 
-        # A change of the login itself (another scope) never hands the held refresh token over.
+        # A change of the login itself (another scope) never hands the held refresh token over, and the
+        # configured one, spent at the first login, is not sent again: the user is asked to sign in.
         config.write_text(config.read_text().replace('scope = "openid offline_access"', 'scope = "openid"'))
+        refreshes = fake.refreshes
         assert daemon.post("/reload").json()["changed"] == ["user"]
         daemon.wait_until(lambda: daemon.get("/status").json()["providers"]["user"]["last_error"] is not None,
-                          what="the login with the configured (spent) refresh token")
-        assert fake.last_form["scope"] == "openid" and fake.reuse_detected == 1
+                          what="the changed provider's refusal to send a spent refresh token")
+        status = daemon.get("/status").json()["providers"]["user"]
+        assert status["sign_in_reason"] == "refresh_token_spent" and status["sign_in"] == "tokend login user"
+        assert fake.refreshes == refreshes and fake.reuse_detected == 0
     finally:
         stop(daemon)

@@ -51,8 +51,14 @@ class Credential:
     renew_at: float | None = None  # fleet mode: when the fleet renews it (Unix time), the same on every daemon
     # A user token's refresh token as the last answer left it: the next login spends it. Never served.
     refresh_token: str | None = field(default=None, repr=False)
+    # A user token's place in its line of rotations: one more with each new refresh token, never less. A
+    # record of a lower generation than one held or seen spent is an old one put back, never used.
+    generation: int = 0
     # An AWS credential is three values: the key pair here, its session token in `token` (token_type "aws").
     aws: AwsKeys | None = field(default=None, repr=False)
+    # The registry host the token is for, where the login's answer names it (ECR's proxyEndpoint): the
+    # Docker helper's registry when the config lists none.
+    registry: str | None = None
 
     @property
     def held_secrets(self) -> list[str]:

@@ -40,7 +40,7 @@ from tokend.outputs.metadata import Metadata, MetadataListener, closed_at_exit, 
 from tokend.outputs.proxy.listen import Listener, open_listeners, removed_at_exit
 from tokend.outputs.proxy.router import Proxy
 from tokend.outputs.sinks import SinkWriter
-from tokend.providers import KINDS
+from tokend.providers import KINDS, import_logins
 from tokend.providers.upstream import build_client, trust_store
 from tokend.redact import Redactor
 from tokend.renewal.logins import DirectLogin, Login
@@ -86,7 +86,15 @@ class Daemon:
         # anything listens. Nothing connects until the first login.
         self.client = build_client(settings.upstream.ca_bundle, transport)
         self.scheduler = Scheduler()
-        self.direct_login = DirectLogin(self.client, self.redactor)
+        # Only the kinds the config names have their login modules imported, at start: a kind's module
+        # imported later, among the daemon's first logins, costs more memory than the same import here.
+        import_logins(settings.providers.values())
+        self.state: StateStore | None = None
+        if settings.state is not None:
+            self.redactor.add_secrets(secret.get() for secret in settings.state.secrets())
+            self.state = StateStore(settings.state)
+        # The refresh tokens sent are noted before they are sent: in the state folder, else for this run only.
+        self.direct_login = DirectLogin(self.client, self.redactor, self.state)
         self.login: Login = self.direct_login
         self.fleet: FleetLogins | None = None
         if settings.fleet is not None:  # only then is a Redis library imported
@@ -94,10 +102,6 @@ class Daemon:
 
             self.redactor.add_secrets(secret.get() for secret in settings.fleet.secrets())
             self.login = self.fleet = FleetLogins(self.direct_login, settings.fleet)
-        self.state: StateStore | None = None
-        if settings.state is not None:
-            self.redactor.add_secrets(secret.get() for secret in settings.state.secrets())
-            self.state = StateStore(settings.state)
         self.manager = Manager(
             settings, login=self.login, scheduler=self.scheduler, redactor=self.redactor, rng=rng,
             restore=None if self.state is None else self.state.restore,
@@ -105,7 +109,7 @@ class Daemon:
         if self.state is not None:
             self.state.follow(self.manager)
         parts = DaemonParts(self.manager, self.scheduler, self.client, self.redactor, self.direct_login,
-                            fleet=self.fleet is not None)
+                            fleet=self.fleet is not None, ledger=self.direct_login.ledger)
         self.extensions: list[Extension] = [_extension(kind.extension)(parts) for kind in KINDS
                                             if kind.extension is not None]
         self.sinks = SinkWriter(self.manager)
@@ -182,7 +186,8 @@ def serve(settings: Settings, sock: socket.socket | None = None, *, config_path:
                         proxy_listeners=proxy_listeners, metadata_listeners=metadata_listeners)
         install_redaction(daemon.redactor)
         streamed = frozenset(listener.sock.getsockname() for listener in proxy_listeners)
-        server = http_server(create_app(daemon), daemon.budget, streamed)
+        longest = max((provider.timeout for provider in settings.providers.values()), default=0.0)
+        server = http_server(create_app(daemon), daemon.budget, streamed, longest)
         _log_start(settings, where, proxy_listeners, config_path)
 
         async def run() -> None:

@@ -5,8 +5,9 @@
     ├── UpstreamError           a login to a provider failed: provider, status, request_id, retryable
     │   └── CredentialsRejected   the provider refused the credentials (401/403): retried slowly
     │       └── SignInNeeded          a user token needs its user: no refresh token, or one refused
+    │   └── FleetUnavailable    the fleet's Redis cannot be reached and this daemon may not spend alone
     ├── UnknownProvider         a client asked for a provider that is not configured
-    ├── TokenUnavailable        no valid token can be served now: last error, next attempt
+    ├── TokenUnavailable        no valid token can be served now: last error, next attempt, code
     ├── RefreshThrottled        a forced refresh was not attempted: why, and when one may be
     ├── OperationRefused        an admin operation (a Felloh key change) was refused before going upstream
     └── DaemonUnavailable       (client side) the daemon could not be reached or answered an error
@@ -68,12 +69,24 @@ class CredentialsRejected(UpstreamError):
 
 class SignInNeeded(CredentialsRejected):
     """A user token cannot be renewed without its user: there is no refresh token, or the authorization
-    server refused it (invalid_grant), or the user signed out. `command` is what the user should run."""
+    server refused it (invalid_grant), or the user signed out, or the only one held may already have been
+    spent. `command` is what the user should run; `reason` says why, as /status shows it:
+    never_signed_in, refresh_token_rejected, refresh_token_spent, signed_out."""
 
     def __init__(self, provider: str, message: str, *, command: str, status: int = 400,
-                 request_id: str | None = None) -> None:
+                 request_id: str | None = None, reason: str = "refresh_token_rejected") -> None:
         super().__init__(provider, message, status=status, request_id=request_id)
         self.command = command
+        self.reason = reason
+
+
+class FleetUnavailable(UpstreamError):
+    """Fleet mode: a user token's refresh token is held by every daemon of the fleet, and while the fleet's
+    Redis cannot be reached only the daemon that rotated it last may spend it. This daemon is not that one:
+    it serves the access token it holds until it expires, then answers 503 `fleet_unavailable`."""
+
+    def __init__(self, provider: str, message: str, *, retry_after: float) -> None:
+        super().__init__(provider, message, retryable=True, retry_after=retry_after)
 
 
 class UnknownProvider(TokendError):
@@ -85,10 +98,13 @@ class UnknownProvider(TokendError):
 class TokenUnavailable(TokendError):
     """No valid token to hand out: the first login has not succeeded yet, or the last token expired."""
 
-    def __init__(self, provider: str, message: str, *, next_attempt: float | None = None) -> None:
+    def __init__(self, provider: str, message: str, *, next_attempt: float | None = None,
+                 code: str = "token_unavailable", retry_after: float | None = None) -> None:
         super().__init__(message)
         self.provider = provider
         self.next_attempt = next_attempt
+        self.code = code  # the API's error code: token_unavailable, or fleet_unavailable
+        self.retry_after = retry_after  # seconds, for a Retry-After header
 
 
 class RefreshThrottled(TokendError):

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Protocol
 import httpx
 
 from tokend.redact import Redactor
-from tokend.renewal.logins import Login
+from tokend.renewal.logins import Ledger, Login
 from tokend.renewal.scheduler import Scheduler
 
 if TYPE_CHECKING:
@@ -31,6 +31,7 @@ class DaemonParts:
     redactor: Redactor
     direct_login: Login  # a login with the given settings, never shared through a fleet (a key pair's proof)
     fleet: bool = False  # logins are shared with other daemons (fleet mode)
+    ledger: Ledger | None = None  # where the refresh tokens sent are noted (a new sign-in starts above them)
 
 
 class Extension(Protocol):

@@ -141,8 +141,11 @@ def credential_body(credential: Credential, secrets: Mapping[str, str]) -> dict[
     }
     if credential.refresh_token is not None:  # a user token's: the next login spends it
         body["refresh_token"] = to_template(credential.refresh_token, token, secrets)
+        body["generation"] = credential.generation
     if credential.aws is not None:  # temporary keys STS issued: the credential itself, never a configured secret
         body["aws"] = dataclasses.asdict(credential.aws)
+    if credential.registry is not None:
+        body["registry"] = credential.registry
     return body
 
 
@@ -199,10 +202,17 @@ def credential_from_body(body: Any, secrets: Mapping[str, str], source: str) -> 
             query={name: from_template(parts, token, secrets) for name, parts in body["query"].items()},
             request_id=body["request_id"], obtained_at=body["obtained_at"], renew_at=body.get("renew_at"),
             source=source, refresh_token=None if refresh is None else from_template(refresh, token, secrets),
-            aws=None if body.get("aws") is None else AwsKeys(**body["aws"]),
+            generation=_generation(body.get("generation", 0)),
+            aws=None if body.get("aws") is None else AwsKeys(**body["aws"]), registry=body.get("registry"),
         )
     except (KeyError, TypeError, AttributeError):
         raise RecordError("the record decrypts but does not hold a credential this tokend reads") from None
+
+
+def _generation(value: Any) -> int:
+    if type(value) is not int or not 0 <= value < 2**53:
+        raise TypeError("generation")  # a RecordError to the caller
+    return value
 
 
 def _associated(kid: str, binding: str) -> bytes:

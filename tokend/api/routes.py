@@ -32,6 +32,7 @@ from tokend.config.fields import shown_url
 from tokend.credential import MAX_TOKEN_LENGTH, Credential, iso_utc
 from tokend.errors import (
     ConfigError,
+    FleetUnavailable,
     OperationRefused,
     RefreshThrottled,
     TokenUnavailable,
@@ -250,6 +251,10 @@ def _token_routes(app: FastAPI, manager: Manager, checks: _Checks) -> None:
             wait = max(1, math.ceil(exc.retry_after))
             return _error(429, "refresh_throttled", exc.message, headers={"retry-after": str(wait)}, provider=name,
                           retry_after=wait)
+        except FleetUnavailable as exc:
+            wait = max(1, math.ceil(exc.retry_after or 1))
+            return _error(503, "fleet_unavailable", exc.message, headers={"retry-after": str(wait)}, provider=name,
+                          retry_after=wait)
         except UpstreamError as exc:
             return _error(502, "refresh_failed", exc.message, provider=name,
                           upstream_status=exc.status, request_id=exc.request_id)
@@ -288,7 +293,7 @@ def _daemon_routes(app: FastAPI, daemon: Served, checks: _Checks) -> None:
             if (config := manager.provider_config(name)).proxy:
                 state["proxy"] = {"target": shown_url(config.proxy_target or ""),
                                   "url": _proxy_url(daemon.where, name, config.proxy_listen)}
-            state.update(_tool_settings(config))
+            state.update(_tool_settings(config, manager.current(name, time.time())))
         fleet = {} if daemon.fleet is None else {"fleet": daemon.fleet.status()}
         return {"version": __version__, "ready": manager.ready(providers), "providers": providers, **fleet}
 
@@ -322,13 +327,15 @@ def _health_routes(app: FastAPI, manager: Manager, metrics: Metrics) -> None:
         return JSONResponse({"ready": ready, "providers": states}, status_code=200 if ready else 503)
 
 
-def _tool_settings(config: ProviderConfig) -> dict[str, Any]:
-    """What the git and Docker credential helpers match a request against (tokend.outputs)."""
+def _tool_settings(config: ProviderConfig, credential: Credential | None) -> dict[str, Any]:
+    """What the git and Docker credential helpers match a request against (tokend.outputs): the registries
+    configured, else the one the current credential names (ECR's)."""
     shown: dict[str, Any] = {}
     if config.git_hosts or config.git_user:
         shown["git"] = {"hosts": list(config.git_hosts), "username": config.git_user}
-    if config.docker_registries:
-        shown["docker"] = {"registries": list(config.docker_registries), "username": config.registry_user}
+    registries = config.docker_registries or ((credential.registry,) if credential and credential.registry else ())
+    if registries and config.registry_user:
+        shown["docker"] = {"registries": list(registries), "username": config.registry_user}
     return shown
 
 
@@ -371,7 +378,8 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(TokenUnavailable)
     async def unavailable(request: Request, exc: TokenUnavailable) -> JSONResponse:
-        return _error(503, "token_unavailable", exc.message, provider=exc.provider,
+        headers = None if exc.retry_after is None else {"retry-after": str(max(1, math.ceil(exc.retry_after)))}
+        return _error(503, exc.code, exc.message, headers=headers, provider=exc.provider,
                       next_attempt=iso_utc(exc.next_attempt))
 
     @app.exception_handler(OperationRefused)

@@ -17,11 +17,15 @@ from tokend.api.connections import Budget, limited_protocol
 
 __all__ = ["GRACEFUL_SHUTDOWN", "http_server", "stop_signals_end_cleanly"]
 
-GRACEFUL_SHUTDOWN = 3  # seconds for in-flight local requests after SIGTERM
+GRACEFUL_SHUTDOWN = 3  # seconds for in-flight local requests after SIGTERM, beyond the longest login
 
 
-def http_server(app: ASGIApp, budget: Budget, streamed: frozenset[object]) -> uvicorn.Server:
-    """uvicorn serving `app`; `streamed`: the addresses of listeners whose requests stream their bodies on."""
+def http_server(
+    app: ASGIApp, budget: Budget, streamed: frozenset[object], longest_login: float = 0.0
+) -> uvicorn.Server:
+    """uvicorn serving `app`; `streamed`: the addresses of listeners whose requests stream their bodies on;
+    `longest_login`: the longest provider `timeout`, which a request waiting for a login in flight is given at a
+    stop (the stop waits for that login anyway) instead of being cut off."""
     config = uvicorn.Config(
         app,
         # Nothing in front of tokend is trusted to say who the client is: X-Forwarded-For is refused,
@@ -32,7 +36,7 @@ def http_server(app: ASGIApp, budget: Budget, streamed: frozenset[object]) -> uv
         lifespan="off",  # the daemon's parts are started and stopped around the server
         ws="none",
         server_header=False,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN + int(longest_login + 0.999),
         # A header timeout, a connection cap and header limits, which uvicorn has not on its own.
         http=limited_protocol(budget, streamed),
     )

@@ -88,12 +88,21 @@ def _seconds(iso: str) -> float:
 def _last_error(provider: dict[str, Any], now: float) -> str:
     """The last login error while no login has succeeded since, with how long ago; a sign-in it needs."""
     if provider.get("sign_in"):  # a user token that only its user can renew now
-        command = provider["sign_in"]
-        return f"sign-in needed: run `{command}`" if command.startswith("tokend") else f"sign-in needed: {command}"
+        return _sign_in_hint(provider["sign_in"], provider.get("sign_in_reason"))
     error = provider["last_error"]
     if not error or error.get("since_last_success") is False:  # a later login succeeded: nothing is wrong now
         return "-"
     return f"{error['message']} ({duration(now - _seconds(error['at']))} ago)" if error.get("at") else error["message"]
+
+
+def _sign_in_hint(command: str, reason: str | None) -> str:
+    what = "sign-in needed"
+    if reason == "refresh_token_spent":  # not sent again: a second use would revoke the user's whole sign-in
+        what = "sign-in needed (its refresh token may already have been spent)"
+    if not command.startswith("tokend"):
+        return f"{what}: {command}"
+    return f"{what}: run `{command}`" + (" or put a new refresh_token in the config" if reason ==
+                                         "refresh_token_spent" else "")
 
 
 def table(rows: list[tuple[str, ...]]) -> str:

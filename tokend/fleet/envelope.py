@@ -42,12 +42,13 @@ from tokend.sealing import (
     to_template,
 )
 
-__all__ = ["FleetKey", "RecordError", "from_template", "open_failure", "open_record",
+__all__ = ["FleetKey", "Lineage", "RecordError", "from_template", "open_failure", "open_record", "open_with_lineage",
            "seal", "seal_failure", "to_template"]
 
 VERSION = "v2"  # v2: the namespace is part of the associated data
 _NONCE = 12
 MAX_FAILURE_HOLD = 600.0  # seconds: the longest a failed login holds the fleet off, whatever Retry-After said
+MAX_SPENT = 16  # digests of spent refresh tokens a record carries: the last ones, enough to know a rollback
 CLOCK_SKEW = 60.0  # seconds: how far ahead another daemon's clock may be and its failure still count
 
 def _derive(key: bytes, purpose: bytes) -> bytes:
@@ -75,13 +76,31 @@ class FleetKey:
         described = json.dumps(config.login_identity(), sort_keys=True, separators=(",", ":"), default=str)
         return hmac.new(self.sharing, described.encode(), hashlib.sha256).hexdigest()
 
+    def spent_digest(self, share_key: str, refresh_token: str) -> str:
+        """A keyed digest of a refresh token spent under `share_key`: the record lists them, never the tokens."""
+        text = f"spent\0{share_key}\0{refresh_token}".encode()
+        return hmac.new(self.sharing, text, hashlib.sha256).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """What a user token's record says besides the credential: the daemon that rotated it last (`spender`, a
+    random id each daemon draws at start), and the keyed digests of the last refresh tokens spent before it."""
+
+    spender: str | None = None
+    spent: tuple[str, ...] = ()
+
 
 # --- sealing and opening -------------------------------------------------------------------------------------
 
 
-def seal(credential: Credential, key: FleetKey, share_key: str, secrets: Mapping[str, str]) -> str:
+def seal(credential: Credential, key: FleetKey, share_key: str, secrets: Mapping[str, str],
+         lineage: Lineage | None = None) -> str:
     """The record for `credential`, encrypted with `key`, bound to `share_key`."""
     body = credential_body(credential, secrets)
+    if lineage is not None:
+        body["spender"] = lineage.spender
+        body["spent"] = list(lineage.spent[-MAX_SPENT:])
     nonce = os.urandom(_NONCE)
     sealed = AESGCM(key.encryption).encrypt(nonce, json.dumps(body).encode(), _associated(key, share_key))
     return f"{VERSION}.{key.id}.{base64.b64encode(nonce + sealed).decode()}"
@@ -89,6 +108,13 @@ def seal(credential: Credential, key: FleetKey, share_key: str, secrets: Mapping
 
 def open_record(record: str, keys: Mapping[str, FleetKey], share_key: str, secrets: Mapping[str, str]) -> Credential:
     """The credential in `record`, as this daemon serves it; RecordError when it must not be served."""
+    return open_with_lineage(record, keys, share_key, secrets)[0]
+
+
+def open_with_lineage(
+    record: str, keys: Mapping[str, FleetKey], share_key: str, secrets: Mapping[str, str]
+) -> tuple[Credential, Lineage]:
+    """The credential in `record` and its lineage; RecordError when it must not be served."""
     version, _, rest = record.partition(".")
     kid, _, data = rest.partition(".")
     if version != VERSION or not data:
@@ -102,7 +128,12 @@ def open_record(record: str, keys: Mapping[str, FleetKey], share_key: str, secre
         body = json.loads(plain)
     except (InvalidTag, ValueError):
         raise RecordError(f"the record does not decrypt with key id {kid}: it was tampered with") from None
-    return credential_from_body(body, secrets, source="fleet")
+    credential = credential_from_body(body, secrets, source="fleet")
+    spender, spent = body.get("spender"), body.get("spent", [])
+    if not isinstance(spender, str | None) or not isinstance(spent, list) \
+            or not all(isinstance(digest, str) for digest in spent):
+        raise RecordError("the record decrypts but its lineage is not one this tokend reads")
+    return credential, Lineage(spender, tuple(spent[-MAX_SPENT:]))
 
 
 def seal_failure(error: UpstreamError, key: FleetKey, share_key: str, hold: float) -> str:

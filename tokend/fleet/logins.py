@@ -27,21 +27,23 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from tokend.credential import SERVE_MARGIN, Credential, iso_utc
-from tokend.errors import CredentialsRejected, UpstreamError
+from tokend.errors import CredentialsRejected, SignInNeeded, UpstreamError
 from tokend.fleet.config import FleetConfig
 from tokend.fleet.envelope import (
     MAX_FAILURE_HOLD,
     FleetKey,
+    Lineage,
     RecordError,
     open_failure,
-    open_record,
+    open_with_lineage,
     seal,
     seal_failure,
 )
+from tokend.fleet.spenders import Spenders
 from tokend.fleet.store import MAX_KEY_IDS, Store, StoreError
 from tokend.providers import ProviderConfig
 from tokend.renewal.logins import Login, LoginCall, LoginReason
-from tokend.renewal.policy import RENEW_BEFORE_EXPIRY, renewal_delay
+from tokend.renewal.policy import renew_margin, renewal_delay
 
 log = logging.getLogger("tokend")
 
@@ -87,6 +89,11 @@ class FleetLogins:
         self._latest: dict[str, str] = {}  # share key -> the last record seen on the channel
         self._events: dict[str, asyncio.Event] = {}  # share key -> set at the next message for it
         self._held: dict[str, tuple[str, str]] = {}  # share key -> (token, record) this daemon holds
+        # A user token's line of rotations, per share key: who may spend it, and which records are old ones
+        self.spender = secrets.token_hex(8)  # this daemon, as the records it writes name it; stable for the run
+        grace = 2 * config.retry_after + config.lease + config.timeout + 2.0
+        self._spend = Spenders(self.spender, self._keys[0], grace)
+        self._writing: set[asyncio.Task[None]] = set()
         self._down_until = -1.0
         self._down_since: float | None = None
         self._last_error: str | None = None
@@ -152,10 +159,26 @@ class FleetLogins:
                         and (fresh := self._usable(call, tally, share, again)) is not None):
                     await self._let_go(share)
                     return self._adopt(call, tally, share, again, fresh)
+            if won and record is not None and (opened := self._opened(call, share, record)) is not None:
+                try:
+                    self._spend.wait_for_spender(call.name, share, call.config, *opened, self.config.retry_after)
+                except UpstreamError:
+                    await self._let_go(share)
+                    raise
+            if won and record is None and call.current is not None and call.current.source == "fleet" \
+                    and not self._spend.may_spend_own(share, call.config, call.current):
+                # An empty Redis (restarted, or failed over): the daemon that rotated last writes its record
+                # first; spending the refresh token this one holds could be a second use of it.
+                await self._let_go(share)
+                won = False
             if won:
                 tally.leases_won += 1
-                call, base = self._continued(call, share, record)
-                return await self._log_in_for_fleet(call, tally, share, base)
+                try:
+                    call, base, lineage = self._continued(call, share, record)
+                except UpstreamError:
+                    await self._let_go(share)
+                    raise
+                return await self._log_in_for_fleet(call, tally, share, base, lineage)
             if not counted_loss:
                 tally.leases_lost += 1
                 counted_loss = True
@@ -166,24 +189,47 @@ class FleetLogins:
             if latest is not None and (credential := self._usable(call, tally, share, latest)) is not None:
                 return self._adopt(call, tally, share, latest, credential)
 
-    def _continued(self, call: LoginCall, share: str, record: str | None) -> tuple[LoginCall, str | None]:
-        """The call to log in with under the lease, and the record it continues from (for a user token).
+    def _continued(
+        self, call: LoginCall, share: str, record: str | None
+    ) -> tuple[LoginCall, str | None, Lineage]:
+        """The call to log in with under the lease, the record it continues from (for a user token), and that
+        record's lineage.
 
         A user token's refresh token lives in the fleet's record: whoever holds the lease spends the fleet's
         latest one (even from a record whose access token has expired), never an older one of its own, which
-        the server would take for a stolen one. None: not a user token, nothing to compare and set."""
+        the server would take for a stolen one; nor one put back (SignInNeeded, refresh_token_spent), except
+        for the daemon that has rotated past it alone. None: not a user token, nothing to compare and set."""
         if record is None:
-            return call, None if call.current is None or call.current.refresh_token is None else ""
+            return call, None if call.current is None or call.current.refresh_token is None else "", Lineage()
         try:
-            fleets = open_record(record, self._by_id, share, _secrets(call.config))
+            fleets, lineage = open_with_lineage(record, self._by_id, share, _secrets(call.config))
         except RecordError:
-            return call, None
+            return call, None, Lineage()
         if fleets.refresh_token is None:
-            return call, None
-        return dataclasses.replace(call, current=fleets), record
+            return call, None, lineage
+        if (why := self._spend.rolled_back(share, fleets, lineage, call.current)) is not None:
+            current = call.current
+            if current is not None and self._spend.line(share).rotated == current.token \
+                    and current.generation > fleets.generation:
+                return call, record, lineage  # rotated alone past it: this daemon's own is the newest
+            log.warning("fleet_record_rolled_back provider=%s generation=%d reason=%s", call.name,
+                        fleets.generation, why)
+            command = getattr(call.config, "sign_in", "tokend login {name}").format(name=call.name)
+            raise SignInNeeded(call.name, f"{call.name}'s refresh token in the fleet's record may already have been "
+                               f"spent ({why}: an old record put back), and a second use would make the server "
+                               f"revoke the whole sign-in: its user must sign in again: run `{command}`",
+                               command=command, reason="refresh_token_spent")
+        self._spend.saw(share, fleets, lineage)
+        return dataclasses.replace(call, current=fleets), record, lineage
+
+    def _opened(self, call: LoginCall, share: str, record: str) -> tuple[Credential, Lineage] | None:
+        try:
+            return open_with_lineage(record, self._by_id, share, _secrets(call.config))
+        except RecordError:
+            return None
 
     async def _log_in_for_fleet(
-        self, call: LoginCall, tally: _Tally, share: str, base: str | None = None
+        self, call: LoginCall, tally: _Tally, share: str, base: str | None = None, lineage: Lineage | None = None
     ) -> Credential:
         keeper = asyncio.create_task(self._keep_lease(share, call.name))
         try:
@@ -205,7 +251,9 @@ class FleetLogins:
         delay = renewal_delay(expires_at - now, self._rng, first=call.reason is LoginReason.FIRST,
                               before=call.config.RENEW_BEFORE_EXPIRY)
         credential = dataclasses.replace(credential, renew_at=now + delay)
-        record = seal(credential, self._keys[0], share, _secrets(call.config))
+        spent = call.current.refresh_token if call.current is not None else None
+        after = self._spend.after(share, spent, lineage or Lineage()) if credential.refresh_token else None
+        record = seal(credential, self._keys[0], share, _secrets(call.config), after)
         try:
             if credential.refresh_token is None:
                 await self._store.publish(share, record, expires_at, self._keys[0].id)
@@ -214,10 +262,15 @@ class FleetLogins:
                 log.warning("fleet provider=%s: another daemon replaced the fleet's refresh token during this login; "
                             "the fleet keeps the other one", call.name)
             self._held[share] = (credential.token, record)
+            if credential.refresh_token is not None:  # ours to spend, alone too, until another daemon rotates it
+                self._spend.rotated(share, credential)
             await self._store.release(share, self.holder)
             await self._check_key_ids()
         except StoreError as exc:
             self._trouble(exc)  # the login stands; the others log in alone or find it later
+            if after is not None:  # rotated, and not written: ours alone to spend, and to write when Redis answers
+                self._spend.rotated(share, credential, after)
+                self._spend.line(share).unwritten = (credential, after, call.config)
         tally.last = f"logged in for the fleet ({call.reason})"
         return credential
 
@@ -244,16 +297,28 @@ class FleetLogins:
         return error
 
     async def _alone(self, call: LoginCall, tally: _Tally, why: str) -> Credential:
+        share = self._share_keys(call.name, call.config)[0]
+        if not self._spend.may_spend_own(share, call.config, call.current):
+            # Another daemon of the fleet may spend the same refresh token alone: this one waits.
+            self._spend.refuse(call.name, share, call.current, why, self.config.retry_after)
         tally.logins_alone += 1
         tally.last = f"logged in alone ({call.reason}): {why}"
         log.warning("fleet_login_alone provider=%s reason=%s", call.name, why)
         current = call.current
         if current is not None and current.expires_at is not None and call.reason is not LoginReason.FORCED:
             # A token still serves: spread the fleet's lone logins, so Redis failing is not a burst upstream.
-            left = current.expires_at - time.time() - RENEW_BEFORE_EXPIRY
+            left = current.expires_at - time.time() - _margin(call.config, current)
             if left > 0:
                 await asyncio.sleep(self._rng.uniform(0, min(MAX_ALONE_JITTER, left / 4)))
-        return await self._inner(call)
+        credential = await self._inner(call)
+        if credential.refresh_token is not None:  # still the one spender: written when Redis answers again
+            held = self._held.get(share)
+            base = self._opened(call, share, held[1]) if held is not None else None
+            spent = call.current.refresh_token if call.current is not None else None
+            lineage = self._spend.after(share, spent, base[1] if base is not None else Lineage())
+            self._spend.rotated(share, credential, lineage)
+            self._spend.line(share).unwritten = (credential, lineage, call.config)
+        return credential
 
     # --- deciding ----------------------------------------------------------------------------------------
 
@@ -262,11 +327,14 @@ class FleetLogins:
         if record is None:
             return None
         try:
-            credential = open_record(record, self._by_id, share, _secrets(call.config))
+            credential, lineage = open_with_lineage(record, self._by_id, share, _secrets(call.config))
         except RecordError as exc:
             tally.unreadable_records += 1
             log.warning("fleet provider=%s cannot use the fleet's token, logging in itself: %s", call.name, exc)
             return None
+        if self._spend.rolled_back(share, credential, lineage, call.current) is not None:
+            return None  # never adopted; its refresh token is never spent (see _continued)
+        self._spend.saw(share, credential, lineage)
         now = time.time()
         if credential.expires_at is None or not credential.is_fresh(now):
             return None
@@ -283,7 +351,9 @@ class FleetLogins:
             return credential if now - credential.obtained_at < call.config.min_refresh_interval else None
         if current is not None and credential.token == current.token:
             return None  # the very token being renewed
-        return credential if credential.expires_at - now > RENEW_BEFORE_EXPIRY + SERVE_MARGIN else None
+        # Only with more left than the kind's margin (AWS: 20 minutes, as SDKs refresh 15 minutes ahead): a
+        # token due for renewal is renewed, not adopted and served.
+        return credential if credential.expires_at - now > _margin(call.config, credential) + SERVE_MARGIN else None
 
     def _adopt(
         self, call: LoginCall, tally: _Tally, share: str, record: str | None, credential: Credential
@@ -292,6 +362,9 @@ class FleetLogins:
         tally.last = f"adopted the fleet's token ({call.reason})"
         if record is not None:
             self._held[share] = (credential.token, record)
+        line = self._spend.line(share)
+        if line.rotated != credential.token:
+            line.rotated = line.unwritten = None  # another daemon's token: no longer ours to spend alone
         return credential  # the manager logs it, as an adoption
 
     def _expected(self, share: str, current: Credential | None) -> str:
@@ -362,6 +435,8 @@ class FleetLogins:
                         continue  # not a provider of this daemon: remembering it would let a publisher fill memory
                     if record is not None:
                         self._latest[share] = record
+                        if record != self._held.get(share, ("", ""))[1] and self._spend.line(share).unwritten is None:
+                            self._spend.line(share).rotated = None  # another daemon rotated it: not ours to spend
                     if (event := self._events.pop(share, None)) is not None:
                         event.set()
             except StoreError as exc:
@@ -403,6 +478,36 @@ class FleetLogins:
         if self._down_since is not None:
             log.info("fleet_redis_up redis=%s next=share", self._store.where)
             self._down_since = None
+        self._spend.back()
+        for share, line in self._spend.lines():
+            if line.unwritten is not None and not self._writing:
+                task = asyncio.create_task(self._write_alone(share), name="tokend-fleet-write")
+                self._writing.add(task)
+                task.add_done_callback(self._writing.discard)
+
+    async def _write_alone(self, share: str) -> None:
+        """Write what this daemon rotated while Redis could not be reached, over the record it held then, so
+        the others continue from it and never spend what it spent."""
+        line = self._spend.line(share)
+        if line.unwritten is None:
+            return
+        credential, lineage, config = line.unwritten
+        expected = self._held.get(share, ("", ""))[1]
+        record = seal(credential, self._keys[0], share, _secrets(config), lineage)
+        keep = max(credential.expires_at or 0.0, time.time() + REFRESH_KEPT)
+        try:
+            written = await self._store.replace(share, record, keep, self._keys[0].id, expected)
+        except StoreError as exc:
+            self._trouble(exc)
+            return
+        if line.unwritten is not None and line.unwritten[0] is credential:
+            line.unwritten = None
+        if written:
+            self._held[share] = (credential.token, record)
+            log.info("fleet_written_after_outage generation=%d", credential.generation)
+        else:
+            log.warning("fleet_write_after_outage_refused generation=%d reason=%s", credential.generation,
+                        "another daemon replaced the fleet's record meanwhile")
 
     # --- /status and /metrics ----------------------------------------------------------------------------
 
@@ -422,6 +527,12 @@ class FleetLogins:
 
     def collector(self) -> Collector:
         return _FleetCollector(self)
+
+
+def _margin(config: ProviderConfig, credential: Credential) -> float:
+    """How long before its expiry `credential` is renewed, by its kind's margin and its lifetime."""
+    assert credential.expires_at is not None
+    return renew_margin(config.RENEW_BEFORE_EXPIRY, credential.expires_at - credential.obtained_at)
 
 
 class _FleetCollector(Collector):

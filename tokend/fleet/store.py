@@ -80,14 +80,15 @@ return won and 1 or 0
 """
 # One round trip for the common question at a renewal: the fleet's record, and, if it is still the one
 # this daemon holds (ARGV[3]; '' if none), the lease to replace it, unless a login just failed (KEYS[3]).
+# The failure is read whatever the record: a record this daemon does not hold never skips the fleet's hold.
 _CLAIM = f"""
 local record = redis.call('GET', KEYS[1])
-if record and record ~= ARGV[3] then
-  return {{record, 0, ''}}
-end
 local failed = redis.call('GET', KEYS[3])
 if failed then
   return {{record or '', 0, failed}}
+end
+if record and record ~= ARGV[3] then
+  return {{record, 0, ''}}
 end
 local won = redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2])
 if not won then

@@ -7,6 +7,8 @@ in (as google-auth hands in `request`), so tests give it a MockTransport and the
 
 from __future__ import annotations
 
+import functools
+import importlib
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 
@@ -82,6 +84,12 @@ class ProviderBase(BaseModel):
         return self.api_url or self._default_api_url()
 
     def _default_api_url(self) -> str | None:
+        return None
+
+    @property
+    def proxy_sigv4(self) -> tuple[str, str] | None:
+        """(service, region) when the proxy signs this provider's requests with AWS Signature Version 4
+        instead of adding the credential's headers; None for every kind but AWS's."""
         return None
 
     @property
@@ -211,7 +219,9 @@ class Kind(Generic[ConfigT]):
 
     name: str
     config: type[ConfigT]
-    provider: type[Provider]
+    # Its login class, as "module:Class": imported when a provider of the kind is first built, so that a daemon
+    # imports the login modules of the kinds its config names and no others (`login_class`).
+    provider: str
     # What the kind adds to the daemon, as "module:Class" (a class taking the daemon's DaemonParts): built
     # once per daemon by the daemon, which imports it by name. Named rather than imported here, so that
     # loading a config imports no web framework and no kind's module imports the daemon's parts.
@@ -219,3 +229,14 @@ class Kind(Generic[ConfigT]):
     # The kind's table for `tokend init`: a working starting point, its secrets as { env } references
     # named after the table, so that it passes `tokend check` once they are set.
     example: str = ""
+
+    def login_class(self) -> type[Provider]:
+        """The login class `provider` names, imported on first use."""
+        return _imported(self.provider)
+
+
+@functools.cache
+def _imported(name: str) -> type[Provider]:
+    module, _, attribute = name.partition(":")
+    found: type[Provider] = getattr(importlib.import_module(module), attribute)
+    return found

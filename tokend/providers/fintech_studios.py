@@ -88,4 +88,4 @@ email = "ops@example.com"
 password = { env = "FTS_PASSWORD" }
 """
 
-KIND = Kind("fintech_studios", FintechStudiosConfig, FintechStudios, example=EXAMPLE)
+KIND = Kind("fintech_studios", FintechStudiosConfig, "tokend.providers.fintech_studios:FintechStudios", example=EXAMPLE)

@@ -47,4 +47,4 @@ kind = "flotiq"
 api_key = { env = "FLOTIQ_API_KEY" }       # a key made in the Flotiq panel (read-only is best); no login
 """
 
-KIND = Kind("flotiq", FlotiqConfig, Flotiq, example=EXAMPLE)
+KIND = Kind("flotiq", FlotiqConfig, "tokend.providers.flotiq:Flotiq", example=EXAMPLE)

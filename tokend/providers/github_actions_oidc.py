@@ -115,4 +115,5 @@ audience = "sts.amazonaws.com"             # the aud the exchanging service expe
 # request_url and request_token default to ACTIONS_ID_TOKEN_REQUEST_URL / _TOKEN
 """
 
-KIND = Kind("github_actions_oidc", GitHubActionsOIDCConfig, GitHubActionsOIDC, example=EXAMPLE)
+KIND = Kind("github_actions_oidc", GitHubActionsOIDCConfig,
+            "tokend.providers.github_actions_oidc:GitHubActionsOIDC", example=EXAMPLE)

@@ -177,4 +177,4 @@ private_key = { env = "GITHUB_APP_PRIVATE_KEY" }   # the app's PEM key; or { fil
 # base_url = "https://github.example.com/api/v3"   # GitHub Enterprise Server
 """
 
-KIND = Kind("github_app", GitHubAppConfig, GitHubApp, example=EXAMPLE)
+KIND = Kind("github_app", GitHubAppConfig, "tokend.providers.github_app:GitHubApp", example=EXAMPLE)

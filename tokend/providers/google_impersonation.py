@@ -113,4 +113,5 @@ service_account = "deployer@my-project.iam.gserviceaccount.com"
 # target_audience = "https://service.example.com"   # serve an ID token for it instead
 """
 
-KIND = Kind("google_impersonation", GoogleImpersonationConfig, GoogleImpersonation, example=EXAMPLE)
+KIND = Kind("google_impersonation", GoogleImpersonationConfig,
+            "tokend.providers.google_impersonation:GoogleImpersonation", example=EXAMPLE)

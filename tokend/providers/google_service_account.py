@@ -213,4 +213,5 @@ scopes = ["https://www.googleapis.com/auth/cloud-platform"]
 # target_audience = "https://service.example.com"   # serve an ID token for it instead
 """
 
-KIND = Kind("google_service_account", GoogleServiceAccountConfig, GoogleServiceAccount, example=EXAMPLE)
+KIND = Kind("google_service_account", GoogleServiceAccountConfig,
+            "tokend.providers.google_service_account:GoogleServiceAccount", example=EXAMPLE)

@@ -274,4 +274,5 @@ service_account = "app@my-project.iam.gserviceaccount.com"   # impersonated; lea
 # credentials_file = "/etc/tokend/gcp-wif.json"   # or all of it from gcloud's external_account file
 """
 
-KIND = Kind("google_workload_identity", GoogleWorkloadIdentityConfig, GoogleWorkloadIdentity, example=EXAMPLE)
+KIND = Kind("google_workload_identity", GoogleWorkloadIdentityConfig,
+            "tokend.providers.google_workload_identity:GoogleWorkloadIdentity", example=EXAMPLE)

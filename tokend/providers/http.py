@@ -237,4 +237,4 @@ expiry_format = "unix"                     # unix, unix_ms, iso8601, seconds (fr
 serve_headers = { Authorization = "Bearer {token}" }
 """
 
-KIND = Kind("http", HttpConfig, HttpLogin, example=EXAMPLE)
+KIND = Kind("http", HttpConfig, "tokend.providers.http:HttpLogin", example=EXAMPLE)

@@ -125,4 +125,4 @@ subject = "integration@example.com"        # the user to act as
 audience = "https://login.salesforce.com"
 """
 
-KIND = Kind("jwt_bearer", JWTBearerConfig, JWTBearer, example=EXAMPLE)
+KIND = Kind("jwt_bearer", JWTBearerConfig, "tokend.providers.jwt_bearer:JWTBearer", example=EXAMPLE)

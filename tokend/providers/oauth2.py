@@ -301,4 +301,5 @@ client_secret = { env = "BILLING_CLIENT_SECRET" }
 # client_assertion = { file = "/var/run/secrets/azure/tokens/azure-identity-token" }
 """
 
-KIND = Kind("oauth2_client_credentials", OAuth2ClientCredentialsConfig, OAuth2ClientCredentials, example=EXAMPLE)
+KIND = Kind("oauth2_client_credentials", OAuth2ClientCredentialsConfig,
+            "tokend.providers.oauth2:OAuth2ClientCredentials", example=EXAMPLE)

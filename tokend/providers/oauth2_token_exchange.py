@@ -160,4 +160,5 @@ audience = "https://api.example.com"
 # client_secret = { env = "EXCHANGED_CLIENT_SECRET" }
 """
 
-KIND = Kind("oauth2_token_exchange", OAuth2TokenExchangeConfig, OAuth2TokenExchange, example=EXAMPLE)
+KIND = Kind("oauth2_token_exchange", OAuth2TokenExchangeConfig,
+            "tokend.providers.oauth2_token_exchange:OAuth2TokenExchange", example=EXAMPLE)

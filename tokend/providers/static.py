@@ -53,4 +53,4 @@ scheme = "Bearer"                          # "" sends the key bare
 # query_param = "key"                      # also (or instead) as a query parameter
 """
 
-KIND = Kind("static", StaticConfig, StaticKey, example=EXAMPLE)
+KIND = Kind("static", StaticConfig, "tokend.providers.static:StaticKey", example=EXAMPLE)

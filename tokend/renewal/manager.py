@@ -18,9 +18,8 @@ from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any, Literal
 
-from tokend.config.secrets import reread_secrets
 from tokend.config.settings import Settings
-from tokend.credential import SERVE_MARGIN, Credential, State, iso_utc, unservable
+from tokend.credential import SERVE_MARGIN, Credential, State, iso_utc
 from tokend.errors import (
     CredentialsRejected,
     RefreshThrottled,
@@ -32,18 +31,15 @@ from tokend.errors import (
 from tokend.logs import seconds_until
 from tokend.providers import ProviderConfig
 from tokend.redact import Redactor
+from tokend.renewal.attempts import Attempts
 from tokend.renewal.changes import Changes
 from tokend.renewal.events import Announcements, LoginEvent, log_failure, log_success
-from tokend.renewal.logins import Login, LoginCall, LoginReason
-from tokend.renewal.policy import RENEW_BEFORE_EXPIRY, renewal_delay
+from tokend.renewal.logins import Login, LoginCall, LoginReason, cancelled_by_us, retrieve_failure
+from tokend.renewal.policy import FINISH_GRACE, STALE_LOGIN_GAP, renewal_delay
 from tokend.renewal.scheduler import Clock, Scheduler
 from tokend.renewal.slots import Slot, slot_state, slot_status
 
 log = logging.getLogger("tokend")
-
-# A stale token makes a GET start a login at most this often: enough to bridge a late renewal, too
-# little to hammer a provider whose tokens are born nearly expired.
-STALE_LOGIN_GAP = 1.0
 
 # What a reload applies; the other settings ([server], [upstream], [fleet]) shape the listener and the
 # HTTP client, which are made once at start.
@@ -72,12 +68,14 @@ class Manager:
         self._clock = clock or Clock()
         self.redactor = redactor
         self.announcements = Announcements()
-        self._login_call = login
+        self._attempts = Attempts(login, redactor)
         self._scheduler = scheduler
         self._rng = rng or random.Random()  # noqa: S311 (jitter, not cryptography)
         self._slots = {name: Slot(name, config) for name, config in settings.providers.items()}
         self._started = False
+        self._stopping = False
         self._changes: dict[str, asyncio.Lock] = {}
+        self._retiring: set[asyncio.Task[Credential]] = set()  # logins of retired slots, still finishing
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
@@ -90,8 +88,23 @@ class Manager:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        tasks = [slot.inflight for slot in self._slots.values() if slot.inflight is not None]
-        for task in tasks:
+        await self._finish_logins()
+
+    async def _finish_logins(self) -> None:
+        """At a stop: no new login starts, and those in flight are waited for (each as long as its provider's
+        `timeout`, the bound of a login) so that their answers are kept. A refresh token sent and its answer
+        dropped is a spent one left behind; only a login still running past its bound is cancelled."""
+        self._stopping = True
+        for slot in self._slots.values():
+            self._unschedule(slot)
+        slots = [slot for slot in self._slots.values() if slot.inflight is not None]
+        tasks = {slot.inflight for slot in slots if slot.inflight is not None} | self._retiring
+        if not tasks:
+            return
+        bound = max((slot.config.timeout for slot in slots), default=0.0) + FINISH_GRACE
+        log.info("stopping logins_in_flight=%d wait_up_to=%.0fs", len(tasks), bound)
+        _, pending = await asyncio.wait(tasks, timeout=bound)
+        for task in pending:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
@@ -128,7 +141,7 @@ class Manager:
             async with asyncio.timeout(self.settings.server.wait_timeout):
                 credential = await asyncio.shield(slot.inflight)
         except asyncio.CancelledError:
-            if _cancelled_by_us() or not slot.retired:
+            if cancelled_by_us() or not slot.retired:
                 raise
             return await self.get(name)  # the provider was replaced (or removed: 404) while we waited
         except TimeoutError:
@@ -153,19 +166,8 @@ class Manager:
             return await self._replace_rejected(slot, rejected)
         if slot.inflight is None:
             slot.check_not_quiet(self._clock.time(), self._clock.monotonic())
-            if self._clock.monotonic() - slot.last_attempt < slot.config.min_refresh_interval:
-                if (slot.credential is not None and slot.credential.is_fresh(self._clock.time())
-                        and slot.consecutive_failures == 0):
-                    return slot.credential
-                if slot.last_error is not None:
-                    # Not the recorded error again as if it were new: say that no login was made, and why.
-                    since = self._clock.monotonic() - slot.last_attempt
-                    raise RefreshThrottled(
-                        slot.name, f"not attempted: the last login failed {since:.0f}s ago "
-                        f"({slot.last_error.message}); forced logins are made at most once every "
-                        f"{slot.config.min_refresh_interval:g}s",
-                        retry_after=slot.config.min_refresh_interval - since,
-                    )
+            if (held := slot.within_refresh_interval(self._clock.time(), self._clock.monotonic())) is not None:
+                return held
         return await self._forced_login(slot, None)
 
     async def _replace_rejected(self, slot: Slot, rejected: str) -> Credential:
@@ -179,13 +181,7 @@ class Manager:
         if current.token != rejected:
             return current  # already replaced
         slot.check_not_quiet(self._clock.time(), self._clock.monotonic())
-        wait = slot.last_forced + slot.config.min_refresh_interval - self._clock.monotonic()
-        if wait > 0:
-            raise RefreshThrottled(
-                slot.name,
-                f"not attempted: {slot.name}'s newest token was refused too; a new login for a refused token "
-                f"is made at most once every {slot.config.min_refresh_interval:g}s", retry_after=wait,
-            )
+        slot.check_refused_again(self._clock.monotonic())
         replaced = await self._forced_login(slot, rejected)
         if replaced.token == rejected:  # a shared cache answered the refused token: no login was allowed yet
             raise RefreshThrottled(
@@ -203,15 +199,30 @@ class Manager:
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
-            if _cancelled_by_us() or not slot.retired:
+            if cancelled_by_us() or not slot.retired:
                 raise
             return await self.refresh(slot.name)  # replaced by a reload meanwhile: log in with the new settings
 
     def held_refresh_token(self, name: str) -> str | None:
         """The refresh token the provider's next login would spend (a user token), if it holds one."""
-        slot = self._slot(name)
-        held = slot.credential or slot.carried
+        held = self._slot(name).held
         return None if held is None else held.refresh_token
+
+    def held_generation(self, name: str) -> int:
+        held = self._slot(name).held
+        return 0 if held is None else held.generation
+
+    async def quiesce(self, name: str) -> str | None:
+        """No renewal from now on, and the login in flight finished: the refresh token held then (a sign-out
+        revokes it). A login a client starts afterwards is waited for by `forget`."""
+        slot = self._slot(name)
+        self._unschedule(slot)
+        while slot.inflight is not None:
+            with contextlib.suppress(UpstreamError):
+                await asyncio.shield(slot.inflight)
+            slot = self._slot(name)
+        self._unschedule(slot)
+        return self.held_refresh_token(name)
 
     def provider_config(self, name: str) -> ProviderConfig:
         return self._slot(name).config
@@ -248,19 +259,20 @@ class Manager:
             part for part in type(settings).model_fields
             if part not in _APPLIED_LIVE and getattr(settings, part) != getattr(self.settings, part)
         ]
-        inherited = {name: self._inheritance(self._slots[name], settings.providers[name]) for name in changes.changed}
+        predecessors = {name: self._slots[name] for name in changes.changed}
         for name in (*changes.removed, *changes.changed):
             self._retire(self._slots.pop(name))
         for name in (*changes.added, *changes.changed):
-            self._add_slot(name, settings.providers[name], inherited.get(name))
+            self._add_slot(name, settings.providers[name], predecessors.get(name))
         kept = {part: getattr(self.settings, part) for part in changes.restart_needed}
         self.settings = settings.model_copy(update=kept)
         return changes
 
     def replace_provider(self, name: str, config: ProviderConfig) -> None:
         """Run provider `name` with `config` from now on: its old credential is dropped, a login starts."""
-        self._retire(self._slot(name))
-        self._add_slot(name, config)
+        old = self._slot(name)
+        self._retire(old)
+        self._add_slot(name, config, old)
 
     def refuse_secret(self, name: str, why: str | None) -> None:
         """Shown in /status until the file is usable again: a changed secret file that was not taken, and why
@@ -302,22 +314,34 @@ class Manager:
             raise UnknownProvider(name)
         return slot
 
-    def _add_slot(self, name: str, config: ProviderConfig, inherited: Credential | None = None) -> None:
+    def _add_slot(self, name: str, config: ProviderConfig, predecessor: Slot | None = None) -> None:
         self.redactor.add_secrets(secret.get() for secret in config.secrets().values())
         slot = self._slots[name] = Slot(name, config)
-        if self._started:
-            self._first_login(slot, inherited)
+        if not self._started:
+            return
+        if predecessor is not None and predecessor.inflight is not None:
+            # The old settings' login is never cancelled (its refresh token is already sent): the new slot
+            # starts from its answer, and answers its callers meanwhile by waiting for it.
+            slot.inflight = asyncio.create_task(self._take_over(slot, predecessor, predecessor.inflight),
+                                                name=f"tokend-login-{name}")
+            slot.inflight.add_done_callback(retrieve_failure)
+            return
+        self._first_login(slot, None if predecessor is None else predecessor.inheritance(config))
 
-    @staticmethod
-    def _inheritance(slot: Slot, config: ProviderConfig) -> Credential | None:
-        """What a provider changed by a reload keeps from its old slot: a user token's refresh token, when
-        the change leaves the login itself alone (a timeout, an interval). It is the only live one once the
-        configured one has been spent; a change of server, client or scope never sees it."""
-
-        held = slot.credential or slot.carried
-        if held is None or held.refresh_token is None or slot.config.login_identity() != config.login_identity():
-            return None
-        return held
+    async def _take_over(self, slot: Slot, predecessor: Slot, running: asyncio.Task[Credential]) -> Credential:
+        try:
+            # Whatever it ended with (a credential, an error, or a predecessor's own takeover giving way).
+            await asyncio.wait([running])
+        finally:
+            slot.inflight = None
+        if slot.retired or self._stopping:
+            raise slot.unavailable()
+        self._first_login(slot, predecessor.inheritance(slot.config))
+        if slot.inflight is not None:
+            return await asyncio.shield(slot.inflight)
+        if slot.credential is None:
+            raise slot.unavailable()
+        return slot.credential
 
     def _first_login(self, slot: Slot, inherited: Credential | None = None) -> None:
         """A first login, unless a credential kept from an earlier run still serves; a kept one that does
@@ -325,7 +349,7 @@ class Manager:
         from the slot a reload replaced (never served: the settings changed)."""
         kept = None if self._restore is None else self._restore(slot.name, slot.config)
         if (kept is not None and kept.expires_at is not None
-                and kept.expires_at - self._clock.time() > RENEW_BEFORE_EXPIRY + SERVE_MARGIN):
+                and kept.expires_at - self._clock.time() > slot.renew_margin(kept) + SERVE_MARGIN):
             self._restored(slot, kept)
             return
         slot.carried = kept or inherited
@@ -339,7 +363,7 @@ class Manager:
         slot.credential, slot.last_success_at = kept, kept.obtained_at
         self.redactor.set_tokens(slot.name, kept.held_secrets)
         # Renewed when it would have been had the daemon not stopped (two thirds into its life, jittered).
-        before = slot.config.RENEW_BEFORE_EXPIRY or RENEW_BEFORE_EXPIRY
+        before = slot.renew_margin(kept)
         due = kept.obtained_at + renewal_delay(kept.expires_at - kept.obtained_at, self._rng, before=before) - now
         self._schedule(slot, max(0.0, min(due, kept.expires_at - now - before)))
         log.info("restored provider=%s expires_at=%s next_refresh_in=%s source=state", slot.name,
@@ -352,37 +376,39 @@ class Manager:
         if slot.inflight is not None:
             with contextlib.suppress(UpstreamError):
                 await asyncio.shield(slot.inflight)
-        slot.credential = slot.carried = None
+        slot.signed_out(error, self._clock.time())
         self._unschedule(slot)
-        slot.consecutive_failures += 1
-        slot.last_error, slot.last_error_at = error, self._clock.time()
         self.announcements.announce(LoginEvent(slot.name, LoginReason.FORCED, "rejected", 0.0, error=error))
         log.info("signed_out provider=%s reason=%s", slot.name, error.message)
 
     def _retire(self, slot: Slot) -> None:
-        """Take a slot out of service: no more renewals, and its login in flight is cancelled."""
+        """Take a slot out of service: no more renewals. Its login in flight finishes (it may have sent a
+        refresh token already, whose answer must be kept) but lands nowhere a client sees."""
         slot.retired = True
         self._unschedule(slot)
         if slot.inflight is not None:
-            slot.inflight.cancel()
+            self._retiring.add(slot.inflight)
+            slot.inflight.add_done_callback(self._retiring.discard)
 
     def _start_login(self, slot: Slot, reason: LoginReason, rejected: str | None = None) -> asyncio.Task[Credential]:
+        if slot.inflight is None and self._stopping:
+            raise TokenUnavailable(slot.name, "tokend is stopping")
         if slot.inflight is None:
-            call = LoginCall(slot.name, slot.config, reason, rejected, slot.credential or slot.carried, tokens=self)
+            call = LoginCall(slot.name, slot.config, reason, rejected, slot.held, tokens=self)
             slot.inflight = asyncio.create_task(self._login(slot, call), name=f"tokend-login-{slot.name}")
-            slot.inflight.add_done_callback(_retrieve)
+            slot.inflight.add_done_callback(retrieve_failure)
         return slot.inflight
 
     async def _scheduled_login(self, name: str) -> None:
         slot = self._slots.get(name)
-        if slot is None:
+        if slot is None or self._stopping:
             return
         try:
             await asyncio.shield(self._start_login(slot, LoginReason.RENEWAL))
         except UpstreamError:
             pass  # logged and rescheduled by _login
         except asyncio.CancelledError:
-            if _cancelled_by_us() or not slot.retired:
+            if not (self._stopping or slot.retired):
                 raise
 
     async def _login(self, slot: Slot, call: LoginCall) -> Credential:
@@ -390,49 +416,27 @@ class Manager:
         if call.reason is LoginReason.FORCED:
             slot.last_forced = started
         try:
-            outcome = await self._attempt(call)
-            if isinstance(outcome, CredentialsRejected) and (fresh := await self._reread_refused(slot)) is not None:
-                outcome = await self._attempt(dataclasses.replace(call, config=fresh))
+            outcome = await self._attempts.attempt(call)
+            if (isinstance(outcome, CredentialsRejected)
+                    and (fresh := await self._attempts.reread_refused(slot)) is not None):
+                outcome = await self._attempts.attempt(dataclasses.replace(call, config=fresh))
         finally:
             slot.inflight = None
         duration = slot.last_duration = self._clock.monotonic() - started
+        if isinstance(outcome, Credential) and slot.retired and not self._lands(slot):
+            slot.credential, slot.carried = outcome, None  # for the slot that replaced it: its refresh token
+            return outcome
         if isinstance(outcome, Credential):
             self._succeeded(slot, outcome, duration, call.reason)
             return outcome
         self._failed(slot, outcome, duration, call.reason)
         raise outcome
 
-    async def _reread_refused(self, slot: Slot) -> ProviderConfig | None:
-        """After a refused login: the provider's settings with its secrets read anew (files, commands run again,
-        the keyring), if that changed them, now in use. A password changed where it is kept (a password manager,
-        the keyring) is then tried at once, not after the slow retry of refused credentials; once per change."""
-        config = slot.config
-        if not any(secret.path or secret.again for secret in config.secrets().values()):
-            return None
-        try:
-            fresh = await asyncio.to_thread(reread_secrets, config)
-        except ValueError as exc:
-            log.warning("secrets_unreadable provider=%s after=rejected_login error=%s", slot.name,
-                        self.redactor.scrub(str(exc)))
-            return None
-        if fresh == config or slot.retired or slot.config is not config:
-            return None
-        log.info("secrets_changed provider=%s after=rejected_login next=login", slot.name)
-        self.redactor.add_secrets(secret.get() for secret in fresh.secrets().values())
-        slot.config = fresh
-        return fresh
-
-    async def _attempt(self, call: LoginCall) -> Credential | UpstreamError:
-        try:
-            credential = await self._login_call(call)
-            if (reason := unservable(credential)) is not None:
-                return UpstreamError(call.name, f"login answered a token no client could use: {reason}")
-            return credential
-        except UpstreamError as exc:
-            return exc
-        except Exception as exc:  # a provider bug must never stop the renewals of this or other providers
-            log.exception("login provider=%s outcome=bug", call.name)
-            return UpstreamError(call.name, f"unexpected {type(exc).__name__} during login")
+    def _lands(self, slot: Slot) -> bool:
+        """Whether a retired slot's login may still be announced (and so kept in the state folder): only when
+        the provider is still there, with the same login settings."""
+        now = self._slots.get(slot.name)
+        return now is not None and now.config.login_identity() == slot.config.login_identity()
 
     def _succeeded(self, slot: Slot, credential: Credential, duration: float, reason: LoginReason) -> None:
         previous = slot.took(credential)
@@ -473,7 +477,7 @@ class Manager:
             self._schedule(slot, wait)
 
     def _schedule(self, slot: Slot, delay: float) -> None:
-        if slot.retired:
+        if slot.retired or self._stopping:
             return
         if self._scheduler.at(slot.job_id, delay, self._scheduled_login, slot.name):
             slot.next_refresh_at = self._clock.time() + delay
@@ -481,17 +485,3 @@ class Manager:
     def _unschedule(self, slot: Slot) -> None:
         self._scheduler.cancel(slot.job_id)
         slot.next_refresh_at = None
-
-
-
-def _cancelled_by_us() -> bool:
-    """True when the running task itself is being cancelled (shutdown, a client gone), not what it awaits."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
-
-
-def _retrieve(task: asyncio.Task[Credential]) -> None:
-    # A login nobody awaits (the first one, a scheduled one) has already logged its failure.
-    if not task.cancelled():
-        task.exception()
-

@@ -34,11 +34,16 @@ def renewal_delay(
     own latest renewal, in seconds before expiry (default RENEW_BEFORE_EXPIRY).
     """
     share = rng.uniform(*FIRST_RENEW_WINDOW) if first else RENEW_AT + rng.uniform(-RENEW_JITTER, RENEW_JITTER)
-    # A kind's own margin holds for the lifetimes it is meant for; a token born far shorter (a skewed clock,
-    # a test upstream) falls back to the default rather than into a login loop.
-    margin = before if before is not None and before <= 0.75 * lifetime else RENEW_BEFORE_EXPIRY
-    latest = min(RENEW_LATEST * lifetime, lifetime - margin)
+    latest = min(RENEW_LATEST * lifetime, lifetime - renew_margin(before, lifetime))
     return max(RENEW_FLOOR, min(share * lifetime, latest))
+
+
+def renew_margin(before: float | None, lifetime: float) -> float:
+    """Seconds before expiry by which a token that lives `lifetime` seconds must be renewed: the kind's own
+    margin `before` (AWS: 20 minutes), else RENEW_BEFORE_EXPIRY. A token held for less than that margin is
+    never served or adopted. The kind's margin holds for the lifetimes it is meant for; a token born far
+    shorter (a skewed clock, a test upstream) falls back to the default rather than into a login loop."""
+    return before if before is not None and before <= 0.75 * lifetime else RENEW_BEFORE_EXPIRY
 
 
 def retry_delay(
@@ -66,3 +71,10 @@ def retry_delay(
         # in before expiry would turn into a burst of refused logins, which is what locks accounts.
         delay = min(delay, time_left / 2 if retryable else max(time_left / 2, REJECTED_RETRY))
     return max(RETRY_FLOOR, delay)
+
+# A stale token makes a GET start a login at most this often: enough to bridge a late renewal, too
+# little to hammer a provider whose tokens are born nearly expired.
+STALE_LOGIN_GAP = 1.0
+
+# A stop waits for a login in flight this much longer than the provider's own timeout (its bound).
+FINISH_GRACE = 2.0

@@ -9,9 +9,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from tokend.credential import SERVE_MARGIN, Credential, State, iso_utc
-from tokend.errors import CredentialsRejected, RefreshThrottled, SignInNeeded, TokenUnavailable, UpstreamError
+from tokend.errors import (
+    CredentialsRejected,
+    FleetUnavailable,
+    RefreshThrottled,
+    SignInNeeded,
+    TokenUnavailable,
+    UpstreamError,
+)
 from tokend.providers import ProviderConfig
-from tokend.renewal.policy import REJECTED_RETRY, retry_delay
+from tokend.renewal.policy import REJECTED_RETRY, renew_margin, retry_delay
 
 __all__ = ["Slot", "slot_state", "slot_status"]
 
@@ -52,6 +59,17 @@ class Slot:
     def job_id(self) -> str:
         return f"login:{self.name}"
 
+    @property
+    def held(self) -> Credential | None:
+        """The credential held: the one served, else one kept only for its refresh token."""
+        return self.credential or self.carried
+
+    def signed_out(self, error: SignInNeeded, now: float) -> None:
+        """Nothing held any more, until a new sign-in; `error` says so in /status."""
+        self.credential = self.carried = None
+        self.consecutive_failures += 1
+        self.last_error, self.last_error_at = error, now
+
     def took(self, credential: Credential) -> Credential | None:
         """A login succeeded: hold its credential, clear the failures; the credential it replaces, if any."""
         previous = self.credential or self.carried
@@ -80,7 +98,8 @@ class Slot:
                 self.name, f"not attempted: the provider asked for no login before {until} (Retry-After)",
                 retry_after=self.quiet_until - monotonic,
             )
-        if isinstance(self.last_error, CredentialsRejected) and monotonic - self.last_attempt < REJECTED_RETRY:
+        if isinstance(self.last_error, CredentialsRejected) and self.consecutive_failures \
+                and monotonic - self.last_attempt < REJECTED_RETRY:
             wait = self.last_attempt + REJECTED_RETRY - monotonic
             raise RefreshThrottled(
                 self.name, f"not attempted: the provider refused {self.name}'s credentials "
@@ -88,15 +107,44 @@ class Slot:
                 f"{iso_utc(now + wait)}", retry_after=wait,
             )
 
+    def within_refresh_interval(self, now: float, monotonic: float) -> Credential | None:
+        """A forced refresh within min_refresh_interval of the last login: the credential held, if it serves and
+        nothing failed since; RefreshThrottled when the last login failed; None when a login may be made."""
+        since = monotonic - self.last_attempt
+        if since >= self.config.min_refresh_interval:
+            return None
+        if self.credential is not None and self.credential.is_fresh(now) and self.consecutive_failures == 0:
+            return self.credential
+        if self.last_error is not None:
+            # Not the recorded error again as if it were new: say that no login was made, and why.
+            raise RefreshThrottled(
+                self.name, f"not attempted: the last login failed {since:.0f}s ago ({self.last_error.message}); "
+                f"forced logins are made at most once every {self.config.min_refresh_interval:g}s",
+                retry_after=self.config.min_refresh_interval - since,
+            )
+        return None
+
+    def check_refused_again(self, monotonic: float) -> None:
+        """RefreshThrottled when a refused token's replacement was refused too within min_refresh_interval."""
+        wait = self.last_forced + self.config.min_refresh_interval - monotonic
+        if wait > 0:
+            raise RefreshThrottled(
+                self.name,
+                f"not attempted: {self.name}'s newest token was refused too; a new login for a refused token "
+                f"is made at most once every {self.config.min_refresh_interval:g}s", retry_after=wait,
+            )
+
     def unavailable(self) -> TokenUnavailable:
         """Why no token can be served, with when the next login is."""
         if self.last_error is None:
             return TokenUnavailable(self.name, f"no valid token for {self.name} yet")
         when = iso_utc(self.next_refresh_at)
+        fleet = isinstance(self.last_error, FleetUnavailable)
         return TokenUnavailable(
             self.name,
             f"no valid token for {self.name}: {self.last_error.message}" + (f"; next try at {when}" if when else ""),
-            next_attempt=self.next_refresh_at,
+            next_attempt=self.next_refresh_at, code="fleet_unavailable" if fleet else "token_unavailable",
+            retry_after=self.last_error.retry_after if fleet else None,
         )
 
 
@@ -121,6 +169,21 @@ class Slot:
         """No token to serve, and a client asked for one within the last minute."""
         fresh = self.credential is not None and self.credential.is_fresh(now)
         return not fresh and monotonic - self.asked_at < ASKED_RECENTLY
+
+    def inheritance(self, config: ProviderConfig) -> Credential | None:
+        """What a provider changed by a reload keeps from its old slot: a user token's refresh token, when
+        the change leaves the login itself alone (a timeout, an interval). It is the only live one once the
+        configured one has been spent; a change of server, client or scope never sees it."""
+
+        held = self.credential or self.carried
+        if held is None or held.refresh_token is None or self.config.login_identity() != config.login_identity():
+            return None
+        return held
+
+    def renew_margin(self, kept: Credential) -> float:
+        """How long before its expiry a kept credential is renewed (its kind's margin, for its lifetime)."""
+        assert kept.expires_at is not None
+        return renew_margin(self.config.RENEW_BEFORE_EXPIRY, kept.expires_at - kept.obtained_at)
 
 
 def slot_state(slot: Slot, now: float) -> State:
@@ -155,5 +218,6 @@ def slot_status(slot: Slot, now: float) -> dict[str, Any]:
         "consecutive_failures": slot.consecutive_failures,
         # A user token that only its user can renew: what they should run.
         "sign_in": error.command if isinstance(error, SignInNeeded) and slot.consecutive_failures else None,
+        "sign_in_reason": error.reason if isinstance(error, SignInNeeded) and slot.consecutive_failures else None,
         **({"secret_file_refused": {"message": slot.secret_refused}} if slot.secret_refused else {}),
     }

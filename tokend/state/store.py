@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
+import hmac
 import logging
 import os
 import secrets
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,6 +39,40 @@ __all__ = ["StateStore", "persisted"]
 log = logging.getLogger("tokend")
 
 _SUFFIX = ".record"
+_LEDGER = ".spent"
+# A ledger is rewritten, keeping its newest lines and every configured token's, when it grows past this: the
+# older rotations' digests are no longer needed, the generation noted in it refuses their records anyway.
+_LEDGER_LINES = 512
+_LEDGER_KEEP = 128
+
+
+@dataclass
+class _Ledger:
+    """One provider's ledger as read: digests sent (and those the server has shown it keeps), the highest
+    generation spent from, and the lines as written (for a rewrite)."""
+
+    key_id: str
+    spent: set[str] = field(default_factory=set)
+    kept: set[str] = field(default_factory=set)
+    generation: int = 0
+    lines: list[str] = field(default_factory=list)
+    foreign: bool = False  # written with another state key: its digests say nothing of this key's tokens
+
+    def take(self, line: str) -> None:
+        what, _, rest = line.partition(" ")
+        if what == "key":
+            self.foreign = self.foreign or rest != self.key_id
+            return
+        generation, _, digest = rest.partition(" ")
+        if what == "g" and generation.isdigit():
+            self.generation = max(self.generation, int(generation))
+            return
+        if what not in ("s", "k") or len(digest) != 32:
+            return  # not a line this tokend wrote: ignored
+        (self.spent if what == "s" else self.kept).add(digest)
+        if generation.isdigit():
+            self.generation = max(self.generation, int(generation))
+        self.lines.append(line)
 
 
 def persisted(config: ProviderConfig) -> bool:
@@ -48,6 +85,8 @@ class StateStore:
     def __init__(self, config: StateConfig) -> None:
         self.folder = config.folder
         self._key = RecordKey.derive(config.key_bytes(), b"tokend state ")
+        self._ledger_key = hmac.new(config.key_bytes(), b"tokend state spent refresh tokens", hashlib.sha256).digest()
+        self._ledgers: dict[str, _Ledger] = {}
         self._refused: dict[str, str] = {}  # provider -> the record it refused last (logged once)
         self._manager: Manager | None = None
         self._lock_descriptor: int | None = None
@@ -139,6 +178,96 @@ class StateStore:
         with contextlib.suppress(FileNotFoundError):
             self.path(name).unlink()
             _sync_folder(self.folder)
+
+    # --- the ledger of refresh tokens sent (tokend.logins.Ledger) ------------------------------------------
+
+    def spent(self, name: str, token: str, generation: int | None) -> str | None:
+        ledger = self._ledger(name)
+        digest = self._digest(name, token)
+        if digest in ledger.spent and digest not in ledger.kept:
+            return f"it was sent before, as the ledger {self._ledger_path(name)} notes"
+        if generation is None and ledger.foreign:
+            return f"the ledger {self._ledger_path(name)} was written with another state key, so whether the " \
+                   "configured one was sent cannot be known"
+        if generation is not None and generation < ledger.generation:
+            return f"its record is of generation {generation}, older than generation {ledger.generation}, " \
+                   "already spent: an old record put back"
+        return None
+
+    def spend(self, name: str, token: str, generation: int | None) -> None:
+        digest = self._digest(name, token)
+        if digest not in self._ledger(name).kept:  # a token the server keeps is sent as often as need be
+            self._note(name, f"s {'-' if generation is None else generation} {digest}")
+
+    def keep(self, name: str, token: str) -> None:
+        digest = self._digest(name, token)
+        if digest not in self._ledger(name).kept:
+            with contextlib.suppress(OSError):  # not noted: the token counts as spent, which is the safe side
+                self._note(name, f"k - {digest}")
+
+    def forget_holder(self, name: str, configured: bool) -> bool:
+        if configured:
+            return False  # the config holds it: nothing to remove, it would be sent again after a restart
+        try:
+            self.forget(name)
+        except OSError as exc:
+            log.warning("state provider=%s: cannot remove %s (%s)", name, self.path(name), exc.strerror)
+            return False
+        log.warning("state provider=%s: the ledger %s cannot be written; the record is removed so that no restart "
+                    "can send its refresh token again", name, self._ledger_path(name))
+        return True
+
+    def highest(self, name: str) -> int:
+        return self._ledger(name).generation
+
+    def _ledger_path(self, name: str) -> Path:
+        return self.folder / f"{name}{_LEDGER}"
+
+    def _digest(self, name: str, token: str) -> str:
+        return hmac.new(self._ledger_key, f"{name}\0{token}".encode(), hashlib.sha256).hexdigest()[:32]
+
+    def _ledger(self, name: str) -> _Ledger:
+        ledger = self._ledgers.get(name)
+        if ledger is None:
+            ledger = self._ledgers[name] = _Ledger(self._key.id)
+            with contextlib.suppress(FileNotFoundError):
+                for line in self._ledger_path(name).read_text(encoding="ascii", errors="replace").splitlines():
+                    ledger.take(line.strip())
+        return ledger
+
+    def _note(self, name: str, line: str) -> None:
+        """Append `line` to the provider's ledger, on disk (fsync) before this returns; OSError if it cannot."""
+        ledger = self._ledger(name)
+        path = self._ledger_path(name)
+        if len(ledger.lines) >= _LEDGER_LINES:
+            self._compact(name, ledger)
+        created = not path.exists()
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+        try:
+            size = os.fstat(descriptor).st_size
+            data = (("" if size else f"key {self._key.id}\n") + line + "\n").encode("ascii")
+            try:
+                if os.write(descriptor, data) != len(data):
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                os.fsync(descriptor)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(descriptor, size)  # no half line for the next one to run into
+                raise
+        finally:
+            os.close(descriptor)
+        if created:
+            _sync_folder(self.folder)
+        ledger.take(line)
+
+    def _compact(self, name: str, ledger: _Ledger) -> None:
+        configured = dict.fromkeys(line for line in ledger.lines[:-_LEDGER_KEEP] if line.split(" ")[1] == "-")
+        kept = [*configured, *ledger.lines[-_LEDGER_KEEP:]]
+        with contextlib.suppress(OSError):  # not rewritten: it grows a little more, which is no harm
+            _replace(self._ledger_path(name), "".join(f"{line}\n" for line in [
+                f"key {self._key.id}", *(["key foreign"] if ledger.foreign else []), f"g {ledger.generation}", *kept])
+                     .encode("ascii"))
+            ledger.lines = kept
 
     def _binding(self, name: str, config: ProviderConfig) -> str:
         return self._key.bind({"provider": name, "login": config.login_identity()})

@@ -8,8 +8,11 @@ by recomputing it from the request as received (its method, raw path and query, 
 
 Served Query actions: AssumeRole, GetSessionToken and GetCallerIdentity (the "whoami" any SDK or the AWS
 CLI can call with endpoint_url; it answers the ARN of whoever signed, so a test sees which credentials were
-used). Any other path is a fake service (`GET/POST/PUT /anything`), which answers JSON naming the caller, so
-a proxied or SDK request can be checked too; `service` in the scope decides which service name it accepts.
+used). A `POST /` with ECR's `X-Amz-Target` is ECR's GetAuthorizationToken (JSON 1.1, service `ecr`): a
+registry password of `ecr_lifetime` seconds, for the registry `ACCOUNT.dkr.ecr.REGION.amazonaws.com`.
+Any other path is a fake service (`GET/POST/PUT /anything`), which answers JSON (XML for S3) naming the
+caller and the body's SHA-256, so a proxied or SDK request can be checked too; `service` in the scope
+decides which service name it accepts.
 
 Switches: `throttle(times)` (STS's 400 Throttling), `fail(...)` from FakeUpstream, `expire_sessions()`
 (every session issued so far answers ExpiredToken), `require_region(region)`.
@@ -17,6 +20,7 @@ Switches: `throttle(times)` (STS's 400 Throttling), `fail(...)` from FakeUpstrea
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import secrets
@@ -44,6 +48,7 @@ _NS = "https://sts.amazonaws.com/doc/2011-06-15/"
 _ALNUM = string.ascii_uppercase + string.digits
 MAX_SKEW = 300  # AWS refuses a request signed more than five minutes away from its clock
 CHAINED_MAX = 3600
+ECR_TARGET_PREFIX = "AmazonEC2ContainerRegistry_V20150921."
 
 
 @dataclass
@@ -67,8 +72,10 @@ class _Error(Exception):
 class FakeSTS(FakeUpstream):
     """STS (and a service) checking SigV4; `lifetime` caps the sessions it issues (a short demo)."""
 
-    def __init__(self, *, lifetime: float = 43200.0, service: str = "sts") -> None:
+    def __init__(self, *, lifetime: float = 43200.0, service: str = "sts", ecr_lifetime: float = 43200.0) -> None:
         super().__init__(lifetime=lifetime)
+        self.ecr_lifetime = ecr_lifetime
+        self.ecr_passwords: list[str] = []  # every registry password issued, in order
         self.users: dict[str, tuple[str, str]] = {}  # access key id -> (secret, user ARN)
         self.roles: dict[str, int] = {}  # role ARN -> its maximum session duration
         self.sessions: dict[str, Session] = {}  # access key id -> the session
@@ -137,6 +144,8 @@ class FakeSTS(FakeUpstream):
         if (replaced := await self._login_attempt(request)) is not None:
             return replaced
         body = await request.body()
+        if request.headers.get("x-amz-target", "").startswith(ECR_TARGET_PREFIX):
+            return self._ecr(request, body)
         params = dict(urllib.parse.parse_qsl(body.decode()))
         if params.get("Action") == "AssumeRoleWithWebIdentity":  # unsigned: the token is the proof
             try:
@@ -167,8 +176,34 @@ class FakeSTS(FakeUpstream):
         path = "/" + request.path_params["path"]
         with self._aws_lock:
             self.calls.append((path, session.arn))
-        return JSONResponse({"caller": session.arn, "method": request.method, "path": path,
-                             "body_sha256": hashlib.sha256(body).hexdigest()})
+        seen = {"caller": session.arn, "method": request.method, "path": path,
+                "body_sha256": hashlib.sha256(body).hexdigest()}
+        if self.service == "s3":  # XML, as S3 answers (an SDK reads an S3 answer that is not XML as an error)
+            fields = "".join(f"<{key}>{escape(value)}</{key}>" for key, value in seen.items())
+            return Response(f"<Result>{fields}</Result>", media_type="application/xml")
+        return JSONResponse(seen)
+
+    def _ecr(self, request: Request, body: bytes) -> Response:
+        """ECR's GetAuthorizationToken, as its JSON 1.1 protocol answers it."""
+        try:
+            session = self._verified(request, body, "ecr")
+        except _Error as exc:
+            return JSONResponse({"__type": exc.code, "message": exc.message}, status_code=exc.status)
+        target = request.headers["x-amz-target"].removeprefix(ECR_TARGET_PREFIX)
+        if target != "GetAuthorizationToken" or request.headers.get("content-type") != "application/x-amz-json-1.1":
+            return JSONResponse({"__type": "UnknownOperationException"}, status_code=400)
+        region = _authorization(request.headers["authorization"])["Credential"].split("/")[2]
+        password = "eyJ" + secrets.token_urlsafe(90)
+        expires = int(time.time() + min(self.ecr_lifetime, self.lifetime))
+        self._issue(password, expires)
+        with self._aws_lock:
+            self.ecr_passwords.append(password)
+            self.calls.append(("GetAuthorizationToken", session.arn))
+        encoded = base64.b64encode(f"AWS:{password}".encode()).decode()
+        return JSONResponse({"authorizationData": [{
+            "authorizationToken": encoded, "expiresAt": expires,
+            "proxyEndpoint": f"https://{ACCOUNT}.dkr.ecr.{region}.amazonaws.com"}]},
+            media_type="application/x-amz-json-1.1")
 
     # -- checking a signature --------------------------------------------------------------------------------
 

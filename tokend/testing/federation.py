@@ -146,7 +146,7 @@ class FakeGoogleFederation(FakeUpstream):
         self.last_iam_body: dict[str, Any] = {}
         self._denied: set[str] = set()
         self._federated: set[str] = set()
-        self._google_key = new_private_key()
+        self._google_key: str | None = None  # Google's ID token key, made at the first generateIdToken
         super().__init__(lifetime=lifetime)
 
     def deny(self, email: str) -> None:
@@ -239,7 +239,11 @@ class FakeGoogleFederation(FakeUpstream):
         claims = {"iss": "https://accounts.google.com", "aud": audience, "azp": email, "sub": "1234567890",
                   "iat": now, "exp": expires, **({"email": email, "email_verified": True}
                                                         if body.get("includeEmail") else {})}
-        token = load_key(self._google_key).sign(claims, alg="RS256", header={"kid": "google-1"})
+        with self._lock:
+            if self._google_key is None:
+                self._google_key = new_private_key()
+            key = self._google_key
+        token = load_key(key).sign(claims, alg="RS256", header={"kid": "google-1"})
         self._issue(token, expires)
         return JSONResponse({"token": token})
 

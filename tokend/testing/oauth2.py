@@ -4,6 +4,7 @@ that rotate, the device authorization grant and revocation (FakeAuthorizationSer
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import html
 import secrets
@@ -140,8 +141,14 @@ class FakeAuthorizationServer(FakeUpstream):
         self.reuse_detected = 0  # spent refresh tokens presented again
         self.refreshes = 0  # successful refresh grants
         self.revocations = 0
+        self.revoked: list[str] = []  # the tokens revocation was asked for, in order
         self.device_polls = 0
         self.last_form: dict[str, str] = {}
+        # Seconds between spending a refresh token and answering: a slow way back, during which the spent one
+        # is gone and the new one not yet delivered (what a stop or a reload must not lose).
+        self.answer_delay = 0.0
+        # Fields the next device authorization answers carry instead of (or besides) the fake's own.
+        self.device_answer: dict[str, Any] = {}
         self._refresh_tokens: dict[str, tuple[str, bool]] = {}  # refresh token -> (family, spent)
         self._revoked_families: set[str] = set()
         self._access_families: dict[str, str] = {}  # access token -> family
@@ -185,6 +192,10 @@ class FakeAuthorizationServer(FakeUpstream):
     def refresh_tokens_issued(self) -> set[str]:
         with self._lock:
             return set(self._refresh_tokens)
+
+    def newest_refresh_token(self) -> str:
+        with self._lock:
+            return list(self._refresh_tokens)[-1]
 
     def is_valid(self, token: str) -> bool:
         with self._lock:
@@ -250,6 +261,9 @@ class FakeAuthorizationServer(FakeUpstream):
             else:
                 refresh = presented
             self.refreshes += 1
+            delay = self.answer_delay
+        if delay:
+            await asyncio.sleep(delay)
         return self._tokens_answer(family, refresh if self.rotate else None, form.get("scope"))
 
     def _poll(self, form: dict[str, str]) -> Response:
@@ -290,7 +304,7 @@ class FakeAuthorizationServer(FakeUpstream):
         return JSONResponse({
             "device_code": code, "user_code": user_code, "verification_uri": f"{base}/activate",
             "verification_uri_complete": f"{base}/activate?user_code={user_code}",
-            "expires_in": int(self.device_lifetime), "interval": _interval(self.interval),
+            "expires_in": int(self.device_lifetime), "interval": _interval(self.interval), **self.device_answer,
         }, headers={"Cache-Control": "no-store"})
 
     async def _revoke(self, request: Request) -> Response:
@@ -300,6 +314,7 @@ class FakeAuthorizationServer(FakeUpstream):
         with self._lock:
             self.revocations += 1
             token = form.get("token", "")
+            self.revoked.append(token)
             family = self._refresh_tokens.get(token, (None, False))[0] or self._access_families.get(token)
             if family is not None:
                 self._revoked_families.add(family)

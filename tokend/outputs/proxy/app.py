@@ -7,7 +7,8 @@ provider's own listener (`provider="name"`). For each request:
 2. the path (see tokend.outputs.proxy.paths: what could leave the origin is refused with 400);
 3. a servable credential, or 503 token_unavailable without contacting the upstream;
 4. the body: up to `proxy_retry_body_limit` is read first and kept, so the request can be sent twice;
-   a larger or longer one is streamed upstream as it arrives and cannot be;
+   a larger or longer one is streamed upstream as it arrives and cannot be (an AWS provider's request is
+   signed instead of given headers, see tokend.outputs.proxy.aws: its kept body's hash is signed);
 5. the exchange, on a pooled keep-alive connection; a 401 asks for a new token naming the one sent (one
    refresh for all the requests that failed with it), then the kept request is sent once more with it;
 6. the answer streamed back chunk by chunk (server-sent events arrive as they are sent), while a watcher
@@ -22,7 +23,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from starlette.types import Receive, Scope, Send
 
@@ -33,6 +34,9 @@ from tokend.errors import TokendError, TokenUnavailable, UnknownProvider
 from tokend.outputs.proxy.paths import BadPath, Origin, request_target, with_query
 from tokend.outputs.proxy.pool import Answer, Connection, Pool, UpstreamFailure
 from tokend.outputs.proxy.stats import ProxyStats
+
+if TYPE_CHECKING:
+    from tokend.outputs.proxy.aws import AwsSigning
 
 __all__ = ["Check", "Credentials", "ProxyApp"]
 
@@ -58,6 +62,8 @@ class ProxySettings(Protocol):
     def read_timeout(self) -> float | None: ...
     @property
     def timeout(self) -> float: ...
+    @property
+    def proxy_sigv4(self) -> tuple[str, str] | None: ...
 
 
 class Credentials(Protocol):
@@ -85,13 +91,20 @@ class _Route:
     body_limit: int
     connect_timeout: float
     read_timeout: float
+    aws: AwsSigning | None  # requests signed with AWS Signature Version 4, not given the credential's headers
 
     @classmethod
     def of(cls, config: ProxySettings) -> _Route:
         target = config.proxy_target if config.proxy else None
         origin = Origin.from_url(target) if target is not None else None
         read_timeout = config.read_timeout or config.timeout
-        return cls(config, origin, config.proxy_retry_body_limit, config.connect_timeout, read_timeout)
+        aws = None
+        if (sigv4 := config.proxy_sigv4) is not None:
+            # Imported here: the signer is for a daemon that proxies for an AWS provider, not every daemon.
+            from tokend.outputs.proxy.aws import AwsSigning
+
+            aws = AwsSigning(*sigv4)
+        return cls(config, origin, config.proxy_retry_body_limit, config.connect_timeout, read_timeout, aws)
 
 
 @dataclass(frozen=True)
@@ -105,8 +118,13 @@ class _Prepared:
     unsendable: str | None = None  # why this credential cannot go in a request head, if it cannot
 
     @classmethod
-    def of(cls, name: str, credential: Credential, origin: Origin) -> _Prepared:
+    def of(cls, name: str, credential: Credential, origin: Origin, *, signed: bool = False) -> _Prepared:
         dropped = header_rules.never_out(credential.headers)
+        if signed:  # the client's own signature (an SDK given dummy keys) goes; the proxy signs anew
+            dropped |= header_rules.AWS_SIGNATURE
+            if credential.aws is None:
+                return cls(credential, origin, b"", dropped, f"The credential of {name} holds no AWS keys to sign "
+                           "requests with.")
         lines = [b"host: " + origin.host_header + b"\r\n"]
         try:
             # HTTP/1.1 field values are bytes, which the proxy writes as Latin-1: a token outside it (GET /token
@@ -261,7 +279,8 @@ class ProxyApp:
         prepared = self._prepared.get(name)
         if prepared is None or prepared.credential is not credential or prepared.origin != route.origin:
             assert route.origin is not None
-            prepared = self._prepared[name] = _Prepared.of(name, credential, route.origin)
+            prepared = self._prepared[name] = _Prepared.of(name, credential, route.origin,
+                                                           signed=route.aws is not None)
             if prepared.unsendable is not None:
                 log.warning("proxy_unsendable provider=%s reason=%s", name, prepared.unsendable)  # once per credential
         return prepared
@@ -274,6 +293,10 @@ class ProxyApp:
         try:
             body = await _Body.read(scope, receive, route.body_limit)
         except _ClientGone:
+            return
+        if route.aws is not None and not route.aws.streams and (
+                not body.replayable or sum(map(len, body.first)) > route.body_limit):  # refused however it came
+            await _error(send, 413, "body_too_large", route.aws.refusal(name, route.body_limit), provider=name)
             return
         client_headers = header_rules.outgoing(scope["headers"], self._prepare(name, credential, route).dropped)
         # Watching for a hang-up costs a task per request; a quick exchange is over before it would matter,
@@ -309,7 +332,9 @@ class ProxyApp:
         assert route.origin is not None
         prepared = self._prepare(name, credential, route)
         target = with_query(target, credential.query)
-        head = b"".join([method.encode(), b" ", target, b" HTTP/1.1\r\n", prepared.head,
+        signature = b"" if route.aws is None else route.aws.head(
+            method, route.origin, target, client_headers, credential, b"".join(body.first) if body.replayable else None)
+        head = b"".join([method.encode(), b" ", target, b" HTTP/1.1\r\n", prepared.head, signature,
                          *(name_ + b": " + value + b"\r\n" for name_, value in client_headers),
                          body.framing(method), b"\r\n"])
         started = time.perf_counter()

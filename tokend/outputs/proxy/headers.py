@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from functools import lru_cache
 
-__all__ = ["incoming", "never_out", "outgoing"]
+__all__ = ["AWS_SIGNATURE", "incoming", "never_out", "outgoing"]
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -24,6 +24,8 @@ HOP_BY_HOP = frozenset({
     b"proxy-authenticate", b"proxy-authorization",
 })
 _NEVER_OUT = HOP_BY_HOP | {b"host", b"authorization", b"cookie", b"x-tokend-request", b"expect", b"content-length"}
+# An AWS provider's requests are signed by the proxy: the client's own signature (an SDK given dummy keys) goes.
+AWS_SIGNATURE = frozenset({b"authorization", b"x-amz-date", b"x-amz-security-token", b"x-amz-content-sha256"})
 _NEVER_BACK = HOP_BY_HOP | {b"set-cookie", b"set-cookie2", b"date"}
 
 

@@ -2,18 +2,18 @@
 
 `aws_assume_role` (AssumeRole with a key pair, or with another AWS provider's credentials: role chaining;
 AssumeRoleWithWebIdentity with a platform's OIDC token)
-and `aws_session_token` (GetSessionToken). Their settings are in config.py, the signer in sigv4.py, the
-STS calls in sts.py; the signer and the calls import only the standard library, and only a daemon with an
-AWS provider builds them.
+`aws_session_token` (GetSessionToken), and `aws_ecr` (ECR's GetAuthorizationToken with another AWS provider's
+credentials: a registry password for Docker). Their settings are in config.py, the signer in sigv4.py, the
+STS calls in sts.py, ECR's in ecr.py; the signer and the calls import only the standard library, and only a
+daemon with an AWS provider builds them.
 """
 
 from __future__ import annotations
 
-from tokend.providers.aws.config import AwsAssumeRoleConfig, AwsSessionTokenConfig
-from tokend.providers.aws.sts import AssumeRole, SessionToken
+from tokend.providers.aws.config import AwsAssumeRoleConfig, AwsEcrConfig, AwsSessionTokenConfig
 from tokend.providers.base import Kind
 
-__all__ = ["ASSUME_ROLE", "SESSION_TOKEN", "AwsAssumeRoleConfig", "AwsSessionTokenConfig"]
+__all__ = ["ASSUME_ROLE", "ECR", "SESSION_TOKEN", "AwsAssumeRoleConfig", "AwsEcrConfig", "AwsSessionTokenConfig"]
 
 ASSUME_ROLE_EXAMPLE = """\
 [providers.aws]
@@ -36,5 +36,22 @@ secret_access_key = { env = "AWS_SESSION_SECRET_ACCESS_KEY" }
 # duration = 43200                         # seconds, 1800 to 129600
 """
 
-ASSUME_ROLE = Kind("aws_assume_role", AwsAssumeRoleConfig, AssumeRole, example=ASSUME_ROLE_EXAMPLE)
-SESSION_TOKEN = Kind("aws_session_token", AwsSessionTokenConfig, SessionToken, example=SESSION_TOKEN_EXAMPLE)
+ECR_EXAMPLE = """\
+[providers.ecr-role]                       # the AWS credentials ECR is asked with: any AWS provider
+kind = "aws_assume_role"
+role_arn = "arn:aws:iam::123456789012:role/ecr-pull"
+access_key_id = { env = "ECR_ROLE_ACCESS_KEY_ID" }
+secret_access_key = { env = "ECR_ROLE_SECRET_ACCESS_KEY" }
+
+[providers.ecr]
+kind = "aws_ecr"                           # Docker's password for the account's registry, 12 hours long
+source = "ecr-role"
+region = "eu-west-1"                       # the registry's region
+# docker_registries = ["123456789012.dkr.ecr.eu-west-1.amazonaws.com"]   # default: the one ECR names
+"""
+
+ASSUME_ROLE = Kind("aws_assume_role", AwsAssumeRoleConfig,
+                   "tokend.providers.aws.sts:AssumeRole", example=ASSUME_ROLE_EXAMPLE)
+SESSION_TOKEN = Kind("aws_session_token", AwsSessionTokenConfig,
+                     "tokend.providers.aws.sts:SessionToken", example=SESSION_TOKEN_EXAMPLE)
+ECR = Kind("aws_ecr", AwsEcrConfig, "tokend.providers.aws.ecr:AuthorizationToken", example=ECR_EXAMPLE)

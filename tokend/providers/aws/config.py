@@ -19,6 +19,7 @@ __all__ = [
     "MIN_DURATION",
     "RENEW_BEFORE",
     "AwsAssumeRoleConfig",
+    "AwsEcrConfig",
     "AwsKeyPair",
     "AwsSessionTokenConfig",
     "session_name",
@@ -47,7 +48,7 @@ def session_name(provider: str) -> str:
 class AwsKeyPair(ProviderBase):
     """What the AWS kinds share: an access key pair, and where STS is."""
 
-    NOT_LOGIN: ClassVar[frozenset[str]] = ProviderBase.NOT_LOGIN
+    NOT_LOGIN: ClassVar[frozenset[str]] = ProviderBase.NOT_LOGIN | {"aws_service", "aws_region"}
     RENEW_BEFORE_EXPIRY: ClassVar[float | None] = RENEW_BEFORE
     MAX_DURATION: ClassVar[int]
 
@@ -57,6 +58,10 @@ class AwsKeyPair(ProviderBase):
     duration: int = 3600
     region: str | None = Field(default=None, pattern=_REGION)  # STS's regional endpoint; default the global one
     sts_url: UpstreamURL | None = None  # a VPC endpoint, a test: signed for region, else us-east-1
+    # The proxy signs requests to api_url with these (SigV4): the service's signing name ("s3", "dynamodb",
+    # "execute-api") and its region (default region, else us-east-1).
+    aws_service: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9.-]{0,62}$")
+    aws_region: str | None = Field(default=None, pattern=_REGION)
 
     @property
     def url(self) -> str:
@@ -67,6 +72,17 @@ class AwsKeyPair(ProviderBase):
     @property
     def signing_region(self) -> str:
         return self.region or "us-east-1"  # the global endpoint signs as us-east-1
+
+    @property
+    def proxy_sigv4(self) -> tuple[str, str] | None:
+        return None if self.aws_service is None else (self.aws_service, self.aws_region or self.signing_region)
+
+    @model_validator(mode="after")
+    def _proxy_signs_for_a_service(self) -> AwsKeyPair:
+        if self.proxy and self.aws_service is None:
+            raise ValueError('proxy = true needs aws_service, the name requests are signed for ("s3", "dynamodb", '
+                             '"execute-api", ...: the service part of its endpoint, or its SigV4 signing name)')
+        return self
 
     @model_validator(mode="after")
     def _pair_complete(self) -> AwsKeyPair:
@@ -170,3 +186,29 @@ class AwsSessionTokenConfig(AwsKeyPair):
     kind: Literal["aws_session_token"]
     access_key_id: Secret
     secret_access_key: Secret
+
+
+class AwsEcrConfig(ProviderBase):
+    """ECR's `GetAuthorizationToken` with another AWS provider's credentials (`source`): a registry password
+    for Docker, 12 hours long, answered to Docker's credential helper with the user name AWS."""
+
+    kind: Literal["aws_ecr"]
+    source: str = Field(min_length=1)  # the AWS provider whose credentials sign the call
+    region: str = Field(pattern=_REGION)  # the registry's region
+    ecr_url: UpstreamURL | None = None  # a VPC endpoint, a test: signed for region
+
+    @property
+    def url(self) -> str:
+        return self.ecr_url or f"https://api.ecr.{self.region}.amazonaws.com"
+
+    def _default_registry_username(self) -> str | None:
+        return "AWS"  # what ECR's password goes with, as `aws ecr get-login-password` documents
+
+    def sources(self) -> tuple[str, ...]:
+        return (self.source,)
+
+    def source_problem(self, source: str, config: ProviderBase) -> str | None:
+        if not isinstance(config, AwsKeyPair):
+            return (f'field "source": provider "{source}" is of kind {config.kind}; ECR is asked with AWS '
+                    f"credentials ({', '.join(AWS_KINDS)})")
+        return None

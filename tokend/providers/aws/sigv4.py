@@ -15,6 +15,7 @@ import posixpath
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from urllib.parse import quote, unquote, urlsplit
 
 __all__ = [
@@ -124,7 +125,14 @@ def string_to_sign(stamp: str, scope: str, canonical: str) -> str:
 
 
 def signature(secret: str, day: str, region: str, service: str, text: str) -> str:
+    return hmac.digest(_signing_key(secret, day, region, service), text.encode(), "sha256").hex()
+
+
+# The key of a day, region and service: the same for every request the proxy signs with one credential that
+# day, so derived once (four HMACs saved per request). The secrets it holds are held by the credentials anyway.
+@lru_cache(maxsize=16)
+def _signing_key(secret: str, day: str, region: str, service: str) -> bytes:
     key = f"AWS4{secret}".encode()
     for part in (day, region, service, "aws4_request"):
-        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
-    return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
+        key = hmac.digest(key, part.encode(), "sha256")
+    return key

@@ -30,17 +30,18 @@ from tokend.providers.exchange import LoginRequest, fetch_answer, limits, login_
 from tokend.providers.subject_token import read_subject_token
 from tokend.redact import SHORT_FIELD_LENGTH, Redactor, excerpt, untrusted
 
-__all__ = ["AssumeRole", "SessionToken", "parse_xml"]
+__all__ = ["AssumeRole", "SessionToken", "parse_xml", "source_keys"]
 
 VERSION = "2011-06-15"
 CONTENT_TYPE = "application/x-www-form-urlencoded; charset=utf-8"
 # STS error codes that pass by themselves (AWS's SDKs retry these with backoff)...
-_TRANSIENT = frozenset({"Throttling", "ThrottlingException", "RequestLimitExceeded", "ServiceUnavailable",
-                        "InternalFailure", "InternalError", "IDPCommunicationError", "RequestTimeout"})
+TRANSIENT_CODES = frozenset({"Throttling", "ThrottlingException", "RequestLimitExceeded", "ServiceUnavailable",
+                             "InternalFailure", "InternalError", "IDPCommunicationError", "RequestTimeout"})
 # ...and those that say the keys the request was signed with are not good.
-_REJECTED = frozenset({"SignatureDoesNotMatch", "InvalidClientTokenId", "AccessDenied", "AccessDeniedException",
-                       "UnrecognizedClientException", "MissingAuthenticationToken", "IncompleteSignature"})
-_EXPIRED = frozenset({"ExpiredToken", "ExpiredTokenException"})
+REJECTED_CODES = frozenset({"SignatureDoesNotMatch", "InvalidClientTokenId", "AccessDenied", "AccessDeniedException",
+                            "UnrecognizedClientException", "MissingAuthenticationToken", "IncompleteSignature",
+                            "InvalidSignatureException"})
+EXPIRED_CODES = frozenset({"ExpiredToken", "ExpiredTokenException"})
 # ...and those AssumeRoleWithWebIdentity answers about the token itself.
 _WEB_IDENTITY_REFUSED = frozenset({"InvalidIdentityToken", "ExpiredTokenException", "IDPRejectedClaim"})
 
@@ -136,15 +137,15 @@ class _StsLogin:
     def _error(self, response: httpx.Response, error: dict[str, str], request_id: str | None) -> UpstreamError:
         code, text = self._said(response, error, request_id)
         status = response.status_code
-        if code in _REJECTED:
+        if code in REJECTED_CODES:
             hint = {"SignatureDoesNotMatch": "is secret_access_key the secret of access_key_id? A clock far off "
                     "the true time fails the signature too",
                     "InvalidClientTokenId": "is access_key_id an active access key of this account?"}
             return CredentialsRejected(self.name, f"{text} ({hint.get(code, 'check the keys and the role policy')})",
                                        status=status, request_id=request_id)
-        if code in _EXPIRED:
+        if code in EXPIRED_CODES:
             return self._expired(text, status, request_id)
-        retryable = code in _TRANSIENT or status >= 500 or status == 429
+        retryable = code in TRANSIENT_CODES or status >= 500 or status == 429
         return UpstreamError(self.name, text, status=status, request_id=request_id, retryable=retryable,
                              retry_after=parse_retry_after(response.headers.get("retry-after")))
 
@@ -202,24 +203,14 @@ class AssumeRole(_StsLogin):
             return await self._call(client, None, WebIdentityToken=token)
         if source is None:
             return await self._call(client, self._configured_keys())
-        if tokens is None:
-            raise UpstreamError(self.name, f"this role is assumed with the credentials of provider {source!r}, "
-                                "which cannot be read here", retryable=False)
-        try:
-            held = await tokens.get(source)
-        except TokendError as exc:
-            raise UpstreamError(self.name, f"source provider {source!r} has no credentials yet: "
-                                f"{exc.message}") from None
-        if held.aws is None:
-            raise UpstreamError(self.name, f"source provider {source!r} holds no AWS credentials", retryable=False)
-        return await self._call(client, Keys(held.aws.access_key_id, held.aws.secret_access_key, held.token))
+        return await self._call(client, await source_keys(self.name, source, tokens))
 
     def _error(self, response: httpx.Response, error: dict[str, str], request_id: str | None) -> UpstreamError:
         code, text = self._said(response, error, request_id)
         if self.config.web_identity_token is not None and code in _WEB_IDENTITY_REFUSED:
             # The token, not a key: retried with backoff, as the platform writes a new one; or STS's trust is off.
             hint = ("the web identity token had expired: check that the platform still rewrites it"
-                    if code in _EXPIRED else "check the account's OIDC identity provider (its issuer URL and "
+                    if code in EXPIRED_CODES else "check the account's OIDC identity provider (its issuer URL and "
                     "audience) and the role's trust policy for this token's issuer, audience and subject")
             return UpstreamError(self.name, f"{text} ({hint})", status=response.status_code, request_id=request_id)
         return super()._error(response, error, request_id)
@@ -240,6 +231,20 @@ class SessionToken(_StsLogin):
 
     async def fetch(self, client: httpx.AsyncClient) -> Credential:
         return await self._call(client, self._configured_keys())
+
+
+async def source_keys(name: str, source: str, tokens: Tokens | None) -> Keys:
+    """The keys of provider `source`'s current AWS credential, which provider `name`'s login signs with."""
+    if tokens is None:
+        raise UpstreamError(name, f"this login signs with the credentials of provider {source!r}, which cannot "
+                            "be read here", retryable=False)
+    try:
+        held = await tokens.get(source)
+    except TokendError as exc:
+        raise UpstreamError(name, f"source provider {source!r} has no credentials yet: {exc.message}") from None
+    if held.aws is None:
+        raise UpstreamError(name, f"source provider {source!r} holds no AWS credentials", retryable=False)
+    return Keys(held.aws.access_key_id, held.aws.secret_access_key, held.token)
 
 
 def _timestamp(value: str | None) -> float | None:

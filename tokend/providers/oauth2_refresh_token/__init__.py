@@ -22,5 +22,6 @@ refresh_token = { env = "ME_REFRESH_TOKEN" }   # the first one; optional with de
 # revocation_url = "https://auth.example.com/oauth/revoke"                 # `tokend logout me` revokes it
 """
 
-KIND = Kind("oauth2_refresh_token", OAuth2RefreshTokenConfig, OAuth2RefreshToken,
+KIND = Kind("oauth2_refresh_token", OAuth2RefreshTokenConfig,
+            "tokend.providers.oauth2_refresh_token.grant:OAuth2RefreshToken",
             extension="tokend.providers.oauth2_refresh_token.device:DeviceLogins", example=EXAMPLE)

@@ -12,7 +12,7 @@ until the user approves, refuses, or the code expires; `tokend login NAME` shows
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter
 
-from tokend.credential import iso_utc
+from tokend.credential import Credential, iso_utc
 from tokend.errors import OperationRefused, SignInNeeded, TokendError, UpstreamError
 from tokend.extensions import DaemonParts
 from tokend.providers.oauth2_refresh_token.grant import DeviceStart, OAuth2RefreshToken, OAuth2RefreshTokenConfig
@@ -55,6 +55,7 @@ class DeviceLogins:
     def __init__(self, parts: DaemonParts) -> None:
         self._parts = parts
         self._sign_ins: dict[str, _SignIn] = {}
+        self._starting: dict[str, asyncio.Lock] = {}  # one device authorization started at a time, per provider
 
     def router(self) -> APIRouter:
         router = APIRouter(prefix="/token/{name}")
@@ -80,10 +81,7 @@ class DeviceLogins:
         pass
 
     async def stop(self) -> None:
-        tasks = [sign_in.task for sign_in in self._sign_ins.values() if sign_in.task is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._end(list(self._sign_ins))
 
     def reloaded(self) -> None:
         pass
@@ -102,12 +100,14 @@ class DeviceLogins:
         if config.device_authorization_url is None:
             raise OperationRefused(f"{name} has no device_authorization_url, so it cannot sign in through "
                                    "tokend; put a refresh_token in its config instead", status=400)
-        running = self._sign_ins.get(name)
-        if running is not None and running.phase == "waiting" and time.time() < running.start.expires_at:
-            return running  # one sign-in at a time: a second `tokend login` watches the first
-        started = await provider.start_device(self._parts.client)
-        sign_in = self._sign_ins[name] = _SignIn(name, started, started.interval)
-        sign_in.task = asyncio.create_task(self._poll(sign_in, config, provider), name=f"tokend-sign-in-{name}")
+        async with self._starting.setdefault(name, asyncio.Lock()):
+            running = self._sign_ins.get(name)
+            if running is not None and running.phase == "waiting" and time.time() < running.start.expires_at:
+                return running  # one sign-in at a time: a second `tokend login` joins the first (one poller)
+            started = await provider.start_device(self._parts.client)
+            await self._end([name])  # one that ended (expired, denied) leaves no poller behind
+            sign_in = self._sign_ins[name] = _SignIn(name, started, started.interval)
+            sign_in.task = asyncio.create_task(self._poll(sign_in, config, provider), name=f"tokend-sign-in-{name}")
         log.info("sign-in provider=%s started: user code %s at %s, expires_at=%s", name, started.user_code,
                  started.verification_uri, iso_utc(started.expires_at))
         return sign_in
@@ -141,7 +141,7 @@ class DeviceLogins:
                     continue
                 raise
             if answer.credential is not None:
-                await self._parts.manager.switch_provider(name, config, answer.credential)
+                await self._parts.manager.switch_provider(name, config, self._next_generation(name, answer.credential))
                 sign_in.phase, sign_in.message = "signed_in", f"{name} is signed in"
                 log.info("sign-in provider=%s signed in", name)
                 return
@@ -164,22 +164,38 @@ class DeviceLogins:
 
     # --- sign-out --------------------------------------------------------------------------------------
 
+    def _next_generation(self, name: str, credential: Credential) -> Credential:
+        """A new sign-in starts a new line of refresh tokens above every generation held or noted spent, so
+        that no record of the lines before it can ever count as newer."""
+        held = self._parts.manager.held_generation(name)
+        ledger = self._parts.ledger
+        above = max(held, 0 if ledger is None else ledger.highest(name)) + 1
+        return dataclasses.replace(credential, generation=max(credential.generation, above))
+
+    async def _end(self, names: list[str]) -> None:
+        """End the pending sign-ins of `names`: their pollers stop, and an approval after this signs no one in."""
+        ended = [sign_in for name in names if (sign_in := self._sign_ins.pop(name, None)) is not None]
+        tasks = [sign_in.task for sign_in in ended if sign_in.task is not None and not sign_in.task.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     async def logout(self, name: str) -> dict[str, Any]:
         config, provider = self._provider(name)
         manager = self._parts.manager
-        running = self._sign_ins.pop(name, None)
-        if running is not None and running.task is not None:
-            running.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await running.task
+        async with self._starting.setdefault(name, asyncio.Lock()):
+            await self._end([name])
         async with manager.changing(name):
-            held = manager.held_refresh_token(name)
+            # The login in flight first: it may be spending the refresh token now, and its answer holds the
+            # newest one, the one to revoke.
             revoked = False
-            if held is not None and config.revocation_url is not None:
+            while (held := await manager.quiesce(name)) is not None and config.revocation_url is not None:
                 await provider.revoke(self._parts.client, held)
                 revoked = True
+                if manager.held_refresh_token(name) == held:
+                    break
             command = config.sign_in.format(name=name)
             await manager.forget(name, SignInNeeded(name, f"{name} was signed out; to sign in again: {command}",
-                                                    command=command))
+                                                    command=command, reason="signed_out"))
         return {"provider": name, "revoked": revoked,
                 "message": f"{name} signed out" + (" and its refresh token revoked" if revoked else "")}

@@ -13,14 +13,16 @@ device authorization grant (RFC 8628) and revocation (RFC 7009), which live here
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import httpx
 from pydantic import Field, model_validator
 
-from tokend.config.fields import UpstreamURL
+from tokend.config.fields import UpstreamURL, is_loopback_host
 from tokend.config.secrets import Secret
 from tokend.credential import Credential
 from tokend.errors import CredentialsRejected, SignInNeeded, UpstreamError
@@ -33,6 +35,13 @@ __all__ = ["DEVICE_GRANT", "DeviceAnswer", "DeviceStart", "OAuth2RefreshToken", 
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 _DEFAULT_INTERVAL = 5.0  # RFC 8628 section 3.2: when the server names none
+# What a device authorization answer may ask for, whatever it says: a code lives between a minute and an
+# hour (RFC 8628 suggests 1800 s at most); the daemon polls no faster than each second, no slower than each
+# minute; a user code is what a person types (RFC 8628 section 6.1: short, printable).
+_DEVICE_LIFETIME = (60.0, 3600.0)
+_DEVICE_INTERVAL = (1.0, 60.0)
+_MAX_USER_CODE = 64
+_MAX_URI = 2048
 
 
 class OAuth2RefreshTokenConfig(ProviderBase):
@@ -116,13 +125,24 @@ class OAuth2RefreshToken:
     async def fetch(self, client: httpx.AsyncClient) -> Credential:
         return await self.fetch_from(client, None)
 
-    async def fetch_from(self, client: httpx.AsyncClient, current: Credential | None) -> Credential:
-        """Spend the held refresh token (the last answer's, else the configured one) for a new access token."""
+    def spends(self, current: Credential | None) -> str | None:
+        """The refresh token a login from `current` would send: the last answer's, else the configured one."""
         refresh = current.refresh_token if current is not None and current.refresh_token else None
         if refresh is None and self.config.refresh_token is not None:
             refresh = self.config.refresh_token.get()
+        return refresh
+
+    def spent(self, why: str) -> SignInNeeded:
+        """The error for a refresh token that may already have been sent: it is not sent again."""
+        return self._sign_in_needed(f"{self.name}'s refresh token may already have been spent ({why}), and a "
+                                    "second use would make the server revoke the whole sign-in",
+                                    reason="refresh_token_spent")
+
+    async def fetch_from(self, client: httpx.AsyncClient, current: Credential | None) -> Credential:
+        """Spend the held refresh token (the last answer's, else the configured one) for a new access token."""
+        refresh = self.spends(current)
         if refresh is None:
-            raise self._sign_in_needed(f"{self.name} holds no refresh token yet")
+            raise self._sign_in_needed(f"{self.name} holds no refresh token yet", reason="never_signed_in")
         form = {"grant_type": "refresh_token", "refresh_token": refresh, **self.config.extra}
         if self.config.scopes:
             form["scope"] = self.config.scopes
@@ -136,7 +156,8 @@ class OAuth2RefreshToken:
             if exc.status == 400 and {"invalid_client", "unauthorized_client"} & set(codes):
                 raise CredentialsRejected(self.name, exc.message, status=400) from None
             raise
-        return self._credential(body, request_id, refresh)
+        held = current.generation if current is not None and current.refresh_token == refresh else 0
+        return self._credential(body, request_id, refresh, held + 1)
 
     # --- the device authorization grant (RFC 8628) and revocation (RFC 7009) ---------------------------------
 
@@ -153,11 +174,18 @@ class OAuth2RefreshToken:
                             "verification_uri")
         assert isinstance(device_code, str) and isinstance(user_code, str) and isinstance(uri, str)
         self._redactor.add_secrets([device_code])
+        if len(user_code) > _MAX_USER_CODE or not user_code.isprintable():
+            raise malformed(self.name, f"the device authorization answer's user_code is not {_MAX_USER_CODE} "
+                            "printable characters or fewer")
+        if not _shown_uri(uri):
+            raise malformed(self.name, "the device authorization answer's verification_uri is not an https: "
+                            "address (or http: on a loopback host)")
         complete = fields.get("verification_uri_complete")
-        lifetime = number_or_none(fields.get("expires_in")) or 600.0
-        interval = number_or_none(fields.get("interval")) or _DEFAULT_INTERVAL
-        return DeviceStart(device_code, user_code, uri, complete if isinstance(complete, str) else None,
-                           time.time() + lifetime, max(1.0, interval))
+        lifetime = _clamped(fields.get("expires_in"), 600.0, _DEVICE_LIFETIME)
+        interval = _clamped(fields.get("interval"), _DEFAULT_INTERVAL, _DEVICE_INTERVAL)
+        return DeviceStart(device_code, user_code, uri,
+                           complete if isinstance(complete, str) and _shown_uri(complete) else None,
+                           time.time() + lifetime, interval)
 
     async def poll_device(self, client: httpx.AsyncClient, device_code: str) -> DeviceAnswer:
         form = {"grant_type": DEVICE_GRANT, "device_code": device_code}
@@ -168,7 +196,7 @@ class OAuth2RefreshToken:
             if codes and exc.status in (400, 401):
                 return DeviceAnswer(error=codes[0], description=exc.message)
             raise
-        return DeviceAnswer(credential=self._credential(body, request_id, None))
+        return DeviceAnswer(credential=self._credential(body, request_id, None, 1))
 
     async def revoke(self, client: httpx.AsyncClient, refresh_token: str) -> None:
         """RFC 7009: the server answers 200 whether or not it knew the token; an error is an UpstreamError."""
@@ -207,7 +235,7 @@ class OAuth2RefreshToken:
         return LoginRequest(provider=self.name, method="POST", url=url, headers=headers, form=form,
                             **limits(config), redactor=self._redactor, describe=described, action=action)
 
-    def _credential(self, body: Any, request_id: str | None, spent: str | None) -> Credential:
+    def _credential(self, body: Any, request_id: str | None, spent: str | None, generation: int) -> Credential:
         token = body.get("access_token") if isinstance(body, dict) else None
         if not isinstance(token, str) or not token:
             raise malformed(self.name, "no access_token", request_id)
@@ -225,10 +253,31 @@ class OAuth2RefreshToken:
             headers={"Authorization": f"{scheme} {token}"}, token_type=scheme, request_id=request_id,
             exact_expiry=True,
         )
-        return dataclasses.replace(credential, refresh_token=refresh)
+        # A server that does not rotate leaves the line where it was: the same refresh token, the same generation.
+        return dataclasses.replace(credential, refresh_token=refresh,
+                                   generation=generation if refresh != spent else max(generation - 1, 0))
 
-    def _sign_in_needed(self, why: str, *, status: int = 400) -> SignInNeeded:
+    def _sign_in_needed(self, why: str, *, status: int = 400, reason: str = "refresh_token_rejected") -> SignInNeeded:
         command = self.config.sign_in.format(name=self.name)
         run = f"run `{command}`" if command.startswith("tokend") else command
         return SignInNeeded(self.name, f"{why}: its user must sign in again: {run}", command=command,
-                            status=status)
+                            status=status, reason=reason)
+
+
+def _clamped(value: Any, default: float, bounds: tuple[float, float]) -> float:
+    number = number_or_none(value)
+    if number is None or not math.isfinite(number) or number <= 0:
+        return default
+    return min(max(number, bounds[0]), bounds[1])
+
+
+def _shown_uri(uri: str) -> bool:
+    """Whether an address from the server may be shown to a person to open: https:, or http: to this machine."""
+    if len(uri) > _MAX_URI or not uri.isprintable():
+        return False
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return False
+    host = parts.hostname or ""
+    return bool(host) and (parts.scheme == "https" or (parts.scheme == "http" and is_loopback_host(host)))
