@@ -50,6 +50,17 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).with_name("results") / "latest.json"
 
 PROVIDER = "felloh"  # a 128-character bearer token with an expiry: the common case
+HELPER_SETTINGS = ('git_hosts = ["git.example.com"]\ngit_username = "bench"\n'
+                   'docker_registries = ["registry.example.com"]\nregistry_username = "bench"\n')
+GIT_ASKS = "protocol=https\nhost=git.example.com\n\n"
+# Each credential helper, as git, Docker and kubectl start it, against `python -c pass`: they run one per
+# fetch, pull or command. Found as ./tokend.toml, as the helpers are.
+HELPERS = {
+    "tokend git-credential get": (("tokend", "git-credential", "get"), GIT_ASKS),
+    "git-credential-tokend get": (("git-credential-tokend", "get"), GIT_ASKS),
+    "docker-credential-tokend get": (("docker-credential-tokend", "get"), "registry.example.com"),
+    "tokend kube-credential": (("tokend", "kube-credential", PROVIDER), ""),
+}
 TOKEN_PATH = f"/token/{PROVIDER}"
 CONNECTIONS = 32
 GROWTH_TOLERANCE_MIB = 1.0  # allocator noise; a real per-request leak over 100k+ requests is far larger
@@ -114,6 +125,8 @@ def _start_main_daemon(helpers: Helpers, tmp: Path, cpus: Cpus) -> tuple[Server,
     sock = listen_tcp("127.0.0.1", 0)
     fakes = helpers.start("fakes", f"--dir={tmp}", f"--port={sock.getsockname()[1]}", *cpus.free)
     config = Path(helpers.first_line(fakes, "fakes"))
+    header = f"[providers.{PROVIDER}]\n"  # what the credential helpers' rows ask for
+    config.write_text(config.read_text().replace(header, f"{header}{HELPER_SETTINGS}", 1))
     daemon = _spawn_daemon(helpers, "daemon", config, sock, cpus.measured)
     return daemon, _ready(helpers, daemon), config
 
@@ -182,11 +195,21 @@ def _further_requests(daemon: Server, force_python: bool) -> None:
         _load_server(daemon, max(1.0, (FURTHER_REQUESTS - (daemon.requests - before)) / rate * 1.2), force_python)
 
 
+def _script(name: str) -> list[str]:
+    """The installed console script `name`, or what it runs (an install older than the script)."""
+    script = Path(sys.executable).with_name(name)
+    if script.exists():
+        return [str(script)]
+    import tomllib
+
+    module, function = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"][name].split(":")
+    return [sys.executable, "-c", f"import sys; from {module} import {function}; sys.exit({function}())"]
+
+
 def _cli_commands(daemon: Server, cwd: Path) -> dict[str, tuple[list[str], dict[str, str]]]:
     """What is timed, each with its environment: no TOKEND_* from the caller's shell, and bytecode cached
     (in a directory of this run) as an installed package has it, except where the name says otherwise."""
-    script = Path(sys.executable).with_name("tokend")
-    tokend_get = [str(script)] if script.exists() else [sys.executable, "-m", "tokend"]
+    tokend_get = _script("tokend")
     base = {k: v for k, v in os.environ.items() if not k.startswith("TOKEND_") and k != "PYTHONDONTWRITEBYTECODE"}
     cached = {**base, "PYTHONPYCACHEPREFIX": str(cwd / "pycache")}
     commands = {
@@ -196,6 +219,8 @@ def _cli_commands(daemon: Server, cwd: Path) -> dict[str, tuple[list[str], dict[
         "tokend get --url, no .pyc": ([*tokend_get, "get", PROVIDER, "--url", daemon.url("")],
                                       {**base, "PYTHONDONTWRITEBYTECODE": "1"}),
     }
+    for name, ((program, *args), _) in HELPERS.items():
+        commands[name] = ([*_script(program), *args], cached)
     if shutil.which("curl"):
         commands["curl"] = (["curl", "-s", "-f", "-H", HEADER, daemon.url(TOKEN_PATH)], base)
     return commands
@@ -210,7 +235,7 @@ def _time_cli(daemon: Server, config: Path, runs: int, cwd: Path) -> dict[str, l
         for name, (command, env) in commands.items():  # in turns, so a noisy second hits them all alike
             started = time.perf_counter()
             result = subprocess.run(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                    text=True, check=False, timeout=30)
+                                    input=HELPERS.get(name, ((), ""))[1], text=True, check=False, timeout=30)
             elapsed_ms = (time.perf_counter() - started) * 1000
             if result.returncode != 0:
                 raise RuntimeError(f"{name} exited with {result.returncode}: {result.stderr.strip()}")
@@ -497,10 +522,12 @@ def _cli_rows(m: Measured) -> list[Row]:
         Row("tokend get --url URL", "ms", cli["tokend get --url"], cli["python -c pass"], "python -c pass",
             (Target("ratio", "<=", 2),)),
         Row("tokend get (./tokend.toml)", "ms", cli["tokend get (./tokend.toml)"], cli["python -c pass"],
-            "python -c pass", (Target("ratio", "<=", 2),)),
+            "python -c pass", (Target("ratio", "<=", 1.5),)),
         Row("tokend get --url, no .pyc", "ms", cli["tokend get --url, no .pyc"], cli["python -c pass"],
             "python -c pass"),
     ]
+    for name in HELPERS:
+        rows.append(Row(name, "ms", cli[name], cli["python -c pass"], "python -c pass", (Target("ratio", "<=", 1.5),)))
     if "curl" in cli:
         rows.append(Row("tokend get --url URL", "ms", cli["tokend get --url"], cli["curl"], "curl"))
     return rows

@@ -8,6 +8,7 @@ import shlex
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from tests.tools import require_tool
 from tokend.testing import FakeProviders
 
 USER = "tokend-bot"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -168,6 +170,69 @@ def test_with_clients_the_helper_needs_its_key(tmp_path: Path, fakes: FakeProvid
         assert f"password={daemon.get('/token/fts').json()['token']}" in allowed.stdout
     finally:
         daemon.kill()
+
+
+def _documented_git_lines() -> list[list[str]]:
+    """The `git config` lines of docs/tools.md's git section, as a shell would split them."""
+    section = (ROOT / "docs" / "tools.md").read_text().split("\n## git\n", 1)[1].split("\n## ", 1)[0]
+    return [shlex.split(line) for line in section.splitlines() if line.startswith("git config --global credential.")]
+
+
+def _installed_script(name: str, folder: Path) -> Path:
+    """The console script pyproject.toml declares as `name`, written as pip writes it, in `folder`."""
+    target = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"][name]
+    module, function = target.split(":")
+    folder.mkdir(exist_ok=True)
+    script = folder / name
+    script.write_text(f"#!{sys.executable}\nimport sys\nfrom {module} import {function}\nsys.exit({function}())\n")
+    script.chmod(0o755)
+    return script
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["the-host-line", "the-provider-line"])
+def test_the_documented_git_setup_works_from_another_directory_with_the_per_user_config(
+    git: str, server: GitServer, daemon: Daemon, tmp_path: Path, which: int
+) -> None:
+    words = _documented_git_lines()[which]
+    assert words[:3] == ["git", "config", "--global"] and words[3].startswith("credential.https://")
+    assert words[4].split()[0] == "tokend"  # the helper is named, not spelled out as a command
+    host = words[3].removeprefix("credential.").removesuffix(".helper")
+    words[3] = f"credential.{server.url}.helper"  # the test's git server stands in for the documented host
+    words[4] = words[4].replace("--provider gitea", "--provider felloh")
+    home = tmp_path / "home"
+    (home / ".config" / "tokend").mkdir(parents=True)
+    (home / ".config" / "tokend" / "config.toml").write_text(daemon.config.read_text())
+    elsewhere = tmp_path / "elsewhere"  # git runs the helper here: no ./tokend.toml, no $TOKEND_CONFIG
+    elsewhere.mkdir()
+    env = {key: value for key, value in _environment(home).items() if key != "XDG_CONFIG_HOME"}
+    env["PATH"] = f"{_installed_script('git-credential-tokend', tmp_path / 'bin').parent}{os.pathsep}{env['PATH']}"
+    configured = subprocess.run([git, *words[1:]], env=env, cwd=elsewhere, capture_output=True, text=True,
+                                timeout=60, check=False)
+    assert configured.returncode == 0, configured.stderr
+    assert host in (ROOT / "docs" / "tools.md").read_text()
+    listed = subprocess.run([git, "ls-remote", f"{server.url}/repo.git"], env=env, cwd=elsewhere,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert listed.returncode == 0, listed.stderr
+    assert "refs/heads/main" in listed.stdout and set(server.users) == {USER}
+
+
+def test_the_bang_helper_of_earlier_setups_still_works(git: str, server: GitServer, daemon: Daemon,
+                                                       tmp_path: Path) -> None:
+    helper = "!" + shlex.join([sys.executable, "-m", "tokend", "git-credential"])
+    env = _environment(tmp_path, daemon)
+    configured = subprocess.run([git, "config", "--global", f"credential.{server.url}.helper", helper], env=env,
+                                capture_output=True, text=True, timeout=60, check=False)
+    assert configured.returncode == 0, configured.stderr
+    listed = subprocess.run([git, "ls-remote", f"{server.url}/repo.git"], env=env, capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert listed.returncode == 0 and "refs/heads/main" in listed.stdout, listed.stderr
+
+
+def test_git_credential_help_shows_the_helper_line_the_docs_show() -> None:
+    shown = subprocess.run(tokend_command("git-credential", "--help"), capture_output=True, text=True, timeout=60)
+    said = "".join(shown.stdout.split())  # argparse wraps lines, at spaces and after hyphens
+    assert "credential.https://HOST.helpertokend(gitrunsgit-credential-tokend" in said
+    assert "'!tokendgit-credential'workstoo" in said
 
 
 def _injecting_url(server: GitServer, host: str) -> str:

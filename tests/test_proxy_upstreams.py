@@ -164,6 +164,7 @@ BEHAVIOURS: dict[bytes, Handler] = {
 
 def _config(directory: Path, upstream: int, key: str) -> Path:
     (directory / "key").write_text(key + "\n", encoding="utf-8")
+    (directory / "key").chmod(0o600)  # tokend runs no config whose secret files other users can read
     config = directory / "tokend.toml"
     config.write_text(f"""[server]
 host = "127.0.0.1"

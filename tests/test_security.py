@@ -196,6 +196,30 @@ def test_the_audit_finds_files_others_can_read_or_change(tmp_path, fakes: FakePr
                for f in audit(Settings.load(config), config))
 
 
+def test_check_and_run_give_one_verdict_on_a_private_key_every_user_can_read(
+    tmp_path: Path, fakes: FakeProviders, daemon_factory  # type: ignore[no-untyped-def]
+) -> None:
+    config = write_config(tmp_path, fakes)
+    config.chmod(0o600)
+    key = tmp_path / "felloh_private_key"
+    key.chmod(0o644)
+    said = (f'provider "felloh", field "private_key": secret file {key} is readable by every user (mode 0644): '
+            "chmod 600 it")
+    checked = _run("--config", str(config), "check")
+    assert checked.returncode == 3 and f"error: {said}" in checked.stdout
+    ran = _run("--config", str(config), "run")
+    assert ran.returncode == 3 and "Traceback" not in ran.stderr
+    assert ran.stderr == ("tokend: the config has 1 error(s) that expose a secret or a token to other users of this "
+                          "machine; tokend does not run it until they are fixed (`tokend check` lists them too)\n"
+                          f"  - {said}\n")
+    key.chmod(0o600)
+    daemon = daemon_factory()  # a running daemon: a reload to such a config is refused the same way
+    (tmp_path / "felloh_private_key").chmod(0o644)
+    reloaded = _run("--config", str(daemon.config), "reload")
+    assert reloaded.returncode == 3 and "expose a secret or a token" in reloaded.stderr and said in reloaded.stderr
+    assert daemon.get("/readyz").status_code == 200
+
+
 def test_secrets_never_show_in_a_repr_or_a_config_error(tmp_path, fakes: FakeProviders, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     config = write_config(tmp_path, fakes, extra=_clients(tmp_path))
     settings = Settings.load(config)

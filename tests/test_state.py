@@ -24,7 +24,9 @@ def settings(tmp_path: Path, *, key: str = KEY, provider: str = "", name: str = 
              folder: Path | None = None) -> Settings:
     tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "key").write_text(key)
+    (tmp_path / "key").chmod(0o600)  # as the documented command makes it: tokend runs no config exposing a key
     (tmp_path / "refresh").write_text("configured-refresh-token")
+    (tmp_path / "refresh").chmod(0o600)
     config = tmp_path / "tokend.toml"
     config.write_text(f"""
 [state]

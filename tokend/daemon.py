@@ -31,7 +31,7 @@ from tokend.api.connections import Budget
 from tokend.api.guard import RequestGuard
 from tokend.api.routes import create_app
 from tokend.api.server import http_server, stop_signals_end_cleanly
-from tokend.api.sockets import listen, unlink_at_exit
+from tokend.api.sockets import IN_USE, listen, unlink_at_exit
 from tokend.config.audit import audit, log_findings
 from tokend.config.settings import Settings
 from tokend.extensions import DaemonParts, Extension
@@ -174,7 +174,7 @@ def serve(settings: Settings, sock: socket.socket | None = None, *, config_path:
     with contextlib.ExitStack() as opened:
         # Each socket is closed (a unix socket's file removed) on the way out, whether the start fails
         # half-way or the daemon stops; the API's own first, so that a busy port is the first error.
-        sock = opened.enter_context(sock or listen(settings.server))
+        sock = opened.enter_context(sock or listen(settings.server, in_use=IN_USE))
         opened.enter_context(unlink_at_exit(settings.server))
         proxy_listeners = open_listeners(settings)  # the providers' own proxy listeners, if any
         opened.enter_context(removed_at_exit(proxy_listeners))

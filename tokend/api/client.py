@@ -16,7 +16,6 @@ import time
 from urllib.parse import urlsplit
 
 from tokend._version import __version__
-from tokend.api import request_signing as signed
 from tokend.errors import DaemonUnavailable, TokendError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy treats the name alike)
@@ -144,7 +143,10 @@ class Client:
         headers = [f"Host: {host}", f"User-Agent: tokend/{__version__}", "Accept: application/json",
                    "X-Tokend-Request: cli", "Connection: close"]
         if self._client_key is not None:
-            # Signed, never the key itself: whatever answers on the port may not be the daemon.
+            # Signed, never the key itself: whatever answers on the port may not be the daemon. Imported
+            # here: hashlib (OpenSSL) and secrets are the larger part of a keyless `tokend get`'s imports.
+            from tokend.api import request_signing as signed
+
             headers.append(f"Authorization: {signed.authorization(self._client_key, method, path)}")
         payload = b""
         if body is not None:

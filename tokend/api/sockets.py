@@ -19,7 +19,7 @@ from tokend.config.accounts import group_id
 from tokend.config.tables import ServerConfig
 from tokend.errors import TokendError
 
-__all__ = ["SOCKET_MODE", "listen", "listen_each", "listen_tcp", "unlink_at_exit"]
+__all__ = ["IN_USE", "SOCKET_MODE", "listen", "listen_each", "listen_tcp", "unlink_at_exit"]
 
 log = logging.getLogger("tokend")
 
@@ -27,11 +27,15 @@ SOCKET_MODE = 0o600
 T = TypeVar("T")
 
 
-def listen(server: ServerConfig) -> socket.socket:
+# What a port in use most likely means for the daemon's own [server] port, and what to do about it.
+IN_USE = "address already in use: is tokend already running? `tokend status`, or change `[server] port`"
+
+
+def listen(server: ServerConfig, *, in_use: str = "address already in use") -> socket.socket:
     """The listening socket the config asks for, or TokendError saying why it cannot be had."""
     if server.socket is not None:
         return _listen_unix(server.socket, server.socket_mode, server.socket_group)
-    return listen_tcp(server.host, server.port)
+    return listen_tcp(server.host, server.port, in_use=in_use)
 
 
 def listen_each(wanted: Iterable[tuple[T, ServerConfig]]) -> list[tuple[T, socket.socket]]:
@@ -47,7 +51,7 @@ def listen_each(wanted: Iterable[tuple[T, ServerConfig]]) -> list[tuple[T, socke
     return opened
 
 
-def listen_tcp(host: str, port: int) -> socket.socket:
+def listen_tcp(host: str, port: int, *, in_use: str = "address already in use") -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP, and without
     # it every keep-alive answer waits ~40 ms for Nagle's algorithm.
@@ -58,7 +62,7 @@ def listen_tcp(host: str, port: int) -> socket.socket:
         sock.listen(1024)
     except OSError as exc:
         sock.close()
-        reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+        reason = in_use if exc.errno == errno.EADDRINUSE else exc.strerror
         raise TokendError(f"cannot listen on {host}:{port}: {reason}") from None
     return sock
 

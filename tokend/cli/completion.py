@@ -5,6 +5,10 @@ subcommands and options, and for each option that takes a value, what it takes (
 or anything). Each shell gets the same table as functions of its own, plus a small fixed driver that walks
 the words typed so far to find the command path. Nothing is kept by hand: a new command or option is in
 the next script generated.
+
+Provider names (`tokend get <TAB>`, `--provider <TAB>`) come from the config file itself, read by the shell
+with sed: the `[providers.NAME]` headers of the file `--config` names, or of the first tokend would find. No
+Python starts for them.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ __all__ = ["SHELLS", "completion_script"]
 
 SHELLS = ("bash", "zsh", "fish")
 
-_FILE, _ANY = "@file", "@any"
+_FILE, _ANY, _PROVIDER = "@file", "@any", "@provider"
+# A [providers.NAME] header line, NAME bare (a quoted name is left out), as sed prints its NAME.
+_PROVIDER_HEADER = r"s/^[[:space:]]*\[providers\.\([A-Za-z0-9_-]*\)\][[:space:]]*\(#.*\)\{0,1\}$/\1/p"
 _FILE_METAVARS = {"PATH", "FILE"}
 
 
@@ -25,6 +31,7 @@ class _Command:
     commands: list[str] = field(default_factory=list)
     words: list[str] = field(default_factory=list)  # subcommands, positional choices and options
     values: dict[str, list[str]] = field(default_factory=dict)  # option -> its words, [_FILE] or [_ANY]
+    providers: bool = False  # its positional argument is a provider's name
 
 
 def _table(parser: argparse.ArgumentParser) -> dict[str, _Command]:
@@ -41,10 +48,13 @@ def _table(parser: argparse.ArgumentParser) -> dict[str, _Command]:
                 command.words += action.option_strings
                 if action.nargs != 0:
                     values = [str(choice) for choice in action.choices] if action.choices else (
-                        [_FILE] if action.metavar in _FILE_METAVARS else [_ANY])
+                        [_FILE] if action.metavar in _FILE_METAVARS else
+                        [_PROVIDER] if action.dest == "provider" else [_ANY])
                     command.values.update(dict.fromkeys(action.option_strings, values))
             elif action.choices:
                 command.words += [str(choice) for choice in action.choices]
+            elif action.dest == "name":
+                command.providers = True
         command.words[:0] = command.commands
 
     walk(parser, "")
@@ -60,7 +70,8 @@ def completion_script(parser: argparse.ArgumentParser, shell: str) -> str:
 def _posix_tables(prog: str, table: dict[str, _Command]) -> str:
     """The table as shell functions that bash and zsh both read: case statements echoing words."""
     name = _function_name(prog)
-    words = "".join(f'        "{path}") echo "{" ".join(c.words)}";;\n' for path, c in table.items())
+    words = "".join(f'        "{path}") echo "{" ".join(c.words)}{_posix_names(name, c)}";;\n'
+                    for path, c in table.items())
     commands = "".join(f'        "{path}") echo "{" ".join(c.commands)}";;\n'
                        for path, c in table.items() if c.commands)
     values = "".join(f'        "{path}|{option}") echo "{" ".join(v)}";;\n'
@@ -70,7 +81,21 @@ def _posix_tables(prog: str, table: dict[str, _Command]) -> str:
             f"_{name}_commands() {{  # $1: a command path; its subcommands\n"
             f'    case "$1" in\n{commands}    esac\n}}\n'
             f"_{name}_value() {{  # $1: a command path, $2: an option; what its value is (nothing: a flag)\n"
-            f'    case "$1|$2" in\n{values}    esac\n}}\n')
+            f'    case "$1|$2" in\n{values}    esac\n}}\n'
+            f"_{name}_providers() {{  # the [providers.NAME] of --config's file ($config), else the one {prog} finds\n"
+            f'    local file="${{config:-${{TOKEND_CONFIG:-}}}}" place\n'
+            f'    if [[ -z "$file" ]]; then\n'
+            f'        for place in ./tokend.toml "${{XDG_CONFIG_HOME:-/nonexistent}}/tokend/config.toml" \\\n'
+            f'                     "$HOME/.config/tokend/config.toml" /etc/tokend/config.toml; do\n'
+            f'            if [[ -f "$place" ]]; then file="$place"; break; fi\n'
+            f"        done\n"
+            f"    fi\n"
+            f"    [[ -r \"$file\" ]] && sed -n '{_PROVIDER_HEADER}' \"$file\"\n"
+            f"}}\n")
+
+
+def _posix_names(name: str, command: _Command) -> str:
+    return f" $(_{name}_providers)" if command.providers else ""
 
 
 def _posix_walk(prog: str, words: str, current: str, commands: str) -> str:
@@ -86,6 +111,7 @@ def _posix_walk(prog: str, words: str, current: str, commands: str) -> str:
         fi
         value="$(_{name}_value "$cmdpath" "$word")"
         if [[ -n "$value" ]]; then
+            [[ "$word" == "--config" ]] && config="${{{words}[i+1]}}"
             (( i += 2 ))  # an option and its value
             continue
         fi
@@ -106,11 +132,12 @@ def _bash(prog: str, table: dict[str, _Command]) -> str:
 # ~/.local/share/bash-completion/completions/{prog}.
 {_posix_tables(prog, table)}
 _{name}() {{
-    local cur="${{COMP_WORDS[COMP_CWORD]}}" cmdpath="" word value i=1
+    local cur="${{COMP_WORDS[COMP_CWORD]}}" cmdpath="" config="" word value i=1
     COMPREPLY=()
 {_posix_walk(prog, "COMP_WORDS", "COMP_CWORD", 'COMPREPLY=($(compgen -c -- "$cur"))')}    case "$value" in
         "") COMPREPLY=($(compgen -W "$(_{name}_words "$cmdpath")" -- "$cur")) ;;
         {_FILE}) COMPREPLY=($(compgen -f -- "$cur")) ;;
+        {_PROVIDER}) COMPREPLY=($(compgen -W "$(_{name}_providers)" -- "$cur")) ;;
         {_ANY}) ;;
         *) COMPREPLY=($(compgen -W "$value" -- "$cur")) ;;
     esac
@@ -128,11 +155,12 @@ def _zsh(prog: str, table: dict[str, _Command]) -> str:
 # folder of $fpath.
 {_posix_tables(prog, table)}
 _{name}() {{
-    local cur="${{words[CURRENT]}}" cmdpath="" word value
+    local cur="${{words[CURRENT]}}" cmdpath="" config="" word value
     local -i i=2
 {_posix_walk(prog, "words", "CURRENT", "_command_names -e")}    case "$value" in
         "") compadd -- ${{=$(_{name}_words "$cmdpath")}} ;;
         {_FILE}) _files ;;
+        {_PROVIDER}) compadd -- ${{(f)"$(_{name}_providers)"}} ;;
         {_ANY}) _message "a value" ;;
         *) compadd -- ${{=value}} ;;
     esac
@@ -150,6 +178,8 @@ def _fish(prog: str, table: dict[str, _Command]) -> str:
 
     def switch(function: str, comment: str, cases: list[tuple[str, list[str]]]) -> str:
         body = "".join(f"        case '{key}'\n            printf '%s\\n' {' '.join(words)}\n"
+                       + (f"            __{name}_providers $argv[2]\n" if table.get(key) and table[key].providers
+                          and function == "words" else "")
                        for key, words in cases)
         return f"function __{name}_{function}  # {comment}\n    switch \"$argv[1]\"\n{body}    end\nend\n"
 
@@ -161,14 +191,31 @@ def _fish(prog: str, table: dict[str, _Command]) -> str:
         + switch("value", "$argv[1]: 'path|option'; what the option's value is (nothing: a flag)",
                  [(f"{path}|{option}", v) for path, c in table.items() for option, v in c.values.items()])
     )
+    providers = f"""\
+function __{name}_providers  # the [providers.NAME] of the config: --config's ($argv[1]), else as {prog} finds it
+    set -l file $argv[1]
+    test -n "$file"; or set file $TOKEND_CONFIG
+    if test -z "$file"
+        for place in ./tokend.toml $XDG_CONFIG_HOME/tokend/config.toml ~/.config/tokend/config.toml \\
+                /etc/tokend/config.toml
+            if test -f $place
+                set file $place
+                break
+            end
+        end
+    end
+    test -n "$file"; and test -r "$file"; and sed -n '{_PROVIDER_HEADER}' $file
+end
+"""
     return f"""\
 # fish completion for {prog}, generated from its own command line by `{prog} completion fish`.
 # Load it with `{prog} completion fish | source`, or save it as ~/.config/fish/completions/{prog}.fish.
-{tables}
+{tables}{providers}
 function __{name}_complete
     set -l typed (commandline -opc)
     set -l cur (commandline -ct)
     set -l cmdpath ''
+    set -l config ''
     set -l i 2
     while test $i -le (count $typed)
         set -l word $typed[$i]
@@ -177,6 +224,9 @@ function __{name}_complete
             return
         end
         if test -n "$(__{name}_value "$cmdpath|$word")"
+            if test "$word" = '--config'; and test $i -lt (count $typed)
+                set config $typed[(math $i + 1)]
+            end
             set i (math $i + 2)  # an option and its value
             continue
         end
@@ -188,9 +238,11 @@ function __{name}_complete
     set -l value (__{name}_value "$cmdpath|$typed[-1]")
     switch "$value[1]"
         case ''
-            __{name}_words "$cmdpath"
+            __{name}_words "$cmdpath" "$config"
         case '{_FILE}'
             __fish_complete_path "$cur"
+        case '{_PROVIDER}'
+            __{name}_providers "$config"
         case '{_ANY}'
         case '*'
             printf '%s\\n' $value

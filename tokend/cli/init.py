@@ -6,6 +6,7 @@ variables it names are set. Asked for none, every kind's table is there commente
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Sequence
 
@@ -17,7 +18,7 @@ DEFAULT_KINDS: tuple[str, ...] = tuple(kind.name for kind in KINDS if kind.examp
 
 _HEADER = """\
 # tokend configuration, written by `tokend init`. Check it with `tokend check --config FILE`, then
-# run it with `tokend run --config FILE` (or put it at ./tokend.toml or /etc/tokend/config.toml).
+# run it with `tokend run --config FILE` (or put it at ~/.config/tokend/config.toml, found from anywhere).
 #
 # A secret is { env = "NAME" }, { file = "/path" } (mode 0600), { credential = "name" } (systemd's
 # LoadCredential=), { command = ["prog", "arg"] } (the first line it prints), { keyring = "service/user" },
@@ -42,15 +43,28 @@ def starter_config(kinds: Sequence[str] = ()) -> str:
     if unknown:
         known = {kind.name for kind in KINDS}
         what = "has no starting table yet" if unknown[0] in known else "is not a provider kind"
-        raise ValueError(f"{unknown[0]!r} {what}; tokend init knows {', '.join(examples)}")
+        near = difflib.get_close_matches(unknown[0].lower().replace("-", "_"), examples, n=1)
+        guess = f"did you mean {near[0]}? " if near and unknown[0] not in known else ""
+        raise ValueError(f"{unknown[0]!r} {what}; {guess}tokend init knows {', '.join(examples)}")
     if kinds:
         tables = [examples[name] for name in dict.fromkeys(kinds)]
         names = environment_variables("".join(tables))
         needs = f"#\n# Set before tokend starts: {', '.join(names)}.\n" if names else ""
-        return "\n".join([_HEADER + needs, _SERVER, *tables])
+        state = [_STATE] if any(name in _KEEP_STATE for name in kinds) else []
+        return "\n".join([_HEADER + needs, _SERVER, *tables, *state])
     commented = [_commented(examples[name]) for name in DEFAULT_KINDS]
     intro = "# Uncomment the providers you use (or run `tokend init KIND ...` for live tables):\n"
     return "\n".join([_HEADER, _SERVER, intro, *commented])
+
+# Kinds whose credential only its user can renew (a rotated refresh token): without [state], a restart loses it.
+_KEEP_STATE = ("oauth2_refresh_token",)
+_STATE = """\
+# A user token's refresh token rotates: keep it across restarts (docs/state.md), or its user signs in again after
+# each one. Make its key in this file's folder, readable by you alone, then uncomment:
+#   (umask 077; openssl rand -base64 32 > state_key)
+# [state]
+# encryption_key = { file = "state_key" }   # a relative path is read from this file's folder
+"""
 
 
 def environment_variables(text: str) -> list[str]:

@@ -6,7 +6,6 @@ start fast; the daemon's modules are imported only by the commands that need the
 
 from __future__ import annotations
 
-import argparse
 import enum
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from tokend.errors import ConfigError, DaemonUnavailable, TokendError, UnknownPr
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing, ~2 ms of `tokend get`; mypy reads it alike
 if TYPE_CHECKING:
+    import argparse
     from typing import Any
 
     from tokend.cli.demo import Demo
@@ -68,11 +68,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    try:
-        args = _parser().parse_args(argv)
-    except SystemExit as exc:  # --help, --version, or argparse's own usage error (2)
-        sys.stdout.flush()
-        return exc.code if isinstance(exc.code, int) else Exit.USAGE
+    from tokend.cli.quickargs import quick_args
+
+    words = sys.argv[1:] if argv is None else argv
+    if not words:  # a bare `tokend`: what it can do, rather than "the following arguments are required"
+        _parser().print_help()
+        return Exit.USAGE
+    # The helpers git, kubectl and scripts run again and again skip argparse (tokend.cli.quickargs).
+    args: Any = quick_args(words)
+    if args is not None:
+        args.handler = _QUICK_HANDLERS[args.command]
+    else:
+        try:
+            args = _parser().parse_args(words)
+        except SystemExit as exc:  # --help, --version, or argparse's own usage error (2)
+            sys.stdout.flush()
+            return exc.code if isinstance(exc.code, int) else Exit.USAGE
     try:
         return int(args.handler(args))
     except _UsageError as exc:
@@ -84,7 +95,7 @@ def _main(argv: list[str] | None) -> int:
             _err(f"  - {problem}")
         return Exit.CONFIG
     except DaemonUnavailable as exc:
-        _err(f"tokend: {exc.message}")
+        _err(f"tokend: {exc.message}{_where_looked(args)}")
         return Exit.UNREACHABLE
     except TokendError as exc:
         _err(f"tokend: {exc.message}")
@@ -96,6 +107,8 @@ def _main(argv: list[str] | None) -> int:
 def _parser(kinds: tuple[str, ...] | None = None) -> argparse.ArgumentParser:
     """tokend's command line. `kinds`: the provider kinds, for `init`'s completion; left out otherwise, so that
     a client command does not import the provider models just to parse its arguments."""
+    import argparse
+
     exit_codes = "\n".join(f"  {int(code)}  {meaning}" for code, meaning in _EXIT_MEANINGS.items())
     parser = argparse.ArgumentParser(prog="tokend", description="A loopback credential daemon.",
                                      epilog=f"exit codes:\n{exit_codes}",
@@ -165,7 +178,9 @@ def _parser(kinds: tuple[str, ...] | None = None) -> argparse.ArgumentParser:
     git = commands.add_parser("git-credential", help="git's credential helper: the token of the provider whose "
                               "git_hosts lists the host git asks for",
                               description="git's credential helper protocol on stdin and stdout. Set up with: "
-                              "git config --global credential.https://HOST.helper 'tokend git-credential'")
+                              "git config --global credential.https://HOST.helper tokend (git runs "
+                              "git-credential-tokend, installed with tokend, which takes these options; "
+                              "'!tokend git-credential' works too)")
     git.add_argument("--provider", metavar="NAME", help="answer with this provider, whatever the host")
     git.add_argument("operation", choices=("get", "store", "erase"), help="what git asks (it says which)")
     _client_options(git)
@@ -206,6 +221,10 @@ def _parser(kinds: tuple[str, ...] | None = None) -> argparse.ArgumentParser:
     init.add_argument("--output", metavar="FILE", help="write to FILE, which must not exist yet (default: stdout)")
     init.set_defaults(handler=_init)
 
+    help_command = commands.add_parser("help", help="show this help, or a command's: tokend help COMMAND")
+    help_command.add_argument("topic", nargs="*", metavar="COMMAND", help="a command (felloh keys: its commands)")
+    help_command.set_defaults(handler=_help)
+
     completion = commands.add_parser("completion", help="print a shell completion script (bash, zsh or fish)")
     completion.add_argument("shell", choices=("bash", "zsh", "fish"))
     completion.set_defaults(handler=_completion)
@@ -216,6 +235,8 @@ def _parser(kinds: tuple[str, ...] | None = None) -> argparse.ArgumentParser:
 def _config_after_command(commands: Any) -> None:
     """Accept `tokend run --config PATH` as well as `tokend --config PATH run`. SUPPRESS keeps a value
     given before the command when none is given after it."""
+    import argparse
+
     for command in commands.choices.values():
         command.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         for action in command._actions:  # nested commands: tokend felloh keys list --config PATH
@@ -262,12 +283,12 @@ def _err(line: str) -> None:
 
 
 def _config_path(args: argparse.Namespace) -> Path:
-    from tokend.config.discovery import CONFIG_CANDIDATES, find_config
+    from tokend.config.discovery import find_config, looked_for_config
 
     path = find_config(args.config)
     if path is None:
-        looked = ", ".join(str(p) for p in CONFIG_CANDIDATES)
-        raise ConfigError(f"no config file: pass --config PATH or set $TOKEND_CONFIG (looked at {looked})")
+        raise ConfigError(f"no config file: pass --config PATH or set $TOKEND_CONFIG (looked at "
+                          f"{looked_for_config()})")
     return path
 
 
@@ -281,12 +302,14 @@ def _without_httpx_command_line() -> None:
 
 def _run(args: argparse.Namespace) -> int:
     _without_httpx_command_line()
+    from tokend.config.audit import audit, refuse_exposures
     from tokend.config.settings import Settings
     from tokend.daemon import serve
     from tokend.logs import configure_logging
 
     path = _config_path(args)
     settings = Settings.load(path)
+    refuse_exposures(audit(settings, path))  # as `tokend check` fails: one verdict
     configure_logging(args.log_level, args.log_format)
     return Exit.OK if serve(settings, config_path=path) else Exit.FAILURE
 
@@ -322,7 +345,7 @@ def _print_parts(settings: Settings, fleet: FleetReport | None) -> None:
     for name, provider in settings.providers.items():
         sources = ", ".join(f"{field} from {secret.source}" for field, secret in provider.secrets().items())
         login_url = f" at {provider.url}" if provider.url else ""
-        print(f"  {name}: {provider.kind}{login_url} ({sources})")
+        print(f"  {name}: {provider.kind}{login_url}" + (f" ({sources})" if sources else ""))
         for field, description in provider.key_descriptions().items():
             print(f"    {field}: {description}")
         if provider.proxy:
@@ -474,6 +497,15 @@ def _init(args: argparse.Namespace) -> int:
     return Exit.OK
 
 
+def _help(args: argparse.Namespace) -> int:
+    """`tokend help felloh keys` is `tokend felloh keys --help`."""
+    try:
+        _parser().parse_args([*args.topic, "--help"])
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else Exit.USAGE
+    return Exit.OK
+
+
 def _completion(args: argparse.Namespace) -> int:
     from tokend.cli.completion import completion_script
     from tokend.cli.init import DEFAULT_KINDS
@@ -490,13 +522,24 @@ def _client(args: argparse.Namespace) -> Any:
     from tokend.config.discovery import address_problem, check_key_destination, daemon_address, find_config
 
     config = find_config(args.config)
-    address, key = daemon_address(args.url, config), _client_key(args)
+    plain = getattr(args, "quick", False)  # a credential helper: tomllib only for a file that needs it
+    address, key = daemon_address(args.url, config, plain=plain), _client_key(args)
     given = "--url" if args.url else "$TOKEND_URL"
     if (args.url or _environ("TOKEND_URL")) and (problem := address_problem(address)):
         raise _UsageError(f"{given} {address.url!r} {problem}")
     if key is not None:
-        check_key_destination(address, config)
+        check_key_destination(address, config, plain=plain)
     return Client(address, client_key=key)
+
+
+def _where_looked(args: Any) -> str:
+    """After "tokend is not running at URL": that URL was only the default, when no config file named one."""
+    from tokend.config.discovery import find_config, looked_for_config
+
+    if getattr(args, "url", None) or _environ("TOKEND_URL") or find_config(getattr(args, "config", None)):
+        return ""
+    return (f"\n  no config file was found (looked at {looked_for_config()}), so tokend tried the default address; "
+            "name the config with --config PATH or $TOKEND_CONFIG, or the daemon with --url or $TOKEND_URL")
 
 
 def _environ(name: str) -> str | None:
@@ -530,7 +573,10 @@ def _token_command(args: argparse.Namespace, method: str, path: str, body: Any =
     client = _client(args)
     reply = client.request(method, path.format(name=quote(args.name, safe="")) + query, body)
     if reply.status != 200:
-        return _failed(reply, client.address.url)
+        code = _failed(reply, client.address.url)
+        if code == Exit.UNKNOWN_PROVIDER:
+            _say_which_providers(client, args.name)
+        return code
     if method == "POST":
         _say_how_refreshed(args.name, reply, named=body is not None)
     if args.format == "raw":
@@ -545,6 +591,18 @@ def _token_command(args: argparse.Namespace, method: str, path: str, body: Any =
         for header, value in data["headers"].items():
             print(f"{header}: {value}")
     return Exit.OK
+
+
+def _say_which_providers(client: Any, name: str) -> None:
+    """After "No provider named X": the providers this caller may ask for, and the one X is likely a typo of."""
+    import difflib
+
+    reply = client.request("GET", "/status")
+    names = sorted(reply.json().get("providers", {})) if reply.status == 200 else []
+    if not names:
+        return
+    near = difflib.get_close_matches(name, names, n=1)
+    _err(f"  configured: {', '.join(names)}" + (f"; did you mean {near[0]}?" if near else ""))
 
 
 def _get(args: argparse.Namespace) -> int:
@@ -622,32 +680,10 @@ def _status(args: argparse.Namespace) -> int:
         return Exit.OK
     import time
 
-    from tokend.cli.status_watch import until
+    from tokend.cli.status_watch import status_rows, table
 
-    rows = [("PROVIDER", "KIND", "STATE", "SOURCE", "EXPIRES IN", "NEXT REFRESH", "LAST ERROR")]
-    for name, provider in data["providers"].items():
-        expires = "never" if provider["expires_at"] is None and provider["state"] == "ok" else (
-            f"{provider['expires_in']}s" if provider["expires_in"] is not None else "-"
-        )
-        last = _last_error(provider["last_error"])
-        if provider.get("sign_in"):  # a user token that only its user can renew now
-            last = _sign_in_hint(provider["sign_in"], provider.get("sign_in_reason"))
-        rows.append((name, provider["kind"], provider["state"], provider.get("source") or "-", expires,
-                     until(provider["next_refresh"], time.time()), last))
-    widths = [max(len(row[i]) for row in rows) for i in range(6)]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row[:6], widths, strict=True)), row[6])
+    print(table(status_rows(data, time.time())))
     return Exit.OK if data["ready"] else Exit.UNAVAILABLE
-
-
-def _sign_in_hint(command: str, reason: str | None) -> str:
-    what = "sign-in needed"
-    if reason == "refresh_token_spent":  # not sent again: a second use would revoke the user's whole sign-in
-        what = "sign-in needed (its refresh token may already have been spent)"
-    if not command.startswith("tokend"):
-        return f"{what}: {command}"
-    return f"{what}: run `{command}`" + (" or put a new refresh_token in the config" if reason ==
-                                         "refresh_token_spent" else "")
 
 
 def _exec(args: argparse.Namespace) -> int:
@@ -724,27 +760,40 @@ def _aws_credential(args: argparse.Namespace) -> int:
     return Exit.OK
 
 
+_QUICK_HANDLERS = {"get": _get, "git-credential": _git_credential, "kube-credential": _kube_credential,
+                   "aws-credential": _aws_credential}
+
+
 def docker_credential_main(argv: list[str] | None = None) -> int:
     """`docker-credential-tokend OPERATION`: Docker's credential helper. Docker shows what is on stdout when
     the exit status is not 0, so errors go there too."""
-    import argparse as _argparse
+    from tokend.cli.quickargs import Args
 
     operation = (sys.argv[1:] if argv is None else argv)[:1]
     if operation not in (["get"], ["list"], ["store"], ["erase"]):
         print("usage: docker-credential-tokend get|list|store|erase (run by Docker, not by hand)")
         return Exit.USAGE
-    args = _argparse.Namespace(config=None, url=None, client_key_file=None)  # Docker passes no options
+    args = Args(config=None, url=None, client_key_file=None, quick=True)  # Docker passes no options
     try:
         return _docker_credential(operation[0], args)
     except _UsageError as exc:  # a $TOKEND_URL that is no daemon's
         print(f"tokend: {exc}")
+        return Exit.FAILURE
+    except DaemonUnavailable as exc:
+        print(f"tokend: {exc.message}{_where_looked(args)}")
         return Exit.FAILURE
     except TokendError as exc:
         print(f"tokend: {exc.message}")
         return Exit.FAILURE
 
 
-def _docker_credential(operation: str, args: argparse.Namespace) -> int:
+def git_credential_main(argv: list[str] | None = None) -> int:
+    """`git-credential-tokend [OPTIONS] get|store|erase`: what git runs for `credential.helper = tokend` (git
+    puts `git credential-` before a helper's name that is not a path or a `!command`)."""
+    return main(["git-credential", *(sys.argv[1:] if argv is None else argv)])
+
+
+def _docker_credential(operation: str, args: Any) -> int:
     import json
 
     from tokend.outputs import asking, docker
@@ -762,30 +811,6 @@ def _docker_credential(operation: str, args: argparse.Namespace) -> int:
         return Exit.FAILURE
     print(json.dumps(credential))
     return Exit.OK
-
-
-def _last_error(error: dict[str, Any] | None) -> str:
-    """The last login error, with when it happened, and whether a login has succeeded since."""
-    if not error:
-        return ""
-    when = []
-    if error.get("at"):
-        when.append(f"{_ago(error['at'])} ago")
-    if error.get("since_last_success") is False:
-        when.append("recovered")
-    return f"{error['message']} ({', '.join(when)})" if when else error["message"]
-
-
-def _ago(stamp: str) -> str:
-    """`2026-11-30T10:02:13Z` as a rough age: `12 s`, `3 min`, `2 h`, `4 d`."""
-    import calendar
-    import time
-
-    seconds = max(0, int(time.time() - calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"))))
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size:
-            return f"{seconds // size} {unit}"
-    return f"{seconds} s"
 
 
 def _reload(args: argparse.Namespace) -> int:

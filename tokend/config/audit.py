@@ -4,8 +4,8 @@ daemon logs at start and on reload.
 An error is something that exposes a secret or a token to other users of the machine (a world-readable
 file of secrets, a socket anyone may connect to, a config file anyone may rewrite). A warning is a
 choice worth hearing about (a plain-string secret, plain http to a loopback upstream, a remote bind).
-The daemon still starts with errors, since plain-string secrets are allowed (with a warning); `tokend check`
-fails.
+The daemon neither starts nor reloads with an error (refuse_exposures), as `tokend check` fails with one: the
+same verdict from both. Warnings are logged, and `tokend check` lists them.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from urllib.parse import urlsplit
 
 from tokend.config.secrets import SecretValue
 from tokend.config.settings import Settings
+from tokend.errors import ConfigError
 from tokend.redact import SHORT_VALUE
 
-__all__ = ["Finding", "audit", "log_findings"]
+__all__ = ["Finding", "audit", "log_findings", "refuse_exposures"]
 
 log = logging.getLogger("tokend")
 
@@ -50,6 +51,15 @@ def audit(settings: Settings, config_path: Path | None = None) -> list[Finding]:
     if not settings.providers:
         found.append(Finding("warning", "no providers are configured: tokend will serve nothing"))
     return sorted(found, key=lambda finding: finding.level != "error")
+
+
+def refuse_exposures(findings: list[Finding]) -> None:
+    """ConfigError naming each error: a config that exposes a secret or a token is not run."""
+    errors = [finding.message for finding in findings if finding.level == "error"]
+    if errors:
+        raise ConfigError(f"the config has {len(errors)} error(s) that expose a secret or a token to other users "
+                          "of this machine; tokend does not run it until they are fixed (`tokend check` lists "
+                          "them too)", errors)
 
 
 def log_findings(findings: list[Finding]) -> None:

@@ -241,7 +241,10 @@ def _message(error: Any) -> str:
     kinds = ", ".join(f'"{k}"' for k in PROVIDER_KINDS)
     match error["type"]:
         case "union_tag_invalid":
-            return f'unknown kind "{error["ctx"]["tag"]}"; kind must be one of {kinds}'
+            tag = str(error["ctx"]["tag"])
+            near = difflib.get_close_matches(tag.lower().replace("-", "_"), PROVIDER_KINDS, n=1)
+            guess = f'did you mean "{near[0]}"? ' if near else ""
+            return f'unknown kind "{tag}"; {guess}kind must be one of {kinds}'
         case "union_tag_not_found":
             return f"kind is missing; it must be one of {kinds}"
         case "missing":

@@ -1,6 +1,6 @@
 """`tokend git-credential [--provider NAME] get|store|erase`: git's credential helper protocol.
 
-    git config --global credential.https://github.com.helper "tokend git-credential"
+    git config --global credential.https://github.com.helper tokend    # git runs git-credential-tokend
 
 git writes `key=value` lines (protocol, host, path, and for erase the refused username and password)
 and reads the same back. `get` answers the provider's token as the password, with `password_expiry_utc`

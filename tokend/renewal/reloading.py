@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 
-from tokend.config.audit import audit, log_findings
+from tokend.config.audit import audit, log_findings, refuse_exposures
 from tokend.config.settings import Settings
 from tokend.errors import ConfigError
 from tokend.renewal.changes import Changes
@@ -41,6 +41,8 @@ class Reloader:
         async with self._lock:
             try:
                 settings = await asyncio.to_thread(Settings.load, self.path)
+                findings = audit(settings, self.path)
+                refuse_exposures(findings)
             except ConfigError as exc:
                 # A TOML syntax error is its own one problem: say it once, not again as a detail.
                 details = exc.problems if exc.problems != [exc.message] else []
@@ -55,7 +57,7 @@ class Reloader:
         if changes.restart_needed:
             log.warning("reload_needs_restart tables=[%s] hint=%s", "], [".join(changes.restart_needed),
                         "these apply only at start: restart tokend to use them")
-        log_findings(audit(settings, self.path))
+        log_findings(findings)
         return changes
 
     async def __aenter__(self) -> Reloader:

@@ -166,6 +166,7 @@ def test_the_client_key_from_the_argument_the_environment_or_a_file(
 ) -> None:
     key_file = tmp_path / "app_key"
     key_file.write_text(APP_KEY + "\n")
+    key_file.chmod(0o600)  # tokend runs no config whose secret files other users can read
     clients = f'[clients.app]\nkey = {{ file = "{key_file}" }}\nproviders = ["fts"]\n'
     daemon = start_daemon(tmp_path, fakes, extra=clients)
     try:
