@@ -17,7 +17,8 @@ from tokend.config.settings import Settings
 from tokend.credential import AwsKeys, Credential
 from tokend.fleet.config import FleetConfig
 from tokend.fleet.envelope import seal
-from tokend.fleet.logins import FleetLogins, _Tally
+from tokend.fleet.logins import FleetLogins
+from tokend.fleet.status import Tally
 from tokend.renewal.logins import LoginCall, LoginReason
 from tokend.renewal.policy import renew_margin
 
@@ -38,7 +39,7 @@ def adopted(tmp_path: Path, body: str, name: str, left: float, lifetime: float) 
     share = fleet._share_keys(name, config)[0]
     record = seal(credential, fleet._keys[0], share, secrets)
     call = LoginCall(name, config, LoginReason.RENEWAL)
-    return fleet._usable(call, _Tally(), share, record) is not None
+    return fleet._usable(call, Tally(), share, record) is not None
 
 
 @pytest.mark.filterwarnings("ignore:.*plain string.*")

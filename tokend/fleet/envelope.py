@@ -178,3 +178,8 @@ def open_failure(record: str, keys: Mapping[str, FleetKey], share_key: str, prov
 
 def _associated(key: FleetKey, share_key: str) -> bytes:
     return f"{VERSION}.{key.id}.{key.namespace}.{share_key}".encode()
+
+
+def provider_secrets(config: ProviderConfig) -> dict[str, str]:
+    """The provider's secrets, by where they sit in its config: what binds a record to one set of credentials."""
+    return {where: secret.get() for where, secret in config.secrets().items()}

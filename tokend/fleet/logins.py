@@ -18,16 +18,14 @@ import random
 import secrets
 import socket
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from tokend.credential import SERVE_MARGIN, Credential, iso_utc
+from tokend.credential import SERVE_MARGIN, Credential
 from tokend.errors import CredentialsRejected, SignInNeeded, UpstreamError
+from tokend.fleet.after_outage import REFRESH_KEPT, AfterOutage
 from tokend.fleet.config import FleetConfig
 from tokend.fleet.envelope import (
     MAX_FAILURE_HOLD,
@@ -36,10 +34,12 @@ from tokend.fleet.envelope import (
     RecordError,
     open_failure,
     open_with_lineage,
+    provider_secrets,
     seal,
     seal_failure,
 )
 from tokend.fleet.spenders import Spenders
+from tokend.fleet.status import FleetCollector, Health, Tally
 from tokend.fleet.store import MAX_KEY_IDS, Store, StoreError
 from tokend.providers import ProviderConfig
 from tokend.renewal.logins import Login, LoginCall, LoginReason
@@ -54,22 +54,6 @@ REJECTED_HOLD = 60.0  # refused credentials need a person; the daemons' backoff 
 MAX_ALONE_JITTER = 2.0  # seconds: logging in alone after Redis failed, spread so a fleet does not do it at once
 _BACKSTOP = 1.0  # a waiter looks at Redis again this often, in case a pub/sub message was lost
 KEY_SEEN_WITHIN = 86400.0  # another daemon's key id counts as in use if it wrote within this
-# A record holding a refresh token outlives its access token in Redis: the refresh token is what the next
-# login spends, however long after (a fleet stopped over a weekend).
-REFRESH_KEPT = 90 * 86400.0
-
-
-@dataclass
-class _Tally:
-    """One provider's fleet counters, for /status and /metrics."""
-
-    adoptions: int = 0
-    leases_won: int = 0
-    leases_lost: int = 0
-    logins_alone: int = 0
-    unreadable_records: int = 0
-    failures_shared: int = 0  # calls answered with the fleet's recent failed login instead of another try
-    last: str = "-"  # what the last login call did, in words
 
 
 class FleetLogins:
@@ -83,7 +67,6 @@ class FleetLogins:
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._store = Store(config)
         self._rng = rng or random.Random()  # noqa: S311 (jitter, not cryptography)
-        self._tallies: dict[str, _Tally] = {}
         self._shares: dict[str, tuple[ProviderConfig, list[str]]] = {}  # provider -> (its config, share keys)
         self._known: set[str] = set()  # the share keys of this daemon's providers: the only ones listened for
         self._latest: dict[str, str] = {}  # share key -> the last record seen on the channel
@@ -93,12 +76,9 @@ class FleetLogins:
         self.spender = secrets.token_hex(8)  # this daemon, as the records it writes name it; stable for the run
         grace = 2 * config.retry_after + config.lease + config.timeout + 2.0
         self._spend = Spenders(self.spender, self._keys[0], grace)
-        self._writing: set[asyncio.Task[None]] = set()
+        self._after_outage = AfterOutage(self._store, self._spend, self._keys[0], self._held, self._trouble)
         self._down_until = -1.0
-        self._down_since: float | None = None
-        self._last_error: str | None = None
-        self._redis_errors = 0
-        self._foreign: dict[str, int] = {}  # key ids other daemons of the namespace write with
+        self.health = Health(self._store.where, config.namespace, self._keys[0].id, lambda: self._store.calls)
         self._listener: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> FleetLogins:
@@ -122,16 +102,16 @@ class FleetLogins:
         if (not call.config.fleet or call.config.url is None
                 or (call.current is not None and call.current.expires_at is None)):
             return await self._inner(call)  # opted out, or a key that never expires: nothing to share
-        tally = self._tallies.setdefault(call.name, _Tally())
+        tally = self.health.tallies.setdefault(call.name, Tally())
         if time.monotonic() < self._down_until:
-            return await self._alone(call, tally, f"Redis is unavailable ({self._last_error})")
+            return await self._alone(call, tally, f"Redis is unavailable ({self.health.last_error})")
         try:
             return await self._shared(call, tally)
         except StoreError as exc:
             self._trouble(exc)
             return await self._alone(call, tally, str(exc))
 
-    async def _shared(self, call: LoginCall, tally: _Tally) -> Credential:
+    async def _shared(self, call: LoginCall, tally: Tally) -> Credential:
         shares = self._share_keys(call.name, call.config)
         share = shares[0]
         deadline = time.monotonic() + call.config.timeout + self.config.lease + 1.0
@@ -202,7 +182,7 @@ class FleetLogins:
         if record is None:
             return call, None if call.current is None or call.current.refresh_token is None else "", Lineage()
         try:
-            fleets, lineage = open_with_lineage(record, self._by_id, share, _secrets(call.config))
+            fleets, lineage = open_with_lineage(record, self._by_id, share, provider_secrets(call.config))
         except RecordError:
             return call, None, Lineage()
         if fleets.refresh_token is None:
@@ -224,12 +204,12 @@ class FleetLogins:
 
     def _opened(self, call: LoginCall, share: str, record: str) -> tuple[Credential, Lineage] | None:
         try:
-            return open_with_lineage(record, self._by_id, share, _secrets(call.config))
+            return open_with_lineage(record, self._by_id, share, provider_secrets(call.config))
         except RecordError:
             return None
 
     async def _log_in_for_fleet(
-        self, call: LoginCall, tally: _Tally, share: str, base: str | None = None, lineage: Lineage | None = None
+        self, call: LoginCall, tally: Tally, share: str, base: str | None = None, lineage: Lineage | None = None
     ) -> Credential:
         keeper = asyncio.create_task(self._keep_lease(share, call.name))
         try:
@@ -253,7 +233,7 @@ class FleetLogins:
         credential = dataclasses.replace(credential, renew_at=now + delay)
         spent = call.current.refresh_token if call.current is not None else None
         after = self._spend.after(share, spent, lineage or Lineage()) if credential.refresh_token else None
-        record = seal(credential, self._keys[0], share, _secrets(call.config), after)
+        record = seal(credential, self._keys[0], share, provider_secrets(call.config), after)
         try:
             if credential.refresh_token is None:
                 await self._store.publish(share, record, expires_at, self._keys[0].id)
@@ -274,7 +254,7 @@ class FleetLogins:
         tally.last = f"logged in for the fleet ({call.reason})"
         return credential
 
-    async def _failed(self, call: LoginCall, tally: _Tally, share: str, error: UpstreamError) -> None:
+    async def _failed(self, call: LoginCall, tally: Tally, share: str, error: UpstreamError) -> None:
         """Tell the fleet this login failed, so that it holds off for a while instead of every daemon trying
         in turn: what locks accounts is a burst of failed logins, most of all with refused credentials."""
         tally.last = f"login for the fleet failed ({call.reason})"
@@ -285,7 +265,7 @@ class FleetLogins:
         except StoreError as exc:
             self._trouble(exc)
 
-    def _failure(self, call: LoginCall, tally: _Tally, share: str, failed: str) -> UpstreamError | None:
+    def _failure(self, call: LoginCall, tally: Tally, share: str, failed: str) -> UpstreamError | None:
         """The fleet's recent failed login as this call's own error, or None to log in after all."""
         try:
             error = open_failure(failed, self._by_id, share, call.name)
@@ -296,7 +276,7 @@ class FleetLogins:
         tally.last = f"the fleet's last login failed; holding off ({call.reason})"
         return error
 
-    async def _alone(self, call: LoginCall, tally: _Tally, why: str) -> Credential:
+    async def _alone(self, call: LoginCall, tally: Tally, why: str) -> Credential:
         share = self._share_keys(call.name, call.config)[0]
         if not self._spend.may_spend_own(share, call.config, call.current):
             # Another daemon of the fleet may spend the same refresh token alone: this one waits.
@@ -322,12 +302,12 @@ class FleetLogins:
 
     # --- deciding ----------------------------------------------------------------------------------------
 
-    def _usable(self, call: LoginCall, tally: _Tally, share: str, record: str | None) -> Credential | None:
+    def _usable(self, call: LoginCall, tally: Tally, share: str, record: str | None) -> Credential | None:
         """The fleet's credential if this call may take it instead of logging in, else None."""
         if record is None:
             return None
         try:
-            credential, lineage = open_with_lineage(record, self._by_id, share, _secrets(call.config))
+            credential, lineage = open_with_lineage(record, self._by_id, share, provider_secrets(call.config))
         except RecordError as exc:
             tally.unreadable_records += 1
             log.warning("fleet provider=%s cannot use the fleet's token, logging in itself: %s", call.name, exc)
@@ -356,7 +336,7 @@ class FleetLogins:
         return credential if credential.expires_at - now > _margin(call.config, credential) + SERVE_MARGIN else None
 
     def _adopt(
-        self, call: LoginCall, tally: _Tally, share: str, record: str | None, credential: Credential
+        self, call: LoginCall, tally: Tally, share: str, record: str | None, credential: Credential
     ) -> Credential:
         tally.adoptions += 1
         tally.last = f"adopted the fleet's token ({call.reason})"
@@ -442,9 +422,9 @@ class FleetLogins:
             except StoreError as exc:
                 # Counted and told, but the logins are not sent alone for it: a restarted Redis answers
                 # again at once, and each login's own call finds out (in one fast round trip) if it does not.
-                self._redis_errors += 1
-                self._last_error = str(exc)
-                if self._down_since is None:
+                self.health.redis_errors += 1
+                self.health.last_error = str(exc)
+                if self.health.down_since is None:
                     log.info("fleet_subscription_failed error=%s next=subscribe_again", exc)
             await asyncio.sleep(self.config.retry_after * self._rng.uniform(0.5, 1.0))
 
@@ -457,76 +437,37 @@ class FleetLogins:
             return
         now = time.time()
         for kid, at in seen.items():
-            if kid in self._by_id or (kid not in self._foreign and len(self._foreign) >= MAX_KEY_IDS):
+            if kid in self._by_id or (kid not in self.health.foreign and len(self.health.foreign) >= MAX_KEY_IDS):
                 continue  # bounded: a Redis writer could fill the hash with made-up ids
-            if now - at < KEY_SEEN_WITHIN and kid not in self._foreign:
+            if now - at < KEY_SEEN_WITHIN and kid not in self.health.foreign:
                 log.warning("fleet_foreign_key namespace=%s key_id=%s ours=%s hint=%s", self.config.namespace, kid,
                             self._keys[0].id, "tokens are not shared with that daemon: give every daemon the same "
                             "encryption_key")
-            self._foreign[kid] = at
+            self.health.foreign[kid] = at
 
     def _trouble(self, error: StoreError) -> None:
-        self._redis_errors += 1
-        self._last_error = str(error)
-        if time.monotonic() >= self._down_until and self._down_since is None:
+        self.health.redis_errors += 1
+        self.health.last_error = str(error)
+        if time.monotonic() >= self._down_until and self.health.down_since is None:
             log.warning("fleet_redis_down error=%s next=login_alone retry_in=%gs", error, self.config.retry_after)
-            self._down_since = time.time()
+            self.health.down_since = time.time()
         self._down_until = time.monotonic() + self.config.retry_after
 
     def _up(self) -> None:
         self._down_until = -1.0
-        if self._down_since is not None:
+        if self.health.down_since is not None:
             log.info("fleet_redis_up redis=%s next=share", self._store.where)
-            self._down_since = None
+            self.health.down_since = None
         self._spend.back()
-        for share, line in self._spend.lines():
-            if line.unwritten is not None and not self._writing:
-                task = asyncio.create_task(self._write_alone(share), name="tokend-fleet-write")
-                self._writing.add(task)
-                task.add_done_callback(self._writing.discard)
-
-    async def _write_alone(self, share: str) -> None:
-        """Write what this daemon rotated while Redis could not be reached, over the record it held then, so
-        the others continue from it and never spend what it spent."""
-        line = self._spend.line(share)
-        if line.unwritten is None:
-            return
-        credential, lineage, config = line.unwritten
-        expected = self._held.get(share, ("", ""))[1]
-        record = seal(credential, self._keys[0], share, _secrets(config), lineage)
-        keep = max(credential.expires_at or 0.0, time.time() + REFRESH_KEPT)
-        try:
-            written = await self._store.replace(share, record, keep, self._keys[0].id, expected)
-        except StoreError as exc:
-            self._trouble(exc)
-            return
-        if line.unwritten is not None and line.unwritten[0] is credential:
-            line.unwritten = None
-        if written:
-            self._held[share] = (credential.token, record)
-            log.info("fleet_written_after_outage generation=%d", credential.generation)
-        else:
-            log.warning("fleet_write_after_outage_refused generation=%d reason=%s", credential.generation,
-                        "another daemon replaced the fleet's record meanwhile")
+        self._after_outage.start()
 
     # --- /status and /metrics ----------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        return {
-            "redis": self._store.where,
-            "namespace": self.config.namespace,
-            "state": "ok" if self._down_since is None else "unavailable",
-            "unavailable_since": iso_utc(self._down_since),
-            "last_error": self._last_error,
-            "redis_errors": self._redis_errors,
-            "redis_calls": self._store.calls,
-            "key_id": self._keys[0].id,
-            "other_key_ids": sorted(self._foreign),
-            "providers": {name: dataclasses.asdict(tally) for name, tally in self._tallies.items()},
-        }
+        return self.health.status()
 
     def collector(self) -> Collector:
-        return _FleetCollector(self)
+        return FleetCollector(self.health)
 
 
 def _margin(config: ProviderConfig, credential: Credential) -> float:
@@ -534,35 +475,3 @@ def _margin(config: ProviderConfig, credential: Credential) -> float:
     assert credential.expires_at is not None
     return renew_margin(config.RENEW_BEFORE_EXPIRY, credential.expires_at - credential.obtained_at)
 
-
-class _FleetCollector(Collector):
-    def __init__(self, fleet: FleetLogins) -> None:
-        self._fleet = fleet
-
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-        fleet = self._fleet
-        adoptions = CounterMetricFamily("tokend_fleet_adoptions", "Tokens adopted from the fleet instead of a login.",
-                                        labels=["provider"])
-        leases = CounterMetricFamily("tokend_fleet_leases", "Login leases sought, by outcome (won, lost).",
-                                     labels=["provider", "outcome"])
-        alone = CounterMetricFamily("tokend_fleet_logins_alone", "Logins made without the fleet (Redis failing).",
-                                    labels=["provider"])
-        unreadable = CounterMetricFamily("tokend_fleet_unreadable_records",
-                                         "Fleet records refused: wrong key or tampered.", labels=["provider"])
-        for name, tally in fleet._tallies.items():
-            adoptions.add_metric([name], tally.adoptions)
-            leases.add_metric([name, "won"], tally.leases_won)
-            leases.add_metric([name, "lost"], tally.leases_lost)
-            alone.add_metric([name], tally.logins_alone)
-            unreadable.add_metric([name], tally.unreadable_records)
-        errors = CounterMetricFamily("tokend_fleet_redis_errors", "Redis calls that failed or timed out.")
-        errors.add_metric([], fleet._redis_errors)
-        calls = CounterMetricFamily("tokend_fleet_redis_calls", "Round trips to Redis (a pipeline or script is one).")
-        calls.add_metric([], fleet._store.calls)
-        up = GaugeMetricFamily("tokend_fleet_redis_up", "1 while the fleet's Redis answers.")
-        up.add_metric([], 0.0 if fleet._down_since is not None else 1.0)
-        yield from (adoptions, leases, alone, unreadable, errors, calls, up)
-
-
-def _secrets(config: ProviderConfig) -> dict[str, str]:
-    return {where: secret.get() for where, secret in config.secrets().items()}
