@@ -39,11 +39,13 @@ Exit status 0 when every bound holds, 1 otherwise.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -56,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from fleet_run import Redis
 
 from tokend.renewal.policy import RENEW_AT
 from tokend.testing import (
@@ -417,13 +420,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--user-minutes", type=float, default=2.0, help="the user-token part with restarts")
+    parser.add_argument("--user-minutes", type=float, default=2.0,
+                        help="the user-token part: stops, kills and reloads of one daemon")
+    parser.add_argument("--fleet-minutes", type=float, default=2.0,
+                        help="the fleet user-token part: three daemons, Redis outages, stops and reloads")
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
     rng = random.Random(seed)
     code = main_soak(args.minutes, seed, rng) if args.minutes > 0 else 0
     if args.user_minutes > 0:
         code |= user_soak(args.user_minutes, random.Random(rng.random()))
+    if args.fleet_minutes > 0:
+        code |= fleet_soak(args.fleet_minutes, random.Random(rng.random()))
     return code
 
 
@@ -518,124 +526,354 @@ def _recovery_cell(found: dict[str, list[float]]) -> str:
     return f"{len(values)}, {values[len(values) // 2]:.1f}, {values[-1]:.1f}"
 
 
-# --- user tokens, with restarts ------------------------------------------------------------------------
+# --- user tokens, with stops, reloads and Redis outages ----------------------------------------------
 
 USER_LIFETIME = 30.0  # long enough that most restarts come within a token's life
+FLEET_LIFETIME = 6.0  # short enough that every Redis outage spans renewals
 
 
-def user_soak(minutes: float, rng: random.Random) -> int:
-    ledger = Ledger()
-    fake = _ledgered(FakeAuthorizationServer, "user", ledger)(client_secret="soak-user-secret", lifetime=USER_LIFETIME)
-    stop = threading.Event()
-    answers: Counter[int] = Counter()
-    invalid: list[str] = []
-    with FakeServer(fake.app) as server, tempfile.TemporaryDirectory(prefix="tokend-soak-user-") as tmp:
-        directory = Path(tmp)
-        with contextlib.closing(__import__("socket").socket()) as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        for name, value in (("state_key", __import__("base64").b64encode(os.urandom(32)).decode()),
-                            ("client_secret", "soak-user-secret"), ("refresh_token", fake.sign_in())):
-            (directory / name).touch(mode=0o600)
-            (directory / name).write_text(value + "\n")
-        config = directory / "tokend.toml"
-        config.write_text(f"""\
+def free_port() -> int:
+    with contextlib.closing(socket.socket()) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def write_secret(path: Path, value: str) -> Path:
+    path.touch(mode=0o600)
+    path.write_text(value + "\n")
+    return path
+
+
+def user_config(directory: Path, url: str, client_id: str, refresh_token: str, timeout: float,
+                extra: str = "") -> tuple[Path, int]:
+    """A config with a [state] folder and one oauth2_refresh_token provider `user`, and its port."""
+    directory.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    state_key = write_secret(directory / "state_key", base64.b64encode(os.urandom(32)).decode())
+    client_secret = write_secret(directory / "client_secret", "soak-user-secret")
+    write_secret(directory / "refresh_token", refresh_token)
+    config = directory / "tokend.toml"
+    config.write_text(f"""\
 [server]
 host = "127.0.0.1"
 port = {port}
 
 [state]
 path = "{directory / 'state'}"
-encryption_key = {{ file = "{directory / 'state_key'}" }}
+encryption_key = {{ file = "{state_key}" }}
 
 [providers.user]
 kind = "oauth2_refresh_token"
-token_url = "{server.url}/oauth/token"
-client_id = "{fake.client_id}"
-client_secret = {{ file = "{directory / 'client_secret'}" }}
+token_url = "{url}/oauth/token"
+client_id = "{client_id}"
+client_secret = {{ file = "{client_secret}" }}
 refresh_token = {{ file = "{directory / 'refresh_token'}" }}
-timeout = {LOGIN_TIMEOUT}
+timeout = {timeout}
 min_refresh_interval = 1
-""")
-        base = f"http://127.0.0.1:{port}"
+{extra}""")
+    return config, port
 
-        def ask(seed: float) -> None:
-            local_rng = random.Random(seed)
-            with httpx.Client(base_url=base, headers=HEADERS, timeout=30) as local:
-                while not stop.is_set():
-                    try:
-                        forced = local_rng.random() < 0.2
-                        answer = local.post("/token/user/refresh") if forced else local.get("/token/user")
-                    except httpx.TransportError:
-                        time.sleep(0.2)  # the daemon is restarting
-                        continue
-                    answers[answer.status_code] += 1
-                    if answer.status_code == 200 and not fake.is_valid(token := answer.json()["token"]):
-                        invalid.append(token[:6])
-                    time.sleep(local_rng.uniform(0.05, 0.3))
 
-        def faults() -> None:
-            while not stop.wait(rng.uniform(5, 15)):
-                if rng.random() < 0.5:
-                    fake.fail(503, times=rng.randint(1, 3))
-                else:
-                    fake.hang(LOGIN_TIMEOUT + 1)
-                    stop.wait(rng.uniform(2, 6))
-                fake.recover()
+def retime(config: Path, timeout: float) -> None:
+    """Rewrite the provider's `timeout` (a timing setting only), as an operator's edit before a SIGHUP."""
+    text = config.read_text()
+    lines = [f"timeout = {timeout}" if line.startswith("timeout = ") else line for line in text.splitlines()]
+    config.write_text("\n".join(lines) + "\n")
 
-        restarts = kills = restart_logins = 0
-        log_path = directory / "tokend.log"
-        threads = [threading.Thread(target=ask, args=(rng.random(),)) for _ in range(4)]
-        threads.append(threading.Thread(target=faults))
+
+class UserDaemon:
+    """`tokend run` on a user-token config, stopped, killed, reloaded and started again on the same files."""
+
+    def __init__(self, config: Path, port: int) -> None:
+        self.config, self.base = config, f"http://127.0.0.1:{port}"
+        self.log_path = config.parent / "tokend.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", "tokend", "--config", str(self.config), "run"],
+                                            stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{self.base}/livez").status_code == 200:
+                    return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise SystemExit(f"tokend did not start:\n{self.log()[-4000:]}")
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def reload(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGHUP)
+
+    def sign_in_reason(self) -> str | None:
+        with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+            reason = httpx.get(f"{self.base}/status", headers=HEADERS).json()["providers"]["user"].get(
+                "sign_in_reason")
+            return str(reason) if reason else None
+        return None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@dataclass
+class UserTally:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    answers: Counter[str] = field(default_factory=Counter)
+    invalid: list[str] = field(default_factory=list)
+    sign_ins: Counter[str] = field(default_factory=Counter)  # sign-ins asked for, by reason
+
+
+def ask_tokens(daemons: list[UserDaemon], fake: Any, tally: UserTally, seed: float, stop: threading.Event) -> None:
+    """A client: tokens and now and then a forced refresh, from any daemon; every token served checked."""
+    rng = random.Random(seed)
+    while not stop.is_set():
+        daemon = rng.choice(daemons)
+        forced = rng.random() < 0.2
+        try:
+            with httpx.Client(base_url=daemon.base, headers=HEADERS, timeout=30) as local:
+                answer = local.post("/token/user/refresh") if forced else local.get("/token/user")
+        except httpx.TransportError:
+            stop.wait(0.2)  # the daemon is restarting
+            continue
+        key = str(answer.status_code)
+        if answer.status_code == 503:
+            with contextlib.suppress(ValueError, KeyError):
+                key = f"503 {answer.json()['error']}"
+        with tally.lock:
+            tally.answers[key] += 1
+            if answer.status_code == 200 and not fake.is_valid(token := answer.json()["token"]):
+                tally.invalid.append(token[:6])
+        stop.wait(rng.uniform(0.05, 0.3))
+
+
+def upstream_faults(fake: Any, rng: random.Random, stop: threading.Event) -> None:
+    while not stop.wait(rng.uniform(5, 15)):
+        if rng.random() < 0.5:
+            fake.fail(503, times=rng.randint(1, 3))
+        else:
+            fake.hang(LOGIN_TIMEOUT + 1)
+            stop.wait(rng.uniform(2, 6))
+        fake.recover()
+
+
+def watch_sign_ins(daemons: list[UserDaemon], tally: UserTally, stop: threading.Event) -> None:
+    """Counts each time a daemon starts asking for a sign-in (its /status `sign_in_reason`)."""
+    asking = [False] * len(daemons)
+    while not stop.wait(0.5):
+        for index, daemon in enumerate(daemons):
+            reason = daemon.sign_in_reason()
+            if reason and not asking[index]:
+                with tally.lock:
+                    tally.sign_ins[reason] += 1
+            asking[index] = reason is not None
+
+
+def print_rows(rows: list[tuple[str, str, str]]) -> None:
+    print("\n| measure | value | bound |\n|---|---|---|")
+    for row in rows:
+        print(f"| {row[0]} | {row[1]} | {row[2]} |")
+
+
+def user_soak(minutes: float, rng: random.Random) -> int:
+    """One daemon with a [state] folder: stopped (SIGTERM), killed (SIGKILL) and reloaded (its `timeout`
+    rewritten, then SIGHUP) at random points, renewals included."""
+    fake = FakeAuthorizationServer(client_secret="soak-user-secret", lifetime=USER_LIFETIME)
+    stop, tally = threading.Event(), UserTally()
+    with FakeServer(fake.app) as server, tempfile.TemporaryDirectory(prefix="tokend-soak-user-") as tmp:
+        directory = Path(tmp)
+        config, port = user_config(directory, server.url, fake.client_id, fake.sign_in(), LOGIN_TIMEOUT)
+        daemon = UserDaemon(config, port)
+        restarts = kills = reloads = restart_logins = 0
+        threads = [threading.Thread(target=ask_tokens, args=([daemon], fake, tally, rng.random(), stop))
+                   for _ in range(4)]
+        threads += [threading.Thread(target=upstream_faults, args=(fake, random.Random(rng.random()), stop)),
+                    threading.Thread(target=watch_sign_ins, args=([daemon], tally, stop))]
         ended_at = time.monotonic() + minutes * 60
-        with daemon(config, port, log_path) as first:
-            process = first
+        daemon.start()
+        try:
             for thread in threads:
                 thread.start()
             while time.monotonic() < ended_at:
-                time.sleep(rng.uniform(3, 10))
-                kill = rng.random() < 0.25
-                process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-                process.wait(timeout=15)
+                time.sleep(rng.uniform(2, 8))
+                if daemon.sign_in_reason() is not None:
+                    # A refresh token whose fate tokend cannot know (a kill, or a timeout, between sending it and
+                    # keeping the answer) is not sent again: a person signs in (a new refresh token, no record).
+                    daemon.stop()
+                    write_secret(directory / "refresh_token", fake.sign_in())
+                    (directory / "state" / "user.record").unlink(missing_ok=True)
+                    daemon.start()
+                    continue
+                action = rng.random()
+                if action < 0.35:  # a reload that changes only a timing setting, maybe during a login
+                    retime(config, LOGIN_TIMEOUT + rng.choice([0, 0.5, 1]))
+                    daemon.reload()
+                    reloads += 1
+                    continue
+                kill = action > 0.8
+                daemon.stop(signal.SIGKILL if kill else signal.SIGTERM)
                 kills += kill
                 before = fake.logins
-                with log_path.open("ab") as log:
-                    process = subprocess.Popen([sys.executable, "-m", "tokend", "--config", str(config), "run"],
-                                               stdout=log, stderr=subprocess.STDOUT)
-                deadline = time.monotonic() + 60
-                while time.monotonic() < deadline:
-                    with contextlib.suppress(httpx.TransportError):
-                        if httpx.get(f"{base}/livez").status_code == 200:
-                            break
-                    time.sleep(0.05)
+                daemon.start()
                 time.sleep(0.5)  # a first login, if the restart made one, is done by now
                 restart_logins += fake.logins - before
                 restarts += 1
+        finally:
             stop.set()
             for thread in threads:
-                thread.join(timeout=60)
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=15)
-        log = log_path.read_text(errors="replace")
-    print(f"\nuser-token soak: {minutes:g} min, {USER_LIFETIME:g}s tokens, {restarts} restarts ({kills} SIGKILL)")
-    print("\n| measure | value | bound |\n|---|---|---|")
-    sign_ins = log.count("must sign in again")
-    rows = [
-        ("token requests answered 200 / 503 / other",
-         f"{answers[200]} / {answers[503]} / "
-         + json.dumps({code: n for code, n in answers.items() if code not in (200, 503)}), ""),
+                if thread.ident is not None:
+                    thread.join(timeout=60)
+            daemon.stop()
+        log = daemon.log()
+        if os.environ.get("SOAK_LOG"):
+            Path(os.environ["SOAK_LOG"]).write_text(log)
+    print(f"\nuser-token soak: {minutes:g} min, {USER_LIFETIME:g}s tokens, {restarts} restarts ({kills} SIGKILL), "
+          f"{reloads} reloads")
+    applied = log.count("reload reason=SIGHUP")
+    print_rows([
+        ("token requests answered", json.dumps(dict(sorted(tally.answers.items()))), ""),
         ("refresh tokens presented twice (the server's reuse detection)", str(fake.reuse_detected), "0"),
-        ("sign-ins needed", str(sign_ins), "0"),
-        ("invalid tokens served", str(len(invalid)), "0"),
+        ("sign-ins asked for (/status sign_in_reason)", _sign_in_cell(tally.sign_ins), ""),
+        ("refreshes whose answer never came (login timed out) / SIGKILLs: what may ask for a sign-in",
+         f"{log.count('login timed out')} / {kills}", ""),
+        ("invalid tokens served", str(len(tally.invalid)), "0"),
         ("access tokens issued (logins ok) / refresh grants", f"{fake.logins} / {fake.refreshes}", ""),
+        ("reloads (timeout rewritten + SIGHUP) / applied by the daemon", f"{reloads} / {applied}", ""),
         ("restarts that served the kept token (no first login)", f"{log.count('restored provider=user')} of "
-         f"{restarts}", "all"),
+         f"{restarts}", ""),
         ("logins within 0.5 s of a restart (forced refreshes by the clients included)", str(restart_logins), ""),
+        ("tracebacks in the daemon's log", str(log.count("Traceback")), "0"),
+    ])
+    failed = fake.reuse_detected or tally.invalid or "Traceback" in log
+    return 1 if failed else 0
+
+
+def _sign_in_cell(sign_ins: Counter[str]) -> str:
+    total = sum(sign_ins.values())
+    return f"{total} ({', '.join(f'{reason} {n}' for reason, n in sorted(sign_ins.items()))})" if total else "0"
+
+
+class StoppableRedis(Redis):
+    """bench/fleet_run.py's redis-server, nothing saved (started again, it comes back empty, as after a failover
+    to a node that had nothing), also stopped with SIGTERM."""
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(timeout=15)
+
+
+def fleet_soak(minutes: float, rng: random.Random) -> int:
+    """Three daemons in fleet mode sharing one user token through a real redis-server that is stopped (SIGTERM
+    or SIGKILL) across renewals and started again empty; now and then a daemon is stopped, killed or reloaded."""
+    fake = FakeAuthorizationServer(client_secret="soak-user-secret", lifetime=FLEET_LIFETIME)
+    stop, tally = threading.Event(), UserTally()
+    with FakeServer(fake.app) as server, tempfile.TemporaryDirectory(prefix="tokend-soak-fleet-") as tmp:
+        directory = Path(tmp)
+        (directory / "redis").mkdir()
+        redis = StoppableRedis(directory / "redis")
+        redis.start()
+        key = write_secret(directory / "fleet_key", base64.b64encode(os.urandom(32)).decode())
+        fleet = (f'\n[fleet]\nredis_url = "redis://127.0.0.1:{redis.port}"\nnamespace = "soak"\nlease = 2\n'
+                 f'timeout = 0.5\nretry_after = 1\nencryption_key = {{ file = "{key}" }}\n')
+        first = fake.sign_in()
+        daemons = [UserDaemon(*user_config(directory / f"daemon-{index}", server.url, fake.client_id, first,
+                                           LOGIN_TIMEOUT, fleet)) for index in range(3)]
+        outages = restarts = kills = reloads = 0
+        outage_seconds = 0.0
+        threads = [threading.Thread(target=ask_tokens, args=(daemons, fake, tally, rng.random(), stop))
+                   for _ in range(4)]
+        threads.append(threading.Thread(target=watch_sign_ins, args=(daemons, tally, stop)))
+        ended_at = time.monotonic() + minutes * 60
+        try:
+            for daemon in daemons:
+                daemon.start()
+            for thread in threads:
+                thread.start()
+            while time.monotonic() < ended_at:
+                time.sleep(rng.uniform(3, 8))
+                if any(daemon.sign_in_reason() is not None for daemon in daemons):
+                    # A person signs in again: a new refresh token for every daemon, no record kept anywhere.
+                    for daemon in daemons:
+                        daemon.stop()
+                    redis.command("FLUSHALL")
+                    first = fake.sign_in()
+                    for daemon in daemons:
+                        write_secret(daemon.config.parent / "refresh_token", first)
+                        (daemon.config.parent / "state" / "user.record").unlink(missing_ok=True)
+                        daemon.start()
+                    continue
+                action = rng.random()
+                if action < 0.5:  # Redis down across one or more renewals, then back empty
+                    redis.stop(signal.SIGKILL if rng.random() < 0.5 else signal.SIGTERM)
+                    down = rng.uniform(2, 3 * FLEET_LIFETIME)
+                    time.sleep(down)
+                    redis.start()
+                    outages += 1
+                    outage_seconds += down
+                elif action < 0.75:
+                    daemon = rng.choice(daemons)
+                    retime(daemon.config, LOGIN_TIMEOUT + rng.choice([0, 0.5, 1]))
+                    daemon.reload()
+                    reloads += 1
+                else:
+                    daemon = rng.choice(daemons)
+                    kill = rng.random() < 0.3
+                    daemon.stop(signal.SIGKILL if kill else signal.SIGTERM)
+                    daemon.start()
+                    restarts += 1
+                    kills += kill
+            # Redis up and a lifetime for every daemon to catch up: all serve the fleet's token again.
+            recovered = 0
+            deadline = time.monotonic() + 4 * FLEET_LIFETIME
+            while time.monotonic() < deadline:
+                recovered = sum(_serves(daemon) for daemon in daemons)
+                if recovered == len(daemons):
+                    break
+                time.sleep(0.5)
+        finally:
+            stop.set()
+            for thread in threads:
+                if thread.ident is not None:
+                    thread.join(timeout=60)
+            for daemon in daemons:
+                daemon.stop()
+            redis.stop()
+        log = "".join(daemon.log() for daemon in daemons)
+        if os.environ.get("SOAK_LOG"):
+            for index, daemon in enumerate(daemons):
+                Path(f"{os.environ['SOAK_LOG']}.{index}").write_text(daemon.log())
+    print(f"\nfleet user-token soak: {minutes:g} min, 3 daemons, {FLEET_LIFETIME:g}s tokens, {outages} Redis "
+          f"outages ({outage_seconds:.0f} s down in all), {restarts} restarts ({kills} SIGKILL), {reloads} reloads")
+    print_rows([
+        ("token requests answered", json.dumps(dict(sorted(tally.answers.items()))), ""),
+        ("refresh tokens presented twice (the server's reuse detection)", str(fake.reuse_detected), "0"),
+        ("sign-ins asked for (/status sign_in_reason)", _sign_in_cell(tally.sign_ins), ""),
+        ("invalid tokens served", str(len(tally.invalid)), "0"),
+        ("access tokens issued (logins ok) / refresh grants", f"{fake.logins} / {fake.refreshes}", ""),
+        ("live refresh tokens at the server at the end", str(len(fake.live_refresh_tokens())), "1"),
+        ("daemons serving the fleet's token at the end", f"{recovered} of {len(daemons)}", "all"),
         ("tracebacks in the daemons' logs", str(log.count("Traceback")), "0"),
-    ]
-    for row in rows:
-        print(f"| {row[0]} | {row[1]} | {row[2]} |")
-    return 1 if fake.reuse_detected or sign_ins or invalid or "Traceback" in log else 0
+    ])
+    failed = fake.reuse_detected or tally.invalid or "Traceback" in log or recovered < len(daemons)
+    return 1 if failed else 0
+
+
+def _serves(daemon: UserDaemon) -> bool:
+    with contextlib.suppress(httpx.TransportError):
+        return httpx.get(f"{daemon.base}/token/user", headers=HEADERS).status_code == 200
+    return False
 
 
 if __name__ == "__main__":
