@@ -28,10 +28,15 @@ What is counted, and what it must be:
 
 Then (`--user-minutes`, default 2) a user token: a daemon with a [state] folder against an authorization
 server that rotates refresh tokens and revokes the family when a spent one is presented again. Clients ask
-for tokens and force refreshes, the server has 5xx answers and hangs, and the daemon is restarted every
-few seconds (SIGTERM, now and then SIGKILL). Counted: refresh tokens presented twice (0), sign-ins needed
-(0), invalid tokens served (0), and logins made by a restart (about 0: a restart within a token's lifetime
-serves the kept token).
+for tokens and force refreshes, the server has 5xx answers and hangs past the login timeout, and every few
+seconds the daemon is stopped (SIGTERM), killed (SIGKILL) or reloaded (its `timeout` rewritten, then SIGHUP),
+whatever it is doing. And (`--fleet-minutes`, default 2) three daemons in fleet mode sharing one user token
+through a real redis-server (nothing saved), which is stopped (SIGTERM or SIGKILL) across renewals and
+started again empty; between outages a daemon is stopped, killed or reloaded. Counted: refresh tokens
+presented twice (must be 0), sign-ins asked for (/status `sign_in_reason`: where tokend cannot know whether
+a refresh token was spent, after a kill or a refresh whose answer never came, it asks for one rather than
+risk the family; the soak then signs in again with a new refresh token), invalid tokens served (0),
+restarts, reloads and outages. SOAK_LOG=PATH keeps the daemons' logs there.
 
 Exit status 0 when every bound holds, 1 otherwise.
 """

@@ -471,3 +471,43 @@ def test_a_rolled_back_fleet_record_is_never_sent(tmp_path) -> None:  # type: ig
                 stop(daemon)
     finally:
         redis.kill()
+
+
+def renewed(daemon: Daemon) -> bool:
+    answer = daemon.post("/token/user/refresh")
+    return answer.status_code == 200 and answer.headers["x-tokend-new-login"] == "yes"
+
+
+def test_a_daemon_another_rotated_past_never_spends_its_own_on_an_empty_redis(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tests.fleet_redis import RedisServer
+    from tests.test_user_tokens import KEY, secret_file
+
+    server = FakeAuthorizationServer(client_secret="user-app-secret-123", lifetime=60)
+    redis = RedisServer(tmp_path / "redis").start()
+    try:
+        with FakeServer(server.app) as running:
+            first = server.sign_in()
+            key = secret_file(tmp_path, "fleet_key", KEY)
+            fleet = (f'[fleet]\nredis_url = "{redis.url}"\nnamespace = "users"\nlease = 2\ntimeout = 0.5\n'
+                     f'retry_after = 1\nencryption_key = {{ file = "{key}" }}\n')
+            rotated, passed = (started(user_config(tmp_path / f"daemon-{index}", running.url, refresh_token=first,
+                                                   extra=fleet)) for index in range(2))
+            refresh(passed)  # its own login: it rotated the fleet's token
+            rotated_token = refresh(rotated)  # then the other rotated past it, spending what `passed` still holds
+            time.sleep(1)  # the other's record reaches `passed` on the channel (Redis on loopback: at once)
+            redis.kill()
+            redis.start()  # back, empty: only the daemon that rotated last may spend
+            deadline = time.monotonic() + 8
+            while time.monotonic() < deadline:
+                quietly(lambda: passed.post("/token/user/refresh"))
+                assert server.reuse_detected == 0, passed.log()
+            assert server.is_valid(rotated_token) and server.reuse_detected == 0
+            # The spender rotates and writes the fleet's record; the other continues from it (a 429 answers a
+            # forced refresh while the Retry-After of the other's held-off attempts lasts).
+            rotated.wait_until(lambda: renewed(rotated), timeout=30, what="the spender's rotation")
+            passed.wait_until(lambda: renewed(passed), timeout=30, what="the other's rotation from the record")
+            assert server.reuse_detected == 0 and len(server.live_refresh_tokens()) == 1
+            for daemon in (rotated, passed):
+                stop(daemon)
+    finally:
+        redis.kill()

@@ -145,8 +145,7 @@ class FleetLogins:
                 except UpstreamError:
                     await self._let_go(share)
                     raise
-            if won and record is None and call.current is not None and call.current.source == "fleet" \
-                    and not self._spend.may_spend_own(share, call.config, call.current):
+            if won and record is None and not self._spend.may_spend_on_empty(share, call.config, call.current):
                 # An empty Redis (restarted, or failed over): the daemon that rotated last writes its record
                 # first; spending the refresh token this one holds could be a second use of it.
                 await self._let_go(share)

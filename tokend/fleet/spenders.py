@@ -105,6 +105,16 @@ class Spenders:
             "refresh_token" in type(config).model_fields
         return not user_token or (current is not None and self.line(share).rotated == current.token)
 
+    def may_spend_on_empty(self, share: str, config: ProviderConfig, current: Credential | None) -> bool:
+        """Whether this daemon may spend the refresh token it holds when the fleet's Redis has no record (it
+        restarted empty, or failed over to a node that had none): only if it rotated that token itself and no
+        daemon has rotated past it since (may_spend_own), or if it has known nothing of the fleet since it
+        started, with a token read back from its state folder. Not one adopted from the fleet (the others hold
+        it too), nor one of its own logins that another daemon has rotated past: that refresh token is spent."""
+        if current is None or self.may_spend_own(share, config, current):
+            return True
+        return current.source == "state" and self.line(share).generation < 0
+
     def refuse(self, name: str, share: str, current: Credential | None, why: str, retry_after: float) -> None:
         """Raise FleetUnavailable unless this daemon may spend alone (see may_spend_own)."""
         line = self.line(share)
