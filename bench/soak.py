@@ -755,8 +755,8 @@ def user_soak(minutes: float, rng: random.Random) -> int:
         ("invalid tokens served", str(len(tally.invalid)), "0"),
         ("access tokens issued (logins ok) / refresh grants", f"{fake.logins} / {fake.refreshes}", ""),
         ("reloads (timeout rewritten + SIGHUP) / applied by the daemon", f"{reloads} / {applied}", ""),
-        ("restarts that served the kept token (no first login)", f"{log.count('restored provider=user')} of "
-         f"{restarts}", ""),
+        ("restarts and reloads that served the kept token (restored from the state folder)",
+         f"{log.count('restored provider=user')} of {restarts + reloads}", ""),
         ("logins within 0.5 s of a restart (forced refreshes by the clients included)", str(restart_logins), ""),
         ("tracebacks in the daemon's log", str(log.count("Traceback")), "0"),
     ])
