@@ -188,6 +188,14 @@ def test_demo_serves_tokens_from_the_fake_providers_and_stops_cleanly(tmp_path) 
             assert time.monotonic() < deadline and process.poll() is None, log.read_text()
             time.sleep(0.05)
         base = found.group(1)
+        # The user token waits for its first sign-in: a state of its own, which leaves the daemon ready.
+        while (ready := httpx.get(f"{base}/readyz")).status_code != 200:
+            assert time.monotonic() < deadline and process.poll() is None, ready.text + log.read_text()
+            time.sleep(0.05)
+        assert ready.json()["ready"] is True and ready.json()["providers"]["user"] == "sign_in", ready.text
+        user = httpx.get(f"{base}/status", headers=HEADERS).json()["providers"]["user"]
+        assert (user["state"], user["sign_in"], user["sign_in_reason"]) == ("sign_in", "tokend login user",
+                                                                           "never_signed_in"), user
         seen: set[str] = set()
         while len(seen) < 3:  # 3 s tokens: renewals show up within a few seconds
             answer = httpx.get(f"{base}/token/felloh", headers=HEADERS)
@@ -211,12 +219,18 @@ def test_demo_serves_tokens_from_the_fake_providers_and_stops_cleanly(tmp_path) 
         out, err = login.communicate(timeout=30)
         assert login.returncode == 0, out + err
         assert httpx.get(f"{base}/token/user", headers=HEADERS).status_code == 200
+        assert httpx.get(f"{base}/status", headers=HEADERS).json()["providers"]["user"]["state"] == "ok"
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=15) == 0
     finally:
         process.kill()
     text = log.read_text()
     assert "Press Ctrl-C to stop" in text and text.count("login provider=felloh outcome=ok") >= 3
+    # No HTTP request was made for the user before its sign-in: no refused login, and no warning but the
+    # config's own about the fakes' plain http.
+    warnings = [line for line in text.splitlines() if " WARNING " in line]
+    assert all("plain http to a loopback host" in line for line in warnings), warnings
+    assert text.count("sign_in_needed provider=user reason=never_signed_in") == 1, text
 
 
 def test_config_may_come_before_or_after_the_command(tmp_path, fakes) -> None:  # type: ignore[no-untyped-def]

@@ -574,7 +574,8 @@ def test_a_hanging_upstream_delays_no_other_provider_nor_the_api_nor_shutdown(
 def test_a_fleet_forcing_refreshes_costs_one_login_per_interval_and_all_get_the_same_new_token(
     daemon_factory: Callable[..., Daemon], fakes: FakeProviders
 ) -> None:
-    interval = 1.5
+    # Long enough for 120 forced refreshes from one busy client process to all land within one interval.
+    interval = 2.5
     felloh = fakes.felloh
     daemon = daemon_factory(min_refresh_interval=interval)
     old = daemon.get("/token/felloh").json()
@@ -604,14 +605,15 @@ def test_a_fleet_forcing_refreshes_costs_one_login_per_interval_and_all_get_the_
     assert works_upstream(fakes.felloh_url, felloh, answers[0].json())
     assert (felloh.login_attempts, felloh.logins) == (2, 2)
 
-    # A fleet that keeps forcing for 3 s or so: at most one login per interval, each caller a valid token.
+    # A fleet that keeps forcing for 6 s or so: at most one login per interval, each caller a valid token.
     felloh.recover()
     started = time.time()
-    answers = asyncio.run(fleet(waves=25, clients=5, every=0.12))
+    answers = asyncio.run(fleet(waves=50, clients=5, every=0.12))
     assert all(answer.status_code == 200 and felloh.is_valid(answer.json()["token"]) for answer in answers)
     storm = [moment for moment in felloh.login_attempt_times if moment >= started]
     assert 1 <= len(storm) <= (time.time() - started) / interval + 1, gaps(storm)
-    assert min(gaps(felloh.login_attempt_times[1:])) >= interval - 0.1, gaps(felloh.login_attempt_times)
+    # As the upstream sees them: a login's request may reach it up to a scheduling delay late.
+    assert min(gaps(felloh.login_attempt_times[1:])) >= interval - 0.25, gaps(felloh.login_attempt_times)
 
 
 # -- suspend -------------------------------------------------------------------------------------------------------

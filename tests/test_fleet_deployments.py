@@ -318,8 +318,14 @@ def test_the_cluster_refuses_nothing_tokend_sends(tmp_path: Path) -> None:
                 daemon = fleet.add(where=f'cluster_nodes = {cluster.addresses!r}\n'.replace("'", '"'),
                                    min_refresh_interval=0.5)
                 fleet.start()
-                time.sleep(0.6)
-                assert daemon.post("/token/fts/refresh").status_code == 200
+                time.sleep(0.6)  # past min_refresh_interval: the forced refresh logs in (a second lease)
+
+                def logged_in() -> bool:
+                    answer = daemon.post("/token/fts/refresh")
+                    assert answer.status_code == 200, answer.text
+                    return answer.headers["x-tokend-new-login"] == "yes"
+
+                daemon.wait_until(logged_in, what="a forced refresh that logs in")
                 status = fleet_status(daemon)["fleet"]
                 assert status["redis_errors"] == 0 and status["state"] == "ok", status
                 assert status["providers"]["fts"]["leases_won"] == 2

@@ -4,6 +4,7 @@ when to log in is checked in milliseconds, with no server and no sleeping."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -12,8 +13,8 @@ from typing import Any
 import pytest
 
 from tokend.config.settings import Settings
-from tokend.credential import SERVE_MARGIN, Credential
-from tokend.errors import CredentialsRejected, RefreshThrottled, TokenUnavailable, UpstreamError
+from tokend.credential import SERVE_MARGIN, Credential, State
+from tokend.errors import CredentialsRejected, RefreshThrottled, SignInNeeded, TokenUnavailable, UpstreamError
 from tokend.redact import Redactor
 from tokend.renewal.events import LoginEvent
 from tokend.renewal.logins import LoginCall, LoginReason
@@ -255,3 +256,37 @@ def test_a_plain_refresh_soon_after_a_failed_login_says_it_did_not_try() -> None
         assert 7.9 < throttled.value.retry_after <= 8 and len(login.calls) == 2
 
     run(test, min_refresh_interval=10)
+
+
+def test_a_provider_never_signed_in_waits_in_sign_in_and_leaves_the_daemon_ready(caplog) -> None:  # type: ignore[no-untyped-def]
+    async def go() -> None:
+        clock, scheduler = FakeClock(), RecordingScheduler()
+        login = FakeLogin(clock)
+        never = SignInNeeded("p", "p holds no refresh token yet", command="tokend login p", reason="never_signed_in")
+        login.failures += [never, never]
+        manager = Manager(settings(), login=login, scheduler=scheduler,  # type: ignore[arg-type]
+                          redactor=Redactor([]), rng=random.Random(7), clock=clock)  # type: ignore[arg-type]
+        seen: list[LoginEvent] = []
+        manager.announcements.add_listener(seen.append)
+        async with manager:
+            await manager.settled()
+            assert manager.state("p") is State.SIGN_IN and manager.ready() and not manager.serves("p")
+            status = manager.status()["p"]
+            assert (status["state"], status["sign_in"], status["sign_in_reason"]) == (
+                "sign_in", "tokend login p", "never_signed_in")
+            assert status["logins"] == {"ok": 0, "failed": 0} and status["consecutive_failures"] == 0
+            assert status["last_error"] is None and seen == []  # no login was made, so none is announced
+            with pytest.raises(TokenUnavailable, match="no refresh token yet"):
+                await manager.get("p")
+            await scheduler.run("p")  # tried again now and then: still waiting, said once
+            assert manager.state("p") is State.SIGN_IN
+            await scheduler.run("p")  # a refresh token came (the fleet's record, a secret file): ok
+            assert manager.state("p") is State.OK and manager.ready() and manager.serves("p")
+            assert manager.status()["p"]["sign_in"] is None
+
+    with caplog.at_level(logging.INFO, logger="tokend"):
+        asyncio.run(go())
+    lines = [record.getMessage() for record in caplog.records]
+    assert [line for line in lines if "sign_in_needed" in line] == [
+        "sign_in_needed provider=p reason=never_signed_in command='tokend login p'"]
+    assert not [record for record in caplog.records if record.levelno >= logging.WARNING], lines

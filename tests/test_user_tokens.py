@@ -167,8 +167,24 @@ def test_a_refused_refresh_token_says_the_user_must_sign_in_and_how(tmp_path, se
 def test_tokend_login_signs_in_through_the_daemon_and_logout_revokes(tmp_path, server) -> None:  # type: ignore[no-untyped-def]
     fake, url = server
     config = user_config(tmp_path, url, refresh_token=None)
-    daemon = started(config, ready=False)
+    daemon = started(config)  # waiting for the first sign-in is no failure: ready at once
     try:
+        # Before any sign-in: a state of its own, not a refused login (no request was made), and ready.
+        status = daemon.get("/status").json()
+        assert status["ready"] is True and status["providers"]["user"]["state"] == "sign_in", status
+        assert (status["providers"]["user"]["sign_in"], status["providers"]["user"]["sign_in_reason"]) == (
+            "tokend login user", "never_signed_in")
+        assert status["providers"]["user"]["logins"] == {"ok": 0, "failed": 0}
+        ready = daemon.get("/readyz")
+        assert (ready.status_code, ready.json()) == (200, {"ready": True, "providers": {"user": "sign_in"}})
+        assert daemon.get("/token/user").status_code == 503
+        assert fake.login_attempts == 0
+        assert "login provider=user" not in daemon.log(), daemon.log()
+        assert daemon.log().count("sign_in_needed provider=user reason=never_signed_in") == 1, daemon.log()
+        shown = subprocess.run(tokend_command("status", "--url", daemon.url), capture_output=True, text=True,
+                               timeout=60)
+        assert shown.returncode == 0 and "sign-in needed: run `tokend login user`" in shown.stdout, shown.stdout
+
         login = subprocess.Popen(tokend_command("login", "user", "--url", daemon.url), stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True)
         daemon.wait_until(lambda: fake.pending_user_codes() != [], what="a device sign-in to start")
@@ -181,6 +197,7 @@ def test_tokend_login_signs_in_through_the_daemon_and_logout_revokes(tmp_path, s
         assert "user is signed in" in out
         served = token(daemon)
         assert fake.is_valid(served) and fake.reuse_detected == 0
+        assert daemon.get("/status").json()["providers"]["user"]["state"] == "ok"
         assert (tmp_path / "state" / "user.record").exists()
 
         # The device code is never shown; what the daemon polled with stays inside it.
@@ -193,6 +210,7 @@ def test_tokend_login_signs_in_through_the_daemon_and_logout_revokes(tmp_path, s
         assert fake.revocations == 1 and fake.live_refresh_tokens() == set() and not fake.is_valid(served)
         assert daemon.get("/token/user").status_code == 503
         assert daemon.get("/status").json()["providers"]["user"]["sign_in"] == "tokend login user"
+        assert daemon.get("/status").json()["providers"]["user"]["state"] == "sign_in"
         assert not (tmp_path / "state" / "user.record").exists()
     finally:
         stop(daemon)

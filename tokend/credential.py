@@ -20,6 +20,9 @@ class State(enum.Enum):
     RETRYING = "retrying"  # a valid token, but the last login failed; another is scheduled
     EXPIRED = "expired"  # the token has expired and no new one could be had yet
     FAILED = "failed"  # no token was ever obtained: every login so far failed
+    # No token until its user signs in (`tokend login`): they never did, or signed out. A wait, not a failure:
+    # no login was refused, and the daemon is ready meanwhile.
+    SIGN_IN = "sign_in"
 
 
 @dataclass(frozen=True)

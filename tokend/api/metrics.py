@@ -83,7 +83,7 @@ class _Present(Collector):
             if expires_at is not None:
                 expires.add_metric([name], expires_at - now)
             failures.add_metric([name], status["consecutive_failures"])
-            valid.add_metric([name], 1.0 if self._manager.ready([name]) else 0.0)
+            valid.add_metric([name], 1.0 if self._manager.serves(name) else 0.0)
         requests = CounterMetricFamily("tokend_requests", "Local API requests, by route and status.",
                                        labels=["route", "status"])
         tally = self._requests + Tally({("/token/{name}", 200): self._fast_answers()})

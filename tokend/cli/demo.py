@@ -250,7 +250,7 @@ def self_check(demo: Demo, *, timeout: float = 30.0) -> tuple[bool, list[str]]:
     used against its fake upstream; the AWS role's and the keyless chain's asked for as their SDKs ask, through
     the metadata endpoints. Whether all passed, and one line per provider (never a token)."""
     with httpx.Client(base_url=demo.url, headers={"X-Tokend-Request": "1"}, timeout=10) as local:
-        # Not /readyz: the demo's user token holds nothing until someone runs `tokend login user`.
+        # Each token asked for, not /readyz: the user token, waiting for `tokend login user`, serves nothing yet.
         if not _ready(local, [*demo.upstreams, "aws", "gcp"], timeout):
             return False, [f"not ready within {timeout:g}s: {local.get('/readyz').text}"]
         results = [_check_one(local, name, upstream) for name, upstream in demo.upstreams.items()]

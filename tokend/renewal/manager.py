@@ -35,7 +35,7 @@ from tokend.renewal.attempts import Attempts
 from tokend.renewal.changes import Changes
 from tokend.renewal.events import Announcements, LoginEvent, log_failure, log_success
 from tokend.renewal.logins import Login, LoginCall, LoginReason, cancelled_by_us, retrieve_failure
-from tokend.renewal.policy import FINISH_GRACE, STALE_LOGIN_GAP, renewal_delay
+from tokend.renewal.policy import FINISH_GRACE, REJECTED_RETRY, STALE_LOGIN_GAP, renewal_delay
 from tokend.renewal.scheduler import Clock, Scheduler
 from tokend.renewal.slots import Slot, slot_state, slot_status
 
@@ -292,10 +292,16 @@ class Manager:
             await asyncio.wait(tasks)
 
     def ready(self, names: Iterable[str] | None = None) -> bool:
-        """Whether every provider (or each of `names`) holds a token that may be served now."""
+        """Whether every provider (or each of `names`) holds a token that may be served now, or waits for its
+        user to sign in: nothing is wrong with the daemon until they do."""
         now = self._clock.time()
         slots = self._slots.values() if names is None else [self._slots[name] for name in names]
-        return all(slot.credential is not None and slot.credential.is_fresh(now) for slot in slots)
+        return all(slot_state(slot, now) is State.SIGN_IN or self.serves(slot.name) for slot in slots)
+
+    def serves(self, name: str) -> bool:
+        """Whether the provider holds a token that may be served now."""
+        credential = self._slot(name).credential
+        return credential is not None and credential.is_fresh(self._clock.time())
 
     def expires_at(self, name: str) -> float | None:
         """When the provider's current token expires (None: no token, or one that never expires)."""
@@ -461,6 +467,9 @@ class Manager:
         self._schedule(slot, delay)
 
     def _failed(self, slot: Slot, error: UpstreamError, duration: float, reason: LoginReason) -> None:
+        if isinstance(error, SignInNeeded) and error.reason == "never_signed_in":
+            self._awaits_sign_in(slot, error)
+            return
         error.message = self.redactor.scrub(error.message)
         error.args = (error.message,)
         slot.failed(error, self._clock.time(), self._clock.monotonic())
@@ -470,10 +479,19 @@ class Manager:
         self.announcements.announce(LoginEvent(slot.name, reason, outcome, duration, error=error))
         log_failure(slot, error, outcome, duration, reason, delay)
 
+    def _awaits_sign_in(self, slot: Slot, error: SignInNeeded) -> None:
+        """No refresh token was ever held, so no request was made: not a failed login but a wait for the user's
+        first sign-in. Said once; tried again now and then, for a refresh token that may come from elsewhere
+        (a secret file read anew, the fleet's record)."""
+        if slot.awaiting_sign_in is None:
+            log.info("sign_in_needed provider=%s reason=%s command=%r", slot.name, error.reason, error.command)
+        slot.awaiting_sign_in = error
+        self._schedule(slot, REJECTED_RETRY)
+
     def _hurry(self, slot: Slot) -> None:
         """A client asks for a token that has run out: bring the next retry within expired_retry_delay,
         unless the provider asked for quiet or refused the credentials (those rules still win)."""
-        if slot.next_refresh_at is None or isinstance(slot.last_error, CredentialsRejected):
+        if slot.next_refresh_at is None or isinstance(slot.last_error, CredentialsRejected) or slot.awaiting_sign_in:
             return
         now = self._clock.monotonic()
         wait = max(slot.config.expired_retry_delay, slot.quiet_until - now)

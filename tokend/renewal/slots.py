@@ -54,6 +54,8 @@ class Slot:
     logins_failed: int = 0
     retired: bool = False  # replaced or removed by a reload: its login in flight lands nowhere
     secret_refused: str | None = None  # why a changed secret file was not taken (the running one stays)
+    # Set while nothing can be had until the user signs in (never signed in, or signed out): what to run, and why.
+    awaiting_sign_in: SignInNeeded | None = None
 
     @property
     def job_id(self) -> str:
@@ -67,6 +69,7 @@ class Slot:
     def signed_out(self, error: SignInNeeded, now: float) -> None:
         """Nothing held any more, until a new sign-in; `error` says so in /status."""
         self.credential = self.carried = None
+        self.awaiting_sign_in = error
         self.consecutive_failures += 1
         self.last_error, self.last_error_at = error, now
 
@@ -74,6 +77,7 @@ class Slot:
         """A login succeeded: hold its credential, clear the failures; the credential it replaces, if any."""
         previous = self.credential or self.carried
         self.credential, self.carried = credential, None
+        self.awaiting_sign_in = None
         self.consecutive_failures = 0
         self.quiet_until = -math.inf
         self.logins_ok += 1
@@ -136,6 +140,8 @@ class Slot:
 
     def unavailable(self) -> TokenUnavailable:
         """Why no token can be served, with when the next login is."""
+        if self.credential is None and self.awaiting_sign_in is not None:
+            return TokenUnavailable(self.name, f"no valid token for {self.name}: {self.awaiting_sign_in.message}")
         if self.last_error is None:
             return TokenUnavailable(self.name, f"no valid token for {self.name} yet")
         when = iso_utc(self.next_refresh_at)
@@ -187,6 +193,8 @@ class Slot:
 
 
 def slot_state(slot: Slot, now: float) -> State:
+    if slot.credential is None and slot.awaiting_sign_in is not None:
+        return State.SIGN_IN
     if slot.credential is None:
         return State.PENDING if slot.consecutive_failures == 0 else State.FAILED
     if not slot.credential.is_fresh(now):
@@ -200,6 +208,10 @@ def slot_status(slot: Slot, now: float) -> dict[str, Any]:
     credential = slot.credential
     expires_in = credential.expires_in(now) if credential else None
     error = slot.last_error
+    # A user token that only its user can renew: what they should run, and why.
+    sign_in = slot.awaiting_sign_in if slot.credential is None else None
+    if sign_in is None and isinstance(error, SignInNeeded) and slot.consecutive_failures:
+        sign_in = error
     return {
         "kind": slot.config.kind,
         "state": slot_state(slot, now).value,
@@ -216,8 +228,7 @@ def slot_status(slot: Slot, now: float) -> dict[str, Any]:
         "last_request_id": slot.last_request_id,
         "logins": {"ok": slot.logins_ok, "failed": slot.logins_failed},
         "consecutive_failures": slot.consecutive_failures,
-        # A user token that only its user can renew: what they should run.
-        "sign_in": error.command if isinstance(error, SignInNeeded) and slot.consecutive_failures else None,
-        "sign_in_reason": error.reason if isinstance(error, SignInNeeded) and slot.consecutive_failures else None,
+        "sign_in": None if sign_in is None else sign_in.command,
+        "sign_in_reason": None if sign_in is None else sign_in.reason,
         **({"secret_file_refused": {"message": slot.secret_refused}} if slot.secret_refused else {}),
     }
