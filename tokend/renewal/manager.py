@@ -137,8 +137,8 @@ class Manager:
                 # Stale with no failure behind it: the renewal is late (a busy loop), or the clock jumped, or the
                 # machine slept through it. Log in now rather than answer 503; failures are left to the backoff.
                 self._start_login(slot, LoginReason.STALE)
-            else:
-                self._hurry(slot)
+            elif (wait := slot.hurried_retry(self._clock.time(), self._clock.monotonic())) is not None:
+                self._schedule(slot, wait)  # a client waits: the next retry within expired_retry_delay
         if slot.inflight is None:
             raise slot.unavailable()
         try:
@@ -487,16 +487,6 @@ class Manager:
             log.info("sign_in_needed provider=%s reason=%s command=%r", slot.name, error.reason, error.command)
         slot.awaiting_sign_in = error
         self._schedule(slot, REJECTED_RETRY)
-
-    def _hurry(self, slot: Slot) -> None:
-        """A client asks for a token that has run out: bring the next retry within expired_retry_delay,
-        unless the provider asked for quiet or refused the credentials (those rules still win)."""
-        if slot.next_refresh_at is None or isinstance(slot.last_error, CredentialsRejected) or slot.awaiting_sign_in:
-            return
-        now = self._clock.monotonic()
-        wait = max(slot.config.expired_retry_delay, slot.quiet_until - now)
-        if slot.next_refresh_at - self._clock.time() > wait:
-            self._schedule(slot, wait)
 
     def _schedule(self, slot: Slot, delay: float) -> None:
         if slot.retired or self._stopping:

@@ -138,6 +138,15 @@ class Slot:
                 f"is made at most once every {self.config.min_refresh_interval:g}s", retry_after=wait,
             )
 
+    def hurried_retry(self, now: float, monotonic: float) -> float | None:
+        """A client asks for a token that has run out: the delay that brings the next retry within
+        expired_retry_delay, unless the provider asked for quiet or refused the credentials (those rules still
+        win) or waits for its user's sign-in; None when the retry stays where it is."""
+        if self.next_refresh_at is None or isinstance(self.last_error, CredentialsRejected) or self.awaiting_sign_in:
+            return None
+        wait = max(self.config.expired_retry_delay, self.quiet_until - monotonic)
+        return wait if self.next_refresh_at - now > wait else None
+
     def unavailable(self) -> TokenUnavailable:
         """Why no token can be served, with when the next login is."""
         if self.credential is None and self.awaiting_sign_in is not None:
