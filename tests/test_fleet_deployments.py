@@ -28,7 +28,7 @@ LIFETIME = 12.0  # seconds: a failover (about 3 s here) fits between renewals; a
 # CLIENT SETINFO, with which redis-py names itself; refused, it carries on.)
 ACL_RULES = ["~tokend:test:*", "&tokend:test:*", "-@all", "+hello", "+ping", "+get", "+mget",
              "+set", "+del", "+exists", "+pexpire", "+pttl", "+hset", "+hscan", "+publish", "+subscribe",
-             "+evalsha", "+script|load"]
+             "+evalsha", "+script|load", "+wait", "+info"]
 
 
 def check(config: Path) -> subprocess.CompletedProcess[str]:

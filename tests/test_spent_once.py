@@ -515,3 +515,68 @@ def test_a_daemon_another_rotated_past_never_spends_its_own_on_an_empty_redis(tm
                 stop(daemon)
     finally:
         redis.kill()
+
+
+# --- 6. fleet: a lagging replica promoted ------------------------------------------------------------------------
+
+
+def test_a_lagging_replica_promoted_never_hands_out_a_spent_refresh_token(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tests.fleet_redis import RedisServer
+    from tests.test_user_tokens import KEY, secret_file
+
+    server = FakeAuthorizationServer(client_secret="user-app-secret-123", lifetime=60)
+    primary = RedisServer(tmp_path / "primary").start()
+    replica = RedisServer(tmp_path / "replica", args=["--replicaof", "127.0.0.1", str(primary.port)]).start()
+    promoted: RedisServer | None = None
+    try:
+        wait_for(lambda: replica.client().info("replication")["master_link_status"] == "up", "the replica's link")
+        with FakeServer(server.app) as running:
+            first = server.sign_in()
+            key = secret_file(tmp_path, "fleet_key", KEY)
+            fleet = (f'[fleet]\nredis_url = "{primary.url}"\nnamespace = "users"\nlease = 2\ntimeout = 1\n'
+                     f'retry_after = 1\nencryption_key = {{ file = "{key}" }}\n')
+            spender, lagging = (started(user_config(tmp_path / f"daemon-{index}", running.url, refresh_token=first,
+                                                    extra=fleet)) for index in range(2))
+            spender.wait_until(lambda: token(spender) == token(lagging), what="the fleet's one token")
+            refresh(spender)
+            refresh(lagging)  # it continues from the spender's record: both have rotated the fleet's token
+            # The next rotation: once its intent is acknowledged by the replica and the refresh token sent, the
+            # replica's data as it stands is what a failover now promotes (saved: a stopped replica would still
+            # read what the primary sent it), so the rotated record lives on the primary alone.
+            refreshes = server.refreshes
+            server.answer_delay = 1.5
+
+            def rotate() -> None:  # a forced refresh may first adopt the other's rotation: then it rotates next
+                while server.refreshes == refreshes:
+                    refresh(spender)
+
+            rotation = in_background(rotate)
+            wait_for(lambda: server.refreshes > refreshes or rotation.done(), "the rotation at the server")
+            assert not rotation.done(), rotation.exception()  # sent only once its intent was acknowledged
+            replica.client().save()
+            rotation.result(timeout=30)
+            server.answer_delay = 0.0
+            # The primary is lost; the lagging replica is promoted and takes its address.
+            primary.kill()
+            replica.kill()
+            promoted = RedisServer(tmp_path / "replica")
+            promoted.port, promoted.url = primary.port, primary.url
+            promoted.start()
+            assert promoted.client().keys("tokend:users:*:intent")
+            # The daemon that never read the newest record, and one started afresh, meet the old record.
+            quietly(lambda: lagging.post("/token/user/refresh"))
+            late = started(user_config(tmp_path / "daemon-late", running.url, refresh_token=first, extra=fleet))
+            quietly(lambda: late.post("/token/user/refresh"))
+            assert server.reuse_detected == 0, [daemon.log() for daemon in (spender, lagging, late)]
+            for daemon in (lagging, late):  # told not to spend it: a sign-in is asked for, the token still served
+                daemon.wait_until(lambda d=daemon: asks_for_sign_in(d), what="a sign-in asked for")
+                assert daemon.get("/token/user").status_code == 200
+            # The spender continues from its own rotation; the others then follow it.
+            spender.wait_until(lambda: renewed(spender), timeout=30, what="the spender's rotation")
+            assert server.reuse_detected == 0 and len(server.live_refresh_tokens()) == 1
+            for daemon in (spender, lagging, late):
+                stop(daemon)
+    finally:
+        for redis in (primary, replica, promoted):
+            if redis is not None:
+                redis.kill()

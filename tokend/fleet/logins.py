@@ -24,7 +24,7 @@ from typing import Any
 from prometheus_client.registry import Collector
 
 from tokend.credential import SERVE_MARGIN, Credential
-from tokend.errors import CredentialsRejected, SignInNeeded, UpstreamError
+from tokend.errors import CredentialsRejected, FleetUnavailable, SignInNeeded, UpstreamError
 from tokend.fleet.after_outage import REFRESH_KEPT, AfterOutage
 from tokend.fleet.config import FleetConfig
 from tokend.fleet.envelope import (
@@ -40,7 +40,7 @@ from tokend.fleet.envelope import (
 )
 from tokend.fleet.spenders import Spenders
 from tokend.fleet.status import FleetCollector, Health, Tally
-from tokend.fleet.store import MAX_KEY_IDS, Store, StoreError
+from tokend.fleet.store import MAX_KEY_IDS, NotReplicated, Store, StoreError
 from tokend.providers import ProviderConfig
 from tokend.renewal.logins import Login, LoginCall, LoginReason
 from tokend.renewal.policy import renew_margin, renewal_delay
@@ -154,10 +154,11 @@ class FleetLogins:
                 tally.leases_won += 1
                 try:
                     call, base, lineage = self._continued(call, share, record)
-                except UpstreamError:
+                    intent = await self._intend(call, share)
+                except (UpstreamError, StoreError):
                     await self._let_go(share)
                     raise
-                return await self._log_in_for_fleet(call, tally, share, base, lineage)
+                return await self._log_in_for_fleet(call, tally, share, base, lineage, intent)
             if not counted_loss:
                 tally.leases_lost += 1
                 counted_loss = True
@@ -201,6 +202,29 @@ class FleetLogins:
         self._spend.saw(share, fleets, lineage)
         return dataclasses.replace(call, current=fleets), record, lineage
 
+    async def _intend(self, call: LoginCall, share: str) -> int | None:
+        """Before a user token's refresh token is sent: write the generation about to be spent, acknowledged by
+        a replica (a failover keeps it). An intent of another daemon for this generation or a later one means
+        the record was put back after that daemon may have spent it (a lagging replica promoted): ask for a
+        sign-in. No replica acknowledging: do not spend now (FleetUnavailable). The generation, or None."""
+        current = call.current
+        if current is None or current.refresh_token is None:
+            return None
+        try:
+            prior = await self._store.intend(share, current.generation, self.spender, int(REFRESH_KEPT * 1000))
+        except NotReplicated as exc:
+            raise FleetUnavailable(call.name, f"the fleet's Redis did not keep this renewal safe ({exc}); the token "
+                                   "held is served until it expires", retry_after=self.config.retry_after) from None
+        if prior is None:
+            return current.generation
+        log.warning("fleet_record_rolled_back provider=%s generation=%d reason=%s", call.name, current.generation,
+                    "another daemon was about to spend it or a later one")
+        command = getattr(call.config, "sign_in", "tokend login {name}").format(name=call.name)
+        raise SignInNeeded(call.name, f"{call.name}'s refresh token in the fleet's record may already have been spent "
+                           "(another daemon was about to spend it, and the record was put back since), and a second "
+                           "use would make the server revoke the whole sign-in: its user must sign in again: run "
+                           f"`{command}`", command=command, reason="refresh_token_spent")
+
     def _opened(self, call: LoginCall, share: str, record: str) -> tuple[Credential, Lineage] | None:
         try:
             return open_with_lineage(record, self._by_id, share, provider_secrets(call.config))
@@ -208,13 +232,17 @@ class FleetLogins:
             return None
 
     async def _log_in_for_fleet(
-        self, call: LoginCall, tally: Tally, share: str, base: str | None = None, lineage: Lineage | None = None
+        self, call: LoginCall, tally: Tally, share: str, base: str | None = None, lineage: Lineage | None = None,
+        intent: int | None = None,
     ) -> Credential:
         keeper = asyncio.create_task(self._keep_lease(share, call.name))
         try:
             credential = await self._inner(call)
         except UpstreamError as exc:
             keeper.cancel()
+            if intent is not None and exc.status is not None and exc.status < 500:  # refused: nothing spent
+                with contextlib.suppress(StoreError):
+                    await self._store.forget(share, intent, self.spender)
             await self._failed(call, tally, share, exc)
             raise
         except BaseException:

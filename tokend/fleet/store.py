@@ -5,6 +5,8 @@ Keys, under the namespace NS, for a provider whose share key is SHARE (tokend.fl
                                 its refresh token, lives longer: see REFRESH_KEPT)
     tokend:NS:{SHARE}:lease     the id of the daemon logging in for the fleet; expires unless renewed
     tokend:NS:{SHARE}:failed    the fleet's last failed login, encrypted, while the fleet holds off retrying
+    tokend:NS:{SHARE}:intent    "GENERATION SPENDER": the user token's generation a daemon is about to spend, written
+                                (and acknowledged by a replica, when there is one) before its refresh token is sent
     tokend:NS:keys              key id -> Unix time last written with (a wrong key on a daemon shows up here)
 Channel:
     tokend:NS:published         "SHARE RECORD" after every login, and "SHARE" when a lease is let go without one
@@ -48,6 +50,7 @@ T = TypeVar("T")
 
 MAX_KEY_IDS = 64  # key ids read from the fleet's hash: a rotation has two or three
 KEY_ID_NOTED = 60.0  # seconds: how often a daemon writes its key id's time (days are what a reader looks at)
+INTENT_WAIT = 0.5  # seconds: at most this long for a replica to acknowledge an intent (WAIT 1 <ms>)
 _KEY_ID = re.compile(r"[0-9a-f]{16}")
 
 # Let go of a lease only if this daemon still holds it, and tell the waiters.
@@ -117,6 +120,26 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('PUBLISH', ARGV[5], ARGV[4] .. ' ' .. ARGV[1])
 return 1
 """
+# Before a user token's refresh token is sent: refuse (return the intent found) if another spender (ARGV[2])
+# has said it would spend this generation (ARGV[1]) or a later one, else say so ourselves, for ARGV[3] ms.
+_INTENT = """
+local prior = redis.call('GET', KEYS[1])
+if prior then
+  local generation, spender = string.match(prior, '^(%-?%d+) (%S+)$')
+  if generation and tonumber(generation) >= tonumber(ARGV[1]) and spender ~= ARGV[2] then
+    return prior
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. ARGV[2], 'PX', ARGV[3])
+return ''
+"""
+# A login that failed at the server spent nothing: its intent goes, if it is still this spender's.
+_FORGET = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
 # Before the keys carried a hash tag, a provider's record was tokend:NS:token:SHARE. Copied once to its new
 # name (only where none is there yet), so that a fleet upgraded in place keeps its refresh tokens. Not in a
 # Cluster, where the old names could never be written.
@@ -146,6 +169,10 @@ class StoreError(Exception):
         self.certificate = certificate
 
 
+class NotReplicated(StoreError):
+    """The primary has replicas, and none acknowledged an intent in time: do not spend, try again later."""
+
+
 class _Moved(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -168,6 +195,8 @@ class Store:
         self._replace = self._redis.register_script(_REPLACE)
         self._carry_over = self._redis.register_script(_CARRY_OVER)
         self._publish = self._redis.register_script(_PUBLISH)
+        self._intent = self._redis.register_script(_INTENT)
+        self._forget = self._redis.register_script(_FORGET)
         self._key_id_noted: dict[str, float] = {}  # key id -> when this daemon last wrote it to the keys hash
         self._carried: set[str] = set()  # share keys whose old-named record has been looked for
         self._finding: asyncio.Task[None] | None = None  # the one search for a moved primary, shared
@@ -181,6 +210,9 @@ class Store:
 
     def failed_key(self, share: str) -> str:
         return f"{self.prefix}:{{{share}}}:failed"
+
+    def intent_key(self, share: str) -> str:
+        return f"{self.prefix}:{{{share}}}:intent"
 
     @property
     def keys_key(self) -> str:
@@ -290,6 +322,51 @@ class Store:
         if replaced:
             await self._note_key_id(key_id)
         return replaced
+
+    async def intend(self, share: str, generation: int, spender: str, keep_ms: int) -> str | None:
+        """Say that `spender` is about to spend `generation`'s refresh token, and make sure a replica has it
+        before that happens: the intent another spender left for this generation or a later one (then nothing
+        is written, and the refresh token must not be sent), else None. Raises NotReplicated when the primary
+        has replicas and none acknowledged the intent in time: a failover could then lose it."""
+        intent_key = self.intent_key(share)
+
+        async def write() -> tuple[str, int]:
+            # One connection for both: WAIT counts the writes made on its own connection.
+            async with self._redis.pipeline(transaction=False) as pipe:
+                await self._intent(keys=[intent_key], args=[generation, spender, keep_ms],
+                                   client=pipe)  # type: ignore[arg-type]  # a pipeline queues it
+                pipe.execute_command("WAIT", 1, self._wait_ms)
+                prior, acknowledged = await pipe.execute()
+            return str(prior or ""), int(acknowledged)
+
+        if isinstance(cluster := self._redis, RedisCluster):  # WAIT goes to the slot's own primary
+            prior = str(await self._call("intent", lambda: self._intent(
+                keys=[intent_key], args=[generation, spender, keep_ms])) or "")
+            acknowledged = int(await self._call("wait", lambda: cluster.execute_command(
+                "WAIT", 1, self._wait_ms, target_nodes=cluster.get_node_from_key(intent_key))))
+        else:
+            prior, acknowledged = await self._call("intent", write)
+        if prior:
+            return prior
+        if acknowledged == 0 and await self._replicas(intent_key) > 0:
+            raise NotReplicated(f"intent: no replica of {self.where} acknowledged it within {self._wait_ms}ms")
+        return None
+
+    async def forget(self, share: str, generation: int, spender: str) -> None:
+        await self._call("forget intent", lambda: self._forget(
+            keys=[self.intent_key(share)], args=[f"{generation} {spender}"]))
+
+    @property
+    def _wait_ms(self) -> int:
+        return max(1, int(min(INTENT_WAIT, self.config.timeout / 2) * 1000))
+
+    async def _replicas(self, key: str) -> int:
+        if isinstance(cluster := self._redis, RedisCluster):
+            info = await self._call("replicas", lambda: cluster.info(
+                "replication", target_nodes=cluster.get_node_from_key(key)))
+        else:
+            info = await self._call("replicas", lambda: self._redis.info("replication"))
+        return int(info.get("connected_slaves", 0)) if isinstance(info, dict) else 0
 
     async def _note_key_id(self, key_id: str) -> None:
         """Another slot than the records': a call of its own, made at most every KEY_ID_NOTED seconds."""
