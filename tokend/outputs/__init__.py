@@ -14,9 +14,12 @@ For programs that were not written for it, each in the protocol the program alre
     asking.py    what those three helpers ask the daemon (client side, like `tokend get`)
     gce.py       [metadata.gce]: Google's metadata server, for google-auth and every Google client library
     azure.py     [metadata.azure]: Azure's managed identity endpoint (App Service), for azure-identity
-    metadata.py  the metadata listeners: their settings, sockets, request checks and routing
+    aws.py       [metadata.aws]: the container credentials endpoint, for every AWS SDK
+    credential_process.py  `tokend aws-credential`: the AWS CLI's and SDKs' credential_process
+    metadata.py  the metadata listeners: their sockets, request checks and routing
     environment.py  what `tokend exec` puts in a child's environment for the metadata listeners
     templated.py the file sinks' `format = "template"` (an nginx include, a .netrc)
+    config.py    the sinks' and the metadata endpoints' settings models (a leaf: the config imports it)
 
 The credential helpers run as client commands: standard library only, so that git
 and Docker, which start one for every request, wait for little more than Python itself. Nothing is
