@@ -462,15 +462,7 @@ class FleetLogins:
             seen = await self._store.key_ids()
         except StoreError:
             return
-        now = time.time()
-        for kid, at in seen.items():
-            if kid in self._by_id or (kid not in self.health.foreign and len(self.health.foreign) >= MAX_KEY_IDS):
-                continue  # bounded: a Redis writer could fill the hash with made-up ids
-            if now - at < KEY_SEEN_WITHIN and kid not in self.health.foreign:
-                log.warning("fleet_foreign_key namespace=%s key_id=%s ours=%s hint=%s", self.config.namespace, kid,
-                            self._keys[0].id, "tokens are not shared with that daemon: give every daemon the same "
-                            "encryption_key")
-            self.health.foreign[kid] = at
+        self.health.note_key_ids(seen, set(self._by_id), MAX_KEY_IDS, KEY_SEEN_WITHIN)
 
     def _trouble(self, error: StoreError) -> None:
         self.health.redis_errors += 1

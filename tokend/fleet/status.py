@@ -4,6 +4,8 @@ found it, and each provider's counters."""
 from __future__ import annotations
 
 import dataclasses
+import logging
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,6 +14,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from tokend.credential import iso_utc
+
+log = logging.getLogger("tokend")
 
 
 @dataclass
@@ -40,6 +44,20 @@ class Health:
     last_error: str | None = None
     redis_errors: int = 0
     foreign: dict[str, int] = field(default_factory=dict)  # key ids other daemons of the namespace write with
+
+    def note_key_ids(self, seen: dict[str, int], ours: set[str], most: int, within: float) -> None:
+        """Note the key ids other daemons of the namespace write with (`seen`: id -> when last), at most `most`
+        (a Redis writer could fill the hash with made-up ids); say so once for one that wrote `within` seconds:
+        their tokens can never be shared with this daemon (a wrong or missing encryption_key)."""
+        now = time.time()
+        for kid, at in seen.items():
+            if kid in ours or (kid not in self.foreign and len(self.foreign) >= most):
+                continue
+            if now - at < within and kid not in self.foreign:
+                log.warning("fleet_foreign_key namespace=%s key_id=%s ours=%s hint=%s", self.namespace, kid,
+                            self.key_id, "tokens are not shared with that daemon: give every daemon the same "
+                            "encryption_key")
+            self.foreign[kid] = at
 
     def status(self) -> dict[str, Any]:
         return {
