@@ -12,6 +12,7 @@ For programs that were not written for it, each in the protocol the program alre
     docker.py    `docker-credential-tokend`: Docker's credential helper protocol
     kube.py      `tokend kube-credential`: kubectl's exec plugin (an ExecCredential)
     asking.py    what those three helpers ask the daemon (client side, like `tokend get`)
+    json_answer.py  the JSON answer of the Azure and AWS endpoints
     gce.py       [metadata.gce]: Google's metadata server, for google-auth and every Google client library
     azure.py     [metadata.azure]: Azure's managed identity endpoint (App Service), for azure-identity
     aws.py       [metadata.aws]: the container credentials endpoint, for every AWS SDK

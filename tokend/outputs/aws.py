@@ -16,7 +16,6 @@ the token.
 from __future__ import annotations
 
 import hmac
-import json
 from typing import TYPE_CHECKING, Any
 
 from starlette.types import Receive, Scope, Send
@@ -24,6 +23,7 @@ from starlette.types import Receive, Scope, Send
 from tokend.credential import iso_utc
 from tokend.errors import TokendError
 from tokend.outputs.config import AwsKeysConfig
+from tokend.outputs.json_answer import send_json
 
 if TYPE_CHECKING:
     from tokend.renewal.manager import Manager
@@ -39,12 +39,7 @@ class ContainerCredentials:
         self._token = token.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        status, body = await self._answer(scope)
-        data = json.dumps(body).encode()
-        await send({"type": "http.response.start", "status": status, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
-            (b"cache-control", b"no-store")]})
-        await send({"type": "http.response.body", "body": data})
+        await send_json(send, *await self._answer(scope))
 
     async def _answer(self, scope: Scope) -> tuple[int, dict[str, Any]]:
         presented = dict(scope["headers"]).get(b"authorization", b"")

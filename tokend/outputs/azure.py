@@ -16,7 +16,6 @@ are told it; the listener checks it (in constant time) before anything else is l
 from __future__ import annotations
 
 import hmac
-import json
 import time
 from typing import Any
 from urllib.parse import parse_qsl
@@ -25,6 +24,7 @@ from starlette.types import Receive, Scope, Send
 
 from tokend.errors import TokendError
 from tokend.outputs.config import AzureConfig, resource_key
+from tokend.outputs.json_answer import send_json
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -51,12 +51,7 @@ class AzureIdentityEndpoint:
         return config
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        status, body = await self._answer(scope)
-        data = json.dumps(body).encode()
-        await send({"type": "http.response.start", "status": status, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
-            (b"cache-control", b"no-store")]})
-        await send({"type": "http.response.body", "body": data})
+        await send_json(send, *await self._answer(scope))
 
     async def _answer(self, scope: Scope) -> tuple[int, dict[str, Any]]:
         presented = dict(scope["headers"]).get(b"x-identity-header", b"")
