@@ -174,7 +174,8 @@ def test_the_example_config_is_valid(tmp_path, monkeypatch) -> None:  # type: ig
     # The commented-out examples of the generic kinds and of client keys are valid too, once uncommented
     # (lines that read as TOML: a [table] or a key = value).
     head, _, generic = example.partition("# --- any other token API")
-    for name in ("BILLING_CLIENT_SECRET", "LEGACY_PASSWORD", "MAPS_API_KEY", "ME_REFRESH_TOKEN"):
+    for name in ("BILLING_CLIENT_SECRET", "LEGACY_PASSWORD", "MAPS_API_KEY", "ME_REFRESH_TOKEN", "AWS_KEY_ID",
+                 "AWS_SECRET"):
         monkeypatch.setenv(name, "x")
     monkeypatch.setenv("TOKEND_OPS_KEY", "an-ops-key-of-32-characters-long")
     client_key = tmp_path / "billing-app"
@@ -188,8 +189,9 @@ def test_the_example_config_is_valid(tmp_path, monkeypatch) -> None:  # type: ig
         generic = generic.replace(f"/etc/tokend/{name}", str(tmp_path / name))
     generic = _with_signing_keys(tmp_path, generic)
     uncommented = load(tmp_path, head + "#" + re.sub(r"(?m)^# (?=\[|[\w-]+ = )", "", generic))
-    assert sorted(uncommented.providers) == ["billing", "felloh", "flotiq", "fts", "gcs", "github", "graph", "legacy",
-                                             "maps", "me", "salesforce"]
+    assert sorted(uncommented.providers) == ["aws", "billing", "felloh", "flotiq", "fts", "gcp", "gcs", "github", "graph",
+                                             "legacy", "maps", "me", "salesforce"]
+    assert uncommented.metadata.aws is not None and uncommented.metadata.aws.provider == "aws"
     assert uncommented.providers["salesforce"].default_lifetime == 7200
     assert uncommented.state is not None and str(uncommented.state.folder) == "/var/lib/tokend"
     assert sorted(uncommented.clients) == ["billing-app", "ops"] and uncommented.clients["ops"].admin
