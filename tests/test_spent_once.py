@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.daemon import Daemon, tokend_command
-from tests.test_user_tokens import refresh, started, stop, token, user_config
+from tests.test_user_tokens import KEY, refresh, secret_file, started, stop, token, user_config
 from tokend.testing import FakeAuthorizationServer, FakeServer
 
 
@@ -405,22 +405,30 @@ def test_stops_and_kills_at_random_points_of_renewals_never_reuse(tmp_path) -> N
 # --- 5. fleet: Redis stopped across renewals ---------------------------------------------------------------------
 
 
+def fleet_table(directory: Path, redis_url: str, *, timeout: float = 0.5) -> str:
+    """A [fleet] table sharing user tokens through `redis_url`, its key in a file under `directory`."""
+    key = secret_file(directory, "fleet_key", KEY)
+    return (f'[fleet]\nredis_url = "{redis_url}"\nnamespace = "users"\nlease = 2\ntimeout = {timeout}\n'
+            f'retry_after = 1\nencryption_key = {{ file = "{key}" }}\n')
+
+
+def fleet_daemons(directory: Path, redis_url: str, url: str, first: str, count: int, *,
+                  timeout: float = 0.5) -> list[Daemon]:
+    """`count` daemons of one fleet, each started with the same first refresh token."""
+    return [started(user_config(directory / f"daemon-{index}", url, refresh_token=first,
+                                extra=fleet_table(directory, redis_url, timeout=timeout)))
+            for index in range(count)]
+
+
 def test_redis_stopped_across_renewals_leaves_one_spender(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from tests.fleet_redis import RedisServer
-    from tests.test_user_tokens import KEY, secret_file
 
     server = FakeAuthorizationServer(client_secret="user-app-secret-123", lifetime=4)
     redis = RedisServer(tmp_path / "redis").start()
     try:
         with FakeServer(server.app) as running:
             first = server.sign_in()
-            daemons = []
-            for index in range(3):
-                directory = tmp_path / f"daemon-{index}"
-                key = secret_file(tmp_path, "fleet_key", KEY)
-                fleet = (f'[fleet]\nredis_url = "{redis.url}"\nnamespace = "users"\nlease = 2\ntimeout = 0.5\n'
-                         f'retry_after = 1\nencryption_key = {{ file = "{key}" }}\n')
-                daemons.append(started(user_config(directory, running.url, refresh_token=first, extra=fleet)))
+            daemons = fleet_daemons(tmp_path, redis.url, running.url, first, 3)
             assert all(server.is_valid(token(daemon)) for daemon in daemons)
             # Stopped once every daemon has seen the fleet's newest rotation: a rotation Redis loses before a
             # peer reads it (a write lost to a failover) is the case the fleet cannot tell apart.
@@ -449,20 +457,13 @@ def test_redis_stopped_across_renewals_leaves_one_spender(tmp_path) -> None:  # 
 
 def test_a_rolled_back_fleet_record_is_never_sent(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from tests.fleet_redis import RedisServer
-    from tests.test_user_tokens import KEY, secret_file
 
     server = FakeAuthorizationServer(client_secret="user-app-secret-123", lifetime=4)
     redis = RedisServer(tmp_path / "redis").start()
     try:
         with FakeServer(server.app) as running:
             first = server.sign_in()
-            daemons = []
-            for index in range(2):
-                key = secret_file(tmp_path, "fleet_key", KEY)
-                fleet = (f'[fleet]\nredis_url = "{redis.url}"\nnamespace = "users"\nlease = 2\ntimeout = 0.5\n'
-                         f'retry_after = 1\nencryption_key = {{ file = "{key}" }}\n')
-                daemons.append(started(user_config(tmp_path / f"daemon-{index}", running.url, refresh_token=first,
-                                                   extra=fleet)))
+            daemons = fleet_daemons(tmp_path, redis.url, running.url, first, 2)
             client = redis.client()
             (name,) = [k for k in client.keys("tokend:users:*") if str(k).endswith(":token")]
             old = client.get(name)
@@ -484,18 +485,13 @@ def renewed(daemon: Daemon) -> bool:
 
 def test_a_daemon_another_rotated_past_never_spends_its_own_on_an_empty_redis(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from tests.fleet_redis import RedisServer
-    from tests.test_user_tokens import KEY, secret_file
 
     server = FakeAuthorizationServer(client_secret="user-app-secret-123", lifetime=60)
     redis = RedisServer(tmp_path / "redis").start()
     try:
         with FakeServer(server.app) as running:
             first = server.sign_in()
-            key = secret_file(tmp_path, "fleet_key", KEY)
-            fleet = (f'[fleet]\nredis_url = "{redis.url}"\nnamespace = "users"\nlease = 2\ntimeout = 0.5\n'
-                     f'retry_after = 1\nencryption_key = {{ file = "{key}" }}\n')
-            rotated, passed = (started(user_config(tmp_path / f"daemon-{index}", running.url, refresh_token=first,
-                                                   extra=fleet)) for index in range(2))
+            rotated, passed = fleet_daemons(tmp_path, redis.url, running.url, first, 2)
             refresh(passed)  # its own login: it rotated the fleet's token
             rotated_token = refresh(rotated)  # then the other rotated past it, spending what `passed` still holds
             time.sleep(1)  # the other's record reaches `passed` on the channel (Redis on loopback: at once)
@@ -522,7 +518,6 @@ def test_a_daemon_another_rotated_past_never_spends_its_own_on_an_empty_redis(tm
 
 def test_a_lagging_replica_promoted_never_hands_out_a_spent_refresh_token(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from tests.fleet_redis import RedisServer
-    from tests.test_user_tokens import KEY, secret_file
 
     server = FakeAuthorizationServer(client_secret="user-app-secret-123", lifetime=60)
     primary = RedisServer(tmp_path / "primary").start()
@@ -532,11 +527,7 @@ def test_a_lagging_replica_promoted_never_hands_out_a_spent_refresh_token(tmp_pa
         wait_for(lambda: replica.client().info("replication")["master_link_status"] == "up", "the replica's link")
         with FakeServer(server.app) as running:
             first = server.sign_in()
-            key = secret_file(tmp_path, "fleet_key", KEY)
-            fleet = (f'[fleet]\nredis_url = "{primary.url}"\nnamespace = "users"\nlease = 2\ntimeout = 1\n'
-                     f'retry_after = 1\nencryption_key = {{ file = "{key}" }}\n')
-            spender, lagging = (started(user_config(tmp_path / f"daemon-{index}", running.url, refresh_token=first,
-                                                    extra=fleet)) for index in range(2))
+            spender, lagging = fleet_daemons(tmp_path, primary.url, running.url, first, 2, timeout=1)
             spender.wait_until(lambda: token(spender) == token(lagging), what="the fleet's one token")
             refresh(spender)
             refresh(lagging)  # it continues from the spender's record: both have rotated the fleet's token
@@ -565,7 +556,8 @@ def test_a_lagging_replica_promoted_never_hands_out_a_spent_refresh_token(tmp_pa
             assert promoted.client().keys("tokend:users:*:intent")
             # The daemon that never read the newest record, and one started afresh, meet the old record.
             quietly(lambda: lagging.post("/token/user/refresh"))
-            late = started(user_config(tmp_path / "daemon-late", running.url, refresh_token=first, extra=fleet))
+            late = started(user_config(tmp_path / "daemon-late", running.url, refresh_token=first,
+                                       extra=fleet_table(tmp_path, primary.url, timeout=1)))
             quietly(lambda: late.post("/token/user/refresh"))
             assert server.reuse_detected == 0, [daemon.log() for daemon in (spender, lagging, late)]
             for daemon in (lagging, late):  # told not to spend it: a sign-in is asked for, the token still served
