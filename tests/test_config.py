@@ -189,8 +189,8 @@ def test_the_example_config_is_valid(tmp_path, monkeypatch) -> None:  # type: ig
         generic = generic.replace(f"/etc/tokend/{name}", str(tmp_path / name))
     generic = _with_signing_keys(tmp_path, generic)
     uncommented = load(tmp_path, head + "#" + re.sub(r"(?m)^# (?=\[|[\w-]+ = )", "", generic))
-    assert sorted(uncommented.providers) == ["aws", "billing", "felloh", "flotiq", "fts", "gcp", "gcs", "github", "graph",
-                                             "legacy", "maps", "me", "salesforce"]
+    assert sorted(uncommented.providers) == ["aws", "billing", "felloh", "flotiq", "fts", "gcp", "gcs", "github",
+                                             "graph", "legacy", "maps", "me", "salesforce"]
     assert uncommented.metadata.aws is not None and uncommented.metadata.aws.provider == "aws"
     assert uncommented.providers["salesforce"].default_lifetime == 7200
     assert uncommented.state is not None and str(uncommented.state.folder) == "/var/lib/tokend"
