@@ -23,8 +23,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import uvicorn
-
 
 def main() -> None:
     args = _parser().parse_args()
@@ -83,20 +81,21 @@ def _fleet_fakes(args: argparse.Namespace) -> None:
 
 
 def _daemon(args: argparse.Namespace) -> None:
-    from tokend.config.settings import Settings
-    from tokend.daemon import serve
-    from tokend.logs import configure_logging
+    from tokend.cli.main import run_daemon
 
-    configure_logging("info")  # as `tokend run` does by default: the same handler and redaction filter
     _exit_with_stdin()
-    # config_path, as `tokend run` passes it: SIGHUP and POST /reload work, as they do in production.
-    serve(Settings.load(args.config), socket.socket(fileno=args.fd), config_path=args.config)
+    # `tokend run --config PATH` once its arguments are read, on the socket run.py bound: the same imports in
+    # the same order (which decide the heap the RSS figures read), the audit, the log handler, and
+    # SIGHUP and POST /reload reading the file again, as in production.
+    run_daemon(args.config, sock=socket.socket(fileno=args.fd))
 
 
 def _bare(args: argparse.Namespace) -> None:
     # The keyword arguments of tokend.daemon.serve(), so that only the app differs between the two servers,
     # the HTTP protocol with tokend's connection limits included. Of tokend only that module is imported
     # (it imports nothing but uvicorn's protocol): this process's RSS is the floor uvicorn alone sets.
+    import uvicorn
+
     from tokend.api.connections import Budget, limited_protocol
 
     config = uvicorn.Config(

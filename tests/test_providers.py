@@ -181,9 +181,9 @@ def test_retry_after_accepts_seconds_and_http_dates() -> None:
 
 
 def test_every_kind_names_its_login_class_by_module_and_class() -> None:
-    from tokend.providers import KINDS
+    from tokend.providers import all_kinds
 
-    for kind in KINDS:
+    for kind in all_kinds():
         login = kind.login_class()
         assert kind.provider == f"{login.__module__}:{login.__qualname__}", kind.name
         assert callable(getattr(login, "fetch", None)), kind.name
@@ -218,3 +218,31 @@ def test_a_config_imports_only_the_login_modules_of_the_kinds_it_names(tmp_path:
         seen.append(result.stdout.split())
     # Loading a config never imports a login module; the daemon imports those of the kinds the config names.
     assert seen == [["False", "False", "False"], ["False", "True", "True"]]
+
+
+_KIND_MODULES = """
+import sys
+from pathlib import Path
+import tokend.daemon
+from tokend.config.settings import Settings
+settings = Settings.load(Path(sys.argv[1]))
+print(" ".join(sorted(name for name in sys.modules if name in sys.argv[2:])))
+"""
+
+
+def test_a_config_loaded_imports_the_models_of_the_kinds_it_names_and_no_others(tmp_path: Any) -> None:
+    """Every kind's model costs memory, built or not: the daemon's modules and its config bring in only the
+    kinds the config names."""
+    import subprocess
+    import sys
+
+    config = tmp_path / "config.toml"
+    config.write_text('[providers.maps]\nkind = "static"\nkey = "k"\n')
+    kind_modules = ["tokend.providers.static", "tokend.providers.aws", "tokend.providers.felloh.login",
+                    "tokend.providers.github_app", "tokend.providers.google_workload_identity",
+                    "tokend.providers.oauth2", "tokend.providers.oauth2_refresh_token.grant",
+                    "tokend.providers.oauth2_token_exchange", "tokend.providers.jwt_bearer"]
+    result = subprocess.run([sys.executable, "-c", _KIND_MODULES, str(config), *kind_modules],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["tokend.providers.static"]

@@ -13,7 +13,7 @@ import pytest
 
 from tokend.credential import Credential
 from tokend.errors import CredentialsRejected, SignInNeeded
-from tokend.providers.oauth2_refresh_token import OAuth2RefreshToken, OAuth2RefreshTokenConfig
+from tokend.providers.oauth2_refresh_token.grant import OAuth2RefreshToken, OAuth2RefreshTokenConfig
 from tokend.redact import Redactor
 
 sent: list[httpx.Request] = []

@@ -40,7 +40,7 @@ from tokend.outputs.metadata import Metadata, MetadataListener, closed_at_exit, 
 from tokend.outputs.proxy.listen import Listener, open_listeners, removed_at_exit
 from tokend.outputs.proxy.router import Proxy
 from tokend.outputs.sinks import SinkWriter
-from tokend.providers import KINDS, import_logins
+from tokend.providers import EXTENSIONS, import_logins
 from tokend.providers.upstream import build_client, trust_store
 from tokend.redact import Redactor
 from tokend.renewal.logins import DirectLogin, Login
@@ -49,10 +49,10 @@ from tokend.renewal.reloading import Reloader
 from tokend.renewal.scheduler import Scheduler
 from tokend.renewal.secret_watch import SecretFileWatcher
 from tokend.sdnotify import Notifier, StatusLine, describe
-from tokend.state.store import StateStore
 
 if TYPE_CHECKING:
     from tokend.fleet.logins import FleetLogins
+    from tokend.state.store import StateStore
 
 __all__ = ["Daemon", "serve"]
 
@@ -90,7 +90,9 @@ class Daemon:
         # imported later, among the daemon's first logins, costs more memory than the same import here.
         import_logins(settings.providers.values())
         self.state: StateStore | None = None
-        if settings.state is not None:
+        if settings.state is not None:  # only then are its store and its sealing imported
+            from tokend.state.store import StateStore
+
             self.redactor.add_secrets(secret.get() for secret in settings.state.secrets())
             self.state = StateStore(settings.state)
         # The refresh tokens sent are noted before they are sent: in the state folder, else for this run only.
@@ -110,8 +112,7 @@ class Daemon:
             self.state.follow(self.manager)
         parts = DaemonParts(self.manager, self.scheduler, self.client, self.redactor, self.direct_login,
                             fleet=self.fleet is not None, ledger=self.direct_login.ledger)
-        self.extensions: list[Extension] = [_extension(kind.extension)(parts) for kind in KINDS
-                                            if kind.extension is not None]
+        self.extensions: list[Extension] = [_extension(named)(parts) for named in EXTENSIONS]
         self.sinks = SinkWriter(self.manager)
         # The auth-injecting proxy: /proxy/{name}/... on the API, and the providers' own listeners (opened by
         # serve(), which owns sockets). Its upstream pool is made on the first proxied request.
@@ -219,7 +220,7 @@ def _log_start(settings: Settings, where: str, proxy_listeners: Sequence[Listene
 
 
 def _extension(named: str) -> Callable[[DaemonParts], Extension]:
-    """A kind's extension class, from its "module:Class" name."""
+    """An extension class, from its "module:Class" name (tokend.providers.EXTENSIONS)."""
     module, _, attribute = named.partition(":")
     found: Callable[[DaemonParts], Extension] = getattr(importlib.import_module(module), attribute)
     return found

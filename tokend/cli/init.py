@@ -10,11 +10,11 @@ import difflib
 import re
 from collections.abc import Sequence
 
-from tokend.providers import KINDS
+from tokend.providers import PROVIDER_KINDS, all_kinds
 
 __all__ = ["environment_variables", "starter_config"]
 
-DEFAULT_KINDS: tuple[str, ...] = tuple(kind.name for kind in KINDS if kind.example)
+DEFAULT_KINDS: tuple[str, ...] = tuple(kind.name for kind in all_kinds() if kind.example)
 
 _HEADER = """\
 # tokend configuration, written by `tokend init`. Check it with `tokend check --config FILE`, then
@@ -38,10 +38,10 @@ _ENV = re.compile(r'\{ env = "([A-Za-z_][A-Za-z0-9_]*)" \}')
 
 def starter_config(kinds: Sequence[str] = ()) -> str:
     """The config text for `kinds` (each once, in the order asked); ValueError names an unknown kind."""
-    examples = {kind.name: kind.example for kind in KINDS if kind.example}
+    examples = {kind.name: kind.example for kind in all_kinds() if kind.example}
     unknown = [name for name in kinds if name not in examples]
     if unknown:
-        known = {kind.name for kind in KINDS}
+        known = set(PROVIDER_KINDS)
         what = "has no starting table yet" if unknown[0] in known else "is not a provider kind"
         near = difflib.get_close_matches(unknown[0].lower().replace("-", "_"), examples, n=1)
         guess = f"did you mean {near[0]}? " if near and unknown[0] not in known else ""

@@ -16,11 +16,13 @@ from tokend.errors import ConfigError, DaemonUnavailable, TokendError, UnknownPr
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing, ~2 ms of `tokend get`; mypy reads it alike
 if TYPE_CHECKING:
     import argparse
+    import socket
     from typing import Any
 
     from tokend.cli.demo import Demo
     from tokend.config.settings import Settings
     from tokend.fleet.probe import FleetReport
+    from tokend.logs import LogFormat
 
 
 class Exit(enum.IntEnum):
@@ -301,17 +303,24 @@ def _without_httpx_command_line() -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    return run_daemon(_config_path(args), args.log_level, args.log_format)
+
+
+def run_daemon(path: Path, log_level: str = "info", log_format: LogFormat = "text",
+               sock: socket.socket | None = None) -> int:
+    """`tokend run` once its arguments are read: the config at `path` loaded and audited, then served until a
+    stop signal. `sock`: a listening socket to serve on instead of the config's address (the benchmark's,
+    which binds its ports before anything starts)."""
     _without_httpx_command_line()
     from tokend.config.audit import audit, refuse_exposures
     from tokend.config.settings import Settings
     from tokend.daemon import serve
     from tokend.logs import configure_logging
 
-    path = _config_path(args)
     settings = Settings.load(path)
     refuse_exposures(audit(settings, path))  # as `tokend check` fails: one verdict
-    configure_logging(args.log_level, args.log_format)
-    return Exit.OK if serve(settings, config_path=path) else Exit.FAILURE
+    configure_logging(log_level, log_format)
+    return Exit.OK if serve(settings, sock, config_path=path) else Exit.FAILURE
 
 
 def _check(args: argparse.Namespace) -> int:

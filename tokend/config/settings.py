@@ -30,7 +30,7 @@ from tokend.config.tables import ClientConfig, ProviderName, ServerConfig, Upstr
 from tokend.errors import ConfigError
 from tokend.fleet.config import FleetConfig, missing_extra
 from tokend.outputs.config import MetadataConfig
-from tokend.providers import KINDS, PROVIDER_KINDS, ProviderConfig
+from tokend.providers import PROVIDER_KINDS, ProviderConfig, kind
 from tokend.state.config import StateConfig
 
 __all__ = ["Settings"]
@@ -209,7 +209,7 @@ def _known_settings(loc: tuple[str, ...] | list[str]) -> list[str]:
     parts = [str(part) for part in loc[:-1]]
     model: type[BaseModel] | None = Settings
     if parts[:1] == ["providers"] and len(parts) >= 3:
-        model, parts = _KIND_MODELS.get(parts[2]), parts[3:]
+        model, parts = kind(parts[2]).config if parts[2] in PROVIDER_KINDS else None, parts[3:]
     elif parts[:1] == ["clients"] and len(parts) >= 2:
         model, parts = ClientConfig, parts[2:]
     for part in parts:
@@ -233,8 +233,6 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
             return model
     return None
 
-
-_KIND_MODELS: dict[str, type[BaseModel]] = {kind.name: kind.config for kind in KINDS}
 
 
 def _message(error: Any) -> str:

@@ -22,11 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from tokend.api.sockets import listen_each
 from tokend.config.fields import is_loopback_host
 from tokend.config.tables import ServerConfig
-from tokend.outputs.aws import ContainerCredentials, default_provider
-from tokend.outputs.azure import PATH as AZURE_PATH
-from tokend.outputs.azure import AzureIdentityEndpoint
 from tokend.outputs.config import MetadataConfig, MetadataProtocol, split_listen
-from tokend.outputs.gce import GoogleMetadataServer
 
 if TYPE_CHECKING:
     import httpx
@@ -81,13 +77,20 @@ class Metadata:
                           else secrets.token_urlsafe(32))
         self.listeners = list(listeners)
         self._apps: dict[Any, ASGIApp] = {}
+        # Each protocol's module imported only for its listener: most daemons open none.
         for listener in self.listeners:
             app: ASGIApp
             if listener.protocol == "azure":
+                from tokend.outputs.azure import AzureIdentityEndpoint
+
                 app = AzureIdentityEndpoint(manager, self.identity_header)
             elif listener.protocol == "aws":
+                from tokend.outputs.aws import ContainerCredentials
+
                 app = ContainerCredentials(manager, self.aws_token)
             else:
+                from tokend.outputs.gce import GoogleMetadataServer
+
                 app = GoogleMetadataServer(manager, client, redactor)
             self._apps[listener.address] = _Checked(app, google=listener.protocol == "gce")
 
@@ -111,10 +114,16 @@ class Metadata:
         azure = self._manager.settings.metadata.azure
         if ((where := self.where("azure")) is not None and azure is not None
                 and all(may_read(provider) for provider in azure.resources.values())):
+            from tokend.outputs.azure import PATH as AZURE_PATH
+
             env["IDENTITY_ENDPOINT"] = f"http://{where}{AZURE_PATH}"
             env["IDENTITY_HEADER"] = self.identity_header
+        if (where := self.where("aws")) is None:
+            return env
+        from tokend.outputs.aws import default_provider
+
         aws = default_provider(self._manager.settings)
-        if (where := self.where("aws")) is not None and aws is not None and may_read(aws):
+        if aws is not None and may_read(aws):
             # The token goes to `tokend exec`, which writes it to a 0600 file for the child (never its environment).
             env["AWS_CONTAINER_CREDENTIALS_FULL_URI"] = f"http://{where}/{aws}"
             env["AWS_CONTAINER_AUTHORIZATION_TOKEN"] = self.aws_token

@@ -1,5 +1,5 @@
-"""What every provider kind is made of: its settings (a ProviderBase model), its login (a Provider), and
-optionally an extension of the daemon (routes, background work); the three are named together in a Kind.
+"""What every provider kind is made of: its settings (a ProviderBase model) and its login (a Provider),
+named together in a Kind (with the kind's starting table for `tokend init`).
 
 A provider turns its config into a Credential with one call, `fetch(client)`. The HTTP client is handed
 in (as google-auth hands in `request`), so tests give it a MockTransport and the daemon shares one pool.
@@ -219,17 +219,13 @@ class Chained(Protocol):
 
 @dataclass(frozen=True)
 class Kind(Generic[ConfigT]):
-    """A provider kind: the `kind` value, its settings model, its login, and what it adds to the daemon."""
+    """A provider kind: the `kind` value, its settings model, its login and its starting table."""
 
     name: str
     config: type[ConfigT]
     # Its login class, as "module:Class": imported when a provider of the kind is first built, so that a daemon
     # imports the login modules of the kinds its config names and no others (`login_class`).
     provider: str
-    # What the kind adds to the daemon, as "module:Class" (a class taking the daemon's DaemonParts): built
-    # once per daemon by the daemon, which imports it by name. Named rather than imported here, so that
-    # loading a config imports no web framework and no kind's module imports the daemon's parts.
-    extension: str | None = None
     # The kind's table for `tokend init`: a working starting point, its secrets as { env } references
     # named after the table, so that it passes `tokend check` once they are set.
     example: str = ""

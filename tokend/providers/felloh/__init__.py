@@ -18,6 +18,4 @@ public_key = { env = "FELLOH_PUBLIC_KEY" }
 private_key = { env = "FELLOH_PRIVATE_KEY" }   # or { file = "/run/secrets/felloh_private_key" }, mode 0600
 """
 
-KIND = Kind("felloh", FellohConfig,
-            "tokend.providers.felloh.login:Felloh", extension="tokend.providers.felloh.extension:FellohExtension",
-            example=EXAMPLE)
+KIND = Kind("felloh", FellohConfig, "tokend.providers.felloh.login:Felloh", example=EXAMPLE)

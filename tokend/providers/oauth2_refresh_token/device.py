@@ -16,14 +16,16 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import APIRouter
 
 from tokend.credential import Credential, iso_utc
 from tokend.errors import OperationRefused, SignInNeeded, TokendError, UpstreamError
 from tokend.extensions import DaemonParts
-from tokend.providers.oauth2_refresh_token.grant import DeviceStart, OAuth2RefreshToken, OAuth2RefreshTokenConfig
+
+if TYPE_CHECKING:
+    from tokend.providers.oauth2_refresh_token.grant import DeviceStart, OAuth2RefreshToken, OAuth2RefreshTokenConfig
 
 log = logging.getLogger("tokend")
 
@@ -89,6 +91,9 @@ class DeviceLogins:
     # --- sign-in ---------------------------------------------------------------------------------------
 
     def _provider(self, name: str) -> tuple[OAuth2RefreshTokenConfig, OAuth2RefreshToken]:
+        # Imported here: every daemon has these routes, and only a daemon with a user token needs its login.
+        from tokend.providers.oauth2_refresh_token.grant import OAuth2RefreshToken, OAuth2RefreshTokenConfig
+
         config = self._parts.manager.provider_config(name)  # UnknownProvider: 404
         if not isinstance(config, OAuth2RefreshTokenConfig):
             raise OperationRefused(f"{name} is a {config.kind} provider: only oauth2_refresh_token providers "

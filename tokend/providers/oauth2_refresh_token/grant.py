@@ -26,7 +26,7 @@ from tokend.config.fields import UpstreamURL, is_loopback_host
 from tokend.config.secrets import Secret
 from tokend.credential import Credential
 from tokend.errors import CredentialsRejected, SignInNeeded, UpstreamError
-from tokend.providers.base import ProviderBase
+from tokend.providers.base import Kind, ProviderBase
 from tokend.providers.exchange import LoginRequest, exchange, limits, login_credential, malformed, number_or_none
 from tokend.providers.oauth2 import basic_authorization, describe
 from tokend.redact import Redactor
@@ -282,3 +282,19 @@ def _shown_uri(uri: str) -> bool:
         return False
     host = parts.hostname or ""
     return bool(host) and (parts.scheme == "https" or (parts.scheme == "http" and is_loopback_host(host)))
+
+
+EXAMPLE = """\
+[providers.me]
+kind = "oauth2_refresh_token"
+token_url = "https://auth.example.com/oauth/token"
+client_id = "my-cli-app"
+auth_method = "none"                       # a public client; or client_secret with client_secret_basic / _post
+scope = "openid offline_access"
+refresh_token = { env = "ME_REFRESH_TOKEN" }   # the first one; optional with device_authorization_url
+# device_authorization_url = "https://auth.example.com/oauth/device/code"   # `tokend login me`
+# revocation_url = "https://auth.example.com/oauth/revoke"                 # `tokend logout me` revokes it
+"""
+
+KIND = Kind("oauth2_refresh_token", OAuth2RefreshTokenConfig,
+            "tokend.providers.oauth2_refresh_token.grant:OAuth2RefreshToken", example=EXAMPLE)
