@@ -335,6 +335,50 @@ def test_the_cluster_refuses_nothing_tokend_sends(tmp_path: Path) -> None:
         cluster.kill()
 
 
+def test_on_a_cluster_an_intent_counts_as_replicated_only_once_the_slots_replica_has_it(tmp_path: Path) -> None:
+    """Before a refresh token is spent, the intent must be on a replica (a failover would lose it otherwise).
+    WAIT waits for what its own connection last saw: on another of the client's connections, idle since
+    before the intent was written, it answers at once that a replica has everything."""
+    import asyncio
+
+    from tokend.fleet.store import NotReplicated, Store
+
+    cluster = Cluster(tmp_path / "cluster", count=6, replicas=1).start()
+    try:
+        store = Store(FleetConfig.model_validate({"encryption_key": FLEET_KEY, "cluster_nodes": cluster.addresses}))
+        key = store.intent_key("user")
+        slot_primary = cluster.client().get_node_from_key(key).port
+        (replica,) = [node for node in cluster.nodes
+                      if node.client().info("replication").get("master_port") == slot_primary]
+        wait_for(lambda: replica.client().info("replication")["master_link_status"] == "up", what="the replica's link")
+
+        async def intend(generation: int) -> str | None:
+            return await store.intend("user", generation, "daemon-a", 60_000)
+
+        async def run() -> None:
+            try:
+                assert await intend(1) is None  # written, and acknowledged by the slot's replica
+                # The client holds several connections to the primary, as a daemon's concurrent calls leave it,
+                # and the replica acknowledges what each last saw (it acknowledges every second).
+                await asyncio.gather(*(store.read(["user"]) for _ in range(4)))
+                await asyncio.sleep(1.5)
+                assert replica.process is not None
+                replica.process.send_signal(signal.SIGSTOP)  # still connected to its primary, acknowledging nothing
+                try:
+                    for generation in range(2, 6):
+                        with pytest.raises(NotReplicated):
+                            await intend(generation)
+                finally:
+                    replica.process.send_signal(signal.SIGCONT)
+                assert await intend(6) is None
+            finally:
+                await store.close()
+
+        asyncio.run(run())
+    finally:
+        cluster.kill()
+
+
 # --- the settings, as units ------------------------------------------------------------------------------------
 
 FLEET_KEY = "a" * 43 + "="  # 32 bytes, base64

@@ -29,12 +29,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import PipelineCommand, RedisCluster
 from redis.exceptions import (
     AskError,
     ClusterDownError,
     MasterDownError,
     MovedError,
+    NoScriptError,
     ReadOnlyError,
     ResponseError,
     TryAgainError,
@@ -339,11 +340,9 @@ class Store:
                 prior, acknowledged = await pipe.execute()
             return str(prior or ""), int(acknowledged)
 
-        if isinstance(cluster := self._redis, RedisCluster):  # WAIT goes to the slot's own primary
-            prior = str(await self._call("intent", lambda: self._intent(
-                keys=[intent_key], args=[generation, spender, keep_ms])) or "")
-            acknowledged = int(await self._call("wait", lambda: cluster.execute_command(
-                "WAIT", 1, self._wait_ms, target_nodes=cluster.get_node_from_key(intent_key))))
+        if isinstance(cluster := self._redis, RedisCluster):
+            prior, acknowledged = await self._call("intent", lambda: self._intend_on_primary(
+                cluster, intent_key, [generation, spender, keep_ms]))
         else:
             prior, acknowledged = await self._call("intent", write)
         if prior:
@@ -351,6 +350,28 @@ class Store:
         if acknowledged == 0 and await self._replicas(intent_key) > 0:
             raise NotReplicated(f"intent: no replica of {self.where} acknowledged it within {self._wait_ms}ms")
         return None
+
+    async def _intend_on_primary(self, cluster: RedisCluster, key: str, args: list[object]) -> tuple[str, int]:
+        """The intent script and WAIT on one connection to the primary of `key`'s slot: a cluster client sends
+        each command on whichever of its connections is free, and WAIT on one that wrote nothing counts every
+        replica at once. A primary that has not seen the script yet is given it, then asked again."""
+        await cluster.initialize()  # the slots known, as the client's own first command would learn them
+        node = cluster.get_node_from_key(key)
+        if node is None:
+            raise ClusterDownError(f"no node serves the slot of {key}")
+        for loaded in (False, True):
+            commands = [PipelineCommand(0, "EVALSHA", self._intent.sha, 1, key, *args),
+                        PipelineCommand(1, "WAIT", 1, self._wait_ms)]
+            await node.execute_pipeline(commands)
+            written, acknowledged = (command.result for command in commands)
+            if isinstance(written, NoScriptError) and not loaded:
+                await cluster.execute_command("SCRIPT LOAD", self._intent.script, target_nodes=node)
+                continue
+            for result in (written, acknowledged):
+                if isinstance(result, BaseException):
+                    raise result
+            break
+        return str(written or ""), int(str(acknowledged))
 
     async def forget(self, share: str, generation: int, spender: str) -> None:
         await self._call("forget intent", lambda: self._forget(
