@@ -176,14 +176,19 @@ class SentinelSet:
 
 
 class Cluster:
-    """Three primaries (and `replicas` replicas of each), made into a Cluster by `redis-cli --cluster create`."""
+    """Three primaries (and `replicas` replicas of each), made into a Cluster by `redis-cli --cluster create`.
+    `tls`: (certificate, key, CA): every node listens with TLS only, and the nodes speak TLS to each other."""
 
-    def __init__(self, directory: Path, count: int = 3, replicas: int = 0) -> None:
+    def __init__(self, directory: Path, count: int = 3, replicas: int = 0,
+                 tls: tuple[Path, Path, Path] | None = None) -> None:
         self.replicas = replicas
-        self.nodes = [RedisServer(directory / f"node-{index}", args=[]) for index in range(count)]
+        self.tls = tls
+        self.nodes = [RedisServer(directory / f"node-{index}", tls=tls) for index in range(count)]
         for node in self.nodes:
             node.args = ["--cluster-enabled", "yes", "--cluster-config-file", str(node.directory / "nodes.conf"),
                          "--cluster-node-timeout", "2000", "--cluster-port", str(free_port())]
+            if tls is not None:
+                node.args += ["--tls-cluster", "yes", "--tls-replication", "yes"]
 
     @property
     def addresses(self) -> list[str]:
@@ -193,7 +198,8 @@ class Cluster:
         cli = require_tool("redis-cli", f"{DEBIAN} redis-tools")
         for node in self.nodes:
             node.start()
-        subprocess.run([cli, "--cluster", "create", *self.addresses, "--cluster-replicas", str(self.replicas),
+        tls = [] if self.tls is None else ["--tls", "--cacert", str(self.tls[2])]
+        subprocess.run([cli, *tls, "--cluster", "create", *self.addresses, "--cluster-replicas", str(self.replicas),
                         "--cluster-yes"],
                        check=True, capture_output=True, timeout=60)
         wait_until(lambda: all(node.client().cluster("info")["cluster_state"] == "ok" for node in self.nodes),
@@ -201,7 +207,9 @@ class Cluster:
         return self
 
     def client(self) -> redis.RedisCluster:
-        return redis.RedisCluster(host="127.0.0.1", port=self.nodes[0].port, decode_responses=True, socket_timeout=2)
+        tls = {} if self.tls is None else {"ssl": True, "ssl_ca_certs": str(self.tls[2])}
+        return redis.RedisCluster(host="127.0.0.1", port=self.nodes[0].port, decode_responses=True, socket_timeout=2,
+                                  **tls)
 
     def keys(self) -> dict[str, list[str]]:
         """Node address -> the keys it holds."""

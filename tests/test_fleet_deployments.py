@@ -5,6 +5,7 @@ commands tokend sends, TLS with a verified server and a client certificate; and 
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import time
@@ -222,6 +223,52 @@ def test_mutual_tls_with_a_verified_server_and_a_wrong_server_name_refused(tmp_p
         server.kill()
 
 
+def test_a_cluster_over_tls_shares_logins_with_its_server_certificates_verified(tmp_path: Path,
+                                                                              fakes: FakeProviders) -> None:
+    """TLS to every node the client finds, not only to the ones configured: redis-py makes a connection for
+    each node it learns of from CLUSTER SLOTS."""
+    ca, server_cert, server_key, _, _ = _tls_files(tmp_path / "tls")
+    cluster = Cluster(tmp_path / "cluster", tls=(server_cert, server_key, ca)).start()
+    fleet = Fleet(tmp_path, fakes, cluster.nodes[0])
+    nodes = ", ".join(f'"{address}"' for address in cluster.addresses[:1])  # one: the others are found
+    try:
+        for _ in range(2):
+            fleet.add(where=f"cluster_nodes = [{nodes}]\ntls = true\n",
+                      fleet_extra=f'ca_bundle = "{ca}"\ntls_server_name = "redis.test"\n')
+        fleet.start()
+        assert logins(fakes) == {"felloh": 1, "fts": 1}
+        assert len(set(fleet.tokens("fts"))) == 1
+        holding = [node for node, keys in cluster.keys().items() if any(":{" in key for key in keys)]
+        assert holding, "the records are written through TLS to the nodes that hold their slots"
+        assert asyncio.run(_ping_every_primary(FleetConfig.model_validate({
+            "encryption_key": FLEET_KEY, "cluster_nodes": cluster.addresses[:1], "tls": True, "ca_bundle": str(ca),
+            "tls_server_name": "redis.test"}))) == 3
+        result = check(fleet.daemons[0].config)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "reached: Cluster: 3 primaries" in result.stdout
+        assert f"TLS, server certificate verified against ca_bundle {ca}, name redis.test" in result.stdout
+        assert all(fleet_status(d)["fleet"]["redis_errors"] == 0 for d in fleet.daemons)
+    finally:
+        fleet.stop()
+        cluster.kill()
+
+
+async def _ping_every_primary(config: FleetConfig) -> int:
+    """The primaries the fleet's own client finds from `config`, each answering a PING through it."""
+    from redis.asyncio.cluster import RedisCluster
+
+    from tokend.fleet.deployment import Deployment
+
+    deployment = Deployment(config)
+    try:
+        assert isinstance(deployment.redis, RedisCluster)
+        answers = await deployment.redis.ping(target_nodes=RedisCluster.PRIMARIES)
+        assert answers is True, answers
+        return len(deployment.redis.get_primaries())
+    finally:
+        await deployment.close()
+
+
 # --- settings refused -------------------------------------------------------------------------------------------
 
 
@@ -339,8 +386,6 @@ def test_on_a_cluster_an_intent_counts_as_replicated_only_once_the_slots_replica
     """Before a refresh token is spent, the intent must be on a replica (a failover would lose it otherwise).
     WAIT waits for what its own connection last saw: on another of the client's connections, idle since
     before the intent was written, it answers at once that a replica has everything."""
-    import asyncio
-
     from tokend.fleet.store import NotReplicated, Store
 
     cluster = Cluster(tmp_path / "cluster", count=6, replicas=1).start()
