@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Beyond the frameworks: what the helpers used to import and no longer need for a well-formed call.
 HEAVY = {"fastapi", "starlette", "pydantic", "pydantic_core", "httpx", "httpcore", "anyio", "uvicorn", "apscheduler",
          "asyncio", "http.client", "email", "ssl", "dataclasses", "inspect", "argparse", "shutil", "tomllib",
-         "typing", "hashlib", "secrets"}
+         "typing", "hashlib", "secrets", "_strptime", "calendar", "datetime"}
 
 
 @pytest.fixture

@@ -3,6 +3,8 @@ takes only the provider's live tokens, with the real daemon as a subprocess."""
 
 from __future__ import annotations
 
+import calendar
+import datetime
 import os
 import shlex
 import subprocess
@@ -13,10 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.daemon import Daemon, add_settings, tokend_command, write_config
 from tests.git_server import GitServer
 from tests.tools import require_tool
+from tokend.outputs.git import unix_seconds
 from tokend.testing import FakeProviders
 
 USER = "tokend-bot"
@@ -285,3 +290,16 @@ def test_plain_http_is_answered_only_for_a_loopback_address(daemon: Daemon) -> N
     for host in ("127.0.0.1:8080", "127.1.2.3", "localhost", "[::1]:443"):
         allowed = _helper(daemon, "get", f"protocol=http\nhost={host}\n", "--provider", "fts")
         assert allowed.returncode == 0 and "password=" in allowed.stdout, host
+
+
+@given(st.datetimes(min_value=datetime.datetime(1970, 1, 1), max_value=datetime.datetime(9999, 12, 31, 23, 59, 59)))
+def test_an_expiry_is_counted_in_seconds_as_the_calendar_counts_them(moment: datetime.datetime) -> None:
+    stamp = moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert unix_seconds(stamp) == calendar.timegm(moment.timetuple())
+
+
+@pytest.mark.parametrize("stamp", ["", "2026-12-07", "2026-12-07T05:00:00", "2026-12-07T05:00:00.5Z",
+                                   "2026-13-07T05:00:00Z", "2026-12-07 05:00:00Z", "2026-12-07T25:00:00Z",
+                                   "२०२६-12-07T05:00:00Z", "-026-12-07T05:00:00Z"])
+def test_an_expiry_in_another_form_is_left_out(stamp: str) -> None:
+    assert unix_seconds(stamp) is None
