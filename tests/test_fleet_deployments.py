@@ -160,7 +160,8 @@ def test_an_acl_user_with_only_the_documented_commands_shares_tokens(tmp_path: P
         time.sleep(0.6)
         assert fleet.daemons[0].post("/token/fts/refresh").status_code == 200
         wait_for(lambda: len(set(fleet.tokens("fts"))) == 1, what="the refreshed token to be shared")
-        assert fakes.fintech_studios.logins == 2
+        assert fakes.fintech_studios.logins == 2, [[line for line in daemon.log().splitlines() if "fts" in line]
+                                                   for daemon in fleet.daemons]
         denied = server.client().acl_log()
         assert not denied, denied
         result = check(fleet.daemons[0].config)
