@@ -181,8 +181,9 @@ def test_retry_after_accepts_seconds_and_http_dates() -> None:
 
 
 def test_every_kind_names_its_login_class_by_module_and_class() -> None:
-    from tokend.providers import all_kinds
+    from tokend.providers import PROVIDER_KINDS, all_kinds
 
+    assert [kind.name for kind in all_kinds()] == list(PROVIDER_KINDS), "each name in the registry is its kind's"
     for kind in all_kinds():
         login = kind.login_class()
         assert kind.provider == f"{login.__module__}:{login.__qualname__}", kind.name
