@@ -406,9 +406,11 @@ def test_stops_and_kills_at_random_points_of_renewals_never_reuse(tmp_path) -> N
 
 
 def fleet_table(directory: Path, redis_url: str, *, timeout: float = 0.5) -> str:
-    """A [fleet] table sharing user tokens through `redis_url`, its key in a file under `directory`."""
+    """A [fleet] table sharing user tokens through `redis_url` (or, given as `sentinels = [...]` lines, the
+    primary the sentinels name), its key in a file under `directory`."""
     key = secret_file(directory, "fleet_key", KEY)
-    return (f'[fleet]\nredis_url = "{redis_url}"\nnamespace = "users"\nlease = 2\ntimeout = {timeout}\n'
+    where = redis_url if redis_url.startswith("sentinels") else f'redis_url = "{redis_url}"\n'
+    return (f'[fleet]\n{where}namespace = "users"\nlease = 2\ntimeout = {timeout}\n'
             f'retry_after = 1\nencryption_key = {{ file = "{key}" }}\n')
 
 
@@ -511,6 +513,42 @@ def test_a_daemon_another_rotated_past_never_spends_its_own_on_an_empty_redis(tm
                 stop(daemon)
     finally:
         redis.kill()
+
+
+def test_user_tokens_rotated_through_sentinel_failovers_are_spent_once(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Three daemons share a user token through the primary Sentinel names, renewing every few seconds, while
+    the primary is handed over and then the new one killed: each rotation is the fleet's one, whatever
+    primary held the intent and the record when it was written."""
+    from tests.fleet_redis import SentinelSet
+
+    server = FakeAuthorizationServer(client_secret="user-app-secret-123", lifetime=3)
+    sentinels = SentinelSet(tmp_path / "sentinel").start()
+    where = (f"sentinels = {sentinels.addresses!r}\nsentinel_service = \"{sentinels.SERVICE}\"\n"
+             "failover_timeout = 8\n").replace("'", '"')
+    try:
+        with FakeServer(server.app) as running:
+            daemons = fleet_daemons(tmp_path, where, running.url, server.sign_in(), 3)
+
+            def rotations(more: int) -> None:
+                at_least = server.refreshes + more
+                daemons[0].wait_until(lambda: server.refreshes >= at_least, timeout=40,
+                                      what=f"{more} more rotations")
+
+            rotations(2)
+            sentinels.failover()  # the coordinated hand-over: the replica has everything
+            rotations(2)
+            sentinels.kill_primary()  # then the new primary dies with what it had not yet sent its replica
+            rotations(3)
+            assert server.reuse_detected == 0, [daemon.log() for daemon in daemons]
+            assert len(server.live_refresh_tokens()) == 1
+            for daemon in daemons:  # each serves the fleet's token again, through the primary now named
+                daemon.wait_until(lambda d=daemon: d.get("/token/user").status_code == 200, timeout=30,
+                                  what="the fleet's token after the failovers")
+                assert "Traceback" not in daemon.log()
+            for daemon in daemons:
+                stop(daemon)
+    finally:
+        sentinels.kill()
 
 
 # --- 6. fleet: a lagging replica promoted ------------------------------------------------------------------------
