@@ -81,7 +81,7 @@ def _fleet_fakes(args: argparse.Namespace) -> None:
 
 
 def _daemon(args: argparse.Namespace) -> None:
-    from tokend.cli.main import run_daemon
+    from tokend.cli.daemon_commands import run_daemon
 
     _exit_with_stdin()
     # `tokend run --config PATH` once its arguments are read, on the socket run.py bound: the same imports in

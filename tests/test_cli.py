@@ -566,11 +566,11 @@ def complete_in_bash(script: str, *words: str) -> list[str]:
 
 
 def test_bash_completion_is_generated_from_the_parser_and_completes_commands(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from tokend.cli.main import _parser
+    from tokend.cli.parser import build_parser
 
     script = tmp_path / "tokend.bash"
     script.write_text(tokend("completion", "bash").stdout)
-    commands = next(action for action in _parser()._actions if action.dest == "command").choices
+    commands = next(action for action in build_parser()._actions if action.dest == "command").choices
     assert set(commands) <= set(complete_in_bash(str(script), "")), "every command of the parser is offered"
     assert complete_in_bash(str(script), "st") == ["status"]
     assert set(complete_in_bash(str(script), "felloh", "")) >= {"keys", "rotate"}

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.daemon import Daemon, add_settings, tokend_command, write_config
-from tokend.cli.main import _parser
+from tokend.cli.parser import build_parser
 from tokend.cli.quickargs import quick_args
 from tokend.config.discovery import _plain_server_table, config_candidates, find_config
 from tokend.testing import FakeProviders
@@ -132,7 +132,7 @@ SAME_AS_ARGPARSE = [
 def test_the_quick_reading_is_argparses(argv: list[str]) -> None:
     quick = quick_args(argv)
     assert quick is not None
-    expected = vars(_parser().parse_args(argv))
+    expected = vars(build_parser().parse_args(argv))
     expected.pop("handler")
     expected.setdefault("config", None)
     assert {key: value for key, value in vars(quick).items() if key in expected} == expected
