@@ -344,10 +344,10 @@ def test_any_error_of_the_redis_layer_is_a_redis_failure_never_a_failed_login(tm
         server.kill()
 
 
-def test_a_record_under_the_old_key_name_is_carried_over(tmp_path: Path, fakes: FakeProviders) -> None:
+def test_a_record_under_the_old_key_name_is_carried_over(tmp_path: Path, lasting_fakes: FakeProviders) -> None:
     """A fleet upgraded in place keeps the token (and a user token's refresh token) Redis holds for it."""
     server = RedisServer(tmp_path / "redis").start()
-    fleet = Fleet(tmp_path, fakes, server)
+    fleet = Fleet(tmp_path, lasting_fakes, server)
     try:
         first = fleet.add()
         fleet.start([first])
@@ -357,7 +357,7 @@ def test_a_record_under_the_old_key_name_is_carried_over(tmp_path: Path, fakes: 
         client.rename(new_name, f"tokend:test:token:{share}")  # as a daemon of the earlier layout left it
         second = fleet.add()
         fleet.start([second])
-        assert fakes.fintech_studios.logins == 1, "the second daemon adopted the record under its old name"
+        assert lasting_fakes.fintech_studios.logins == 1, "the second daemon adopted the record under its old name"
         assert second.get("/token/fts").json()["token"] == first.get("/token/fts").json()["token"]
         assert client.get(new_name) is not None
     finally:
