@@ -57,6 +57,16 @@ def _settings(tmp_path: Path, providers: str, port: int | None = None, extra: st
     return config
 
 
+def _exchanged_from_file(tmp_path: Path, url: str, token_file: Path) -> Path:
+    """A config whose provider `exchanged` exchanges the token in `token_file` at the fake STS at `url`."""
+    return _settings(tmp_path, f"""
+[providers.exchanged]
+kind = "oauth2_token_exchange"
+token_url = "{url}/oauth2/token"
+subject_token = {{ file = "{token_file}" }}
+""")
+
+
 def _login(config: Path, name: str) -> Any:
     return asyncio.run(login_once(name, Settings.load(config)))
 
@@ -114,12 +124,7 @@ def test_a_missing_or_empty_subject_file_is_a_sentence(
     token_file = tmp_path / "token"
     if content is not None:
         token_file.write_text(content)
-    config = _settings(tmp_path, f"""
-[providers.exchanged]
-kind = "oauth2_token_exchange"
-token_url = "{rfc8693[1]}/oauth2/token"
-subject_token = {{ file = "{token_file}" }}
-""")
+    config = _exchanged_from_file(tmp_path, rfc8693[1], token_file)
     with pytest.raises(UpstreamError) as failed:
         _login(config, "exchanged")
     assert f"subject_token file {token_file} {said}" in failed.value.message
@@ -131,12 +136,7 @@ def test_an_expired_subject_token_is_refused_before_it_is_sent_and_never_shown(
 ) -> None:
     token_file = tmp_path / "token"
     token = issuer.write(token_file, STS_AUDIENCE, lifetime=-60)
-    config = _settings(tmp_path, f"""
-[providers.exchanged]
-kind = "oauth2_token_exchange"
-token_url = "{rfc8693[1]}/oauth2/token"
-subject_token = {{ file = "{token_file}" }}
-""")
+    config = _exchanged_from_file(tmp_path, rfc8693[1], token_file)
     with pytest.raises(UpstreamError) as failed:
         _login(config, "exchanged")
     assert "is a JWT that expired at" in failed.value.message and "kubelet" in failed.value.message
@@ -148,12 +148,7 @@ def test_a_fifo_or_folder_is_not_read(tmp_path: Path, rfc8693: tuple[FakeTokenEx
 
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
-    config = _settings(tmp_path, f"""
-[providers.exchanged]
-kind = "oauth2_token_exchange"
-token_url = "{rfc8693[1]}/oauth2/token"
-subject_token = {{ file = "{fifo}" }}
-""")
+    config = _exchanged_from_file(tmp_path, rfc8693[1], fifo)
     with pytest.raises(UpstreamError, match="is not a regular file"):
         _login(config, "exchanged")
 
