@@ -7,7 +7,7 @@ import pytest
 
 from tests.daemon import Daemon, write_config
 from tests.tools import group_shared_fixtures
-from tokend.testing import FakeProviders, serve_fakes
+from tokend.testing import FakeOIDCIssuer, FakeProviders, FakeServer, serve_fakes
 
 # Under pytest-xdist (`python -m tests` runs with it), the tests that share a fixture wider than one test,
 # such as a module's daemon, run on one worker; see group_shared_fixtures.
@@ -43,3 +43,12 @@ def daemon_factory(tmp_path, fakes):  # type: ignore[no-untyped-def]
     yield start
     for daemon in started:
         daemon.kill()
+
+
+@pytest.fixture
+def issuer() -> Iterator[FakeOIDCIssuer]:
+    """An OIDC issuer (a CI platform's, a cluster's) on a free port: the subject tokens of the keyless kinds."""
+    fake = FakeOIDCIssuer()
+    with FakeServer(fake.app) as server:
+        fake.url = server.url
+        yield fake

@@ -239,14 +239,6 @@ def test_role_chaining_and_renewal_twenty_minutes_before_expiry(aws_daemon: tupl
 # -- AssumeRoleWithWebIdentity -----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def issuer() -> Iterator[FakeOIDCIssuer]:
-    fake = FakeOIDCIssuer()
-    with FakeServer(fake.app) as server:
-        fake.url = server.url
-        yield fake
-
-
 def web_identity_table(url: str, token: str, **extra: object) -> str:
     lines = "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in extra.items())
     return (f'[providers.role]\nkind = "aws_assume_role"\nrole_arn = "{ROLE}"\nsts_url = "{url}"\n'

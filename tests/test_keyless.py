@@ -30,14 +30,6 @@ STS_AUDIENCE = "https://sts.example.com"
 
 
 @pytest.fixture
-def issuer() -> Iterator[FakeOIDCIssuer]:
-    fake = FakeOIDCIssuer()
-    with FakeServer(fake.app) as server:
-        fake.url = server.url
-        yield fake
-
-
-@pytest.fixture
 def google(issuer: FakeOIDCIssuer) -> Iterator[tuple[FakeGoogleFederation, str]]:
     fake = FakeGoogleFederation(issuer)
     with FakeServer(fake.app) as server:

@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,14 +19,6 @@ from tests.test_outputs_gce import ASK as GOOGLE_ASK
 from tokend.testing import FakeEntraFederated, FakeGoogleFederation, FakeOIDCIssuer, FakeServer
 
 SA = "deployer@demo-project.iam.gserviceaccount.com"
-
-
-@pytest.fixture
-def issuer() -> Iterator[FakeOIDCIssuer]:
-    fake = FakeOIDCIssuer()
-    with FakeServer(fake.app) as server:
-        fake.url = server.url
-        yield fake
 
 
 def _start(tmp_path: Path, providers: str) -> Daemon:
