@@ -10,6 +10,8 @@ import base64
 import binascii
 import json
 import math
+from datetime import datetime
+from typing import Any
 
 # Below this an "absolute" expiry is before 2001: it must be a lifetime in seconds, not a timestamp.
 _RELATIVE_BELOW = 1e9
@@ -92,3 +94,15 @@ def jwt_expiry(token: str) -> float | None:
     except OverflowError:  # an integer of hundreds of digits
         return math.inf
     return None if math.isnan(value) else value
+
+
+def iso_expiry(value: Any) -> float | None:
+    """An expiry written as an ISO 8601 time with its offset (`2026-01-01T00:00:00Z`), as Unix seconds; None
+    for anything else, a time without an offset included (whose clock it is on cannot be known)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return when.timestamp() if when.tzinfo is not None else None

@@ -11,7 +11,6 @@ to change, so nothing here assumes either.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
@@ -24,6 +23,7 @@ from tokend.credential import Credential
 from tokend.errors import CredentialsRejected, UpstreamError
 from tokend.providers.base import Kind, ProviderBase
 from tokend.providers.exchange import LoginRequest, bearer_credential, exchange, limits, malformed
+from tokend.providers.expiry import iso_expiry
 from tokend.providers.signing_keys import checked_key, clock_skew_hint, describe_key, key_identity, login_key, masked
 from tokend.redact import Redactor
 
@@ -137,7 +137,7 @@ class GitHubApp:
         token = body.get("token") if isinstance(body, dict) else None
         if not isinstance(token, str) or not token:
             raise malformed(self.name, "no token")
-        return bearer_credential(self.config, token, _iso_timestamp(body.get("expires_at")), request_id=request_id)
+        return bearer_credential(self.config, token, iso_expiry(body.get("expires_at")), request_id=request_id)
 
     def _explained(self, exc: UpstreamError) -> UpstreamError:
         if exc.status == 404:
@@ -154,16 +154,6 @@ class GitHubApp:
             return UpstreamError(self.name, f"{exc.message} (check repositories and permissions)",
                                  status=422, request_id=exc.request_id, retryable=False)
         return exc
-
-
-def _iso_timestamp(value: Any) -> float | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        when = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return when.timestamp() if when.tzinfo is not None else None
 
 
 EXAMPLE = """\

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -27,6 +26,7 @@ from tokend.providers.aws.config import AwsAssumeRoleConfig, AwsKeyPair, AwsSess
 from tokend.providers.aws.sigv4 import Keys, sign
 from tokend.providers.base import Tokens
 from tokend.providers.exchange import LoginRequest, fetch_answer, limits, login_credential, parse_retry_after
+from tokend.providers.expiry import iso_expiry
 from tokend.providers.subject_token import read_subject_token
 from tokend.redact import SHORT_FIELD_LENGTH, Redactor, excerpt, untrusted
 
@@ -159,7 +159,7 @@ class _StsLogin:
         if not key_id or not secret or not token:
             raise UpstreamError(self.name, f"{self.action} answer is malformed: no Credentials (AccessKeyId, "
                                 "SecretAccessKey, SessionToken)", request_id=request_id)
-        expires = _timestamp(values.get("Expiration"))
+        expires = iso_expiry(values.get("Expiration"))
         arn = (answer.get("AssumedRoleUser") or {}).get("Arn", "")
         account = arn.split(":")[4] if arn.count(":") >= 5 and arn.split(":")[4].isdigit() else None
         credential = login_credential(self.config, token, expires, headers={}, token_type="aws",
@@ -246,12 +246,3 @@ async def source_keys(name: str, source: str, tokens: Tokens | None) -> Keys:
         raise UpstreamError(name, f"source provider {source!r} holds no AWS credentials", retryable=False)
     return Keys(held.aws.access_key_id, held.aws.secret_access_key, held.token)
 
-
-def _timestamp(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        when = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return when.timestamp() if when.tzinfo is not None else None
